@@ -1,0 +1,407 @@
+"""Turn an LLM response into a normalised :class:`~budgetkit._usage.Usage`.
+
+Pure duck typing: no provider SDK is imported. Supported shapes, as objects or
+plain dicts:
+
+* OpenAI Chat Completions (``ChatCompletion``, ``ChatCompletionChunk``), and the
+  OpenAI-compatible gateways built on it (LiteLLM ``ModelResponse``, OpenRouter,
+  DeepSeek, Groq ...);
+* OpenAI Responses API (``Response`` and its terminal stream events);
+* Anthropic Messages (``Message``, ``message_start`` / ``message_delta`` events);
+* Google Gemini (``GenerateContentResponse``, snake_case or camelCase);
+* LangChain ``AIMessage`` / ``AIMessageChunk`` (``usage_metadata``);
+* AWS Bedrock Converse (``usage.inputTokens`` ..., and the stream ``metadata`` event);
+* a bare usage block of any of the above.
+
+Counts are normalised to be inclusive: Anthropic and Bedrock report input
+tokens without cache reads and writes, so those are added; OpenAI, Gemini and
+LangChain counts already include them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from numbers import Real
+from typing import Final
+
+from ._usage import Usage
+
+__all__ = [
+    "ANTHROPIC_USAGE_FIELDS",
+    "GEMINI_USAGE_FIELDS",
+    "MalformedUsageError",
+    "extract_usage",
+    "read_fields",
+]
+
+_TERMINAL_RESPONSE_EVENTS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+
+ANTHROPIC_USAGE_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens_details",
+)
+"""Fields of an Anthropic usage block; each overwrites on ``message_delta``."""
+
+GEMINI_USAGE_FIELDS: Final = {
+    "prompt_token_count": "promptTokenCount",
+    "candidates_token_count": "candidatesTokenCount",
+    "thoughts_token_count": "thoughtsTokenCount",
+    "cached_content_token_count": "cachedContentTokenCount",
+    "tool_use_prompt_token_count": "toolUsePromptTokenCount",
+}
+"""Gemini usage fields, snake_case name to the camelCase JSON name."""
+
+_NOT_DATA_TYPES: Final = (str, bytes, bytearray, Mapping, list, tuple, set, frozenset)
+
+
+class MalformedUsageError(ValueError):
+    """A response carries a usage block whose counts are not non-negative integers.
+
+    Attributes:
+        field: the usage field that is malformed, e.g. ``usage.prompt_tokens``.
+        value: the value found there.
+    """
+
+    def __init__(self, field: str, value: object) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(
+            f"malformed usage: {field} is {value!r} ({type(value).__name__}), "
+            "expected a non-negative integer"
+        )
+
+
+class _NotUsageError(Exception):
+    """Internal: the object is not a usage report at all (e.g. a ``Mock``)."""
+
+
+def extract_usage(
+    response: object, *, model: str | None = None, provider: str | None = None
+) -> Usage | None:
+    """Read the token usage of one LLM response.
+
+    Args:
+        response: the value an LLM call returned: an SDK object, a dict, a
+            stream event, or a bare usage block.
+        model: the model to record when the response does not name one.
+        provider: a provider id hint for pricing (``openai``, ``aws`` ...);
+            it wins over the provider inferred from the response's shape.
+
+    Returns:
+        The normalised usage, or ``None`` when the response carries no usage.
+
+    Raises:
+        MalformedUsageError: a usage block was found but a count is negative,
+            not an integer, a bool, or of the wrong type.
+    """
+    try:
+        found = _extract(response, model)
+    except MalformedUsageError:
+        raise
+    except Exception:  # noqa: BLE001 - arbitrary objects must never break the caller
+        return None
+    if found is None:
+        return None
+    if provider is not None and found.provider != provider:
+        return _with_provider(found, provider)
+    return found
+
+
+def _with_provider(usage: Usage, provider: str) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        model=usage.model,
+        provider=provider,
+        reported_cost_usd=usage.reported_cost_usd,
+    )
+
+
+def _extract(response: object, model: str | None) -> Usage | None:
+    # Hot path first: an OpenAI ChatCompletion object costs three getattr calls.
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        prompt = getattr(usage, "prompt_tokens", None)
+        if prompt is not None:
+            return _openai_chat(response, usage, prompt, model)
+        return _from_block(usage, response, model)
+    if isinstance(response, Mapping):
+        return _from_mapping(response, model)
+    return _from_object(response, model)
+
+
+def _from_object(response: object, model: str | None) -> Usage | None:
+    metadata = getattr(response, "usage_metadata", None)
+    if metadata is not None:
+        return _from_metadata(metadata, response, model)
+    kind = getattr(response, "type", None)
+    if kind in _TERMINAL_RESPONSE_EVENTS:
+        return _extract(getattr(response, "response", None), model)
+    if kind == "message_start":
+        return _extract(getattr(response, "message", None), model)
+    # A bare usage object, e.g. ``CompletionUsage`` or ``anthropic.types.Usage``.
+    return _from_block(response, None, model)
+
+
+def _from_mapping(response: Mapping[str, object], model: str | None) -> Usage | None:
+    usage = response.get("usage")
+    if usage is not None:
+        return _from_block(usage, response, model)
+    metadata = response.get("usage_metadata", response.get("usageMetadata"))
+    if metadata is not None:
+        return _from_metadata(metadata, response, model)
+    kind = response.get("type")
+    if kind in _TERMINAL_RESPONSE_EVENTS:
+        return _extract(response.get("response"), model)
+    if kind == "message_start":
+        return _extract(response.get("message"), model)
+    bedrock_event = response.get("metadata")
+    if isinstance(bedrock_event, Mapping) and bedrock_event.get("usage") is not None:
+        return _from_block(bedrock_event["usage"], None, model)
+    return _from_block(response, None, model)
+
+
+def _from_metadata(metadata: object, container: object, model: str | None) -> Usage | None:
+    """``usage_metadata``: a LangChain dict, or a Gemini object or dict."""
+    if isinstance(metadata, Mapping) and "input_tokens" in metadata:
+        return _inclusive_input(metadata, _langchain_model(container) or model, None)
+    return _gemini(metadata, _gemini_model(container) or model)
+
+
+def _from_block(block: object, container: object, model: str | None) -> Usage | None:
+    """Dispatch a usage block on its field names."""
+    prompt = _get(block, "prompt_tokens")
+    if prompt is not None:
+        return _openai_chat(container, block, prompt, model)
+    response_model = _model_of(container) or model
+    if _get(block, "input_tokens") is not None or _get(block, "output_tokens") is not None:
+        return _inclusive_input(block, response_model, _reported_cost(container, block))
+    if _get(block, "inputTokens") is not None or _get(block, "outputTokens") is not None:
+        return _bedrock(block, response_model)
+    if _get(block, "prompt_token_count") is not None or _get(block, "promptTokenCount") is not None:
+        return _gemini(block, _gemini_model(container) or model)
+    return None
+
+
+def _openai_chat(container: object, usage: object, prompt: object, model: str | None) -> Usage:
+    """OpenAI Chat Completions usage; ``prompt_tokens`` already includes cached tokens.
+
+    Also LiteLLM, whose usage carries Anthropic-style cache attributes next to an
+    inclusive ``prompt_tokens``: those are never added again.
+    """
+    prompt_details = _get(usage, "prompt_tokens_details")
+    completion_details = _get(usage, "completion_tokens_details")
+    cache_read = _get(prompt_details, "cached_tokens") if prompt_details is not None else None
+    if cache_read is None:  # DeepSeek reports cache hits at the top level.
+        cache_read = _get(usage, "prompt_cache_hit_tokens")
+    return Usage(
+        input_tokens=_count(prompt, "usage.prompt_tokens"),
+        output_tokens=_count(_get(usage, "completion_tokens"), "usage.completion_tokens"),
+        cache_read_tokens=_count(cache_read, "usage.prompt_tokens_details.cached_tokens"),
+        cache_write_tokens=_count(
+            _get(prompt_details, "cache_write_tokens") if prompt_details is not None else None,
+            "usage.prompt_tokens_details.cache_write_tokens",
+        ),
+        reasoning_tokens=_count(
+            _get(completion_details, "reasoning_tokens") if completion_details is not None else None,
+            "usage.completion_tokens_details.reasoning_tokens",
+        ),
+        model=_model_of(container) or model,
+        reported_cost_usd=_reported_cost(container, usage),
+    )
+
+
+def _inclusive_input(block: object, model: str | None, cost: Decimal | None) -> Usage:
+    """``input_tokens`` / ``output_tokens`` usage: Responses API, Anthropic, LangChain.
+
+    Responses and LangChain counts are inclusive. Anthropic's ``input_tokens``
+    excludes ``cache_creation_input_tokens`` and ``cache_read_input_tokens``; only
+    Anthropic reports those two fields, so adding them is always right.
+    """
+    input_tokens = _count(_get(block, "input_tokens"), "usage.input_tokens")
+    anthropic_write = _count(
+        _get(block, "cache_creation_input_tokens"), "usage.cache_creation_input_tokens"
+    )
+    anthropic_read = _count(_get(block, "cache_read_input_tokens"), "usage.cache_read_input_tokens")
+    cache_read, cache_write, reasoning = anthropic_read, anthropic_write, 0
+    if (details := _get(block, "input_tokens_details")) is not None:  # Responses API
+        cache_read = _count(_get(details, "cached_tokens"), "usage.input_tokens_details.cached_tokens")
+        cache_write = _count(
+            _get(details, "cache_write_tokens"), "usage.input_tokens_details.cache_write_tokens"
+        )
+    elif (details := _get(block, "input_token_details")) is not None:  # LangChain
+        cache_read = _count(_get(details, "cache_read"), "usage_metadata.input_token_details.cache_read")
+        cache_write = _count(
+            _get(details, "cache_creation"), "usage_metadata.input_token_details.cache_creation"
+        )
+    if (details := _get(block, "output_tokens_details")) is not None:  # Responses, Anthropic
+        reasoning_value = _get(details, "reasoning_tokens")
+        if reasoning_value is None:
+            reasoning_value = _get(details, "thinking_tokens")
+        reasoning = _count(reasoning_value, "usage.output_tokens_details.reasoning_tokens")
+    elif (details := _get(block, "output_token_details")) is not None:  # LangChain
+        reasoning = _count(_get(details, "reasoning"), "usage_metadata.output_token_details.reasoning")
+    return Usage(
+        input_tokens=input_tokens + anthropic_read + anthropic_write,
+        output_tokens=_count(_get(block, "output_tokens"), "usage.output_tokens"),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        model=model,
+        reported_cost_usd=cost,
+    )
+
+
+def _bedrock(block: object, model: str | None) -> Usage:
+    """Bedrock Converse: ``inputTokens`` excludes the cache counts, so add them."""
+    cache_read = _count(_get(block, "cacheReadInputTokens"), "usage.cacheReadInputTokens")
+    cache_write = _count(_get(block, "cacheWriteInputTokens"), "usage.cacheWriteInputTokens")
+    return Usage(
+        input_tokens=_count(_get(block, "inputTokens"), "usage.inputTokens") + cache_read + cache_write,
+        output_tokens=_count(_get(block, "outputTokens"), "usage.outputTokens"),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        model=model,
+        provider="aws",
+    )
+
+
+def _gemini(metadata: object, model: str | None) -> Usage | None:
+    """Gemini: input = prompt + tool-use prompt; output = candidates + thoughts."""
+    counts = {
+        snake: _count(_gemini_value(metadata, snake, camel), f"usage_metadata.{snake}")
+        for snake, camel in GEMINI_USAGE_FIELDS.items()
+    }
+    if not any(counts.values()) and _gemini_value(metadata, "prompt_token_count", "promptTokenCount") is None:
+        return None
+    thoughts = counts["thoughts_token_count"]
+    return Usage(
+        input_tokens=counts["prompt_token_count"] + counts["tool_use_prompt_token_count"],
+        output_tokens=counts["candidates_token_count"] + thoughts,
+        cache_read_tokens=counts["cached_content_token_count"],
+        reasoning_tokens=thoughts,
+        model=_strip_models_prefix(model),
+    )
+
+
+def _gemini_value(metadata: object, snake: str, camel: str) -> object:
+    value = _get(metadata, snake)
+    if value is None and isinstance(metadata, Mapping):
+        value = metadata.get(camel)
+    return value
+
+
+def read_fields(block: object, names: tuple[str, ...] | Mapping[str, str]) -> dict[str, object]:
+    """Return the non-``None`` fields of a usage block, keyed by their snake_case name.
+
+    Args:
+        block: a usage object or dict.
+        names: the field names to read; a mapping gives each name's camelCase
+            alternative for dicts.
+
+    Returns:
+        ``{name: value}`` for every field that is present and not ``None``.
+    """
+    fields: dict[str, object] = {}
+    for name in names:
+        value = _get(block, name)
+        if value is None and isinstance(names, Mapping) and isinstance(block, Mapping):
+            value = block.get(names[name])
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _get(obj: object, name: str) -> object:
+    if type(obj) is dict or isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _count(value: object, field: str) -> int:
+    """Validate one token count; ``None`` (absent) counts as zero."""
+    if type(value) is int:
+        if value >= 0:
+            return value
+        raise MalformedUsageError(field, value)
+    if value is None:
+        return 0
+    return _slow_count(value, field)
+
+
+def _slow_count(value: object, field: str) -> int:
+    if isinstance(value, bool):
+        raise MalformedUsageError(field, value)
+    if isinstance(value, Real):
+        as_float = float(value)
+        if math.isfinite(as_float) and as_float >= 0 and as_float.is_integer():
+            return int(value)
+        raise MalformedUsageError(field, value)
+    if isinstance(value, _NOT_DATA_TYPES):
+        raise MalformedUsageError(field, value)
+    if isinstance(value, Decimal):
+        if value.is_finite() and value >= 0 and value == value.to_integral_value():
+            return int(value)
+        raise MalformedUsageError(field, value)
+    # Not data at all (a Mock, an arbitrary object): this is not a usage report.
+    raise _NotUsageError
+
+
+def _model_of(container: object) -> str | None:
+    if container is None:
+        return None
+    value = _get(container, "model")
+    return value if isinstance(value, str) and value else None
+
+
+def _gemini_model(container: object) -> str | None:
+    if container is None:
+        return None
+    value = _get(container, "model_version")
+    if value is None and isinstance(container, Mapping):
+        value = container.get("modelVersion")
+    return value if isinstance(value, str) and value else None
+
+
+def _langchain_model(container: object) -> str | None:
+    metadata = _get(container, "response_metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    value = metadata.get("model_name") or metadata.get("model")
+    return value if isinstance(value, str) and value else None
+
+
+def _strip_models_prefix(model: str | None) -> str | None:
+    if model is not None and model.startswith("models/"):
+        return model[len("models/") :]
+    return model
+
+
+def _reported_cost(container: object, usage: object) -> Decimal | None:
+    """A cost the gateway reported: LiteLLM ``_hidden_params``, OpenRouter ``usage.cost``."""
+    hidden = _get(container, "_hidden_params") if container is not None else None
+    if isinstance(hidden, Mapping):
+        cost = _as_cost(hidden.get("response_cost"))
+        if cost is not None:
+            return cost
+    return _as_cost(_get(usage, "cost"))
+
+
+def _as_cost(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        return None
+    # repr() gives the shortest decimal that round-trips: 0.00123, not 0.0012299999...
+    cost = value if isinstance(value, Decimal) else Decimal(repr(value))
+    if not cost.is_finite() or cost < 0:
+        return None
+    return cost

@@ -1,0 +1,185 @@
+"""The handoff file: what was done, what is pending, how to resume. Written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
+
+SCHEMA_VERSION = 1
+KIND = "budgetkit.handoff"
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_REQUIRED = (
+    "schema_version",
+    "session_id",
+    "parent_session_id",
+    "stopped_at_step",
+    "reason",
+    "limits",
+    "usage",
+    "pending_tasks",
+    "context_summary",
+    "resume_instructions",
+    "created_at",
+)
+
+
+def check_session_id(value: object, name: str = "session_id") -> str:
+    """A session id is also a file name: letters, digits, ``_.-``; no separators, no ``..``."""
+    if not isinstance(value, str):
+        raise BudgetTypeError(f"{name} must be a str, got {value!r}")
+    if not _SESSION_ID.fullmatch(value) or ".." in value:
+        raise BudgetConfigError(
+            f"{name} must be 1-128 characters of letters, digits, '_', '.' or '-', "
+            f"start with a letter or digit and contain no '..', got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handoff:
+    """A stopped session's handoff, as written to ``handoff_dir/<session_id>.json``.
+
+    Load one with :meth:`Handoff.load`; resume with ``SessionBudget.resume(handoff)``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    session_id: str
+    """The session that stopped."""
+    parent_session_id: str | None
+    """The session this one resumed, if any."""
+    stopped_at_step: int
+    """How many steps had been admitted when the session stopped."""
+    reason: str
+    """Which limit stopped the session (``max_steps``, ``max_usd`` ...)."""
+    limits: dict[str, Any]
+    """The session's limits (``None`` = unlimited; USD as a string)."""
+    usage: dict[str, Any]
+    """What the session used (USD as a string)."""
+    pending_tasks: list[Any] = field(default_factory=list)
+    """What is left to do, as the agent last reported it with ``update_handoff``."""
+    context_summary: str | None = None
+    """The agent's summary of what was done so far."""
+    resume_instructions: str = ""
+    """How to continue."""
+    created_at: str = ""
+    """When the handoff was written (ISO 8601, UTC)."""
+    name: str | None = None
+    """The session's name, if it had one."""
+    trace_id: str | None = None
+    """The session span's trace id (32 hex digits), for linking the resumed session's trace."""
+    span_id: str | None = None
+    """The session span's id (16 hex digits)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further sections written by extensions (lineage ...)."""
+    schema_version: int = SCHEMA_VERSION
+    """Version of this file format."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``kind`` marks it as ours)."""
+        doc: dict[str, Any] = {"kind": KIND}
+        for f in fields(self):
+            doc[f.name] = getattr(self, f.name)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: object, *, source: str = "handoff") -> Handoff:
+        """Validate a decoded document; raises :class:`HandoffError` naming what is wrong."""
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise HandoffError(f"{source} is not a budgetkit handoff (no \"kind\": \"{KIND}\")")
+        missing = [key for key in _REQUIRED if key not in doc]
+        if missing:
+            raise HandoffError(f"{source} is missing {', '.join(missing)}")
+        if doc["schema_version"] != SCHEMA_VERSION:
+            raise HandoffError(
+                f"{source} has schema_version {doc['schema_version']!r}; "
+                f"this budgetkit reads {SCHEMA_VERSION}"
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in doc.items() if k in known}
+        _expect(values, "session_id", str, source)
+        _expect(values, "stopped_at_step", int, source)
+        _expect(values, "reason", str, source)
+        _expect(values, "limits", dict, source)
+        _expect(values, "usage", dict, source)
+        _expect(values, "pending_tasks", list, source)
+        _expect(values, "resume_instructions", str, source)
+        _expect(values, "created_at", str, source)
+        try:
+            check_session_id(values["session_id"])
+        except (BudgetConfigError, BudgetTypeError) as exc:
+            raise HandoffError(f"{source}: {exc}") from None
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Handoff:
+        """Read and validate a handoff file.
+
+        Raises:
+            HandoffError: the file is missing, unreadable, truncated, not JSON or not a handoff.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise HandoffError(f"cannot read handoff {str(p)!r}: {exc.strerror or exc}") from exc
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise HandoffError(f"handoff {str(p)!r} is not valid JSON ({exc})") from None
+        return cls.from_dict(doc, source=f"handoff {str(p)!r}")
+
+
+def _expect(values: dict[str, Any], key: str, kind: type, source: str) -> None:
+    value = values[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HandoffError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+
+
+def utc_now() -> str:
+    """ISO 8601 timestamp in UTC."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def write_atomic(path: Path, doc: dict[str, Any]) -> None:
+    """Write JSON to ``path`` so that a reader sees the old file, or the whole new one.
+
+    Temporary file in the same directory (created 0600), fsync, rename, fsync the directory.
+    """
+    data = json.dumps(doc, indent=2, sort_keys=False, default=str).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,101 @@
+"""Limits of a session: validation and the names used everywhere."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .exceptions import BudgetConfigError, BudgetTypeError
+
+#: Count limits admit exactly N calls; the rest are measured and tripped when strictly exceeded.
+COUNT_LIMITS = ("max_steps", "max_llm_calls")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The limits of one session; ``None`` means unlimited."""
+
+    max_steps: int | None = None
+    max_llm_calls: int | None = None
+    max_tokens: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_usd: Decimal | None = None
+    max_seconds: float | None = None
+    max_consecutive_errors: int | None = None
+
+    @classmethod
+    def build(cls, **values: Any) -> Limits:
+        """Validate raw keyword values and return ``Limits``; raises a clear error naming the bad one."""
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None:
+                checked[name] = None
+            elif name == "max_usd":
+                checked[name] = to_usd(value, name)
+            elif name == "max_seconds":
+                checked[name] = _seconds(value, name)
+            else:
+                checked[name] = _positive_int(value, name)
+        return cls(**checked)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (USD as a string, to stay exact)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Decimal) else value
+        return out
+
+    def limited(self) -> dict[str, Any]:
+        """Only the limits that are set."""
+        return {k: v for k, v in ((f.name, getattr(self, f.name)) for f in fields(self)) if v is not None}
+
+
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BudgetTypeError(f"{name} must be a positive int or None, got {value!r}")
+    if value <= 0:
+        raise BudgetConfigError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def _seconds(value: object, name: str) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BudgetTypeError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetConfigError(
+            f"{name} must be a positive, finite number of seconds or None, got {value!r}"
+        )
+    return float(value)
+
+
+def to_usd(value: object, name: str, *, allow_zero: bool = False) -> Decimal:
+    """Turn an int, float or Decimal into an exact, finite, positive Decimal."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise BudgetTypeError(f"{name} must be a number of US dollars, got {value!r}")
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:  # pragma: no cover - str() of a number always parses
+        raise BudgetConfigError(f"{name} must be a number of US dollars, got {value!r}") from None
+    if not amount.is_finite() or amount < 0 or (amount == 0 and not allow_zero):
+        qualifier = "non-negative" if allow_zero else "positive"
+        raise BudgetConfigError(f"{name} must be a {qualifier}, finite number, got {value!r}")
+    return amount
+
+
+def non_negative_int(value: object, name: str) -> int:
+    """Validate a token count given by the user."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BudgetTypeError(f"{name} must be a non-negative int, got {value!r}")
+    if value < 0:
+        raise BudgetConfigError(f"{name} must be a non-negative int, got {value!r}")
+    return value

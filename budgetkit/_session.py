@@ -1,0 +1,789 @@
+"""SessionBudget: the counters, the step boundary, latching, nesting, handoff and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NoReturn, Self
+
+from . import _config, _otel
+from ._handoff import Handoff, check_session_id, utc_now, write_atomic
+from ._limits import LIMIT_NAMES, Limits, non_negative_int, to_usd
+from ._usage import Usage
+from .exceptions import (
+    BudgetConfigError,
+    BudgetError,
+    BudgetExhausted,
+    BudgetTypeError,
+    CostUnknownWarning,
+    HandoffError,
+)
+
+__all__ = ["CallSpec", "Remaining", "SessionBudget", "SessionResult", "SessionUsage", "current"]
+
+STEP = "step"
+LLM = "llm"
+
+#: The innermost active session of this context. It holds a *mutable* session object, so
+#: ``asyncio`` children and copied-context threads charge the same counters.
+_current: ContextVar[SessionBudget | None] = ContextVar("budgetkit_session", default=None)
+
+#: Guards every in-process counter. One lock makes a nested admission (check every enclosing
+#: session, then count in all of them) a single atomic step; the work under it is a few adds.
+_LOCK = threading.Lock()
+
+_DEFAULT_DIR: Any = object()
+
+
+def current() -> SessionBudget | None:
+    """The innermost active :class:`SessionBudget` of this context, or ``None``."""
+    return _current.get()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUsage:
+    """A frozen snapshot of what a session has used.
+
+    .. versionadded:: 0.1.0
+    """
+
+    steps: int = 0
+    """``@budget.step`` calls admitted."""
+    llm_calls: int = 0
+    """``@budget.llm_call`` calls admitted."""
+    input_tokens: int = 0
+    """Input tokens, cache reads and writes included."""
+    output_tokens: int = 0
+    """Output tokens, reasoning included."""
+    total_tokens: int = 0
+    """Input plus output tokens."""
+    cost_usd: Decimal = Decimal(0)
+    """Sum of the costs that are known (see ``unpriced_calls``)."""
+    elapsed_seconds: float = 0.0
+    """Seconds since the session was entered (monotonic clock)."""
+    cache_read_tokens: int = 0
+    """Input tokens read from a prompt cache."""
+    cache_write_tokens: int = 0
+    """Input tokens written to a prompt cache."""
+    reasoning_tokens: int = 0
+    """Reasoning tokens (part of the output)."""
+    unpriced_calls: int = 0
+    """LLM calls with usage but no known price: their cost is *unknown*, not zero."""
+    unmeasured_calls: int = 0
+    """LLM calls that reported no usable usage at all."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (USD as an exact string)."""
+        return {
+            "steps": self.steps,
+            "llm_calls": self.llm_calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": str(self.cost_usd),
+            "elapsed_seconds": round(self.elapsed_seconds, 6),
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "unpriced_calls": self.unpriced_calls,
+            "unmeasured_calls": self.unmeasured_calls,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Remaining:
+    """What is left of each limited dimension; ``None`` where the session is unlimited.
+
+    ``elapsed_seconds`` here is the time left. Values never go below zero.
+
+    .. versionadded:: 0.1.0
+    """
+
+    steps: int | None = None
+    llm_calls: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: Decimal | None = None
+    elapsed_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """How a session ended, available as ``session.result`` after the ``with`` block.
+
+    .. versionadded:: 0.1.0
+    """
+
+    session_id: str
+    stop_reason: str
+    """``"completed"``, ``"error"``, or the limit that stopped it (``"max_steps"`` ...)."""
+    usage: SessionUsage
+    handoff_path: Path | None = None
+    stopped_by: str | None = None
+    """The session whose limit stopped this one (itself, or an enclosing session)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """What a decorator knows about the calls it wraps."""
+
+    kind: str
+    name: str
+    model: str | None = None
+    provider: str | None = None
+    usage: Callable[[Any], Any] | None = None
+    estimate: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Exhaustion:
+    reason: str
+    usage: SessionUsage
+    handoff: Handoff
+    path: Path | None
+    error: BaseException | None
+
+
+_KEYWORDS = frozenset(
+    {
+        *LIMIT_NAMES,
+        "session_id",
+        "name",
+        "handoff_dir",
+        "raise_on_exhausted",
+        "prices",
+        "on_unknown_cost",
+    }
+)
+
+
+class SessionBudget:
+    """Hard limits on the agent code run inside it, as ``with`` or ``async with``.
+
+    Every ``@budget.step`` / ``@budget.llm_call`` entered inside the block is a *step boundary*:
+    the call is checked against every limit before its body runs. Count limits
+    (``max_steps``, ``max_llm_calls``) admit exactly N calls. Measured limits (tokens, USD,
+    seconds, consecutive errors) are judged from what has been recorded: the call that
+    crosses one completes normally, and the next boundary writes the handoff and raises
+    :class:`~budgetkit.BudgetExhausted`. Exhaustion is latched.
+
+    Args:
+        max_steps: ``@budget.step`` calls admitted.
+        max_llm_calls: ``@budget.llm_call`` calls admitted.
+        max_tokens: total (input + output) tokens.
+        max_input_tokens: input tokens (cache reads and writes included).
+        max_output_tokens: output tokens (reasoning included).
+        max_usd: US dollars (``int``, ``float`` or ``Decimal``).
+        max_seconds: wall-clock seconds since entry (or a ``timedelta``).
+        max_consecutive_errors: decorated calls in a row that raise.
+        session_id: id and handoff file name; a fresh uuid by default.
+        name: the agent's name (used in span names).
+        handoff_dir: where ``<session_id>.json`` is written on exhaustion; default
+            ``$BUDGETKIT_HANDOFF_DIR`` or ``./handoffs``; ``None`` writes no file.
+        raise_on_exhausted: ``False`` makes the block swallow its own ``BudgetExhausted``
+            on exit; ``session.result.stop_reason`` then tells why it stopped.
+        prices: your own prices, ``{"model": (usd_per_million_input, usd_per_million_output)}``,
+            which win over the bundled price table.
+        on_unknown_cost: with ``max_usd`` set, what an unpriceable call does: ``"warn"``
+            (a :class:`~budgetkit.CostUnknownWarning` once per model) or ``"error"`` (the
+            session stops at the next boundary with reason ``cost_unknown``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        max_steps: int | None = None,
+        max_llm_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        max_usd: float | Decimal | None = None,
+        max_seconds: float | None = None,
+        max_consecutive_errors: int | None = None,
+        session_id: str | None = None,
+        name: str | None = None,
+        handoff_dir: str | os.PathLike[str] | None = _DEFAULT_DIR,
+        raise_on_exhausted: bool = True,
+        prices: Mapping[str, tuple[float | Decimal, float | Decimal]] | None = None,
+        on_unknown_cost: Literal["warn", "error"] = "warn",
+    ) -> None:
+        self.limits = Limits.build(
+            max_steps=max_steps,
+            max_llm_calls=max_llm_calls,
+            max_tokens=max_tokens,
+            max_input_tokens=max_input_tokens,
+            max_output_tokens=max_output_tokens,
+            max_usd=max_usd,
+            max_seconds=max_seconds,
+            max_consecutive_errors=max_consecutive_errors,
+        )
+        self.session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
+        if name is not None and not isinstance(name, str):
+            raise BudgetTypeError(f"name must be a str or None, got {name!r}")
+        self.name = name
+        self.handoff_dir = _handoff_dir(handoff_dir)
+        if not isinstance(raise_on_exhausted, bool):
+            raise BudgetTypeError(f"raise_on_exhausted must be a bool, got {raise_on_exhausted!r}")
+        self.raise_on_exhausted = raise_on_exhausted
+        if on_unknown_cost not in ("warn", "error"):
+            raise BudgetConfigError(
+                f"on_unknown_cost must be 'warn' or 'error', got {on_unknown_cost!r}"
+            )
+        self.on_unknown_cost = on_unknown_cost
+        self.prices = _validated_prices(prices)
+        #: The handoff this session resumed from (set by :meth:`resume`).
+        self.resumed_from: Handoff | None = None
+        self.parent_session_id: str | None = None
+
+        # Limits copied to plain attributes: the boundary reads them on every call.
+        lim = self.limits
+        self._max_steps = lim.max_steps
+        self._max_llm_calls = lim.max_llm_calls
+        self._max_usd = lim.max_usd
+        self._max_seconds = lim.max_seconds
+        self._max_errors = lim.max_consecutive_errors
+
+        # Counters, guarded by _LOCK.
+        self._steps = 0
+        self._llm_calls = 0
+        self._input = 0
+        self._output = 0
+        self._cache_read = 0
+        self._cache_write = 0
+        self._reasoning = 0
+        self._cost = Decimal(0)
+        self._unpriced = 0
+        self._unmeasured = 0
+        self._errors_in_a_row = 0
+        self._reserved = Decimal(0)
+        self._tripped: str | None = None  # a measured limit was crossed; raise at next boundary
+        self._reason: str | None = None  # latched: exhausted for this reason
+        self._refused: str | None = None
+
+        self._exhaust_lock = threading.Lock()
+        self._exhaustion: _Exhaustion | None = None
+        self._warned: set[str] = set()
+        self._warned_unmeasured: set[str] = set()
+        self._pending_tasks: list[Any] = []
+        self._context_summary: str | None = None
+        self._resume_instructions: str | None = None
+
+        self._entered = False
+        self._parent: SessionBudget | None = None
+        self._chain: tuple[SessionBudget, ...] = (self,)
+        self._start: float | None = None
+        self._end: float | None = None
+        self._token: Any = None
+        self._span: Any = None
+        self._result: SessionResult | None = None
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> Self:
+        if self._entered:
+            raise BudgetError(
+                f"session {self.session_id!r} was already entered; a SessionBudget runs once "
+                "(create a new one, or use SessionBudget.resume())"
+            )
+        self._entered = True
+        parent = _current.get()
+        self._parent = parent
+        self._chain = (*parent._chain, self) if parent is not None else (self,)
+        self._start = _config.clock()
+        self._span = _otel.start_session(self)
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            _current.reset(self._token)
+        except ValueError:  # exited in another context than it was entered in
+            _current.set(self._parent)
+        self._end = _config.clock()
+        own = isinstance(exc, BudgetExhausted) and exc.session_id == self.session_id
+        if self._reason is not None:
+            stop_reason, stopped_by = self._reason, self.session_id
+        elif isinstance(exc, BudgetExhausted):
+            stop_reason, stopped_by = exc.reason, exc.session_id
+        elif exc is not None:
+            stop_reason, stopped_by = "error", None
+        else:
+            stop_reason, stopped_by = "completed", None
+        exhaustion = self._exhaustion
+        self._result = SessionResult(
+            session_id=self.session_id,
+            stop_reason=stop_reason,
+            usage=self._snapshot(),
+            handoff_path=exhaustion.path if exhaustion else None,
+            stopped_by=stopped_by,
+        )
+        _otel.end_session(self, self._span, self._result, exc)
+        return own and not self.raise_on_exhausted
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def usage(self) -> SessionUsage:
+        """A frozen snapshot of what this session has used so far."""
+        return self._snapshot()
+
+    @property
+    def remaining(self) -> Remaining:
+        """What is left of each limited dimension (``None`` where unlimited)."""
+        used = self._snapshot()
+        lim = self.limits
+
+        def left(limit: int | None, value: int) -> int | None:
+            return None if limit is None else max(limit - value, 0)
+
+        return Remaining(
+            steps=left(lim.max_steps, used.steps),
+            llm_calls=left(lim.max_llm_calls, used.llm_calls),
+            input_tokens=left(lim.max_input_tokens, used.input_tokens),
+            output_tokens=left(lim.max_output_tokens, used.output_tokens),
+            total_tokens=left(lim.max_tokens, used.total_tokens),
+            cost_usd=None if lim.max_usd is None else max(lim.max_usd - used.cost_usd, Decimal(0)),
+            elapsed_seconds=None
+            if lim.max_seconds is None
+            else max(lim.max_seconds - used.elapsed_seconds, 0.0),
+        )
+
+    @property
+    def result(self) -> SessionResult | None:
+        """How the session ended; ``None`` until the ``with`` block has exited."""
+        return self._result
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the session is latched as exhausted."""
+        return self._reason is not None
+
+    @property
+    def parent(self) -> SessionBudget | None:
+        """The enclosing session (nesting), if any."""
+        return self._parent
+
+    def update_handoff(
+        self,
+        *,
+        pending_tasks: list[Any] | None = None,
+        context_summary: str | None = None,
+        resume_instructions: str | None = None,
+    ) -> None:
+        """Record what the handoff should say if the session stops; ``None`` keeps a value.
+
+        Values must be JSON-serialisable; they are checked now, so a later write cannot fail
+        on them.
+        """
+        if pending_tasks is not None:
+            if not isinstance(pending_tasks, list | tuple):
+                raise BudgetTypeError(f"pending_tasks must be a list, got {pending_tasks!r}")
+            try:
+                json.dumps(list(pending_tasks))
+            except (TypeError, ValueError) as exc:
+                raise BudgetTypeError(
+                    f"pending_tasks must be JSON-serialisable, got {pending_tasks!r} ({exc})"
+                ) from None
+            self._pending_tasks = list(pending_tasks)
+        if context_summary is not None:
+            if not isinstance(context_summary, str):
+                raise BudgetTypeError(f"context_summary must be a str, got {context_summary!r}")
+            self._context_summary = context_summary
+        if resume_instructions is not None:
+            if not isinstance(resume_instructions, str):
+                raise BudgetTypeError(
+                    f"resume_instructions must be a str, got {resume_instructions!r}"
+                )
+            self._resume_instructions = resume_instructions
+
+    def charge(
+        self,
+        *,
+        usd: float | Decimal | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """Charge costs the decorators do not see, to this session and every enclosing one.
+
+        Like any recorded usage, a charge that crosses a limit does not raise here; the next
+        step boundary does.
+        """
+        cost = None if usd is None else to_usd(usd, "usd", allow_zero=True)
+        usage = Usage(
+            input_tokens=non_negative_int(input_tokens, "input_tokens"),
+            output_tokens=non_negative_int(output_tokens, "output_tokens"),
+        )
+        self._record(usage, cost if cost is not None else Decimal(0), priced=True)
+
+    @contextmanager
+    def reserve(self, *, usd: float | Decimal) -> Iterator[None]:
+        """Hold ``usd`` of the budget for the calls made inside the block.
+
+        The reservation is admitted atomically: if it does not fit what is left of
+        ``max_usd`` (spent plus other reservations), the session is exhausted with reason
+        ``max_usd`` before any call is made. LLM costs charged inside the block are taken
+        out of the reservation; what is left is released on exit, also on errors.
+        """
+        amount = to_usd(usd, "usd")
+        self._admit(None, "reserve", amount)
+        holder = _Reservation(amount)
+        token = _reservation.set(holder)
+        try:
+            yield
+        finally:
+            _reservation.reset(token)
+            self._release(holder.take_all())
+
+    # ------------------------------------------------------------------ resume
+    @classmethod
+    def resume(cls, handoff: Handoff | str | os.PathLike[str], /, **overrides: Any) -> Self:
+        """A new session that continues ``handoff`` with a fresh budget.
+
+        The old limits apply unless overridden by keyword (the same keywords as the
+        constructor). ``parent_session_id`` is set and ``resumed_from`` holds the handoff.
+        When a path is given, the new session writes its handoff next to it unless
+        ``handoff_dir`` is overridden.
+
+        Raises:
+            HandoffError: the handoff file is missing, corrupt or not a handoff.
+            BudgetTypeError: an unknown keyword.
+        """
+        unknown = sorted(set(overrides) - _KEYWORDS)
+        if unknown:
+            raise BudgetTypeError(
+                f"SessionBudget.resume() got unknown keyword argument(s): {', '.join(unknown)}"
+            )
+        if isinstance(handoff, Handoff):
+            loaded, directory = handoff, None
+        elif isinstance(handoff, str | os.PathLike):
+            loaded, directory = Handoff.load(handoff), Path(handoff).parent
+        else:
+            raise BudgetTypeError(
+                f"resume() takes a Handoff or a path to a handoff file, got {handoff!r}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key in LIMIT_NAMES:
+            value = loaded.limits.get(key)
+            kwargs[key] = Decimal(value) if key == "max_usd" and value is not None else value
+        try:
+            Limits.build(**kwargs)
+        except (BudgetConfigError, BudgetTypeError, ArithmeticError) as exc:
+            raise HandoffError(
+                f"handoff of session {loaded.session_id!r} has invalid limits: {exc}"
+            ) from None
+        kwargs["name"] = loaded.name
+        if directory is not None:
+            kwargs["handoff_dir"] = directory
+        kwargs.update(overrides)
+        session = cls(**kwargs)
+        session.parent_session_id = loaded.session_id
+        session.resumed_from = loaded
+        return session
+
+    # ------------------------------------------------------------------ boundary
+    def _admit(self, kind: str | None, name: str, reserve: Decimal | None = None) -> None:
+        """Check every enclosing session, then count the call in all of them, atomically."""
+        with _LOCK:
+            for s in self._chain:
+                if s._reason is not None:
+                    tripped = s
+                    break
+                reason = s._tripped
+                if (
+                    reason is None
+                    and s._max_seconds is not None
+                    and _config.clock() - s._start_time() > s._max_seconds
+                ):
+                    reason = "max_seconds"
+                if reason is None:
+                    if kind == STEP:
+                        if s._max_steps is not None and s._steps >= s._max_steps:
+                            reason = "max_steps"
+                    elif (
+                        kind == LLM
+                        and s._max_llm_calls is not None
+                        and s._llm_calls >= s._max_llm_calls
+                    ):
+                        reason = "max_llm_calls"
+                if (
+                    reason is None
+                    and reserve is not None
+                    and s._max_usd is not None
+                    and s._cost + s._reserved + reserve > s._max_usd
+                ):
+                    reason = "max_usd"
+                if reason is not None:
+                    s._reason = reason
+                    s._refused = name
+                    tripped = s
+                    break
+            else:
+                for s in self._chain:
+                    if kind == STEP:
+                        s._steps += 1
+                    elif kind == LLM:
+                        s._llm_calls += 1
+                    if reserve is not None:
+                        s._reserved += reserve
+                return
+        tripped._raise_exhausted()
+
+    def _start_time(self) -> float:
+        start = self._start
+        return _config.clock() if start is None else start
+
+    def _raise_exhausted(self) -> NoReturn:
+        """Write the handoff once (the first boundary to get here does), then raise."""
+        with self._exhaust_lock:
+            if self._exhaustion is None:
+                self._exhaustion = self._write_handoff()
+                _otel.exhausted(self, self._exhaustion.reason, self._refused)
+            ex = self._exhaustion
+        error = BudgetExhausted(
+            ex.reason,
+            session_id=self.session_id,
+            usage=ex.usage,
+            handoff=ex.handoff,
+            handoff_path=ex.path,
+            handoff_error=ex.error,
+        )
+        if ex.error is not None:
+            error.add_note(f"budgetkit: the handoff could not be written: {ex.error!r}")
+        raise error
+
+    def _write_handoff(self) -> _Exhaustion:
+        reason = self._reason or "unknown"
+        usage = self._snapshot()
+        path = None if self.handoff_dir is None else self.handoff_dir / f"{self.session_id}.json"
+        handoff = self._build_handoff(reason, usage, path)
+        error: BaseException | None = None
+        if path is not None:
+            try:
+                write_atomic(path, handoff.to_dict())
+            except Exception as exc:  # noqa: BLE001 - never let a write failure hide the budget error
+                error, path = exc, None
+        return _Exhaustion(reason, usage, handoff, path, error)
+
+    def _build_handoff(self, reason: str, usage: SessionUsage, path: Path | None) -> Handoff:
+        where = repr(str(path)) if path is not None else "handoff"
+        instructions = self._resume_instructions or (
+            f"Resume with budgetkit.SessionBudget.resume({where}) for a fresh budget, "
+            "and continue with the pending tasks."
+        )
+        trace_id, span_id = _otel.span_ids(self._span)
+        return Handoff(
+            session_id=self.session_id,
+            parent_session_id=self.parent_session_id,
+            stopped_at_step=usage.steps,
+            reason=reason,
+            limits=self.limits.as_dict(),
+            usage=usage.to_dict(),
+            pending_tasks=list(self._pending_tasks),
+            context_summary=self._context_summary,
+            resume_instructions=instructions,
+            created_at=utc_now(),
+            name=self.name,
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+
+    # ------------------------------------------------------------------ recording
+    def _call_succeeded(self) -> None:
+        for s in self._chain:
+            if s._errors_in_a_row:
+                with _LOCK:
+                    s._errors_in_a_row = 0
+
+    def _call_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, Exception) or isinstance(exc, BudgetError):
+            return
+        with _LOCK:
+            for s in self._chain:
+                s._errors_in_a_row += 1
+                if (
+                    s._max_errors is not None
+                    and s._errors_in_a_row >= s._max_errors
+                    and s._tripped is None
+                ):
+                    s._tripped = "max_consecutive_errors"
+
+    def _record(
+        self,
+        usage: Usage | None,
+        cost: Decimal | None,
+        *,
+        priced: bool,
+        release: Decimal | None = None,
+    ) -> None:
+        """Add one call's usage and cost to every session of the chain; trip measured limits."""
+        holder = _reservation.get()
+        with _LOCK:
+            if holder is not None and cost:
+                release = (release or Decimal(0)) + holder.take(cost)
+            for s in self._chain:
+                if usage is None:
+                    s._unmeasured += 1
+                else:
+                    s._input += usage.input_tokens
+                    s._output += usage.output_tokens
+                    s._cache_read += usage.cache_read_tokens
+                    s._cache_write += usage.cache_write_tokens
+                    s._reasoning += usage.reasoning_tokens
+                    if not priced:
+                        s._unpriced += 1
+                if cost is not None:
+                    s._cost += cost
+                if release:
+                    s._reserved -= release
+                if s._tripped is None:
+                    s._tripped = s._over_measured_limit()
+
+    def _release(self, amount: Decimal) -> None:
+        if not amount:
+            return
+        with _LOCK:
+            for s in self._chain:
+                s._reserved -= amount
+
+    def _over_measured_limit(self) -> str | None:
+        lim = self.limits
+        if lim.max_tokens is not None and self._input + self._output > lim.max_tokens:
+            return "max_tokens"
+        if lim.max_input_tokens is not None and self._input > lim.max_input_tokens:
+            return "max_input_tokens"
+        if lim.max_output_tokens is not None and self._output > lim.max_output_tokens:
+            return "max_output_tokens"
+        if self._max_usd is not None and self._cost > self._max_usd:
+            return "max_usd"
+        return None
+
+    def _cost_unknown(self, model: str | None) -> None:
+        """An LLM call could not be priced: warn once per model, or stop, per ``on_unknown_cost``."""
+        for s in reversed(self._chain):
+            if s._max_usd is None:
+                continue
+            if s.on_unknown_cost == "error":
+                with _LOCK:
+                    if s._tripped is None:
+                        s._tripped = "cost_unknown"
+                continue
+            key = model or "<unknown model>"
+            if key not in s._warned:
+                s._warned.add(key)
+                warnings.warn(
+                    f"budgetkit: the cost of a call to model {key!r} is unknown, so session "
+                    f"{s.session_id!r} cannot count it against max_usd={s._max_usd}. "
+                    "Pass prices={model: (usd_per_million_input, usd_per_million_output)} "
+                    "or on_unknown_cost='error'.",
+                    CostUnknownWarning,
+                    stacklevel=4,
+                )
+
+    def _all_prices(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """User prices of the whole chain; the innermost session's win."""
+        if len(self._chain) == 1:
+            return self.prices
+        merged: dict[str, tuple[Decimal, Decimal]] = {}
+        for s in self._chain:
+            merged.update(s.prices)
+        return merged
+
+    def _snapshot(self) -> SessionUsage:
+        with _LOCK:
+            steps, llm_calls = self._steps, self._llm_calls
+            inp, out, cost = self._input, self._output, self._cost
+            cr, cw, rs = self._cache_read, self._cache_write, self._reasoning
+            unpriced, unmeasured = self._unpriced, self._unmeasured
+        start = self._start
+        if start is None:
+            elapsed = 0.0
+        else:
+            end = self._end if self._end is not None else _config.clock()
+            elapsed = max(end - start, 0.0)
+        return SessionUsage(
+            steps=steps,
+            llm_calls=llm_calls,
+            input_tokens=inp,
+            output_tokens=out,
+            total_tokens=inp + out,
+            cost_usd=cost,
+            elapsed_seconds=elapsed,
+            cache_read_tokens=cr,
+            cache_write_tokens=cw,
+            reasoning_tokens=rs,
+            unpriced_calls=unpriced,
+            unmeasured_calls=unmeasured,
+        )
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{k}={v}" for k, v in self.limits.limited().items())
+        return f"<SessionBudget {self.session_id} {limits or 'unlimited'}>"
+
+
+class _Reservation:
+    """The part of a ``session.reserve()`` block not yet consumed by charges."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, amount: Decimal) -> None:
+        self.left = amount
+
+    def take(self, cost: Decimal) -> Decimal:
+        taken = min(cost, self.left)
+        self.left -= taken
+        return taken
+
+    def take_all(self) -> Decimal:
+        with _LOCK:
+            left, self.left = self.left, Decimal(0)
+        return left
+
+
+_reservation: ContextVar[_Reservation | None] = ContextVar("budgetkit_reservation", default=None)
+
+
+def _handoff_dir(value: object) -> Path | None:
+    if value is _DEFAULT_DIR:
+        return _config.default_handoff_dir()
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        if str(value) == "":
+            raise BudgetConfigError("handoff_dir must be a directory path or None, got ''")
+        return Path(value)
+    raise BudgetTypeError(f"handoff_dir must be a path or None, got {value!r}")
+
+
+def _validated_prices(prices: object) -> dict[str, tuple[Decimal, Decimal]]:
+    if prices is None:
+        return {}
+    from ._pricing import validate_prices
+
+    return validate_prices(prices)

@@ -1,0 +1,39 @@
+"""Normalised token usage of one LLM call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one LLM call, normalised across providers.
+
+    Counts are inclusive, as in genai-prices and pydantic-ai: ``input_tokens``
+    includes cache reads and writes, ``output_tokens`` includes reasoning.
+
+    .. versionadded:: 0.1.0
+    """
+
+    input_tokens: int = 0
+    """All input tokens: uncached, cache reads and cache writes."""
+    output_tokens: int = 0
+    """All output tokens, reasoning included."""
+    cache_read_tokens: int = 0
+    """Input tokens read from the provider's prompt cache (part of ``input_tokens``)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (part of ``input_tokens``)."""
+    reasoning_tokens: int = 0
+    """Reasoning or thinking tokens (part of ``output_tokens``)."""
+    model: str | None = None
+    """The model that answered, as the response names it."""
+    provider: str | None = None
+    """Provider id hint for pricing (``openai``, ``anthropic``, ``google``, ``aws`` ...)."""
+    reported_cost_usd: Decimal | None = None
+    """A cost the provider or gateway reported itself (LiteLLM, OpenRouter); wins over the price table."""
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens

@@ -1,0 +1,221 @@
+"""The one module that knows call shapes: plain, coroutine, generator, async generator.
+
+Every shape follows the same rule: the boundary is where the body starts running. A plain
+call is checked when called; a coroutine when it starts running (awaited or scheduled as a
+task), not when the coroutine object is created; a generator or async generator on its first
+iteration. One generator is one step however many items it yields.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
+
+import wrapt
+
+from ._calls import LLMCall, enter_step, exit_step
+from ._session import LLM, CallSpec, SessionBudget, _current
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def kind_of(fn: Any) -> str:
+    """``"asyncgen"``, ``"coroutine"``, ``"generator"`` or ``"sync"``."""
+    f = getattr(fn, "__func__", fn)  # classmethod / staticmethod objects
+    if inspect.isasyncgenfunction(f):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(f):
+        return "coroutine"
+    if inspect.isgeneratorfunction(f):
+        return "generator"
+    return "sync"
+
+
+def wrap(fn: Any, spec: CallSpec) -> Any:
+    """Wrap ``fn`` with the boundary for its shape; signature and introspection are kept."""
+    if not callable(fn) and not isinstance(fn, classmethod | staticmethod):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"@budget.{spec.kind} decorates a callable, got {fn!r}")
+    shape = kind_of(fn)
+    llm = spec.kind == LLM
+    factory = {
+        "sync": _sync_llm if llm else _sync_step,
+        "coroutine": _coro_llm if llm else _coro_step,
+        "generator": _gen_wrapper,
+        "asyncgen": _agen_wrapper,
+    }[shape]
+    return wrapt.FunctionWrapper(fn, factory(spec))
+
+
+# ---------------------------------------------------------------------------- steps
+def _sync_step(spec: CallSpec) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return wrapped(*args, **kwargs)
+        handle = enter_step(session, spec, args, kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            exit_step(session, spec, handle, exc)
+            raise
+        exit_step(session, spec, handle, None)
+        return result
+
+    return wrapper
+
+
+def _coro_step(spec: CallSpec) -> Wrapper:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return await wrapped(*args, **kwargs)
+        handle = enter_step(session, spec, args, kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            exit_step(session, spec, handle, exc)
+            raise
+        exit_step(session, spec, handle, None)
+        return result
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- LLM calls
+def _sync_llm(spec: CallSpec) -> Wrapper:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return wrapped(*args, **kwargs)
+        call = LLMCall(session, spec, args, kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return call.finish(result)
+
+    return wrapper
+
+
+def _coro_llm(spec: CallSpec) -> Wrapper:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return await wrapped(*args, **kwargs)
+        call = LLMCall(session, spec, args, kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return call.finish(result)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- generators
+def _gen_wrapper(spec: CallSpec) -> Wrapper:
+    run = _gen_llm if spec.kind == LLM else _gen_step
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return wrapped(*args, **kwargs)
+        return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
+
+    return wrapper
+
+
+def _gen_step(
+    session: SessionBudget, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
+) -> Generator[Any, Any, Any]:
+    handle = enter_step(session, spec, args, kwargs)
+    try:
+        result = yield from gen
+    except BaseException as exc:
+        exit_step(session, spec, handle, exc)
+        raise
+    exit_step(session, spec, handle, None)
+    return result
+
+
+def _gen_llm(
+    session: SessionBudget, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
+) -> Generator[Any, Any, Any]:
+    call = LLMCall(session, spec, args, kwargs)
+    stream = call.finish(gen)  # a proxy that settles the call when the stream ends
+    try:
+        yield from stream
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _agen_wrapper(spec: CallSpec) -> Wrapper:
+    run = _agen_llm if spec.kind == LLM else _agen_step
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return wrapped(*args, **kwargs)
+        return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
+
+    return wrapper
+
+
+async def _agen_step(
+    session: SessionBudget, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
+) -> AsyncGenerator[Any, Any]:
+    # Re-yields agen by hand (``async for`` would drop asend/athrow), forwarding all of them.
+    handle = enter_step(session, spec, args, kwargs)
+    try:
+        try:
+            item = await agen.__anext__()
+        except StopAsyncIteration:
+            item = _DONE
+        while item is not _DONE:
+            try:
+                sent = yield item
+            except GeneratorExit:
+                await agen.aclose()
+                raise
+            except BaseException as thrown:  # noqa: BLE001 - forwarded into the generator
+                step = agen.athrow(thrown)
+            else:
+                step = agen.__anext__() if sent is None else agen.asend(sent)
+            try:
+                item = await step
+            except StopAsyncIteration:
+                item = _DONE
+    except BaseException as exc:
+        exit_step(session, spec, handle, exc)
+        raise
+    exit_step(session, spec, handle, None)
+
+
+_DONE: Any = object()
+
+
+async def _agen_llm(
+    session: SessionBudget, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
+) -> AsyncGenerator[Any, Any]:
+    call = LLMCall(session, spec, args, kwargs)
+    stream = call.finish(agen)
+    try:
+        async for item in stream:
+            yield item
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

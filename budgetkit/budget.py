@@ -1,0 +1,111 @@
+"""The decorators: ``@budget.step`` and ``@budget.llm_call``, and ``budget.current()``.
+
+Use them as ``from budgetkit import budget`` then ``@budget.step``. Outside any
+:class:`~budgetkit.SessionBudget` they are pure pass-through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._session import LLM, STEP, CallSpec, current
+from ._wrap import wrap
+
+__all__ = ["current", "llm_call", "step"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _name_of(fn: Any) -> str:
+    target = getattr(fn, "__func__", fn)
+    return str(getattr(target, "__name__", None) or type(target).__name__)
+
+
+@overload
+def step(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def step(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def step(func: Any = None, /, *, name: str | None = None) -> Any:
+    """Mark a tool call as one step: checked at entry, counted against ``max_steps``.
+
+    Works bare (``@budget.step``) or with options (``@budget.step(name="web_search")``) on
+    functions, ``async def``, methods, classmethods and staticmethods (put it *above*
+    ``@classmethod``/``@staticmethod``), generators and async generators (charged on
+    their first iteration).
+
+    Args:
+        name: the tool name on spans and in handoffs; the function's ``__name__`` by default.
+
+    .. versionadded:: 0.1.0
+    """
+    _check_name(name)
+
+    def decorate(fn: Any) -> Any:
+        return wrap(fn, CallSpec(STEP, name or _name_of(fn)))
+
+    return decorate if func is None else decorate(func)
+
+
+@overload
+def llm_call(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def llm_call(
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    usage: Callable[[Any], Any] | None = None,
+    estimate: Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def llm_call(
+    func: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    usage: Callable[[Any], Any] | None = None,
+    estimate: Callable[..., Any] | None = None,
+) -> Any:
+    """Mark an LLM call: checked at entry, its usage read from the response and priced.
+
+    The returned object is read by duck typing (OpenAI, Anthropic, Gemini, LangChain,
+    LiteLLM, Bedrock shapes); a returned stream is wrapped in a transparent proxy that
+    charges the call when the stream ends.
+
+    Args:
+        name: the name on spans; the function's ``__name__`` by default.
+        model: the model, when the response does not name it (Bedrock) or to price it.
+        provider: the provider id for pricing (``openai``, ``anthropic``, ``aws`` ...).
+        usage: ``callable(result)`` returning a :class:`~budgetkit.Usage` (or a provider
+            response/usage block) for custom return types.
+        estimate: ``callable(*args, **kwargs)`` returning an upper bound of the call's
+            cost in USD, or token counts (``{"input_tokens": ..., "output_tokens": ...}``)
+            priced with the model. The amount is reserved before the call; a call whose
+            reservation does not fit the remaining ``max_usd`` is refused before it runs.
+
+    .. versionadded:: 0.1.0
+    """
+    _check_name(name)
+    _check_name(model, "model")
+    _check_name(provider, "provider")
+    for label, fn_option in (("usage", usage), ("estimate", estimate)):
+        if fn_option is not None and not callable(fn_option):
+            from .exceptions import BudgetTypeError
+
+            raise BudgetTypeError(f"{label} must be callable, got {fn_option!r}")
+
+    def decorate(fn: Any) -> Any:
+        spec = CallSpec(LLM, name or _name_of(fn), model, provider, usage, estimate)
+        return wrap(fn, spec)
+
+    return decorate if func is None else decorate(func)
+
+
+def _check_name(value: object, label: str = "name") -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"{label} must be a non-empty str, got {value!r}")
