@@ -148,6 +148,8 @@ def _estimate(
     if spec.estimate is None:
         return None
     value = spec.estimate(*args, **kwargs)
+    if value is None:  # the estimator has no bound for this call
+        return None
     if isinstance(value, Mapping):
         from ._pricing import price_estimate
 

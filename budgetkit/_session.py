@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn, Self
+from typing import Any, Literal, Never, NoReturn, Self
 
 from . import _config, _otel
 from ._handoff import Handoff, check_session_id, utc_now, write_atomic
@@ -219,7 +219,13 @@ class SessionBudget:
         raise_on_exhausted: bool = True,
         prices: Mapping[str, tuple[float | Decimal, float | Decimal]] | None = None,
         on_unknown_cost: Literal["warn", "error"] = "warn",
+        **unknown: Never,
     ) -> None:
+        if unknown:
+            raise BudgetTypeError(
+                "SessionBudget() got unknown keyword argument(s): "
+                + ", ".join(f"{key}={unknown[key]!r}" for key in sorted(unknown))
+            )
         self.limits = Limits.build(
             max_steps=max_steps,
             max_llm_calls=max_llm_calls,
@@ -478,7 +484,8 @@ class SessionBudget:
         unknown = sorted(set(overrides) - _KEYWORDS)
         if unknown:
             raise BudgetTypeError(
-                f"SessionBudget.resume() got unknown keyword argument(s): {', '.join(unknown)}"
+                "SessionBudget.resume() got unknown keyword argument(s): "
+                + ", ".join(f"{key}={overrides[key]!r}" for key in unknown)
             )
         if isinstance(handoff, Handoff):
             loaded, directory = handoff, None

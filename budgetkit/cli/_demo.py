@@ -1,0 +1,169 @@
+"""``budgetkit demo``: a research agent under a budget that trips, then ``--resume`` finishes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from .._session import SessionBudget
+from ..exceptions import BudgetError, BudgetExhausted
+from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from ._args import add_limit_arguments, limits_from_args
+from ._output import fancy, fmt_usd, print_table
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``demo``."""
+    parser = sub.add_parser(
+        "demo",
+        help="run a small research agent offline under a budget that trips, then resume it",
+        description=(
+            "Runs a research agent (plan, search, read, summarise) whose LLM calls go through "
+            "the real openai client to a local stub server: no network, no API key. The "
+            "budget trips, the handoff is written; --resume HANDOFF finishes with a fresh budget."
+        ),
+    )
+    add_limit_arguments(parser, max_steps=8, max_usd=Decimal("0.05"))
+    parser.add_argument("--resume", metavar="HANDOFF", help="continue from a handoff file")
+    parser.add_argument(
+        "--handoff-dir", default=None, help="where handoffs go (default: $BUDGETKIT_HANDOFF_DIR or ./handoffs)"
+    )
+    parser.add_argument(
+        "--delay", type=float, default=None, help="seconds each call takes (default: 0.15 on a terminal, else 0)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume the demo agent; exit 0 when it stopped cleanly or finished."""
+    try:
+        import openai
+    except ImportError:
+        print("budgetkit demo: needs the openai client: pip install 'budgetkit[demo]'", file=sys.stderr)
+        return EXIT_USAGE
+    from .._stubserver import StubServer
+    from ._demo_agent import ResearchAgent, notes_from_handoff, stub_reply
+
+    limits = limits_from_args(args)
+    extra: dict[str, Any] = {"name": "research-agent"}
+    if args.handoff_dir is not None:
+        extra["handoff_dir"] = args.handoff_dir
+    try:
+        if args.resume:
+            session = SessionBudget.resume(args.resume, **limits, **extra)
+        else:
+            session = SessionBudget(**limits, **extra)
+    except BudgetError as exc:
+        print(f"budgetkit demo: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    delay = args.delay if args.delay is not None else (0.15 if fancy() else 0.0)
+    with _tracing() as trace_id_of, StubServer(reply=stub_reply) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="demo-key", max_retries=0)
+        with _progress(session) as on_event:
+            agent = ResearchAgent(client, delay=delay, on_event=on_event)
+            outcome: BudgetExhausted | None = None
+            try:
+                with session:
+                    notes = agent.run(session, notes_from_handoff(session))
+            except BudgetExhausted as exc:
+                outcome = exc
+        _summary(session, outcome, trace_id_of(session), None if outcome else notes.report)
+    return EXIT_OK
+
+
+def _summary(
+    session: SessionBudget, outcome: BudgetExhausted | None, trace_id: str | None, report: str | None
+) -> None:
+    result = session.result
+    assert result is not None
+    usage = result.usage
+    lim = session.limits
+    rows: list[tuple[str, Any]] = [
+        ("session", session.session_id),
+        ("steps", _against(usage.steps, lim.max_steps)),
+        ("LLM calls", _against(usage.llm_calls, lim.max_llm_calls)),
+        ("tokens", f"{usage.total_tokens} ({usage.input_tokens} in, {usage.output_tokens} out)"),
+        ("cost", fmt_usd(usage.cost_usd) + (f" of {fmt_usd(lim.max_usd)}" if lim.max_usd else "")),
+        ("stop reason", result.stop_reason),
+        ("handoff", str(result.handoff_path) if result.handoff_path else "-"),
+        ("trace id", trace_id or "-"),
+    ]
+    if session.parent_session_id:
+        rows.insert(1, ("resumed from", session.parent_session_id))
+    print_table("budgetkit demo: summary", rows)
+    if outcome is not None and result.handoff_path is not None:
+        print(f"\nStopped at the boundary; nothing in flight was lost. Resume with:\n"
+              f"  budgetkit demo --resume {result.handoff_path}")
+    elif report:
+        print(f"\n{report}")
+
+
+def _against(used: int, limit: int | None) -> str:
+    return f"{used}" if limit is None else f"{used} of {limit}"
+
+
+@contextlib.contextmanager
+def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
+    """A live bar per limit on a terminal; one plain line per event otherwise."""
+    if not fancy():
+
+        def plain(event: str) -> None:
+            u = session.usage
+            print(f"[step {u.steps:>2} | llm {u.llm_calls:>2} | {fmt_usd(u.cost_usd)}] {event}", flush=True)
+
+        yield plain
+        return
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.fields[label]}"))
+    lim = session.limits
+    bars = {}
+    if lim.max_steps:
+        bars["steps"] = progress.add_task("steps", total=lim.max_steps, label="")
+    if lim.max_llm_calls:
+        bars["llm"] = progress.add_task("LLM calls", total=lim.max_llm_calls, label="")
+    if lim.max_usd:
+        bars["usd"] = progress.add_task("USD", total=float(lim.max_usd), label="")
+    log: list[str] = []
+
+    def update(event: str) -> None:
+        u = session.usage
+        if "steps" in bars:
+            progress.update(bars["steps"], completed=u.steps, label=f"{u.steps}/{lim.max_steps}")
+        if "llm" in bars:
+            progress.update(bars["llm"], completed=u.llm_calls, label=f"{u.llm_calls}/{lim.max_llm_calls}")
+        if "usd" in bars:
+            progress.update(bars["usd"], completed=float(u.cost_usd), label=f"{fmt_usd(u.cost_usd)}/{fmt_usd(lim.max_usd)}")
+        log.append(event)
+        progress.console.print(f"  {event}")
+
+    with Live(progress, refresh_per_second=10, transient=False):
+        yield update
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[Callable[[SessionBudget], str | None]]:
+    """Spans go to ``$OTEL_EXPORTER_OTLP_ENDPOINT`` when set, else stay in this process."""
+    try:
+        from .. import otel
+    except ImportError:  # pragma: no cover - telemetry helper not available
+        yield lambda _s: None
+        return
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    try:
+        shutdown = otel.configure(service_name="budgetkit-demo", export=bool(endpoint))
+    except BudgetError:
+        yield lambda _s: None
+        return
+    try:
+        yield otel.trace_id_of
+    finally:
+        shutdown()
+        if endpoint:
+            print(f"spans exported to {endpoint}", file=sys.stderr)

@@ -1,0 +1,45 @@
+"""Terminal output: ``rich`` on a terminal, plain text for pipes, CI and ``NO_COLOR``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+def fancy(stream: TextIO | None = None) -> bool:
+    """Whether to draw rich output: a terminal, no ``NO_COLOR``, ``rich`` installed."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("CI") or not stream.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def print_table(title: str, rows: Sequence[tuple[str, Any]], *, stream: TextIO | None = None) -> None:
+    """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise."""
+    stream = stream or sys.stdout
+    if fancy(stream):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in rows:
+            table.add_row(key, str(value))
+        Console(file=stream).print(table)
+        return
+    width = max((len(k) for k, _ in rows), default=0)
+    print(title, file=stream)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}", file=stream)
+
+
+def fmt_usd(value: Any) -> str:
+    """Dollars with enough digits for sub-cent LLM calls."""
+    return f"${float(value):.4f}"
