@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from decimal import Decimal
-from numbers import Real
+from numbers import Integral, Real
 from typing import Final
 
 from ._usage import Usage
@@ -105,7 +105,7 @@ def extract_usage(
         found = _extract(response, model)
     except MalformedUsageError:
         raise
-    except Exception:  # noqa: BLE001 - arbitrary objects must never break the caller
+    except Exception:  # arbitrary objects must never break the caller
         return None
     if found is None:
         return None
@@ -213,7 +213,9 @@ def _openai_chat(container: object, usage: object, prompt: object, model: str | 
             "usage.prompt_tokens_details.cache_write_tokens",
         ),
         reasoning_tokens=_count(
-            _get(completion_details, "reasoning_tokens") if completion_details is not None else None,
+            _get(completion_details, "reasoning_tokens")
+            if completion_details is not None
+            else None,
             "usage.completion_tokens_details.reasoning_tokens",
         ),
         model=_model_of(container) or model,
@@ -235,12 +237,16 @@ def _inclusive_input(block: object, model: str | None, cost: Decimal | None) -> 
     anthropic_read = _count(_get(block, "cache_read_input_tokens"), "usage.cache_read_input_tokens")
     cache_read, cache_write, reasoning = anthropic_read, anthropic_write, 0
     if (details := _get(block, "input_tokens_details")) is not None:  # Responses API
-        cache_read = _count(_get(details, "cached_tokens"), "usage.input_tokens_details.cached_tokens")
+        cache_read = _count(
+            _get(details, "cached_tokens"), "usage.input_tokens_details.cached_tokens"
+        )
         cache_write = _count(
             _get(details, "cache_write_tokens"), "usage.input_tokens_details.cache_write_tokens"
         )
     elif (details := _get(block, "input_token_details")) is not None:  # LangChain
-        cache_read = _count(_get(details, "cache_read"), "usage_metadata.input_token_details.cache_read")
+        cache_read = _count(
+            _get(details, "cache_read"), "usage_metadata.input_token_details.cache_read"
+        )
         cache_write = _count(
             _get(details, "cache_creation"), "usage_metadata.input_token_details.cache_creation"
         )
@@ -250,7 +256,9 @@ def _inclusive_input(block: object, model: str | None, cost: Decimal | None) -> 
             reasoning_value = _get(details, "thinking_tokens")
         reasoning = _count(reasoning_value, "usage.output_tokens_details.reasoning_tokens")
     elif (details := _get(block, "output_token_details")) is not None:  # LangChain
-        reasoning = _count(_get(details, "reasoning"), "usage_metadata.output_token_details.reasoning")
+        reasoning = _count(
+            _get(details, "reasoning"), "usage_metadata.output_token_details.reasoning"
+        )
     return Usage(
         input_tokens=input_tokens + anthropic_read + anthropic_write,
         output_tokens=_count(_get(block, "output_tokens"), "usage.output_tokens"),
@@ -267,7 +275,9 @@ def _bedrock(block: object, model: str | None) -> Usage:
     cache_read = _count(_get(block, "cacheReadInputTokens"), "usage.cacheReadInputTokens")
     cache_write = _count(_get(block, "cacheWriteInputTokens"), "usage.cacheWriteInputTokens")
     return Usage(
-        input_tokens=_count(_get(block, "inputTokens"), "usage.inputTokens") + cache_read + cache_write,
+        input_tokens=_count(_get(block, "inputTokens"), "usage.inputTokens")
+        + cache_read
+        + cache_write,
         output_tokens=_count(_get(block, "outputTokens"), "usage.outputTokens"),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
@@ -282,7 +292,10 @@ def _gemini(metadata: object, model: str | None) -> Usage | None:
         snake: _count(_gemini_value(metadata, snake, camel), f"usage_metadata.{snake}")
         for snake, camel in GEMINI_USAGE_FIELDS.items()
     }
-    if not any(counts.values()) and _gemini_value(metadata, "prompt_token_count", "promptTokenCount") is None:
+    if (
+        not any(counts.values())
+        and _gemini_value(metadata, "prompt_token_count", "promptTokenCount") is None
+    ):
         return None
     thoughts = counts["thoughts_token_count"]
     return Usage(
@@ -342,10 +355,15 @@ def _count(value: object, field: str) -> int:
 def _slow_count(value: object, field: str) -> int:
     if isinstance(value, bool):
         raise MalformedUsageError(field, value)
+    if isinstance(value, Integral):
+        as_int = int(value)
+        if as_int >= 0:
+            return as_int
+        raise MalformedUsageError(field, value)
     if isinstance(value, Real):
         as_float = float(value)
         if math.isfinite(as_float) and as_float >= 0 and as_float.is_integer():
-            return int(value)
+            return int(as_float)
         raise MalformedUsageError(field, value)
     if isinstance(value, _NOT_DATA_TYPES):
         raise MalformedUsageError(field, value)

@@ -115,6 +115,9 @@ class Handoff:
         _expect(values, "pending_tasks", list, source)
         _expect(values, "resume_instructions", str, source)
         _expect(values, "created_at", str, source)
+        for key in ("parent_session_id", "context_summary", "name"):
+            if values.get(key) is not None:
+                _expect(values, key, str, source)
         try:
             check_session_id(values["session_id"])
         except (BudgetConfigError, BudgetTypeError) as exc:
@@ -133,6 +136,8 @@ class Handoff:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise HandoffError(f"cannot read handoff {str(p)!r}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise HandoffError(f"handoff {str(p)!r} is not UTF-8 text ({exc})") from None
         try:
             doc = json.loads(text)
         except ValueError as exc:

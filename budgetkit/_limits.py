@@ -71,11 +71,15 @@ def _seconds(value: object, name: str) -> float:
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BudgetTypeError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
         raise BudgetConfigError(
             f"{name} must be a positive, finite number of seconds or None, got {value!r}"
         )
-    return float(value)
+    return seconds
 
 
 def to_usd(value: object, name: str, *, allow_zero: bool = False) -> Decimal:

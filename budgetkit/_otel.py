@@ -1,28 +1,425 @@
-"""OpenTelemetry hooks (placeholder: no-ops until the telemetry module lands)."""
+"""OpenTelemetry spans, events and metrics for sessions and decorated calls.
+
+Only ``opentelemetry-api`` is used. Until an application installs a tracer provider, every
+hook returns after one attribute read: no span objects are made (the API's no-op span alone
+would cost more than the budget check). Every call into OpenTelemetry is guarded, so a
+failing span processor or exporter never reaches the agent.
+
+Spans: the session span (``invoke_agent {name}`` or ``budgetkit.session``) is made current
+for the ``with`` block; ``execute_tool {tool}`` and ``chat {model}`` call spans are started
+with :meth:`Tracer.start_span` under the current context and never attached, so a generator
+may yield between their start and end. Names are in :mod:`budgetkit._attributes`.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from decimal import Decimal
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import _internal as metrics_internal
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from . import _attributes as names
+from . import _config
+
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter, Histogram
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.util.types import AttributeValue
+
     from ._session import CallSpec, SessionBudget, SessionResult
     from ._usage import Usage
 
+__all__ = [
+    "capture_content",
+    "end_call",
+    "end_session",
+    "exhausted",
+    "span_ids",
+    "start_call",
+    "start_session",
+]
+
+_log = logging.getLogger("budgetkit.otel")
+
+#: Content attributes longer than this are cut (and end with an ellipsis).
+MAX_CONTENT_CHARS = 32_768
+
+_LLM = "llm"
+_Attrs = dict[str, "AttributeValue"]
+_Pair = Callable[["SessionBudget", Any], tuple[int | float, int | float]]
+
+
+# ----------------------------------------------------------------------------- settings
+class _Settings:
+    """Process-wide telemetry settings and the tracer/meter resolved for the global provider."""
+
+    capture: bool | None = None
+    tracer_provider: object = None
+    tracer: Tracer | None = None
+    meter_provider: object = None
+    meters: _Instruments | None = None
+
+
+def capture_content(enabled: bool | None) -> None:
+    """Record prompts, tool arguments and results on spans (``None``: follow the env var).
+
+    Read when a session starts. Off unless this says so or
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"capture_content takes a bool or None, got {enabled!r}")
+    _Settings.capture = enabled
+
+
+def _capture_enabled() -> bool:
+    if _Settings.capture is not None:
+        return _Settings.capture
+    return os.environ.get(names.CAPTURE_CONTENT_ENV, "").strip().lower() in names.CAPTURE_CONTENT_ON
+
+
+def _tracer(provider: object) -> Tracer | None:
+    """budgetkit's tracer from the global provider, or ``None`` when it cannot record."""
+    if provider is not _Settings.tracer_provider:
+        tracer: Tracer | None = None
+        if not isinstance(provider, trace.NoOpTracerProvider):
+            tracer = trace.get_tracer(
+                names.INSTRUMENTATION_NAME, _version(), schema_url=names.SCHEMA_URL
+            )
+        _Settings.tracer, _Settings.tracer_provider = tracer, provider
+    return _Settings.tracer
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _failed(where: str) -> None:
+    """OpenTelemetry raised: note it for debugging, never re-raise."""
+    _log.debug("budgetkit: OpenTelemetry raised in %s; ignored", where, exc_info=True)
+
+
+# ----------------------------------------------------------------------------- budget state
+def _num(value: int | float | Decimal) -> int | float:
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _left(limit: Any, used: Any) -> int | float:
+    return _num(max(limit - used, 0))
+
+
+def _pair(used: Callable[[SessionBudget], Any]) -> _Pair:
+    def pair(s: SessionBudget, limit: Any) -> tuple[int | float, int | float]:
+        value = used(s)
+        return _num(value), _left(limit, value)
+
+    return pair
+
+
+#: For each limit: (used, remaining) read from the live counters; a few loads per call.
+_io = attrgetter("_input", "_output")
+_LIVE: dict[str, _Pair] = {
+    "max_steps": _pair(attrgetter("_steps")),
+    "max_llm_calls": _pair(attrgetter("_llm_calls")),
+    "max_tokens": _pair(lambda s: sum(_io(s))),
+    "max_input_tokens": _pair(attrgetter("_input")),
+    "max_output_tokens": _pair(attrgetter("_output")),
+    "max_usd": _pair(attrgetter("_cost")),
+    "max_seconds": _pair(lambda s: max(_config.clock() - s._start_time(), 0.0)),
+    "max_consecutive_errors": _pair(attrgetter("_errors_in_a_row")),
+}
+
+_Plan = tuple[tuple[str, str, _Pair, Any], ...]
+
+
+def _plan(session: SessionBudget, only: frozenset[str] | None = None) -> _Plan:
+    """(used key, remaining key, reader, limit) for each limit the session sets."""
+    return tuple(
+        (names.USED_KEYS[name], names.REMAINING_KEYS[name], _LIVE[name], limit)
+        for name, limit in session.limits.limited().items()
+        if only is None or name in only
+    )
+
+
+#: What an LLM call's charge can change (count limits were taken at admission).
+_MEASURED = frozenset({"max_tokens", "max_input_tokens", "max_output_tokens", "max_usd"})
+
+
+def _add_live(attrs: _Attrs, session: SessionBudget, plan: _Plan) -> None:
+    for used_key, remaining_key, read, limit in plan:
+        used, remaining = read(session, limit)
+        attrs[used_key] = used
+        attrs[remaining_key] = remaining
+
+
+def _final(session: SessionBudget, result: SessionResult) -> _Attrs:
+    """Used (every dimension) and remaining (limited ones) at session end."""
+    u = result.usage
+    used: dict[str, Any] = {
+        "max_steps": u.steps,
+        "max_llm_calls": u.llm_calls,
+        "max_tokens": u.total_tokens,
+        "max_input_tokens": u.input_tokens,
+        "max_output_tokens": u.output_tokens,
+        "max_usd": u.cost_usd,
+        "max_seconds": u.elapsed_seconds,
+        "max_consecutive_errors": _LIVE["max_consecutive_errors"](session, 0)[0],
+    }
+    limits = session.limits.limited()
+    attrs: _Attrs = {}
+    for name, value in used.items():
+        attrs[names.USED_KEYS[name]] = _num(value)
+        if name in limits:
+            attrs[names.REMAINING_KEYS[name]] = _left(limits[name], value)
+    return attrs
+
+
+# ----------------------------------------------------------------------------- session span
+class _SessionSpan:
+    """What a session keeps of its telemetry: the span (or ``None``) and per-call settings."""
+
+    __slots__ = ("capture", "measured", "plan", "recorded_error", "span", "token")
+
+    def __init__(self, session: SessionBudget, capture: bool) -> None:
+        self.plan = _plan(session)
+        self.measured = _plan(session, _MEASURED)
+        self.capture = capture
+        self.span: Span | None = None
+        self.token: Any = None
+        self.recorded_error = 0
+
 
 def start_session(session: SessionBudget) -> Any:
-    """Open the session span; returns a handle or ``None``."""
-    return None
+    """Open the session span and make it current; returns the session's telemetry handle."""
+    handle = _SessionSpan(session, _capture_enabled())
+    try:
+        provider = trace.get_tracer_provider()  # also loads OTEL_PYTHON_TRACER_PROVIDER
+        tracer = None if trace._TRACER_PROVIDER is None else _tracer(provider)
+        if tracer is not None:
+            handle.span = _open_session_span(tracer, session)
+            handle.token = otel_context.attach(trace.set_span_in_context(handle.span))
+    except Exception:  # telemetry never breaks the agent
+        _failed("start_session")
+    return handle
+
+
+def _open_session_span(tracer: Tracer, session: SessionBudget) -> Span:
+    attrs: _Attrs = {names.SESSION_ID: session.session_id}
+    if session.name:
+        name = names.INVOKE_AGENT_SPAN.format(name=session.name)
+        attrs[names.GEN_AI_OPERATION_NAME] = names.OP_INVOKE_AGENT
+        attrs[names.GEN_AI_AGENT_NAME] = session.name
+        attrs[names.SESSION_NAME] = session.name
+    else:
+        name = names.SESSION_SPAN
+    if session.parent_session_id is not None:
+        attrs[names.SESSION_RESUMED_FROM] = session.parent_session_id
+    for limit_name, limit in session.limits.limited().items():
+        attrs[names.LIMIT_KEYS[limit_name]] = _num(limit)
+        attrs[names.USED_KEYS[limit_name]] = 0
+        attrs[names.REMAINING_KEYS[limit_name]] = _num(limit)
+    return tracer.start_span(
+        name, kind=SpanKind.INTERNAL, attributes=attrs, links=_resume_links(session)
+    )
+
+
+def _resume_links(session: SessionBudget) -> list[Link]:
+    """A link to the span of the session this one resumed, when its handoff recorded it."""
+    handoff = session.resumed_from
+    if handoff is None or not handoff.trace_id or not handoff.span_id:
+        return []
+    try:
+        parent = SpanContext(
+            trace_id=int(handoff.trace_id, 16),
+            span_id=int(handoff.span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    except (TypeError, ValueError):
+        return []
+    if not parent.is_valid:
+        return []
+    return [Link(parent, {names.LINK_RESUMED_FROM: handoff.session_id})]
 
 
 def end_session(
     session: SessionBudget, handle: Any, result: SessionResult, exc: BaseException | None
 ) -> None:
-    """Close the session span."""
+    """Record how the session ended on its span, end it, and restore the previous context."""
+    if not isinstance(handle, _SessionSpan):
+        return
+    try:
+        if handle.span is not None:
+            _close_session_span(handle, session, result, exc)
+    except Exception:  # telemetry never breaks the agent
+        _failed("end_session")
+    finally:
+        _detach(handle.token)
+        handle.token = None
+
+
+def _close_session_span(
+    handle: _SessionSpan, session: SessionBudget, result: SessionResult, exc: BaseException | None
+) -> None:
+    span = handle.span
+    assert span is not None
+    attrs = _final(session, result)
+    attrs[names.SESSION_STOP_REASON] = result.stop_reason
+    if result.stopped_by is not None:
+        attrs[names.SESSION_STOPPED_BY] = result.stopped_by
+    attrs[names.SESSION_UNPRICED_CALLS] = result.usage.unpriced_calls
+    attrs[names.SESSION_UNMEASURED_CALLS] = result.usage.unmeasured_calls
+    span.set_attributes(attrs)
+    if result.stop_reason not in ("completed", "error"):
+        span.set_attribute(names.ERROR_TYPE, names.EXHAUSTED_ERROR_TYPE)
+        span.set_status(Status(StatusCode.ERROR, f"budget exhausted: {result.stop_reason}"))
+    elif exc is not None:
+        _mark_error(span, exc, record=id(exc) != handle.recorded_error)
+    span.end()
+
+
+def _detach(token: Any) -> None:
+    """Undo the session's attach; a block exited in another context leaves that one alone."""
+    if token is None:
+        return
+    var = getattr(token, "var", None)
+    try:
+        if isinstance(var, ContextVar):
+            var.reset(token)
+        else:
+            otel_context.detach(token)
+    except (ValueError, RuntimeError):
+        pass
+
+
+def span_ids(handle: Any) -> tuple[str | None, str | None]:
+    """The (trace id, span id) of a session span handle, as hex, for the handoff."""
+    span = handle.span if isinstance(handle, _SessionSpan) else None
+    if span is None:
+        return None, None
+    try:
+        ctx = span.get_span_context()
+    except Exception:  # telemetry never breaks the agent
+        return None, None
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None, None  # a span no backend receives is nothing to link to
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def exhausted(session: SessionBudget, reason: str, refused: str | None) -> None:
+    """Add the ``budgetkit.budget.exhausted`` event to the session span; count it."""
+    try:
+        handle = session._span
+        span = handle.span if isinstance(handle, _SessionSpan) else None
+        if span is not None:
+            span.add_event(names.EXHAUSTED_EVENT, _exhaustion_attrs(session, reason, refused))
+        meters = _meters()
+        if meters is not None:
+            meters.exhaustions.add(1, {names.EXHAUSTED_REASON: reason})
+    except Exception:  # telemetry never breaks the agent
+        _failed("exhausted")
+
+
+def _exhaustion_attrs(session: SessionBudget, reason: str, refused: str | None) -> _Attrs:
+    attrs: _Attrs = {names.EXHAUSTED_REASON: reason, names.SESSION_ID: session.session_id}
+    limit = session.limits.limited().get(reason)
+    if limit is not None:
+        used, _ = _LIVE[reason](session, limit)
+        attrs[names.EXHAUSTED_LIMIT] = _num(limit)
+        attrs[names.EXHAUSTED_USED] = used
+    if refused is not None:
+        attrs[names.EXHAUSTED_REFUSED_STEP] = refused
+    return attrs
+
+
+# ----------------------------------------------------------------------------- call spans
+class _LLMSpan:
+    """An LLM call's span (``None`` when only metrics record) and its request model."""
+
+    __slots__ = ("model", "span")
+
+    def __init__(self, span: Span | None, model: str | None) -> None:
+        self.span = span
+        self.model = model
 
 
 def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """Open a step or LLM-call span; returns a handle or ``None`` when nothing records."""
-    return None
+    provider = trace._TRACER_PROVIDER
+    if provider is None and (spec.kind != _LLM or metrics_internal._METER_PROVIDER is None):
+        return None  # nothing records: skip all span work
+    try:
+        tracer = None if provider is None else _tracer(provider)
+        if spec.kind == _LLM:
+            return _start_llm(tracer, session, spec, args, kwargs)
+        if tracer is None:
+            return None
+        return _start_step(tracer, session, spec, args, kwargs)
+    except Exception:  # telemetry never breaks the agent
+        _failed("start_call")
+        return None
+
+
+def _session_handle(session: SessionBudget) -> _SessionSpan | None:
+    handle = session._span
+    return handle if isinstance(handle, _SessionSpan) else None
+
+
+def _start_step(
+    tracer: Tracer, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any
+) -> Span:
+    attrs: _Attrs = {
+        names.GEN_AI_OPERATION_NAME: names.OP_EXECUTE_TOOL,
+        names.GEN_AI_TOOL_NAME: spec.name,
+        names.GEN_AI_TOOL_TYPE: names.TOOL_TYPE_FUNCTION,
+        names.SESSION_ID: session.session_id,
+    }
+    handle = _session_handle(session)
+    if handle is not None:
+        _add_live(attrs, session, handle.plan)
+        if handle.capture:
+            attrs[names.GEN_AI_TOOL_CALL_ARGUMENTS] = _content(_arguments(args, kwargs))
+    return tracer.start_span(f"execute_tool {spec.name}", attributes=attrs)
+
+
+def _start_llm(
+    tracer: Tracer | None, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any
+) -> _LLMSpan:
+    from ._calls import request_model
+
+    model = request_model(spec, kwargs)
+    if tracer is None:  # metrics only
+        return _LLMSpan(None, model)
+    attrs: _Attrs = {
+        names.GEN_AI_OPERATION_NAME: names.OP_CHAT,
+        names.SESSION_ID: session.session_id,
+    }
+    if spec.provider is not None:
+        attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(spec.provider)
+    if model is not None:
+        attrs[names.GEN_AI_REQUEST_MODEL] = model
+    handle = _session_handle(session)
+    if handle is not None:
+        _add_live(attrs, session, handle.plan)
+        if handle.capture:
+            messages = kwargs.get("messages") if "messages" in kwargs else None
+            value = messages if messages is not None else _arguments(args, kwargs)
+            attrs[names.GEN_AI_INPUT_MESSAGES] = _content(value)
+    name = names.CHAT_SPAN_NO_MODEL if model is None else f"chat {model}"
+    span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+    return _LLMSpan(span, model)
 
 
 def end_call(
@@ -34,13 +431,218 @@ def end_call(
     cost: Any = None,
     result: Any = None,
 ) -> None:
-    """Close a call span."""
+    """Close a call span: usage, cost and budget state for LLM calls; status on error."""
+    if handle is None:
+        return
+    try:
+        if isinstance(handle, _LLMSpan):
+            _end_llm(handle, session, spec, error, usage, cost, result)
+        else:
+            _end_step(handle, session, error, result)
+    except Exception:  # telemetry never breaks the agent
+        _failed("end_call")
 
 
-def exhausted(session: SessionBudget, reason: str, refused: str | None) -> None:
-    """Record the exhaustion event on the session span."""
+def _end_step(span: Span, session: SessionBudget, error: BaseException | None, result: Any) -> None:
+    if error is not None:
+        _mark_step_error(span, session, error)
+    elif result is not None:
+        handle = _session_handle(session)
+        if handle is not None and handle.capture:
+            span.set_attribute(names.GEN_AI_TOOL_CALL_RESULT, _content(result))
+    span.end()
 
 
-def span_ids(handle: Any) -> tuple[str | None, str | None]:
-    """The (trace id, span id) of a session span handle, as hex, for the handoff."""
-    return None, None
+def _end_llm(
+    handle: _LLMSpan,
+    session: SessionBudget,
+    spec: CallSpec,
+    error: BaseException | None,
+    usage: Usage | None,
+    cost: Decimal | None,
+    result: Any,
+) -> None:
+    span = handle.span
+    if span is not None:
+        if error is None:
+            _close_llm_span(span, handle.model, session, spec, usage, cost, result)
+        else:
+            _mark_step_error(span, session, error)
+            span.end()
+    if error is None and usage is not None:
+        _record_metrics(spec, handle.model, usage, cost)
+
+
+def _close_llm_span(
+    span: Span,
+    model: str | None,
+    session: SessionBudget,
+    spec: CallSpec,
+    usage: Usage | None,
+    cost: Decimal | None,
+    result: Any,
+) -> None:
+    attrs = _usage_attrs(spec, usage, cost)
+    handle = _session_handle(session)
+    if handle is not None:
+        _add_live(attrs, session, handle.measured)
+        if handle.capture and result is not None:
+            attrs[names.GEN_AI_OUTPUT_MESSAGES] = _content(result)
+    span.set_attributes(attrs)
+    if model is None and usage is not None and usage.model:
+        span.update_name(f"chat {usage.model}")
+    span.end()
+
+
+def _usage_attrs(spec: CallSpec, usage: Usage | None, cost: Decimal | None) -> _Attrs:
+    if usage is None:
+        return {names.CALL_COST_STATUS: names.COST_UNMEASURED}
+    attrs: _Attrs = {
+        names.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
+        names.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
+    }
+    if usage.model:
+        attrs[names.GEN_AI_RESPONSE_MODEL] = usage.model
+    if spec.provider is None and usage.provider:
+        attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(usage.provider)
+    if usage.cache_read_tokens:
+        attrs[names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
+    if usage.cache_write_tokens:
+        attrs[names.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+    if usage.reasoning_tokens:
+        attrs[names.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+    if cost is None:
+        attrs[names.CALL_COST_STATUS] = names.COST_UNPRICED
+    else:
+        attrs[names.CALL_COST_STATUS] = names.COST_PRICED
+        attrs[names.CALL_COST_USD] = float(cost)
+    return attrs
+
+
+def _provider_name(provider: str) -> str:
+    return names.PROVIDER_NAMES.get(provider, provider)
+
+
+def _mark_step_error(span: Span, session: SessionBudget, error: BaseException) -> None:
+    _mark_error(span, error, record=True)
+    handle = _session_handle(session)
+    if handle is not None:
+        handle.recorded_error = id(error)
+
+
+def _mark_error(span: Span, error: BaseException, *, record: bool) -> None:
+    """Error status and ``error.type``; the exception event once, on the span that saw it."""
+    span.set_attribute(names.ERROR_TYPE, _error_type(error))
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    if record:
+        span.record_exception(error, escaped=True)
+
+
+def _error_type(error: BaseException) -> str:
+    cls = type(error)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# ----------------------------------------------------------------------------- content
+def _arguments(args: Any, kwargs: Any) -> Any:
+    """A call's arguments as one JSON-ready value: keyword arguments, plus ``args`` if any."""
+    out: dict[str, Any] = {"args": list(args)} if args else {}
+    out.update(kwargs)
+    return out
+
+
+def _content(value: Any) -> str:
+    """``value`` as JSON (objects via ``model_dump``/``to_dict``/``repr``), truncated."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(value)
+    if len(text) > MAX_CONTENT_CHARS:
+        text = text[: MAX_CONTENT_CHARS - 1] + "…"
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    for method in ("model_dump", "to_dict"):
+        dump = getattr(value, method, None)
+        if callable(dump):
+            try:
+                return dump()
+            except Exception:  # fall back to repr
+                break
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------- metrics
+class _Instruments:
+    """budgetkit's instruments on the global meter provider."""
+
+    __slots__ = ("cost", "exhaustions", "token_usage")
+
+    def __init__(self, token_usage: Histogram, cost: Counter, exhaustions: Counter) -> None:
+        self.token_usage = token_usage
+        self.cost = cost
+        self.exhaustions = exhaustions
+
+
+def _meters() -> _Instruments | None:
+    """The instruments, or ``None`` until the application sets a meter provider."""
+    provider = metrics_internal._METER_PROVIDER
+    if provider is None:
+        return None
+    if provider is not _Settings.meter_provider:
+        _Settings.meters, _Settings.meter_provider = _make_instruments(), provider
+    return _Settings.meters
+
+
+def _make_instruments() -> _Instruments:
+    from opentelemetry import metrics
+
+    meter = metrics.get_meter(names.INSTRUMENTATION_NAME, _version(), schema_url=names.SCHEMA_URL)
+    try:
+        tokens = meter.create_histogram(
+            names.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(names.TOKEN_BUCKETS),
+        )
+    except TypeError:  # opentelemetry-api < 1.30 has no bucket advisory
+        tokens = meter.create_histogram(names.METRIC_TOKEN_USAGE, unit="{token}")
+    cost = meter.create_counter(
+        names.METRIC_COST, unit="{USD}", description="Known cost of LLM calls, in US dollars."
+    )
+    exhaustions = meter.create_counter(
+        names.METRIC_EXHAUSTIONS, unit="{exhaustion}", description="Sessions stopped by a budget."
+    )
+    return _Instruments(tokens, cost, exhaustions)
+
+
+def _record_metrics(spec: CallSpec, model: str | None, usage: Usage, cost: Decimal | None) -> None:
+    meters = _meters()
+    if meters is None:
+        return
+    attrs: _Attrs = {names.GEN_AI_OPERATION_NAME: names.OP_CHAT}
+    provider = spec.provider or usage.provider
+    if provider:
+        attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(provider)
+    if usage.model:
+        attrs[names.GEN_AI_RESPONSE_MODEL] = usage.model
+    if model:
+        attrs[names.GEN_AI_REQUEST_MODEL] = model
+    meters.token_usage.record(
+        usage.input_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_INPUT}
+    )
+    meters.token_usage.record(
+        usage.output_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_OUTPUT}
+    )
+    if cost is not None:
+        meters.cost.add(float(cost), attrs)

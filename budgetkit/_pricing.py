@@ -163,7 +163,16 @@ def price_estimate(
         BudgetTypeError: ``tokens`` is not a mapping or a count is not an integer.
         BudgetConfigError: an unknown key or a negative count.
     """
-    usage = Usage(**_validate_estimate(tokens), model=model, provider=provider)
+    counts = _validate_estimate(tokens)
+    usage = Usage(
+        input_tokens=counts.get("input_tokens", 0),
+        output_tokens=counts.get("output_tokens", 0),
+        cache_read_tokens=counts.get("cache_read_tokens", 0),
+        cache_write_tokens=counts.get("cache_write_tokens", 0),
+        reasoning_tokens=counts.get("reasoning_tokens", 0),
+        model=model,
+        provider=provider,
+    )
     return price_usage(usage, prices=prices, when=when)
 
 
@@ -209,14 +218,16 @@ def _validate_rate_pair(key: str, value: object) -> tuple[Decimal, Decimal]:
             f"got {value!r} ({type(value).__name__})"
         )
         raise BudgetTypeError(msg)
-    if len(value) != 2:  # noqa: PLR2004 - a pair
+    if len(value) != 2:
         msg = f"prices[{key!r}] must have exactly two rates (input, output), got {value!r}"
         raise BudgetConfigError(msg)
     return (_validate_rate(key, 0, value[0]), _validate_rate(key, 1, value[1]))
 
 
 def _validate_rate(key: str, index: int, rate: object) -> Decimal:
-    where = f"prices[{key!r}][{index}] ({'input' if index == 0 else 'output'} USD per million tokens)"
+    where = (
+        f"prices[{key!r}][{index}] ({'input' if index == 0 else 'output'} USD per million tokens)"
+    )
     if isinstance(rate, bool) or not isinstance(rate, (int, float, Decimal)):
         msg = f"{where} must be a number, got {rate!r} ({type(rate).__name__})"
         raise BudgetTypeError(msg)
@@ -238,7 +249,8 @@ def _validate_estimate(tokens: object) -> dict[str, int]:
             msg = f"estimate token mapping has an unknown key {key!r}; allowed keys: {allowed}"
             raise BudgetConfigError(msg)
         if isinstance(value, bool) or not isinstance(value, int):
-            msg = f"estimate[{key!r}] must be an int token count, got {value!r} ({type(value).__name__})"
+            kind = type(value).__name__
+            msg = f"estimate[{key!r}] must be an int token count, got {value!r} ({kind})"
             raise BudgetTypeError(msg)
         if value < 0:
             msg = f"estimate[{key!r}] must be a non-negative token count, got {value!r}"
@@ -285,7 +297,7 @@ def _calc_price(found: _Found, usage: Usage, when: datetime | None) -> Decimal:
 
 def _lookup(provider: str | None, model: str) -> _Found | None:
     """Find the genai-prices model, cached per ``(provider, model)``; ``None`` if unknown."""
-    global _get_snapshot, _cache_snapshot  # noqa: PLW0603 - lazy import, one cache per snapshot
+    global _get_snapshot, _cache_snapshot  # lazy import; one cache per snapshot
     if _get_snapshot is None:
         from genai_prices.data_snapshot import get_snapshot
 
@@ -337,7 +349,7 @@ def _direct_price_for(model_price: ModelPrice) -> _DirectPrice | None:
 
 def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
     from genai_prices.types import TieredPrices
-    from genai_prices.units import _get_registry  # noqa: PLC2701 - the unit table is not exported
+    from genai_prices.units import _get_registry  # not exported
 
     registry = _get_registry()
     terms: list[_Term] = []
@@ -351,9 +363,7 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
             return None
         terms.append(_Term(unit.usage_key, price, unit.per))
     priced = {term.usage_key for term in terms}
-    return _DirectPrice(
-        tuple(terms), "cache_read_tokens" in priced, "cache_write_tokens" in priced
-    )
+    return _DirectPrice(tuple(terms), "cache_read_tokens" in priced, "cache_write_tokens" in priced)
 
 
 def _is_valid_price(price: object, tiered_type: type) -> bool:

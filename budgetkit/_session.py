@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Never, NoReturn, Self
@@ -43,6 +43,9 @@ _current: ContextVar[SessionBudget | None] = ContextVar("budgetkit_session", def
 _LOCK = threading.Lock()
 
 _DEFAULT_DIR: Any = object()
+
+#: The ledger's Decimal arithmetic is exact, whatever precision the caller's context has.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def current() -> SessionBudget | None:
@@ -365,6 +368,8 @@ class SessionBudget:
         """What is left of each limited dimension (``None`` where unlimited)."""
         used = self._snapshot()
         lim = self.limits
+        with localcontext(_EXACT):
+            usd_left = None if lim.max_usd is None else max(lim.max_usd - used.cost_usd, Decimal(0))
 
         def left(limit: int | None, value: int) -> int | None:
             return None if limit is None else max(limit - value, 0)
@@ -375,7 +380,7 @@ class SessionBudget:
             input_tokens=left(lim.max_input_tokens, used.input_tokens),
             output_tokens=left(lim.max_output_tokens, used.output_tokens),
             total_tokens=left(lim.max_tokens, used.total_tokens),
-            cost_usd=None if lim.max_usd is None else max(lim.max_usd - used.cost_usd, Decimal(0)),
+            cost_usd=usd_left,
             elapsed_seconds=None
             if lim.max_seconds is None
             else max(lim.max_seconds - used.elapsed_seconds, 0.0),
@@ -496,10 +501,11 @@ class SessionBudget:
                 f"resume() takes a Handoff or a path to a handoff file, got {handoff!r}"
             )
         kwargs: dict[str, Any] = {}
-        for key in LIMIT_NAMES:
-            value = loaded.limits.get(key)
-            kwargs[key] = Decimal(value) if key == "max_usd" and value is not None else value
         try:
+            for key in LIMIT_NAMES:
+                value = loaded.limits.get(key)
+                # USD is written as an exact string; anything else is left to Limits.build.
+                kwargs[key] = Decimal(value) if key == "max_usd" and isinstance(value, str) else value
             Limits.build(**kwargs)
         except (BudgetConfigError, BudgetTypeError, ArithmeticError) as exc:
             raise HandoffError(
@@ -517,7 +523,7 @@ class SessionBudget:
     # ------------------------------------------------------------------ boundary
     def _admit(self, kind: str | None, name: str, reserve: Decimal | None = None) -> None:
         """Check every enclosing session, then count the call in all of them, atomically."""
-        with _LOCK:
+        with _LOCK, localcontext(_EXACT):
             for s in self._chain:
                 if s._reason is not None:
                     tripped = s
@@ -651,7 +657,7 @@ class SessionBudget:
     ) -> None:
         """Add one call's usage and cost to every session of the chain; trip measured limits."""
         holder = _reservation.get()
-        with _LOCK:
+        with _LOCK, localcontext(_EXACT):
             if holder is not None and cost:
                 release = (release or Decimal(0)) + holder.take(cost)
             for s in self._chain:
@@ -675,7 +681,7 @@ class SessionBudget:
     def _release(self, amount: Decimal) -> None:
         if not amount:
             return
-        with _LOCK:
+        with _LOCK, localcontext(_EXACT):
             for s in self._chain:
                 s._reserved -= amount
 

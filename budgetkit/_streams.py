@@ -51,7 +51,18 @@ STREAM_USAGE_HINT: Final = (
 
 OnEnd = Callable[[Usage | None], None]
 
-_NOT_STREAMS: Final = (str, bytes, bytearray, memoryview, Mapping, list, tuple, set, frozenset, range)
+_NOT_STREAMS: Final = (
+    str,
+    bytes,
+    bytearray,
+    memoryview,
+    Mapping,
+    list,
+    tuple,
+    set,
+    frozenset,
+    range,
+)
 _SDK_MODULES: Final = ("openai.", "anthropic.")
 _SNAPSHOT_ATTRIBUTES: Final = ("current_message_snapshot", "current_completion_snapshot")
 _TERMINAL_RESPONSE_EVENTS: Final = frozenset(
@@ -137,7 +148,7 @@ class _Tracker:
             self._observe(item)
         except MalformedUsageError as error:
             self._malformed = error
-        except Exception:  # noqa: BLE001, S110 - measuring must never break the caller's stream
+        except Exception:  # noqa: S110 - measuring must never break the caller's stream
             pass
 
     def finish(self, source: object = None) -> None:
@@ -198,7 +209,7 @@ class _Tracker:
             try:
                 snapshot = getattr(source, name, None)
                 usage = self._extract(snapshot) if snapshot is not None else None
-            except Exception:  # noqa: BLE001, S112 - no snapshot yet (the SDK asserts)
+            except Exception:  # noqa: S112 - no snapshot yet (the SDK asserts)
                 continue
             if usage is not None:
                 return usage
@@ -210,7 +221,9 @@ class _Tracker:
             if self._anthropic is not None:
                 return self._extract({"model": stream_model, "usage": self._anthropic})
             if self._gemini is not None:
-                return self._extract({"model_version": stream_model, "usage_metadata": self._gemini})
+                return self._extract(
+                    {"model_version": stream_model, "usage_metadata": self._gemini}
+                )
         except MalformedUsageError as error:
             self._malformed = error
             return None

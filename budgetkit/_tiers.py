@@ -20,14 +20,16 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._limits import LIMIT_NAMES
 from .exceptions import BudgetConfigError, BudgetTypeError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "CONFIG_FILES",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import decimal
 import pickle
 from decimal import Decimal
 from pathlib import Path
@@ -176,9 +177,10 @@ def test_result_error_when_block_raises() -> None:
 @pytest.mark.parametrize("n", [1, 2, 50])
 def test_max_steps_admits_exactly_n(n: int, handoff_dir: Path) -> None:
     """max_steps=N runs the first N steps; step N+1 raises before its body runs."""
-    with pytest.raises(BudgetExhausted) as info, SessionBudget(
-        max_steps=n, handoff_dir=handoff_dir
-    ) as s:
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=n, handoff_dir=handoff_dir) as s,
+    ):
         for i in range(n + 1):
             tool(i)
     assert ran == list(range(n))
@@ -206,18 +208,23 @@ async def test_max_steps_admits_exactly_n_async(handoff_dir: Path) -> None:
 
 def test_exhausted_message_is_exact(handoff_dir: Path) -> None:
     """BudgetExhausted's message has the documented form."""
-    with pytest.raises(BudgetExhausted) as info, SessionBudget(
-        max_steps=50, handoff_dir=handoff_dir
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=50, handoff_dir=handoff_dir),
     ):
         for _ in range(51):
             tool()
-    assert str(info.value) == "Session budget exhausted at step 50. Reason: max_steps. Resumable: true."
+    assert (
+        str(info.value)
+        == "Session budget exhausted at step 50. Reason: max_steps. Resumable: true."
+    )
 
 
 def test_exhausted_is_picklable(handoff_dir: Path) -> None:
     """BudgetExhausted survives a pickle round trip with its attributes."""
-    with pytest.raises(BudgetExhausted) as info, SessionBudget(
-        max_steps=1, handoff_dir=handoff_dir
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=1, handoff_dir=handoff_dir),
     ):
         tool()
         tool()
@@ -307,8 +314,9 @@ def test_charge_over_limit_does_not_raise_itself(handoff_dir: Path) -> None:
 
 def test_max_seconds_judged_at_boundary(clock, handoff_dir: Path) -> None:
     """max_seconds: elapsed equal to the limit is fine; strictly greater raises at the next step."""
-    with pytest.raises(BudgetExhausted) as info, SessionBudget(
-        max_seconds=10, handoff_dir=handoff_dir
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_seconds=10, handoff_dir=handoff_dir),
     ):
         clock.advance(10)
         tool(1)
@@ -334,8 +342,9 @@ def test_max_seconds_accepts_timedelta(clock) -> None:
     """max_seconds accepts a timedelta."""
     from datetime import timedelta
 
-    with pytest.raises(BudgetExhausted), SessionBudget(
-        max_seconds=timedelta(seconds=2), handoff_dir=None
+    with (
+        pytest.raises(BudgetExhausted),
+        SessionBudget(max_seconds=timedelta(seconds=2), handoff_dir=None),
     ):
         clock.advance(2.5)
         tool()
@@ -450,9 +459,7 @@ def test_raise_on_exhausted_false_swallows_own(handoff_dir: Path) -> None:
 @pytest.mark.asyncio
 async def test_raise_on_exhausted_false_async(handoff_dir: Path) -> None:
     """async with + raise_on_exhausted=False swallows its own exhaustion."""
-    async with SessionBudget(
-        max_steps=1, raise_on_exhausted=False, handoff_dir=handoff_dir
-    ) as s:
+    async with SessionBudget(max_steps=1, raise_on_exhausted=False, handoff_dir=handoff_dir) as s:
         await atool(0)
         await atool(1)
     assert ran == [0]
@@ -461,9 +468,10 @@ async def test_raise_on_exhausted_false_async(handoff_dir: Path) -> None:
 
 def test_raise_on_exhausted_false_does_not_swallow_other_errors() -> None:
     """raise_on_exhausted=False never swallows ordinary exceptions."""
-    with pytest.raises(ZeroDivisionError), SessionBudget(
-        max_steps=1, raise_on_exhausted=False, handoff_dir=None
-    ) as s:
+    with (
+        pytest.raises(ZeroDivisionError),
+        SessionBudget(max_steps=1, raise_on_exhausted=False, handoff_dir=None) as s,
+    ):
         1 / 0  # noqa: B018
     assert s.result is not None and s.result.stop_reason == "error"
 
@@ -474,8 +482,9 @@ def test_raise_on_exhausted_false_does_not_swallow_foreign_exhaustion(handoff_di
         tool()
         with pytest.raises(BudgetExhausted) as caught:
             tool()
-    with pytest.raises(BudgetExhausted) as info, SessionBudget(
-        raise_on_exhausted=False, handoff_dir=handoff_dir
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(raise_on_exhausted=False, handoff_dir=handoff_dir),
     ):
         raise caught.value
     assert info.value.session_id == other.session_id
@@ -533,3 +542,148 @@ def test_ledger_property(charges, max_usd, max_tokens) -> None:
                     tool()
                 assert info.value.reason == reason
     assert s.exhausted == (reason is not None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    charges=st.lists(
+        st.decimals(min_value=0, max_value=10**6, allow_nan=False, allow_infinity=False, places=30),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_ledger_exact_for_high_precision_amounts(charges) -> None:
+    """The USD ledger is exact even for amounts with more digits than the default Decimal precision."""
+    with SessionBudget(handoff_dir=None) as s:
+        for usd in charges:
+            s.charge(usd=usd)
+    exact = Decimal(0)
+    for usd in charges:
+        exact = exact.fma(1, usd, decimal.Context(prec=decimal.MAX_PREC))
+    assert s.usage.cost_usd == exact
+
+
+def test_ledger_ignores_callers_decimal_context() -> None:
+    """A low precision in the caller's decimal context does not round the ledger."""
+    with SessionBudget(max_usd=Decimal("100.000001"), handoff_dir=None) as s:
+        with decimal.localcontext(decimal.Context(prec=3)):
+            s.charge(usd=Decimal("100.000001"))
+            s.charge(usd=Decimal("0.000001"))
+        assert s.usage.cost_usd == Decimal("100.000002")
+        with pytest.raises(BudgetExhausted) as info:
+            tool()
+    assert info.value.reason == "max_usd"
+
+
+# --------------------------------------------------------------------------- LLM call counting
+def _response() -> dict:
+    return {"usage": {"prompt_tokens": 10, "completion_tokens": 5}, "model": "gpt-4o-mini"}
+
+
+@budget.llm_call
+def chat(i: int = 0) -> dict:
+    ran.append(i)
+    return _response()
+
+
+@budget.llm_call(name="achat", model="gpt-4o-mini")
+async def achat(i: int = 0) -> dict:
+    ran.append(i)
+    return _response()
+
+
+def test_max_llm_calls_admits_exactly_n(handoff_dir: Path) -> None:
+    """max_llm_calls=N runs N LLM calls; call N+1 raises before its body runs."""
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_llm_calls=3, handoff_dir=handoff_dir) as s,
+    ):
+        for i in range(10):
+            assert chat(i) == _response()
+    assert ran == [0, 1, 2]
+    assert info.value.reason == "max_llm_calls"
+    assert s.usage.llm_calls == 3
+    assert s.usage.steps == 0
+    assert (
+        str(info.value)
+        == "Session budget exhausted at step 0. Reason: max_llm_calls. Resumable: true."
+    )
+
+
+@pytest.mark.asyncio
+async def test_max_llm_calls_async(handoff_dir: Path) -> None:
+    """Async LLM calls: max_llm_calls=N runs N bodies, the rest raise."""
+    async with SessionBudget(
+        max_llm_calls=4, handoff_dir=handoff_dir, raise_on_exhausted=False
+    ) as s:
+        results = await asyncio.gather(*(achat(i) for i in range(20)), return_exceptions=True)
+    assert len(ran) == 4
+    assert sum(isinstance(r, BudgetExhausted) for r in results) == 16
+    assert s.usage.llm_calls == 4
+    assert s.result is not None and s.result.stop_reason == "max_llm_calls"
+
+
+def test_steps_and_llm_calls_counted_separately(handoff_dir: Path) -> None:
+    """max_steps does not count LLM calls and max_llm_calls does not count steps."""
+    with SessionBudget(max_steps=2, max_llm_calls=2, handoff_dir=handoff_dir) as s:
+        tool(0)
+        chat(1)
+        tool(2)
+        chat(3)
+    assert (s.usage.steps, s.usage.llm_calls) == (2, 2)
+    assert s.result is not None and s.result.stop_reason == "completed"
+
+
+@pytest.mark.parametrize("first", ["step", "llm"])
+def test_exhaustion_latches_for_both_kinds(first: str, handoff_dir: Path) -> None:
+    """Once a step or LLM limit trips, both steps and LLM calls are refused; file not rewritten."""
+    with SessionBudget(max_steps=1, max_llm_calls=1, handoff_dir=handoff_dir) as s:
+        trip = tool if first == "step" else chat
+        trip(0)
+        with pytest.raises(BudgetExhausted):
+            trip(1)
+        path = handoff_dir / f"{s.session_id}.json"
+        before = (path.stat().st_mtime_ns, path.stat().st_ino, path.read_bytes())
+        for other in (tool, chat):
+            with pytest.raises(BudgetExhausted) as info:
+                other(2)
+            assert info.value.reason == ("max_steps" if first == "step" else "max_llm_calls")
+        after = (path.stat().st_mtime_ns, path.stat().st_ino, path.read_bytes())
+    assert ran == [0]
+    assert before == after
+
+
+def test_llm_call_usage_counts_toward_token_limit(handoff_dir: Path) -> None:
+    """LLM call usage is recorded; the call crossing max_tokens returns, the next call raises."""
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_tokens=30, handoff_dir=handoff_dir) as s,
+    ):
+        chat(0)
+        chat(1)  # 30 tokens: equal, within budget
+        assert chat(2) == _response()  # 45 tokens: crosses, still returns
+        chat(3)
+    assert ran == [0, 1, 2]
+    assert info.value.reason == "max_tokens"
+    assert s.usage.total_tokens == 45
+
+
+def test_llm_call_errors_count_as_consecutive_errors(handoff_dir: Path) -> None:
+    """A raising LLM call counts toward max_consecutive_errors and propagates unchanged."""
+    err = ConnectionError("503")
+
+    @budget.llm_call
+    def flaky() -> dict:
+        raise err
+
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir),
+    ):
+        for _ in range(2):
+            with pytest.raises(ConnectionError) as got:
+                flaky()
+            assert got.value is err
+        chat(0)
+    assert info.value.reason == "max_consecutive_errors"
+    assert ran == []

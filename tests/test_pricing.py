@@ -1,0 +1,338 @@
+"""price_usage, validate_prices and price_estimate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import genai_prices
+import pytest
+from genai_prices.data_snapshot import DataSnapshot
+
+from budgetkit import _pricing
+from budgetkit._pricing import price_estimate, price_usage, validate_prices
+from budgetkit._usage import Usage
+from budgetkit.exceptions import BudgetConfigError, BudgetTypeError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+BEFORE_SONNET_PRICE_CHANGE = datetime(2026, 1, 1, tzinfo=UTC)
+AFTER_SONNET_PRICE_CHANGE = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _empty_price_cache() -> Iterator[None]:
+    """Each test starts with budgetkit's model lookup cache empty."""
+    _pricing._cache.clear()
+    _pricing._direct_cache.clear()
+    yield
+    _pricing._cache.clear()
+    _pricing._direct_cache.clear()
+
+
+def genai_total(usage: Usage, when: datetime | None = None) -> Decimal:
+    """What genai_prices.calc_price returns for ``usage``."""
+    assert usage.model is not None
+    return genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_reasoning_tokens=usage.reasoning_tokens,
+        ),
+        usage.model,
+        provider_id=usage.provider,
+        genai_request_timestamp=when,
+    ).total_price
+
+
+@pytest.mark.parametrize(
+    ("usage", "when", "expected"),
+    [
+        pytest.param(
+            # (1000 x 0.15 + 200 x 0.075 + 300 x 0.6) / 1e6
+            Usage(1200, 300, 200, 0, 50, model="gpt-4o-mini"),
+            None,
+            Decimal("0.000345"),
+            id="gpt-4o-mini-cache-read",
+        ),
+        pytest.param(
+            # (900 x 1 + 200 x 0.1 + 100 x 1.25 + 300 x 5) / 1e6
+            Usage(1200, 300, 200, 100, model="claude-haiku-4-5"),
+            None,
+            Decimal("0.002545"),
+            id="claude-haiku-4-5-cache-read-and-write",
+        ),
+        pytest.param(
+            # (600 x 1.25 + 400 x 0.125 + 250 x 10) / 1e6
+            Usage(1000, 250, 400, 0, 50, model="gemini-2.5-pro"),
+            None,
+            Decimal("0.0033"),
+            id="gemini-2.5-pro-base-tier",
+        ),
+        pytest.param(
+            # over 200k input every token pays the tier rate:
+            # (200000 x 2.5 + 50000 x 0.25 + 1000 x 15) / 1e6
+            Usage(250_000, 1000, 50_000, model="gemini-2.5-pro"),
+            None,
+            Decimal("0.5275"),
+            id="gemini-2.5-pro-over-200k-tier",
+        ),
+        pytest.param(
+            # tiered before 2026-03-13: (300000 x 6 + 1000 x 22.5) / 1e6
+            Usage(300_000, 1000, model="claude-sonnet-4-6"),
+            BEFORE_SONNET_PRICE_CHANGE,
+            Decimal("1.8225"),
+            id="claude-sonnet-4-6-dated-tier",
+        ),
+        pytest.param(
+            # flat from 2026-03-13: (300000 x 3 + 1000 x 15) / 1e6
+            Usage(300_000, 1000, model="claude-sonnet-4-6"),
+            AFTER_SONNET_PRICE_CHANGE,
+            Decimal("0.915"),
+            id="claude-sonnet-4-6-dated-flat",
+        ),
+        pytest.param(
+            # audio prices make budgetkit defer to calc_price:
+            # (600 x 0.3 + 400 x 0.03 + 100 x 2.5) / 1e6
+            Usage(1000, 100, 400, model="gemini-2.5-flash"),
+            None,
+            Decimal("0.000442"),
+            id="gemini-2.5-flash-via-calc-price",
+        ),
+        pytest.param(
+            # (10 x 1.1 + 1000 x 0.11 + 100 x 1.375 + 20 x 5.5) / 1e6
+            Usage(
+                1110,
+                20,
+                1000,
+                100,
+                model="anthropic.claude-haiku-4-5-20251001-v1:0",
+                provider="aws",
+            ),
+            None,
+            Decimal("0.0003685"),
+            id="bedrock-aws-provider",
+        ),
+        pytest.param(Usage(0, 0, model="gpt-4o"), None, Decimal(0), id="zero-tokens"),
+    ],
+)
+def test_price_matches_hand_computation_and_genai_prices(
+    usage: Usage, when: datetime | None, expected: Decimal
+) -> None:
+    """The first and the cached call both give the hand-computed figure, equal to calc_price."""
+    first = price_usage(usage, when=when)
+    cached = price_usage(usage, when=when)
+
+    assert first == cached == expected
+    assert genai_total(usage, when) == expected
+    assert str(first) == str(genai_total(usage, when))  # same Decimal exponent, too
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4o", "gpt-5-mini", "claude-haiku-4-5", "gemini-2.5-pro", "o3-mini"]
+)
+@pytest.mark.parametrize(
+    "counts",
+    [(1000, 500, 0, 0, 0), (10_000, 500, 8000, 1000, 200), (300_000, 2000, 100_000, 5000, 0)],
+    ids=["plain", "cached", "large"],
+)
+def test_direct_computation_equals_calc_price(model: str, counts: tuple[int, ...]) -> None:
+    """budgetkit's cached computation returns exactly what genai-prices returns."""
+    input_tokens, output_tokens, cache_read, cache_write, reasoning = counts
+    usage = Usage(input_tokens, output_tokens, cache_read, cache_write, reasoning, model=model)
+
+    assert _pricing._lookup(None, model) is not None
+    assert _pricing._lookup(None, model).direct is not None  # type: ignore[union-attr]
+    assert price_usage(usage) == genai_total(usage)
+
+
+def test_model_lookup_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated calls for one model look it up in genai-prices once."""
+    calls: list[str] = []
+    original = DataSnapshot.find_provider_model
+
+    def counting(self: DataSnapshot, model_ref: str, *args: Any) -> Any:
+        calls.append(model_ref)
+        return original(self, model_ref, *args)
+
+    monkeypatch.setattr(DataSnapshot, "find_provider_model", counting)
+    usage = Usage(1000, 500, model="gpt-4o-mini")
+
+    results = {price_usage(usage) for _ in range(5)}
+
+    assert results == {Decimal("0.00045")}  # (1000 x 0.15 + 500 x 0.6) / 1e6
+    assert calls == ["gpt-4o-mini"]
+
+
+def test_unknown_model_is_none_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown model is unknown cost (None), not zero, and is not looked up again."""
+    calls: list[str] = []
+    original = DataSnapshot.find_provider_model
+
+    def counting(self: DataSnapshot, model_ref: str, *args: Any) -> Any:
+        calls.append(model_ref)
+        return original(self, model_ref, *args)
+
+    monkeypatch.setattr(DataSnapshot, "find_provider_model", counting)
+    usage = Usage(1000, 500, model="my-local-llama")
+
+    assert price_usage(usage) is None
+    assert price_usage(usage) is None
+    assert calls == ["my-local-llama"]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param(Usage(1000, 500), id="no-model"),
+        pytest.param(
+            Usage(1000, 500, model="gpt-4o", provider="nosuchprovider"), id="unknown-provider"
+        ),
+        pytest.param(Usage(10, 1, cache_read_tokens=20, model="gpt-4o"), id="cache-exceeds-input"),
+    ],
+)
+def test_unpriceable_usage_is_none(usage: Usage) -> None:
+    """No model, an unknown provider, or usage genai-prices rejects: cost unknown."""
+    assert price_usage(usage) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        pytest.param("models/gemini-2.5-pro", Decimal("0.00625"), id="models-prefix"),
+        pytest.param("openai/gpt-4o", Decimal("0.0075"), id="gateway-prefix"),
+        pytest.param("GPT-4o", Decimal("0.0075"), id="case-insensitive"),
+    ],
+)
+def test_model_reference_normalisation(model: str, expected: Decimal) -> None:
+    """Gateway and Gemini prefixes are resolved: 1000 in + 500 out."""
+    assert price_usage(Usage(1000, 500, model=model)) == expected
+
+
+def test_reported_cost_wins() -> None:
+    """A cost the gateway reported is used as is, even for an unknown model."""
+    usage = Usage(1000, 500, model="my-local-llama", reported_cost_usd=Decimal("0.0123"))
+
+    assert price_usage(usage, prices={"my-local-llama": (Decimal(1), Decimal(1))}) == Decimal(
+        "0.0123"
+    )
+
+
+def test_custom_prices_win_and_price_cache_as_input() -> None:
+    """A user price table beats genai-prices; cache tokens bill at the input rate."""
+    prices = validate_prices({"gpt-4o": (1, 2), "my-local-llama": (Decimal("0.5"), 1.5)})
+    # (1000 x 1 + 500 x 2) / 1e6, the 400 cached tokens included in the 1000
+    assert price_usage(Usage(1000, 500, 400, model="gpt-4o"), prices=prices) == Decimal("0.002")
+    # (2000 x 0.5 + 1000 x 1.5) / 1e6
+    assert price_usage(Usage(2000, 1000, model="my-local-llama"), prices=prices) == Decimal(
+        "0.0025"
+    )
+
+
+def test_custom_prices_fall_through_to_genai_prices() -> None:
+    """Models missing from the table are priced by genai-prices."""
+    prices = validate_prices({"my-local-llama": (1, 1)})
+
+    assert price_usage(Usage(1000, 500, model="gpt-4o"), prices=prices) == Decimal("0.0075")
+
+
+def test_validate_prices_converts_to_decimal() -> None:
+    """ints, floats and Decimals become Decimals; floats by their shortest repr."""
+    assert validate_prices({"a": (1, 0.15), "b": [Decimal("2.5"), 0]}) == {
+        "a": (Decimal(1), Decimal("0.15")),
+        "b": (Decimal("2.5"), Decimal(0)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("prices", "error", "fragments"),
+    [
+        pytest.param([("gpt-4o", (1, 2))], BudgetTypeError, ["prices", "list"], id="not-a-mapping"),
+        pytest.param({1: (1, 2)}, BudgetTypeError, ["prices", "1", "int"], id="non-str-key"),
+        pytest.param({"": (1, 2)}, BudgetConfigError, ["prices", "''"], id="empty-key"),
+        pytest.param({"m": 1.5}, BudgetTypeError, ["prices['m']", "1.5"], id="not-a-pair"),
+        pytest.param(
+            {"m": (1, 2, 3)}, BudgetConfigError, ["prices['m']", "(1, 2, 3)"], id="three-rates"
+        ),
+        pytest.param({"m": (-1, 2)}, BudgetConfigError, ["prices['m'][0]", "-1"], id="negative"),
+        pytest.param(
+            {"m": (1, float("nan"))}, BudgetConfigError, ["prices['m'][1]", "nan"], id="nan"
+        ),
+        pytest.param(
+            {"m": (float("inf"), 1)}, BudgetConfigError, ["prices['m'][0]", "inf"], id="inf"
+        ),
+        pytest.param({"m": (True, 1)}, BudgetTypeError, ["prices['m'][0]", "True"], id="bool"),
+        pytest.param({"m": (1, "2")}, BudgetTypeError, ["prices['m'][1]", "'2'"], id="str"),
+        pytest.param(
+            {"m": (Decimal("NaN"), 1)},
+            BudgetConfigError,
+            ["prices['m'][0]", "NaN"],
+            id="decimal-nan",
+        ),
+    ],
+)
+def test_validate_prices_rejects_malformed_tables(
+    prices: object, error: type[Exception], fragments: list[str]
+) -> None:
+    """The error names ``prices``, the key and the bad value."""
+    with pytest.raises(error) as caught:
+        validate_prices(prices)
+
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_price_estimate_prices_token_counts() -> None:
+    """An estimate mapping is priced like a real response: (1000 x 0.15 + 500 x 0.6) / 1e6."""
+    assert price_estimate({"input_tokens": 1000, "output_tokens": 500}, "gpt-4o-mini") == Decimal(
+        "0.00045"
+    )
+
+
+def test_price_estimate_uses_custom_prices_and_unknown_is_none() -> None:
+    """The user table applies to estimates; an unknown model or no model is None."""
+    prices = validate_prices({"my-local-llama": (2, 4)})
+
+    assert price_estimate({"input_tokens": 500}, "my-local-llama", None, prices) == Decimal("0.001")
+    assert price_estimate({"input_tokens": 500}, "another-local-model", None, prices) is None
+    assert price_estimate({"input_tokens": 500}, None) is None
+
+
+@pytest.mark.parametrize(
+    ("tokens", "error", "fragment"),
+    [
+        pytest.param([1000], BudgetTypeError, "mapping", id="not-a-mapping"),
+        pytest.param({"prompt_tokens": 1}, BudgetConfigError, "'prompt_tokens'", id="unknown-key"),
+        pytest.param({"input_tokens": 1.5}, BudgetTypeError, "1.5", id="float"),
+        pytest.param({"input_tokens": True}, BudgetTypeError, "True", id="bool"),
+        pytest.param({"input_tokens": -1}, BudgetConfigError, "-1", id="negative"),
+    ],
+)
+def test_price_estimate_rejects_bad_counts(
+    tokens: Any, error: type[Exception], fragment: str
+) -> None:
+    """A malformed estimate is a configuration error naming the bad value."""
+    with pytest.raises(error, match="estimate") as caught:
+        price_estimate(tokens, "gpt-4o")
+
+    assert fragment in str(caught.value)
+
+
+def test_importing_budgetkit_does_not_import_pricing_dependencies() -> None:
+    """genai-prices, pydantic and httpx load only when a price is first needed."""
+    code = (
+        "import sys, budgetkit, budgetkit._pricing, budgetkit._extract, budgetkit._streams;"
+        "print(sorted(m for m in ('genai_prices', 'pydantic', 'httpx', 'httpx2')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    assert result.stdout.strip() == "[]"
