@@ -72,7 +72,9 @@ class LLMCall:
         """The call returned: read usage now, or wrap a stream that settles when it ends."""
         from ._streams import wrap_stream
 
-        proxy = wrap_stream(result, self.stream_ended, model=self.model, provider=self.spec.provider)
+        proxy = wrap_stream(
+            result, self.stream_ended, model=self.model, provider=self.spec.provider
+        )
         if proxy is not None:
             return proxy
         self.settle(self.read_usage(result), result=result, streamed=False)
@@ -100,7 +102,7 @@ class LLMCall:
                 stacklevel=4,
             )
             return None
-        except Exception as exc:  # noqa: BLE001 - a user's usage= callable must not break the call
+        except Exception as exc:  # a user's usage= callable must not break the call
             warnings.warn(
                 f"budgetkit: the usage= callable of {spec.name!r} raised {exc!r}; "
                 "the call is counted as unmeasured",

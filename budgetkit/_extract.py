@@ -31,14 +31,16 @@ from ._usage import Usage
 __all__ = [
     "ANTHROPIC_USAGE_FIELDS",
     "GEMINI_USAGE_FIELDS",
+    "TERMINAL_RESPONSE_EVENTS",
     "MalformedUsageError",
     "extract_usage",
     "read_fields",
 ]
 
-_TERMINAL_RESPONSE_EVENTS: Final = frozenset(
+TERMINAL_RESPONSE_EVENTS: Final = frozenset(
     {"response.completed", "response.incomplete", "response.failed"}
 )
+"""OpenAI Responses stream events that carry the final response and its usage."""
 
 ANTHROPIC_USAGE_FIELDS: Final = (
     "input_tokens",
@@ -58,6 +60,9 @@ GEMINI_USAGE_FIELDS: Final = {
 }
 """Gemini usage fields, snake_case name to the camelCase JSON name."""
 
+_MISSING: Final = object()
+_CLASS_ATTRIBUTES: dict[tuple[type, str], bool] = {}
+_CLASS_ATTRIBUTES_LIMIT: Final = 4096
 _NOT_DATA_TYPES: Final = (str, bytes, bytearray, Mapping, list, tuple, set, frozenset)
 
 
@@ -128,10 +133,10 @@ def _with_provider(usage: Usage, provider: str) -> Usage:
 
 
 def _extract(response: object, model: str | None) -> Usage | None:
-    # Hot path first: an OpenAI ChatCompletion object costs three getattr calls.
-    usage = getattr(response, "usage", None)
+    # Hot path first: an OpenAI ChatCompletion object costs a few dict lookups.
+    usage = _get(response, "usage")
     if usage is not None:
-        prompt = getattr(usage, "prompt_tokens", None)
+        prompt = _get(usage, "prompt_tokens")
         if prompt is not None:
             return _openai_chat(response, usage, prompt, model)
         return _from_block(usage, response, model)
@@ -141,14 +146,14 @@ def _extract(response: object, model: str | None) -> Usage | None:
 
 
 def _from_object(response: object, model: str | None) -> Usage | None:
-    metadata = getattr(response, "usage_metadata", None)
+    metadata = _get(response, "usage_metadata")
     if metadata is not None:
         return _from_metadata(metadata, response, model)
-    kind = getattr(response, "type", None)
-    if kind in _TERMINAL_RESPONSE_EVENTS:
-        return _extract(getattr(response, "response", None), model)
+    kind = _get(response, "type")
+    if kind in TERMINAL_RESPONSE_EVENTS:
+        return _extract(_get(response, "response"), model)
     if kind == "message_start":
-        return _extract(getattr(response, "message", None), model)
+        return _extract(_get(response, "message"), model)
     # A bare usage object, e.g. ``CompletionUsage`` or ``anthropic.types.Usage``.
     return _from_block(response, None, model)
 
@@ -161,7 +166,7 @@ def _from_mapping(response: Mapping[str, object], model: str | None) -> Usage | 
     if metadata is not None:
         return _from_metadata(metadata, response, model)
     kind = response.get("type")
-    if kind in _TERMINAL_RESPONSE_EVENTS:
+    if kind in TERMINAL_RESPONSE_EVENTS:
         return _extract(response.get("response"), model)
     if kind == "message_start":
         return _extract(response.get("message"), model)
@@ -203,7 +208,7 @@ def _openai_chat(container: object, usage: object, prompt: object, model: str | 
     completion_details = _get(usage, "completion_tokens_details")
     cache_read = _get(prompt_details, "cached_tokens") if prompt_details is not None else None
     if cache_read is None:  # DeepSeek reports cache hits at the top level.
-        cache_read = _get(usage, "prompt_cache_hit_tokens")
+        cache_read = _get_rare(usage, "prompt_cache_hit_tokens")
     return Usage(
         input_tokens=_count(prompt, "usage.prompt_tokens"),
         output_tokens=_count(_get(usage, "completion_tokens"), "usage.completion_tokens"),
@@ -336,9 +341,61 @@ def read_fields(block: object, names: tuple[str, ...] | Mapping[str, str]) -> di
 
 
 def _get(obj: object, name: str) -> object:
-    if type(obj) is dict or isinstance(obj, Mapping):
+    """``obj[name]`` or ``obj.name``; ``None`` when absent.
+
+    A missing attribute on a pydantic model (all SDK responses) costs microseconds
+    through ``__getattr__``, so models are read from their field, extra and
+    private dicts instead.
+    """
+    if type(obj) is dict:
         return obj.get(name)
-    return getattr(obj, name, None)
+    fields = getattr(obj, "__dict__", None)
+    if type(fields) is dict:  # pydantic fields and plain instance attributes
+        value = fields.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+    return _get_elsewhere(obj, name)
+
+
+def _get_elsewhere(obj: object, name: str) -> object:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    extra = getattr(obj, "__pydantic_extra__", _MISSING)
+    if extra is _MISSING:  # not a pydantic model: properties, slots, class attributes
+        return getattr(obj, name, None)
+    if isinstance(extra, dict) and name in extra:
+        return extra[name]
+    private = getattr(obj, "__pydantic_private__", None)
+    if isinstance(private, dict) and name in private:
+        return private[name]
+    if _class_defines(type(obj), name):  # a property or class attribute
+        return getattr(obj, name, None)
+    return None
+
+
+def _get_rare(obj: object, name: str) -> object:
+    """Like :func:`_get`, for a field SDK models usually lack; skips class attributes."""
+    extra = getattr(obj, "__pydantic_extra__", _MISSING)
+    if extra is _MISSING:
+        return _get(obj, name)
+    value = vars(obj).get(name)
+    if value is None and isinstance(extra, dict):
+        value = extra.get(name)
+    if value is None:
+        private = getattr(obj, "__pydantic_private__", None)
+        if isinstance(private, dict):
+            value = private.get(name)
+    return value
+
+
+def _class_defines(cls: type, name: str) -> bool:
+    key = (cls, name)
+    found = _CLASS_ATTRIBUTES.get(key)
+    if found is None:
+        found = any(name in vars(klass) for klass in cls.__mro__)
+        if len(_CLASS_ATTRIBUTES) < _CLASS_ATTRIBUTES_LIMIT:
+            _CLASS_ATTRIBUTES[key] = found
+    return found
 
 
 def _count(value: object, field: str) -> int:
@@ -407,15 +464,17 @@ def _strip_models_prefix(model: str | None) -> str | None:
 
 def _reported_cost(container: object, usage: object) -> Decimal | None:
     """A cost the gateway reported: LiteLLM ``_hidden_params``, OpenRouter ``usage.cost``."""
-    hidden = _get(container, "_hidden_params") if container is not None else None
+    hidden = _get_rare(container, "_hidden_params") if container is not None else None
     if isinstance(hidden, Mapping):
         cost = _as_cost(hidden.get("response_cost"))
         if cost is not None:
             return cost
-    return _as_cost(_get(usage, "cost"))
+    return _as_cost(_get_rare(usage, "cost"))
 
 
 def _as_cost(value: object) -> Decimal | None:
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         return None
     # repr() gives the shortest decimal that round-trips: 0.00123, not 0.0012299999...

@@ -29,7 +29,7 @@ class Limits:
 
     @classmethod
     def build(cls, **values: Any) -> Limits:
-        """Validate raw keyword values and return ``Limits``; raises a clear error naming the bad one."""
+        """Validate raw keyword values and return ``Limits``; a clear error names the bad one."""
         checked: dict[str, Any] = {}
         for name, value in values.items():
             if value is None:
@@ -52,7 +52,8 @@ class Limits:
 
     def limited(self) -> dict[str, Any]:
         """Only the limits that are set."""
-        return {k: v for k, v in ((f.name, getattr(self, f.name)) for f in fields(self)) if v is not None}
+        pairs = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {k: v for k, v in pairs if v is not None}
 
 
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))

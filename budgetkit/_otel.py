@@ -13,6 +13,7 @@ may yield between their start and end. Names are in :mod:`budgetkit._attributes`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -577,6 +578,8 @@ def _jsonable(value: Any) -> Any:
                 break
     if isinstance(value, Decimal):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     if isinstance(value, Mapping):
         return dict(value)
     return repr(value)

@@ -49,6 +49,9 @@ _DIRECT_PRICE_KEYS: Final = {
     "web_searches_kcount": "web_searches",
     "storage_searches_kcount": "storage_searches",
 }
+_COUNTED_USAGE_KEYS: Final = frozenset(
+    {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,11 @@ class _DirectPrice:
     """A genai-prices ``ModelPrice`` whose arithmetic budgetkit reproduces exactly."""
 
     terms: tuple[_Term, ...]
-    """In the price's own key order, like ``ModelPrice.calc_price``."""
+    """The token prices (input, output, cache read, cache write)."""
+    zero: Decimal
+    """``Decimal(0)`` plus the zero terms of the units budgetkit never counts (searches,
+    1h cache writes): they change only the exponent of genai-prices' result, and
+    adding them keeps the result identical, digit for digit."""
     prices_cache_read: bool
     prices_cache_write: bool
 
@@ -84,7 +91,7 @@ class _DirectPrice:
             "cache_read_tokens": usage.cache_read_tokens,
             "cache_write_tokens": usage.cache_write_tokens,
         }
-        total = Decimal(0)
+        total = self.zero
         for term in self.terms:
             price = term.price
             if not isinstance(price, Decimal):
@@ -277,7 +284,9 @@ def _price_with_genai_prices(usage: Usage, model: str, when: datetime | None) ->
             direct = _direct_price_for(found.model.get_prices(when))
         cost = direct.price(usage) if direct is not None else None
         return cost if cost is not None else _calc_price(found, usage, when)
-    except (LookupError, ValueError):
+    except (LookupError, ValueError, TypeError, ArithmeticError):
+        # genai-prices: unknown model or provider, usage it rejects, or a price it cannot
+        # apply. Unknown is None, never zero; pricing never breaks the caller's LLM call.
         return None
 
 
@@ -353,6 +362,7 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
 
     registry = _get_registry()
     terms: list[_Term] = []
+    zero = Decimal(0)
     for price_key, price in model_price.__dict__.items():
         if price_key.startswith("_") or price is None:
             continue
@@ -361,9 +371,14 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
         unit = registry.unit_for_price_key(price_key)
         if unit.usage_key != _DIRECT_PRICE_KEYS[price_key]:
             return None
-        terms.append(_Term(unit.usage_key, price, unit.per))
+        if unit.usage_key in _COUNTED_USAGE_KEYS or not isinstance(price, Decimal):
+            terms.append(_Term(unit.usage_key, price, unit.per))
+        else:  # a flat price of a unit budgetkit never counts: always a zero term
+            zero += price * Decimal(0) / unit.per
     priced = {term.usage_key for term in terms}
-    return _DirectPrice(tuple(terms), "cache_read_tokens" in priced, "cache_write_tokens" in priced)
+    return _DirectPrice(
+        tuple(terms), zero, "cache_read_tokens" in priced, "cache_write_tokens" in priced
+    )
 
 
 def _is_valid_price(price: object, tiered_type: type) -> bool:

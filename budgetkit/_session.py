@@ -7,14 +7,12 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Never, NoReturn, Self
+from typing import TYPE_CHECKING, Any, Literal, Never, NoReturn, Self
 
 from . import _config, _otel
 from ._handoff import Handoff, check_session_id, utc_now, write_atomic
@@ -28,6 +26,10 @@ from .exceptions import (
     CostUnknownWarning,
     HandoffError,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from types import TracebackType
 
 __all__ = ["CallSpec", "Remaining", "SessionBudget", "SessionResult", "SessionUsage", "current"]
 
@@ -505,7 +507,9 @@ class SessionBudget:
             for key in LIMIT_NAMES:
                 value = loaded.limits.get(key)
                 # USD is written as an exact string; anything else is left to Limits.build.
-                kwargs[key] = Decimal(value) if key == "max_usd" and isinstance(value, str) else value
+                if key == "max_usd" and isinstance(value, str):
+                    value = Decimal(value)
+                kwargs[key] = value
             Limits.build(**kwargs)
         except (BudgetConfigError, BudgetTypeError, ArithmeticError) as exc:
             raise HandoffError(
@@ -600,7 +604,7 @@ class SessionBudget:
         if path is not None:
             try:
                 write_atomic(path, handoff.to_dict())
-            except Exception as exc:  # noqa: BLE001 - never let a write failure hide the budget error
+            except Exception as exc:  # never let a write failure hide the budget error
                 error, path = exc, None
         return _Exhaustion(reason, usage, handoff, path, error)
 
@@ -698,7 +702,7 @@ class SessionBudget:
         return None
 
     def _cost_unknown(self, model: str | None) -> None:
-        """An LLM call could not be priced: warn once per model, or stop, per ``on_unknown_cost``."""
+        """An LLM call could not be priced: warn once per model, or stop (``on_unknown_cost``)."""
         for s in reversed(self._chain):
             if s._max_usd is None:
                 continue

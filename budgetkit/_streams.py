@@ -24,6 +24,7 @@ import inspect
 import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
 import wrapt
@@ -31,6 +32,7 @@ import wrapt
 from ._extract import (
     ANTHROPIC_USAGE_FIELDS,
     GEMINI_USAGE_FIELDS,
+    TERMINAL_RESPONSE_EVENTS,
     MalformedUsageError,
     extract_usage,
     read_fields,
@@ -51,6 +53,8 @@ STREAM_USAGE_HINT: Final = (
 
 OnEnd = Callable[[Usage | None], None]
 
+_PROXY_TYPES: dict[type, type[_StreamProxy] | None] = {}
+_PROXY_TYPES_LIMIT: Final = 1024
 _NOT_STREAMS: Final = (
     str,
     bytes,
@@ -65,9 +69,6 @@ _NOT_STREAMS: Final = (
 )
 _SDK_MODULES: Final = ("openai.", "anthropic.")
 _SNAPSHOT_ATTRIBUTES: Final = ("current_message_snapshot", "current_completion_snapshot")
-_TERMINAL_RESPONSE_EVENTS: Final = frozenset(
-    {"response.completed", "response.incomplete", "response.failed"}
-)
 
 
 def wrap_stream(
@@ -104,13 +105,25 @@ def wrap_stream(
 
 
 def _proxy_type(result: object) -> type[_StreamProxy] | None:
-    if isinstance(result, _NOT_STREAMS):
-        return None
-    if inspect.isgenerator(result):
-        return _SyncStreamProxy
-    if inspect.isasyncgen(result):
-        return _AsyncStreamProxy
+    """The proxy for ``result``, decided by its class (cached: this runs on every call)."""
     cls = type(result)
+    try:
+        return _PROXY_TYPES[cls]
+    except KeyError:
+        pass
+    proxy_type = _classify(cls)
+    if len(_PROXY_TYPES) < _PROXY_TYPES_LIMIT:
+        _PROXY_TYPES[cls] = proxy_type
+    return proxy_type
+
+
+def _classify(cls: type) -> type[_StreamProxy] | None:
+    if issubclass(cls, _NOT_STREAMS):
+        return None
+    if issubclass(cls, GeneratorType):
+        return _SyncStreamProxy
+    if issubclass(cls, AsyncGeneratorType):
+        return _AsyncStreamProxy
     module = cls.__module__
     if module == "unittest.mock":
         return None
@@ -178,7 +191,7 @@ class _Tracker:
                 fields = self._anthropic if self._anthropic is not None else {}
                 fields.update(read_fields(delta_usage, ANTHROPIC_USAGE_FIELDS))
                 self._anthropic = fields
-        elif kind in _TERMINAL_RESPONSE_EVENTS:
+        elif kind in TERMINAL_RESPONSE_EVENTS:
             self._last = self._extract(item) or self._last
         elif kind == "chunk" and _get(item, "chunk") is not None:  # openai .stream() helper
             self._observe(_get(item, "chunk"))

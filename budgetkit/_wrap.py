@@ -187,7 +187,7 @@ async def _agen_step(
             except GeneratorExit:
                 await agen.aclose()
                 raise
-            except BaseException as thrown:  # noqa: BLE001 - forwarded into the generator
+            except BaseException as thrown:  # forwarded into the generator
                 step = agen.athrow(thrown)
             else:
                 step = agen.__anext__() if sent is None else agen.asend(sent)

@@ -6,11 +6,13 @@ Use them as ``from budgetkit import budget`` then ``@budget.step``. Outside any
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._session import LLM, STEP, CallSpec, current
 from ._wrap import wrap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["current", "llm_call", "step"]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv (Python 3.11+) and install budgetkit with every extra and the test tools.
+# Create ./.venv (Python 3.11+) and install budgetkit with every extra, the test, lint and docs tools.
 # Re-running is cheap: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,6 @@ stamp=.venv/.budgetkit-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[all]' --group tests --group lint
+  .venv/bin/python -m pip install -q -e '.[all]' --group tests --group lint --group docs
   echo "$want" > "$stamp"
 fi

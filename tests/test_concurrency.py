@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
+import time
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from budgetkit import BudgetExhausted, SessionBudget, _session, budget
+from budgetkit import BudgetExhausted, SessionBudget, _config, _session, budget
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _fast_thread_switching() -> Iterator[None]:
+    """Switch threads as often as possible so that unguarded counter updates would race."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
 
 
 @pytest.fixture
@@ -212,8 +226,15 @@ async def test_exhaustion_latches_across_tasks(handoff_dir: Path, write_count: l
     assert s.usage.steps == 1
 
 
-def test_threads_nested_sessions_exact(handoff_dir: Path) -> None:
+def test_threads_nested_sessions_exact(handoff_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Threads racing inside a nested session respect the outer session's step limit exactly."""
+    real_clock = _config.clock
+
+    def yielding_clock() -> float:
+        time.sleep(0)  # let other threads run between checking the outer and counting
+        return real_clock()
+
+    monkeypatch.setattr(_config, "clock", yielding_clock)
     bodies: list[int] = []
     lock = threading.Lock()
 
@@ -233,16 +254,19 @@ def test_threads_nested_sessions_exact(handoff_dir: Path) -> None:
                     stopped_by.append(exc.session_id)
                 return
 
-    with SessionBudget(max_steps=100, handoff_dir=handoff_dir, raise_on_exhausted=False) as outer:
-        with SessionBudget(max_steps=10_000, handoff_dir=handoff_dir) as inner:
-            threads = [
-                threading.Thread(target=contextvars.copy_context().run, args=(worker, w))
-                for w in range(32)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+    with (
+        SessionBudget(max_steps=100, handoff_dir=handoff_dir) as outer,
+        SessionBudget(max_steps=10_000, max_seconds=3600, handoff_dir=handoff_dir) as inner,
+    ):
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(worker, w))
+            for w in range(32)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     assert len(bodies) == 100
     assert stopped_by == [outer.session_id] * 32
     assert outer.usage.steps == inner.usage.steps == 100

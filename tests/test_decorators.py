@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from budgetkit import BudgetExhausted, BudgetTypeError, SessionBudget, Usage, budget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 # --------------------------------------------------------------------------- shapes
 
@@ -205,14 +207,12 @@ def test_pass_through_outside_session(shape: Shape) -> None:
 
 def test_each_call_is_one_step_and_limit_refuses_before_body(shape: Shape, tmp_path: Path) -> None:
     """Each call counts one step; the call over max_steps raises BudgetExhausted before its body."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=2, handoff_dir=tmp_path) as s,
-    ):
+    with SessionBudget(max_steps=2, handoff_dir=tmp_path) as s:
         shape.run(shape.target, 1)
         shape.run(shape.target, 2)
         assert s.usage.steps == 2
-        shape.run(shape.target, 3)
+        with pytest.raises(BudgetExhausted) as info:
+            shape.run(shape.target, 3)
     assert shape.log == [1, 2]
     assert info.value.reason == "max_steps"
     assert s.usage.steps == 2
@@ -265,15 +265,13 @@ def test_errors_count_for_every_shape(shape: Shape, tmp_path: Path) -> None:
         return fail
 
     fail = make_failing()
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_consecutive_errors=2, handoff_dir=tmp_path),
-    ):
+    with SessionBudget(max_consecutive_errors=2, handoff_dir=tmp_path):
         for i in range(2):
             with pytest.raises(Boom) as got:
                 shape.run(fail, i)
             assert got.value.args == (i,)
-        shape.run(shape.target, 9)
+        with pytest.raises(BudgetExhausted) as info:
+            shape.run(shape.target, 9)
     assert info.value.reason == "max_consecutive_errors"
     assert shape.log == []
 
@@ -329,11 +327,11 @@ async def test_async_shapes_under_async_with(tmp_path: Path) -> None:
         for j in range(3):
             yield j
 
-    with pytest.raises(BudgetExhausted):
-        async with SessionBudget(max_steps=3, handoff_dir=tmp_path) as s:
-            assert await one(0) == 0
-            assert [x async for x in many(1)] == [0, 1, 2]
-            assert await one(2) == 2
+    async with SessionBudget(max_steps=3, handoff_dir=tmp_path) as s:
+        assert await one(0) == 0
+        assert [x async for x in many(1)] == [0, 1, 2]
+        assert await one(2) == 2
+        with pytest.raises(BudgetExhausted):
             await one(3)
     assert log == [0, 1, 2]
     assert s.usage.steps == 3
@@ -421,7 +419,8 @@ def test_generator_close_counts_as_success(tmp_path: Path) -> None:
         g.close()
         assert cleaned == [True]
         assert list(items()) == [1, 2]  # would raise if the close counted as an error
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
 
 
 @pytest.mark.asyncio
@@ -548,13 +547,12 @@ def test_llm_call_counts_each_shape(deco: str, shape_name: str, tmp_path: Path) 
     assert inspect.iscoroutinefunction(shape.target) == (shape.kind == "coroutine")
     assert list(inspect.signature(shape.target).parameters) == ["x"]
     assert shape.run(shape.target, 0) == 0  # pass-through outside a session
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_llm_calls=2, handoff_dir=tmp_path) as s,
-    ):
+    with SessionBudget(max_llm_calls=2, handoff_dir=tmp_path) as s:
         assert shape.run(shape.target, 1) == 2
         assert shape.run(shape.target, 2) == 4
-        shape.run(shape.target, 3)
+        with pytest.raises(BudgetExhausted) as info:
+            shape.run(shape.target, 3)
+
     assert shape.log == [0, 1, 2]
     assert info.value.reason == "max_llm_calls"
     assert (s.usage.llm_calls, s.usage.steps, s.usage.total_tokens) == (2, 0, 10)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ran: list[int] = []
 
@@ -58,14 +61,18 @@ def test_steps_and_charges_count_in_every_enclosing_session(handoff_dir: Path) -
 
 def test_outer_step_limit_stops_inner_code(handoff_dir: Path) -> None:
     """When the outer session runs out of steps, a step inside the inner one raises the outer's."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=3, handoff_dir=handoff_dir) as outer,
-    ):
-        tool(0)
-        with SessionBudget(max_steps=100, handoff_dir=handoff_dir) as inner:
-            for i in range(1, 10):
-                tool(i)
+    outer = SessionBudget(max_steps=3, handoff_dir=handoff_dir)
+    inner = SessionBudget(max_steps=100, handoff_dir=handoff_dir)
+
+    def agent() -> None:
+        with outer:
+            tool(0)
+            with inner:
+                for i in range(1, 10):
+                    tool(i)
+
+    with pytest.raises(BudgetExhausted) as info:
+        agent()
     assert ran == [0, 1, 2]
     exc = info.value
     assert exc.session_id == outer.session_id
@@ -82,12 +89,12 @@ def test_outer_step_limit_stops_inner_code(handoff_dir: Path) -> None:
 
 def test_outer_measured_limit_via_inner_charge(handoff_dir: Path) -> None:
     """A charge in an inner session can exhaust the outer; the next inner boundary raises it."""
-    with SessionBudget(max_usd=1, handoff_dir=handoff_dir) as outer:
-        with (
-            pytest.raises(BudgetExhausted) as info,
-            SessionBudget(max_usd=100, handoff_dir=handoff_dir) as inner,
-        ):
-            inner.charge(usd=1.5)
+    with (
+        SessionBudget(max_usd=1, handoff_dir=handoff_dir) as outer,
+        SessionBudget(max_usd=100, handoff_dir=handoff_dir) as inner,
+    ):
+        inner.charge(usd=1.5)
+        with pytest.raises(BudgetExhausted) as info:
             tool(1)
     assert ran == []
     assert info.value.session_id == outer.session_id
@@ -98,19 +105,23 @@ def test_outer_measured_limit_via_inner_charge(handoff_dir: Path) -> None:
 
 def test_inner_limit_raises_inner_and_outer_continues(handoff_dir: Path) -> None:
     """An inner session's own limit raises from the inner one; the outer keeps working."""
-    with SessionBudget(max_steps=10, handoff_dir=handoff_dir) as outer:
-        with (
-            pytest.raises(BudgetExhausted) as info,
-            SessionBudget(max_steps=2, handoff_dir=handoff_dir) as inner,
-        ):
+    inner = SessionBudget(max_steps=2, handoff_dir=handoff_dir)
+
+    def inner_agent() -> None:
+        with inner:
             for i in range(5):
                 tool(i)
+
+    with SessionBudget(max_steps=10, handoff_dir=handoff_dir) as outer:
+        with pytest.raises(BudgetExhausted) as info:  # propagates out of the inner block
+            inner_agent()
         tool(99)
     assert ran == [0, 1, 99]
     assert info.value.session_id == inner.session_id
     assert info.value.handoff_path == handoff_dir / f"{inner.session_id}.json"
     assert not outer.exhausted
-    assert outer.result is not None and outer.result.stop_reason == "completed"
+    assert outer.result is not None
+    assert outer.result.stop_reason == "completed"
     assert [p.name for p in handoff_dir.iterdir()] == [f"{inner.session_id}.json"]
 
 
@@ -128,16 +139,21 @@ def test_outer_latch_applies_to_later_inner_sessions(handoff_dir: Path) -> None:
 
 def test_inner_raise_on_exhausted_false_does_not_swallow_outer(handoff_dir: Path) -> None:
     """An inner raise_on_exhausted=False session does not swallow the outer's exhaustion."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=1, handoff_dir=handoff_dir) as outer,
-    ):
-        with SessionBudget(raise_on_exhausted=False, handoff_dir=handoff_dir) as inner:
+    outer = SessionBudget(max_steps=1, handoff_dir=handoff_dir)
+    inner = SessionBudget(raise_on_exhausted=False, handoff_dir=handoff_dir)
+
+    def agent() -> None:
+        with outer, inner:
             tool(0)
             tool(1)
+
+    with pytest.raises(BudgetExhausted) as info:
+        agent()
     assert info.value.session_id == outer.session_id
-    assert inner.result is not None and inner.result.stop_reason == "max_steps"
-    assert outer.result is not None and outer.result.stop_reason == "max_steps"
+    assert inner.result is not None
+    assert inner.result.stop_reason == "max_steps"
+    assert outer.result is not None
+    assert outer.result.stop_reason == "max_steps"
 
 
 def test_inner_raise_on_exhausted_false_swallows_own_only(handoff_dir: Path) -> None:
@@ -148,7 +164,8 @@ def test_inner_raise_on_exhausted_false_swallows_own_only(handoff_dir: Path) -> 
             tool(1)
         tool(2)
     assert ran == [0, 2]
-    assert inner.result is not None and inner.result.stop_reason == "max_steps"
+    assert inner.result is not None
+    assert inner.result.stop_reason == "max_steps"
     assert outer.usage.steps == 2
 
 
@@ -160,13 +177,13 @@ def test_nested_consecutive_errors_count_in_outer(handoff_dir: Path) -> None:
         raise RuntimeError("x")
 
     with (
-        pytest.raises(BudgetExhausted) as info,
         SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir) as outer,
+        SessionBudget(handoff_dir=handoff_dir),
     ):
-        with SessionBudget(handoff_dir=handoff_dir):
-            for _ in range(2):
-                with pytest.raises(RuntimeError):
-                    fail()
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                fail()
+        with pytest.raises(BudgetExhausted) as info:
             tool()
     assert info.value.session_id == outer.session_id
     assert info.value.reason == "max_consecutive_errors"
@@ -188,14 +205,14 @@ async def test_async_nesting_with_tasks(handoff_dir: Path) -> None:
 
 def test_handoff_of_outer_has_outer_usage(handoff_dir: Path) -> None:
     """The handoff written for an exhausted outer session reports the outer's usage and limits."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=4, handoff_dir=handoff_dir),
-    ):
+    with SessionBudget(max_steps=4, handoff_dir=handoff_dir):
         tool()
         with SessionBudget(max_steps=50, handoff_dir=handoff_dir):
-            for _ in range(10):
+            for _ in range(3):
                 tool()
+            with pytest.raises(BudgetExhausted) as info:
+                tool()
+
     h = info.value.handoff
     assert h.stopped_at_step == 4
     assert h.limits["max_steps"] == 4

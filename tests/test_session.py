@@ -7,7 +7,7 @@ import dataclasses
 import decimal
 import pickle
 from decimal import Decimal
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 import budgetkit
 from budgetkit import BudgetError, BudgetExhausted, SessionBudget, budget
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # --------------------------------------------------------------------------- helpers
 ran: list[int] = []
@@ -52,7 +55,8 @@ def test_defaults_are_unlimited(handoff_dir: Path) -> None:
         tool()
     assert s.usage.steps == 501
     assert s.remaining == budgetkit.Remaining()
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
     assert not handoff_dir.exists()
 
 
@@ -127,7 +131,8 @@ def test_elapsed_freezes_at_exit(clock) -> None:
         clock.advance(4)
     clock.advance(100)
     assert s.usage.elapsed_seconds == 4
-    assert s.result is not None and s.result.usage.elapsed_seconds == 4
+    assert s.result is not None
+    assert s.result.usage.elapsed_seconds == 4
 
 
 def test_remaining_reports_limited_dimensions(clock) -> None:
@@ -170,19 +175,19 @@ def test_result_error_when_block_raises() -> None:
     with pytest.raises(RuntimeError) as info, SessionBudget(handoff_dir=None) as s:
         raise err
     assert info.value is err
-    assert s.result is not None and s.result.stop_reason == "error"
+    assert s.result is not None
+    assert s.result.stop_reason == "error"
 
 
 # --------------------------------------------------------------------------- count limits
 @pytest.mark.parametrize("n", [1, 2, 50])
 def test_max_steps_admits_exactly_n(n: int, handoff_dir: Path) -> None:
     """max_steps=N runs the first N steps; step N+1 raises before its body runs."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=n, handoff_dir=handoff_dir) as s,
-    ):
-        for i in range(n + 1):
+    with SessionBudget(max_steps=n, handoff_dir=handoff_dir) as s:
+        for i in range(n):
             tool(i)
+        with pytest.raises(BudgetExhausted) as info:
+            tool(n)
     assert ran == list(range(n))
     exc = info.value
     assert exc.reason == "max_steps"
@@ -190,7 +195,8 @@ def test_max_steps_admits_exactly_n(n: int, handoff_dir: Path) -> None:
     assert exc.usage.steps == n
     assert str(exc) == f"Session budget exhausted at step {n}. Reason: max_steps. Resumable: true."
     assert exc.handoff.stopped_at_step == n
-    assert s.result is not None and s.result.stop_reason == "max_steps"
+    assert s.result is not None
+    assert s.result.stop_reason == "max_steps"
     assert s.result.stopped_by == s.session_id
     assert s.exhausted
 
@@ -198,21 +204,24 @@ def test_max_steps_admits_exactly_n(n: int, handoff_dir: Path) -> None:
 @pytest.mark.asyncio
 async def test_max_steps_admits_exactly_n_async(handoff_dir: Path) -> None:
     """Async steps: max_steps=N runs N bodies, the next raises before its body runs."""
-    with pytest.raises(BudgetExhausted) as info:
+
+    async def agent() -> None:
         async with SessionBudget(max_steps=3, handoff_dir=handoff_dir):
             for i in range(10):
                 await atool(i)
+
+    with pytest.raises(BudgetExhausted) as info:  # propagates out of `async with`
+        await agent()
     assert ran == [0, 1, 2]
     assert info.value.reason == "max_steps"
 
 
 def test_exhausted_message_is_exact(handoff_dir: Path) -> None:
     """BudgetExhausted's message has the documented form."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=50, handoff_dir=handoff_dir),
-    ):
-        for _ in range(51):
+    with SessionBudget(max_steps=50, handoff_dir=handoff_dir):
+        for _ in range(50):
+            tool()
+        with pytest.raises(BudgetExhausted) as info:
             tool()
     assert (
         str(info.value)
@@ -222,12 +231,10 @@ def test_exhausted_message_is_exact(handoff_dir: Path) -> None:
 
 def test_exhausted_is_picklable(handoff_dir: Path) -> None:
     """BudgetExhausted survives a pickle round trip with its attributes."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_steps=1, handoff_dir=handoff_dir),
-    ):
+    with SessionBudget(max_steps=1, handoff_dir=handoff_dir):
         tool()
-        tool()
+        with pytest.raises(BudgetExhausted) as info:
+            tool()
     exc = info.value
     copy = pickle.loads(pickle.dumps(exc))
     assert type(copy) is BudgetExhausted
@@ -262,7 +269,8 @@ def test_measured_limit_equal_is_within_budget(limit, to_limit, over, handoff_di
         for i in range(3):
             tool(i)
     assert ran == [0, 1, 2]
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
     assert not handoff_dir.exists()
 
 
@@ -286,18 +294,19 @@ def test_measured_limit_crossing_call_completes_next_boundary_raises(
     assert ran == []
     assert info.value.reason == limit
     assert (handoff_dir / f"{s.session_id}.json").exists()
-    assert s.result is not None and s.result.stop_reason == limit
+    assert s.result is not None
+    assert s.result.stop_reason == limit
 
 
 @pytest.mark.parametrize(("limit", "to_limit", "over"), MEASURED)
 @pytest.mark.asyncio
 async def test_measured_limit_async(limit, to_limit, over, handoff_dir: Path) -> None:
     """Async: a charge over a measured limit does not raise; the next async step does."""
-    with pytest.raises(BudgetExhausted) as info:
-        async with SessionBudget(**{limit: 100}, handoff_dir=handoff_dir) as s:
-            s.charge(**to_limit)
-            await atool(1)
-            s.charge(**over)
+    async with SessionBudget(**{limit: 100}, handoff_dir=handoff_dir) as s:
+        s.charge(**to_limit)
+        await atool(1)
+        s.charge(**over)
+        with pytest.raises(BudgetExhausted) as info:
             await atool(2)
     assert ran == [1]
     assert info.value.reason == limit
@@ -309,19 +318,18 @@ def test_charge_over_limit_does_not_raise_itself(handoff_dir: Path) -> None:
         s.charge(usd=5)
         s.charge(usd=5)
         assert s.usage.cost_usd == 10
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
 
 
 def test_max_seconds_judged_at_boundary(clock, handoff_dir: Path) -> None:
     """max_seconds: elapsed equal to the limit is fine; strictly greater raises at the next step."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_seconds=10, handoff_dir=handoff_dir),
-    ):
+    with SessionBudget(max_seconds=10, handoff_dir=handoff_dir):
         clock.advance(10)
         tool(1)
         clock.advance(0.001)
-        tool(2)
+        with pytest.raises(BudgetExhausted) as info:
+            tool(2)
     assert ran == [1]
     assert info.value.reason == "max_seconds"
 
@@ -329,10 +337,10 @@ def test_max_seconds_judged_at_boundary(clock, handoff_dir: Path) -> None:
 @pytest.mark.asyncio
 async def test_max_seconds_async(clock, handoff_dir: Path) -> None:
     """max_seconds trips an async step boundary once the fake clock passes the limit."""
-    with pytest.raises(BudgetExhausted) as info:
-        async with SessionBudget(max_seconds=5, handoff_dir=handoff_dir):
-            await atool(1)
-            clock.advance(6)
+    async with SessionBudget(max_seconds=5, handoff_dir=handoff_dir):
+        await atool(1)
+        clock.advance(6)
+        with pytest.raises(BudgetExhausted) as info:
             await atool(2)
     assert ran == [1]
     assert info.value.reason == "max_seconds"
@@ -342,18 +350,16 @@ def test_max_seconds_accepts_timedelta(clock) -> None:
     """max_seconds accepts a timedelta."""
     from datetime import timedelta
 
-    with (
-        pytest.raises(BudgetExhausted),
-        SessionBudget(max_seconds=timedelta(seconds=2), handoff_dir=None),
-    ):
+    with SessionBudget(max_seconds=timedelta(seconds=2), handoff_dir=None):
         clock.advance(2.5)
-        tool()
+        with pytest.raises(BudgetExhausted):
+            tool()
     assert ran == []
 
 
 # --------------------------------------------------------------------------- consecutive errors
 def test_consecutive_errors_trip_and_propagate_unchanged(handoff_dir: Path) -> None:
-    """N decorated calls raising in a row trip max_consecutive_errors; each error propagates as is."""
+    """N decorated calls raising in a row trip max_consecutive_errors; errors propagate as is."""
     with SessionBudget(max_consecutive_errors=3, handoff_dir=handoff_dir) as s:
         for i in range(3):
             err = ValueError(i)
@@ -364,7 +370,8 @@ def test_consecutive_errors_trip_and_propagate_unchanged(handoff_dir: Path) -> N
             tool(1)
     assert ran == []
     assert ex.value.reason == "max_consecutive_errors"
-    assert s.result is not None and s.result.stop_reason == "max_consecutive_errors"
+    assert s.result is not None
+    assert s.result.stop_reason == "max_consecutive_errors"
 
 
 def test_success_resets_consecutive_errors(handoff_dir: Path) -> None:
@@ -374,7 +381,8 @@ def test_success_resets_consecutive_errors(handoff_dir: Path) -> None:
             with pytest.raises(KeyError):
                 failing(KeyError("x"))
             tool()
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
     assert len(ran) == 5
 
 
@@ -386,13 +394,13 @@ async def test_consecutive_errors_async(handoff_dir: Path) -> None:
     async def afail(e: Exception) -> None:
         raise e
 
-    with pytest.raises(BudgetExhausted) as info:
-        async with SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir):
-            for _ in range(2):
-                err = OSError("net")
-                with pytest.raises(OSError) as got:
-                    await afail(err)
-                assert got.value is err
+    async with SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir):
+        for _ in range(2):
+            err = OSError("net")
+            with pytest.raises(OSError) as got:
+                await afail(err)
+            assert got.value is err
+        with pytest.raises(BudgetExhausted) as info:
             await atool(1)
     assert ran == []
     assert info.value.reason == "max_consecutive_errors"
@@ -418,7 +426,8 @@ def test_exhaustion_latches_even_if_caught(handoff_dir: Path) -> None:
     assert (st2.st_ino, st2.st_mtime_ns) == (st1.st_ino, st1.st_mtime_ns)
     assert path.read_bytes() == content
     assert sorted(p.name for p in handoff_dir.iterdir()) == [path.name]
-    assert s.result is not None and s.result.stop_reason == "max_steps"
+    assert s.result is not None
+    assert s.result.stop_reason == "max_steps"
 
 
 def test_measured_trip_latches(handoff_dir: Path) -> None:
@@ -463,7 +472,8 @@ async def test_raise_on_exhausted_false_async(handoff_dir: Path) -> None:
         await atool(0)
         await atool(1)
     assert ran == [0]
-    assert s.result is not None and s.result.stop_reason == "max_steps"
+    assert s.result is not None
+    assert s.result.stop_reason == "max_steps"
 
 
 def test_raise_on_exhausted_false_does_not_swallow_other_errors() -> None:
@@ -473,7 +483,8 @@ def test_raise_on_exhausted_false_does_not_swallow_other_errors() -> None:
         SessionBudget(max_steps=1, raise_on_exhausted=False, handoff_dir=None) as s,
     ):
         1 / 0  # noqa: B018
-    assert s.result is not None and s.result.stop_reason == "error"
+    assert s.result is not None
+    assert s.result.stop_reason == "error"
 
 
 def test_raise_on_exhausted_false_does_not_swallow_foreign_exhaustion(handoff_dir: Path) -> None:
@@ -553,7 +564,7 @@ def test_ledger_property(charges, max_usd, max_tokens) -> None:
     )
 )
 def test_ledger_exact_for_high_precision_amounts(charges) -> None:
-    """The USD ledger is exact even for amounts with more digits than the default Decimal precision."""
+    """The USD ledger stays exact for amounts with more digits than Decimal's default precision."""
     with SessionBudget(handoff_dir=None) as s:
         for usd in charges:
             s.charge(usd=usd)
@@ -594,12 +605,11 @@ async def achat(i: int = 0) -> dict:
 
 def test_max_llm_calls_admits_exactly_n(handoff_dir: Path) -> None:
     """max_llm_calls=N runs N LLM calls; call N+1 raises before its body runs."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_llm_calls=3, handoff_dir=handoff_dir) as s,
-    ):
-        for i in range(10):
+    with SessionBudget(max_llm_calls=3, handoff_dir=handoff_dir) as s:
+        for i in range(3):
             assert chat(i) == _response()
+        with pytest.raises(BudgetExhausted) as info:
+            chat(3)
     assert ran == [0, 1, 2]
     assert info.value.reason == "max_llm_calls"
     assert s.usage.llm_calls == 3
@@ -620,7 +630,8 @@ async def test_max_llm_calls_async(handoff_dir: Path) -> None:
     assert len(ran) == 4
     assert sum(isinstance(r, BudgetExhausted) for r in results) == 16
     assert s.usage.llm_calls == 4
-    assert s.result is not None and s.result.stop_reason == "max_llm_calls"
+    assert s.result is not None
+    assert s.result.stop_reason == "max_llm_calls"
 
 
 def test_steps_and_llm_calls_counted_separately(handoff_dir: Path) -> None:
@@ -631,7 +642,8 @@ def test_steps_and_llm_calls_counted_separately(handoff_dir: Path) -> None:
         tool(2)
         chat(3)
     assert (s.usage.steps, s.usage.llm_calls) == (2, 2)
-    assert s.result is not None and s.result.stop_reason == "completed"
+    assert s.result is not None
+    assert s.result.stop_reason == "completed"
 
 
 @pytest.mark.parametrize("first", ["step", "llm"])
@@ -655,14 +667,12 @@ def test_exhaustion_latches_for_both_kinds(first: str, handoff_dir: Path) -> Non
 
 def test_llm_call_usage_counts_toward_token_limit(handoff_dir: Path) -> None:
     """LLM call usage is recorded; the call crossing max_tokens returns, the next call raises."""
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_tokens=30, handoff_dir=handoff_dir) as s,
-    ):
+    with SessionBudget(max_tokens=30, handoff_dir=handoff_dir) as s:
         chat(0)
         chat(1)  # 30 tokens: equal, within budget
         assert chat(2) == _response()  # 45 tokens: crosses, still returns
-        chat(3)
+        with pytest.raises(BudgetExhausted) as info:
+            chat(3)
     assert ran == [0, 1, 2]
     assert info.value.reason == "max_tokens"
     assert s.usage.total_tokens == 45
@@ -676,14 +686,13 @@ def test_llm_call_errors_count_as_consecutive_errors(handoff_dir: Path) -> None:
     def flaky() -> dict:
         raise err
 
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir),
-    ):
+    with SessionBudget(max_consecutive_errors=2, handoff_dir=handoff_dir):
         for _ in range(2):
             with pytest.raises(ConnectionError) as got:
                 flaky()
             assert got.value is err
-        chat(0)
+        with pytest.raises(BudgetExhausted) as info:
+            chat(0)
+
     assert info.value.reason == "max_consecutive_errors"
     assert ran == []

@@ -560,3 +560,19 @@ def test_non_streams_are_not_wrapped(result: object, ends: Ends) -> None:
     """Values that are merely iterable are responses, not streams."""
     assert wrap_stream(result, ends) is None
     assert ends.calls == []
+
+
+def test_openai_chat_completion_stream_helper(oai: openai.OpenAI, ends: Ends) -> None:
+    """chat.completions.stream(...): chunk events and the helper's final snapshot."""
+    manager: Any = wrap_stream(
+        oai.chat.completions.stream(
+            model="gpt-4o-mini", messages=MESSAGES, stream_options=INCLUDE_USAGE
+        ),
+        ends,
+    )
+
+    with manager as stream:
+        final = stream.get_final_completion()
+
+    assert final.choices[0].message.content == REPLY
+    assert ends.usage == Usage(1200, 300, 200, 100, model="gpt-4o-mini")

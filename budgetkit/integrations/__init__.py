@@ -1,0 +1,21 @@
+"""Framework adapters: charge a framework's own LLM and tool calls to the current session.
+
+Each adapter lives in its own module and imports its framework only when that module is
+imported, so ``import budgetkit`` never loads a framework. Install the matching extra:
+
+* :mod:`budgetkit.integrations.langchain`: ``pip install 'budgetkit[langchain]'``
+  (LangChain and LangGraph, ``BudgetCallbackHandler``);
+* :mod:`budgetkit.integrations.openai_agents`: ``pip install 'budgetkit[openai-agents]'``
+  (OpenAI Agents SDK, ``BudgetRunHooks``);
+* :mod:`budgetkit.integrations.pydantic_ai`: ``pip install 'budgetkit[pydantic-ai]'``
+  (Pydantic AI, ``BudgetCapability``).
+
+Every adapter charges a framework LLM call like ``@budget.llm_call`` (admitted before the
+request, charged with the usage the framework reports, priced when the model is known) and a
+tool call like ``@budget.step``; on exhaustion the framework's run stops with
+:class:`~budgetkit.BudgetExhausted` and the handoff is written.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,96 @@
+"""What the framework adapters share: steps and LLM calls opened from hooks, not decorators.
+
+A framework reports the start and the end of a call in two callbacks, so the adapters hold
+the open :class:`Step` or :class:`~budgetkit._calls.LLMCall` between them. Opening one is
+the step boundary: it admits the call against every limit or raises
+:class:`~budgetkit.BudgetExhausted`, exactly as ``@budget.step`` / ``@budget.llm_call`` do.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .._calls import LLMCall, enter_step, exit_step
+from .._session import LLM, STEP, CallSpec, SessionBudget, current
+from ..exceptions import BudgetTypeError
+
+__all__ = ["Step", "check_session", "pricing_provider", "session_for", "start_llm_call"]
+
+
+def check_session(session: object) -> SessionBudget | None:
+    """Validate an adapter's ``session=`` argument."""
+    if session is not None and not isinstance(session, SessionBudget):
+        raise BudgetTypeError(f"session must be a SessionBudget or None, got {session!r}")
+    return session
+
+
+def session_for(explicit: SessionBudget | None) -> SessionBudget | None:
+    """The session to charge: the adapter's own, else the innermost active one of this context."""
+    return explicit if explicit is not None else current()
+
+
+class Step:
+    """One admitted tool call, open until the framework reports its end."""
+
+    __slots__ = ("handle", "session", "spec")
+
+    def __init__(self, session: SessionBudget, name: str, arguments: object = None) -> None:
+        self.session = session
+        self.spec = CallSpec(STEP, name or "tool")
+        self.handle = enter_step(session, self.spec, (), _arguments(arguments))
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Record the outcome (``error`` is ``None`` on success) and end the span."""
+        exit_step(self.session, self.spec, self.handle, error)
+
+
+def start_llm_call(
+    session: SessionBudget,
+    name: str,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    messages: object = None,
+) -> LLMCall:
+    """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span."""
+    spec = CallSpec(LLM, name or "llm", model or None, provider or None)
+    return LLMCall(session, spec, (), {} if messages is None else {"messages": messages})
+
+
+def _arguments(arguments: object) -> dict[str, Any]:
+    """Tool arguments as the keyword arguments a decorated step would have had."""
+    if arguments is None:
+        return {}
+    if isinstance(arguments, Mapping):
+        return {str(key): value for key, value in arguments.items()}
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    return {"input": arguments}
+
+
+@functools.lru_cache(maxsize=128)
+def pricing_provider(name: str | None) -> str | None:
+    """The genai-prices id of a framework's provider name, or ``None`` when it has none.
+
+    Frameworks name providers their own way (``google_genai``, ``google-gla``, ``bedrock``).
+    An id genai-prices does not know would make the model unpriceable, so it is dropped and
+    the model name alone is looked up.
+    """
+    if not name:
+        return None
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+
+        found = get_snapshot().find_provider(None, name, None)
+    except Exception:  # noqa: BLE001 - an unknown provider (or an older genai-prices)
+        return None
+    provider_id = getattr(found, "id", None)
+    return provider_id if isinstance(provider_id, str) else None
