@@ -18,13 +18,15 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 
 from budgetkit import SessionBudget, budget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROUNDS = 15
 CALLS = 20_000
@@ -117,11 +119,23 @@ def decorator_cases(quick: bool) -> list[Row]:
     calls, rounds = (CALLS // 4, 5) if quick else (CALLS, ROUNDS)
     rows: list[Row] = []
     t = compare({"bare": bare, "step": stepped}, calls, rounds)
-    rows.append(Row("step, outside a session", "bare wrapt pass-through", t["step"], t["bare"], 1.2))
+    rows.append(
+        Row("step, outside a session", "bare wrapt pass-through", t["step"], t["bare"], 1.2)
+    )
     with big_session():
         t = compare({"bare": bare, "step": stepped, "llm": llm}, calls, rounds)
-    rows.append(Row("step, in a session, no OTel SDK", "bare wrapt pass-through", t["step"], t["bare"], 2.0))
-    rows.append(Row("llm_call (OpenAI, priced), no SDK", "step, same configuration", t["llm"], t["step"], 1.5))
+    rows.append(
+        Row("step, in a session, no OTel SDK", "bare wrapt pass-through", t["step"], t["bare"], 2.0)
+    )
+    rows.append(
+        Row(
+            "llm_call (OpenAI, priced), no SDK",
+            "step, same configuration",
+            t["llm"],
+            t["step"],
+            1.5,
+        )
+    )
     return rows
 
 
@@ -160,17 +174,32 @@ def sdk_cases(quick: bool) -> list[Row]:
         t = compare({"manual": manual, "step": stepped, "llm": llm}, calls, rounds)
     exporter.clear()
     rows.append(Row("step, with SDK", "hand-written span wrapper", t["step"], t["manual"], 1.2))
-    rows.append(Row("llm_call (OpenAI, priced), with SDK", "step, same configuration", t["llm"], t["step"], 1.5))
+    rows.append(
+        Row(
+            "llm_call (OpenAI, priced), with SDK",
+            "step, same configuration",
+            t["llm"],
+            t["step"],
+            1.5,
+        )
+    )
     provider.shutdown()
     return rows
 
 
 def import_case(quick: bool) -> Row:
     """Import time of budgetkit against `import wrapt, opentelemetry.trace` (fresh processes)."""
+
     def run(stmt: str) -> float:
         out = subprocess.run(
-            [sys.executable, "-c", f"import time; t=time.perf_counter(); {stmt}; print(time.perf_counter()-t)"],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                f"import time; t=time.perf_counter(); {stmt}; print(time.perf_counter()-t)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return float(out.stdout) * 1e6
 
@@ -178,7 +207,13 @@ def import_case(quick: bool) -> Row:
     for _ in range(5 if quick else 15):
         base.append(run("import wrapt, opentelemetry.trace"))
         ours.append(run("import budgetkit"))
-    return Row("import budgetkit", "import wrapt, opentelemetry.trace", statistics.median(ours), statistics.median(base), 1.3)
+    return Row(
+        "import budgetkit",
+        "import wrapt, opentelemetry.trace",
+        statistics.median(ours),
+        statistics.median(base),
+        1.3,
+    )
 
 
 def memory_case(quick: bool) -> Row:
@@ -233,7 +268,10 @@ def contention_cases(quick: bool) -> list[Row]:
                 for _ in range(per):
                     tool()
 
-            pool = [threading.Thread(target=contextvars.copy_context().run, args=(work,)) for _ in range(8)]
+            pool = [
+                threading.Thread(target=contextvars.copy_context().run, args=(work,))
+                for _ in range(8)
+            ]
             start = time.perf_counter()
             for th in pool:
                 th.start()
@@ -299,7 +337,10 @@ def main() -> int:
     rows.extend(sdk_cases(args.quick))  # last: it installs a global tracer provider
     width = max(len(r.case) for r in rows)
     bwidth = max(len(r.baseline) for r in rows)
-    print(f"{'case'.ljust(width)}  {'baseline'.ljust(bwidth)}  {'median':>10}  {'baseline':>10}  {'ratio':>6}  target")
+    print(
+        f"{'case'.ljust(width)}  {'baseline'.ljust(bwidth)}  "
+        f"{'median':>10}  {'baseline':>10}  {'ratio':>6}  target"
+    )
     for r in rows:
         mark = "ok" if r.ok else "MISSED"
         print(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: The monotonic clock every session reads; ``budgetkit.testing.FakeClock`` swaps it.
 clock: Callable[[], float] = time.monotonic

@@ -5,9 +5,11 @@ Costs nothing when nobody listens: emitters check ``listeners`` before building 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["BudgetEvent", "emit", "listeners", "subscribe"]
 
@@ -47,5 +49,5 @@ def emit(kind: str, session: Any, **data: Any) -> None:
     for callback in list(listeners):
         try:
             callback(event)
-        except Exception:  # noqa: BLE001, S112 - observers must not break the observed
+        except Exception:  # noqa: S112 - observers must not break the observed
             continue

@@ -96,7 +96,7 @@ class Handoff:
     def from_dict(cls, doc: object, *, source: str = "handoff") -> Handoff:
         """Validate a decoded document; raises :class:`HandoffError` naming what is wrong."""
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
-            raise HandoffError(f"{source} is not a budgetkit handoff (no \"kind\": \"{KIND}\")")
+            raise HandoffError(f'{source} is not a budgetkit handoff (no "kind": "{KIND}")')
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise HandoffError(f"{source} is missing {', '.join(missing)}")

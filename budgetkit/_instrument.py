@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 
 from ._calls import LLMCall
 from ._session import LLM, CallSpec, SessionBudget, _current
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = ["instrument", "uninstrument"]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +34,7 @@ class Usage:
     provider: str | None = None
     """Provider id hint for pricing (``openai``, ``anthropic``, ``google``, ``aws`` ...)."""
     reported_cost_usd: Decimal | None = None
-    """A cost the provider or gateway reported itself (LiteLLM, OpenRouter); wins over the price table."""
+    """A cost the provider or gateway reported (LiteLLM, OpenRouter); wins over the price table."""
 
     @property
     def total_tokens(self) -> int:

@@ -14,3 +14,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[all]' --group tests --group lint --group docs
   echo "$want" > "$stamp"
 fi
+# Arize Phoenix (a real trace backend for the end-to-end test) lives in its own venv: its
+# pins would downgrade the provider SDKs the extraction tests use.
+if [ ! -x .venv-phoenix/bin/phoenix ]; then
+  "$PY" -m venv .venv-phoenix
+  .venv-phoenix/bin/python -m pip install -q --upgrade pip
+  .venv-phoenix/bin/python -m pip install -q arize-phoenix
+fi

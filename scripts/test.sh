@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+export BUDGETKIT_PHOENIX_PYTHON="$PWD/.venv-phoenix/bin/python"
 exec .venv/bin/python -m pytest "$@"

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Subcommand modules; each has ``add_parser(subparsers)`` that sets ``func`` on its parser.
 _COMMANDS = ("_demo", "_show", "_run", "_stats", "_chain")

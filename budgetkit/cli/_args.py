@@ -15,7 +15,9 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number, got {text!r}"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
@@ -25,7 +27,9 @@ def _positive_usd(text: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"expected an amount in US dollars, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an amount in US dollars, got {text!r}"
+        ) from None
     if not value.is_finite() or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive amount in US dollars, got {text!r}")
     return value
@@ -52,7 +56,11 @@ def add_limit_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
             metavar="N",
         )
     parser.add_argument(
-        "--max-usd", dest="max_usd", type=_positive_usd, default=defaults.get("max_usd"), metavar="USD"
+        "--max-usd",
+        dest="max_usd",
+        type=_positive_usd,
+        default=defaults.get("max_usd"),
+        metavar="USD",
     )
     parser.add_argument(
         "--max-seconds",

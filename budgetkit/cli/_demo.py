@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._session import SessionBudget
 from ..exceptions import BudgetError, BudgetExhausted
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from ._args import add_limit_arguments, limits_from_args
 from ._output import fancy, fmt_usd, print_table
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Iterator
 
 
 def add_parser(sub: Any) -> None:
@@ -31,10 +33,15 @@ def add_parser(sub: Any) -> None:
     add_limit_arguments(parser, max_steps=8, max_usd=Decimal("0.05"))
     parser.add_argument("--resume", metavar="HANDOFF", help="continue from a handoff file")
     parser.add_argument(
-        "--handoff-dir", default=None, help="where handoffs go (default: $BUDGETKIT_HANDOFF_DIR or ./handoffs)"
+        "--handoff-dir",
+        default=None,
+        help="where handoffs go (default: $BUDGETKIT_HANDOFF_DIR or ./handoffs)",
     )
     parser.add_argument(
-        "--delay", type=float, default=None, help="seconds each call takes (default: 0.15 on a terminal, else 0)"
+        "--delay",
+        type=float,
+        default=None,
+        help="seconds each call takes (default: 0.15 on a terminal, else 0)",
     )
     parser.set_defaults(func=run)
 
@@ -44,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import openai
     except ImportError:
-        print("budgetkit demo: needs the openai client: pip install 'budgetkit[demo]'", file=sys.stderr)
+        print(
+            "budgetkit demo: needs the openai client: pip install 'budgetkit[demo]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     from .._stubserver import StubServer
     from ._demo_agent import ResearchAgent, notes_from_handoff, stub_reply
@@ -77,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(
-    session: SessionBudget, outcome: BudgetExhausted | None, trace_id: str | None, report: str | None
+    session: SessionBudget,
+    outcome: BudgetExhausted | None,
+    trace_id: str | None,
+    report: str | None,
 ) -> None:
     result = session.result
     assert result is not None
@@ -97,8 +110,10 @@ def _summary(
         rows.insert(1, ("resumed from", session.parent_session_id))
     print_table("budgetkit demo: summary", rows)
     if outcome is not None and result.handoff_path is not None:
-        print(f"\nStopped at the boundary; nothing in flight was lost. Resume with:\n"
-              f"  budgetkit demo --resume {result.handoff_path}")
+        print(
+            f"\nStopped at the boundary; nothing in flight was lost. Resume with:\n"
+            f"  budgetkit demo --resume {result.handoff_path}"
+        )
     elif report:
         print(f"\n{report}")
 
@@ -114,14 +129,19 @@ def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
 
         def plain(event: str) -> None:
             u = session.usage
-            print(f"[step {u.steps:>2} | llm {u.llm_calls:>2} | {fmt_usd(u.cost_usd)}] {event}", flush=True)
+            print(
+                f"[step {u.steps:>2} | llm {u.llm_calls:>2} | {fmt_usd(u.cost_usd)}] {event}",
+                flush=True,
+            )
 
         yield plain
         return
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn
 
-    progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.fields[label]}"))
+    progress = Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.fields[label]}")
+    )
     lim = session.limits
     bars = {}
     if lim.max_steps:
@@ -137,9 +157,15 @@ def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
         if "steps" in bars:
             progress.update(bars["steps"], completed=u.steps, label=f"{u.steps}/{lim.max_steps}")
         if "llm" in bars:
-            progress.update(bars["llm"], completed=u.llm_calls, label=f"{u.llm_calls}/{lim.max_llm_calls}")
+            progress.update(
+                bars["llm"], completed=u.llm_calls, label=f"{u.llm_calls}/{lim.max_llm_calls}"
+            )
         if "usd" in bars:
-            progress.update(bars["usd"], completed=float(u.cost_usd), label=f"{fmt_usd(u.cost_usd)}/{fmt_usd(lim.max_usd)}")
+            progress.update(
+                bars["usd"],
+                completed=float(u.cost_usd),
+                label=f"{fmt_usd(u.cost_usd)}/{fmt_usd(lim.max_usd)}",
+            )
         log.append(event)
         progress.console.print(f"  {event}")
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import budget
-from .._session import SessionBudget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._session import SessionBudget
 
 GOAL = "How do production teams stop AI agents from looping forever and overspending?"
 MODEL = "gpt-4o-mini"
@@ -26,9 +29,7 @@ SUBQUESTIONS = [
     "Which signals tell an agent to wrap up early?",
 ]
 
-_CORPUS = {
-    q: f"https://example.org/notes/{i}" for i, q in enumerate(SUBQUESTIONS, start=1)
-}
+_CORPUS = {q: f"https://example.org/notes/{i}" for i, q in enumerate(SUBQUESTIONS, start=1)}
 
 
 def stub_reply(request: dict[str, Any]) -> str:

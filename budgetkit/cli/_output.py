@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def fancy(stream: TextIO | None = None) -> bool:
@@ -20,7 +22,9 @@ def fancy(stream: TextIO | None = None) -> bool:
     return True
 
 
-def print_table(title: str, rows: Sequence[tuple[str, Any]], *, stream: TextIO | None = None) -> None:
+def print_table(
+    title: str, rows: Sequence[tuple[str, Any]], *, stream: TextIO | None = None
+) -> None:
     """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise."""
     stream = stream or sys.stdout
     if fancy(stream):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._handoff import Handoff
 from ..exceptions import HandoffError
 from . import EXIT_INVALID, EXIT_OK
 from ._output import fancy, print_table
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_parser(sub: Any) -> None:

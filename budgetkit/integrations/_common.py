@@ -90,7 +90,7 @@ def pricing_provider(name: str | None) -> str | None:
         from genai_prices.data_snapshot import get_snapshot
 
         found = get_snapshot().find_provider(None, name, None)
-    except Exception:  # noqa: BLE001 - an unknown provider (or an older genai-prices)
+    except Exception:
         return None
     provider_id = getattr(found, "id", None)
     return provider_id if isinstance(provider_id, str) else None

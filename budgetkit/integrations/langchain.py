@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -28,14 +27,15 @@ try:
     from langchain_core.outputs import ChatGeneration, LLMResult
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "budgetkit.integrations.langchain needs langchain-core: "
-        "pip install 'budgetkit[langchain]'"
+        "budgetkit.integrations.langchain needs langchain-core: pip install 'budgetkit[langchain]'"
     ) from exc
 
 from .._usage import Usage
 from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from langchain_core.messages import BaseMessage
 
     from .._calls import LLMCall
@@ -123,9 +123,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         meta = metadata or {}
         params = kwargs.get("invocation_params")
         params = params if isinstance(params, Mapping) else {}
-        model = _first_str(
-            params.get("model"), params.get("model_name"), meta.get("ls_model_name")
-        )
+        model = _first_str(params.get("model"), params.get("model_name"), meta.get("ls_model_name"))
         provider = _first_str(meta.get("ls_provider"))
         name = _first_str(kwargs.get("name"), _serialized_name(serialized), model) or "llm"
         self._llm_calls[run_id] = start_llm_call(
@@ -220,7 +218,9 @@ def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, 
     (providers that return several candidates put the call's usage on each one); for
     completion-style LLMs, ``llm_output["token_usage"]``.
     """
-    generation = response.generations[0][0] if response.generations and response.generations[0] else None
+    generation = (
+        response.generations[0][0] if response.generations and response.generations[0] else None
+    )
     output: object = generation.text if generation is not None else None
     if isinstance(generation, ChatGeneration):
         message = generation.message
@@ -245,10 +245,13 @@ def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, 
     llm_output = response.llm_output or {}
     block = llm_output.get("token_usage") or llm_output.get("usage")
     if isinstance(block, Mapping) and block:
-        from .._extract import extract_usage
+        from .._extract import MalformedUsageError, extract_usage
 
         model = _first_str(llm_output.get("model_name"), llm_output.get("model"))
-        return extract_usage(block, model=model, provider=provider), output
+        try:
+            return extract_usage(block, model=model, provider=provider), output
+        except MalformedUsageError:  # counted as unmeasured (and warned about) when settled
+            return None, output
     return None, output
 
 

@@ -43,7 +43,7 @@ __all__ = ["AgentsBudgetExhausted", "BudgetRunHooks"]
 _Key = tuple[str, object, str]
 
 
-class AgentsBudgetExhausted(BudgetExhausted, AgentsException):  # noqa: N818 - a BudgetExhausted
+class AgentsBudgetExhausted(BudgetExhausted, AgentsException):
     """The :class:`~budgetkit.BudgetExhausted` a :class:`BudgetRunHooks` raises.
 
     It is also an ``agents.AgentsException``: the Agents SDK re-raises its own exceptions
