@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import budget
 from ._handoff import Handoff
+from ._instrument import instrument, uninstrument
 from ._session import Remaining, SessionBudget, SessionResult, SessionUsage
 from ._usage import Usage
 from .exceptions import (
@@ -33,6 +34,8 @@ __all__ = [
     "UnmeasuredUsageWarning",
     "Usage",
     "budget",
+    "instrument",
+    "uninstrument",
 ]
 
 __version__ = "0.1.0"

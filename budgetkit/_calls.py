@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry import trace as _trace
+
 from . import _otel
 from ._limits import to_usd
 from ._session import LLM, STEP, CallSpec, SessionBudget
@@ -17,19 +19,26 @@ from .exceptions import UnmeasuredUsageWarning
 
 def enter_step(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """The step boundary: admit (or raise ``BudgetExhausted``), then open the span."""
-    session._admit(STEP, spec.name)
+    session._admit_step(spec.name)
+    if _trace._TRACER_PROVIDER is None:  # the same no-SDK check as _otel.start_call, inlined
+        return None
     return _otel.start_call(session, spec, args, kwargs)
 
 
 def exit_step(
-    session: SessionBudget, spec: CallSpec, handle: Any, error: BaseException | None
+    session: SessionBudget,
+    spec: CallSpec,
+    handle: Any,
+    error: BaseException | None,
+    result: Any = None,
 ) -> None:
     """Record the outcome of an admitted step."""
     if error is None:
         session._call_succeeded()
     else:
         session._call_failed(error)
-    _otel.end_call(handle, session, spec, _real_error(error))
+    if handle is not None:
+        _otel.end_call(handle, session, spec, _real_error(error), result=result)
 
 
 def _real_error(error: BaseException | None) -> BaseException | None:

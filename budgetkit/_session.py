@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import uuid
 import warnings
@@ -266,6 +267,7 @@ class SessionBudget:
         self._max_usd = lim.max_usd
         self._max_seconds = lim.max_seconds
         self._max_errors = lim.max_consecutive_errors
+        self._step_cap = sys.maxsize if lim.max_steps is None else lim.max_steps
 
         # Counters, guarded by _LOCK.
         self._steps = 0
@@ -279,6 +281,7 @@ class SessionBudget:
         self._unpriced = 0
         self._unmeasured = 0
         self._errors_in_a_row = 0
+        self._errors_pending = False  # some session of the chain counts errors in a row
         self._reserved = Decimal(0)
         self._tripped: str | None = None  # a measured limit was crossed; raise at next boundary
         self._reason: str | None = None  # latched: exhausted for this reason
@@ -525,9 +528,39 @@ class SessionBudget:
         return session
 
     # ------------------------------------------------------------------ boundary
+    def _admit_step(self, name: str) -> None:
+        """The fast path of ``_admit(STEP, name)``: count the step when nothing can refuse it.
+
+        Anything that might refuse (a latch, a tripped limit, a time limit, the step cap)
+        goes to :meth:`_admit`, which alone decides; this only skips its work when it
+        would admit anyway.
+        """
+        if self._parent is None:  # the common case: no nesting
+            with _LOCK:
+                if (
+                    self._steps < self._step_cap
+                    and not (self._reason or self._tripped)
+                    and self._max_seconds is None
+                ):
+                    self._steps += 1
+                    return
+        else:
+            with _LOCK:
+                for s in self._chain:
+                    if s._reason or s._tripped or s._max_seconds is not None:
+                        break
+                    if s._steps >= s._step_cap:
+                        break
+                else:
+                    for s in self._chain:
+                        s._steps += 1
+                    return
+        self._admit(STEP, name)
+
     def _admit(self, kind: str | None, name: str, reserve: Decimal | None = None) -> None:
         """Check every enclosing session, then count the call in all of them, atomically."""
-        with _LOCK, localcontext(_EXACT):
+        add = _EXACT.add  # exact sums whatever the caller's decimal context is
+        with _LOCK:
             for s in self._chain:
                 if s._reason is not None:
                     tripped = s
@@ -553,7 +586,7 @@ class SessionBudget:
                     reason is None
                     and reserve is not None
                     and s._max_usd is not None
-                    and s._cost + s._reserved + reserve > s._max_usd
+                    and add(add(s._cost, s._reserved), reserve) > s._max_usd
                 ):
                     reason = "max_usd"
                 if reason is not None:
@@ -568,7 +601,7 @@ class SessionBudget:
                     elif kind == LLM:
                         s._llm_calls += 1
                     if reserve is not None:
-                        s._reserved += reserve
+                        s._reserved = add(s._reserved, reserve)
                 return
         tripped._raise_exhausted()
 
@@ -633,10 +666,13 @@ class SessionBudget:
 
     # ------------------------------------------------------------------ recording
     def _call_succeeded(self) -> None:
-        for s in self._chain:
-            if s._errors_in_a_row:
-                with _LOCK:
-                    s._errors_in_a_row = 0
+        """A success resets the run of consecutive errors (cheap when there is none)."""
+        if not self._errors_pending:
+            return
+        with _LOCK:
+            for s in self._chain:
+                s._errors_in_a_row = 0
+            self._errors_pending = False
 
     def _call_failed(self, exc: BaseException) -> None:
         if not isinstance(exc, Exception) or isinstance(exc, BudgetError):
@@ -644,6 +680,7 @@ class SessionBudget:
         with _LOCK:
             for s in self._chain:
                 s._errors_in_a_row += 1
+                s._errors_pending = True
                 if (
                     s._max_errors is not None
                     and s._errors_in_a_row >= s._max_errors

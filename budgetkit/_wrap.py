@@ -13,8 +13,10 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 import wrapt
+from opentelemetry import trace as _trace
 
 from ._calls import LLMCall, enter_step, exit_step
+from ._otel import start_call
 from ._session import LLM, CallSpec, SessionBudget, _current
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -51,34 +53,44 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
 
 # ---------------------------------------------------------------------------- steps
 def _sync_step(spec: CallSpec) -> Wrapper:
+    # enter_step/exit_step inlined for the hot path: the rules stay in SessionBudget's
+    # _admit_step/_call_succeeded and _otel; only the Python call layers are skipped.
+    name = spec.name
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = _current.get()
         if session is None:
             return wrapped(*args, **kwargs)
-        handle = enter_step(session, spec, args, kwargs)
+        session._admit_step(name)
+        handle = None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             exit_step(session, spec, handle, exc)
             raise
-        exit_step(session, spec, handle, None)
+        if session._errors_pending or handle is not None:
+            exit_step(session, spec, handle, None, result)
         return result
 
     return wrapper
 
 
 def _coro_step(spec: CallSpec) -> Wrapper:
+    name = spec.name
+
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = _current.get()
         if session is None:
             return await wrapped(*args, **kwargs)
-        handle = enter_step(session, spec, args, kwargs)
+        session._admit_step(name)
+        handle = None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             exit_step(session, spec, handle, exc)
             raise
-        exit_step(session, spec, handle, None)
+        if session._errors_pending or handle is not None:
+            exit_step(session, spec, handle, None, result)
         return result
 
     return wrapper

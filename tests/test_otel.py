@@ -540,7 +540,8 @@ def test_no_sdk_records_nothing_and_starts_when_a_provider_is_set() -> None:
             except Exception as exc:
                 print("handoff", exc.handoff.trace_id, exc.handoff.span_id)
         assert trace._TRACER_PROVIDER is None
-        assert seen == [None, None], seen
+        # Steps skip the span hook entirely with no SDK; the LLM call's hook opens nothing.
+        assert seen == [None], seen
         print("usage", s.usage.steps, s.usage.llm_calls, s.usage.total_tokens)
 
         from opentelemetry.sdk.trace import TracerProvider
