@@ -12,7 +12,7 @@ from opentelemetry import trace as _trace
 
 from . import _otel
 from ._limits import to_usd
-from ._session import LLM, STEP, CallSpec, SessionBudget
+from ._session import LLM, CallSpec, SessionBudget
 from ._usage import Usage
 from .exceptions import UnmeasuredUsageWarning
 

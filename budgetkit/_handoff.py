@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +137,8 @@ class Handoff:
         except UnicodeDecodeError as exc:
             raise HandoffError(f"handoff {str(p)!r} is not UTF-8 text ({exc})") from None
         try:
+            import json
+
             doc = json.loads(text)
         except ValueError as exc:
             raise HandoffError(f"handoff {str(p)!r} is not valid JSON ({exc})") from None
@@ -161,6 +161,9 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
 
     Temporary file in the same directory (created 0600), fsync, rename, fsync the directory.
     """
+    import json
+    import tempfile
+
     data = json.dumps(doc, indent=2, sort_keys=False, default=str).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

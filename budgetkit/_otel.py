@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import _attributes as names
@@ -359,7 +359,7 @@ class _LLMSpan:
 def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """Open a step or LLM-call span; returns a handle or ``None`` when nothing records."""
     provider = trace._TRACER_PROVIDER
-    if provider is None and (spec.kind != _LLM or metrics_internal._METER_PROVIDER is None):
+    if provider is None and (spec.kind != _LLM or _meter_provider() is None):
         return None  # nothing records: skip all span work
     try:
         tracer = None if provider is None else _tracer(provider)
@@ -597,9 +597,19 @@ class _Instruments:
         self.exhaustions = exhaustions
 
 
+def _meter_provider() -> Any:
+    """The global meter provider, or ``None`` when none is set.
+
+    An application that set one has imported the metrics API, so it is looked up in
+    ``sys.modules`` rather than imported: ``import budgetkit`` stays cheap.
+    """
+    internal = sys.modules.get("opentelemetry.metrics._internal")
+    return None if internal is None else getattr(internal, "_METER_PROVIDER", None)
+
+
 def _meters() -> _Instruments | None:
     """The instruments, or ``None`` until the application sets a meter provider."""
-    provider = metrics_internal._METER_PROVIDER
+    provider = _meter_provider()
     if provider is None:
         return None
     if provider is not _Settings.meter_provider:

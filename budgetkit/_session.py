@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
-import uuid
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -242,7 +240,9 @@ class SessionBudget:
             max_seconds=max_seconds,
             max_consecutive_errors=max_consecutive_errors,
         )
-        self.session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
+        self.session_id = (
+            os.urandom(16).hex() if session_id is None else check_session_id(session_id)
+        )
         if name is not None and not isinstance(name, str):
             raise BudgetTypeError(f"name must be a str or None, got {name!r}")
         self.name = name
@@ -422,6 +422,8 @@ class SessionBudget:
             if not isinstance(pending_tasks, list | tuple):
                 raise BudgetTypeError(f"pending_tasks must be a list, got {pending_tasks!r}")
             try:
+                import json  # lazily: keeps `import budgetkit` fast
+
                 json.dumps(list(pending_tasks))
             except (TypeError, ValueError) as exc:
                 raise BudgetTypeError(

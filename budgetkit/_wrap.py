@@ -62,7 +62,9 @@ def _sync_step(spec: CallSpec) -> Wrapper:
         if session is None:
             return wrapped(*args, **kwargs)
         session._admit_step(name)
-        handle = None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+        handle = (
+            None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+        )
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -83,7 +85,9 @@ def _coro_step(spec: CallSpec) -> Wrapper:
         if session is None:
             return await wrapped(*args, **kwargs)
         session._admit_step(name)
-        handle = None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+        handle = (
+            None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+        )
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:

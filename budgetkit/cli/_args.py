@@ -7,8 +7,15 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-#: flag name -> (SessionBudget keyword, parser of the flag's text)
-_INT_LIMITS = ("max_steps", "max_llm_calls", "max_tokens", "max_consecutive_errors")
+#: Whole-number limits: SessionBudget keyword -> help text.
+_INT_LIMITS = {
+    "max_steps": "stop before step N+1 (@budget.step calls)",
+    "max_llm_calls": "stop before LLM call N+1",
+    "max_tokens": "stop once more than N tokens (input + output) were used",
+    "max_input_tokens": "stop once more than N input tokens were used",
+    "max_output_tokens": "stop once more than N output tokens were used",
+    "max_consecutive_errors": "stop after N calls in a row that raised",
+}
 
 
 def _positive_int(text: str) -> int:
@@ -45,29 +52,44 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def add_limit_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+def add_limit_arguments(
+    parser: argparse.ArgumentParser, *, env_note: bool = False, **defaults: Any
+) -> None:
     """Add ``--max-steps``, ``--max-usd`` ... with the given defaults (``None``: unlimited)."""
-    for name in _INT_LIMITS:
-        parser.add_argument(
+    group = parser.add_argument_group(
+        "limits",
+        "Unset limits are unlimited."
+        + (" Each flag overrides its BUDGETKIT_MAX_* variable." if env_note else ""),
+    )
+
+    def note(name: str, text: str) -> str:
+        default = defaults.get(name)
+        return text + (f" (default: {default})" if default is not None else "")
+
+    for name, text in _INT_LIMITS.items():
+        group.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             type=_positive_int,
             default=defaults.get(name),
             metavar="N",
+            help=note(name, text),
         )
-    parser.add_argument(
+    group.add_argument(
         "--max-usd",
         dest="max_usd",
         type=_positive_usd,
         default=defaults.get("max_usd"),
         metavar="USD",
+        help=note("max_usd", "stop before spend passes USD dollars"),
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-seconds",
         dest="max_seconds",
         type=_positive_seconds,
         default=defaults.get("max_seconds"),
         metavar="S",
+        help=note("max_seconds", "stop at the first boundary after S seconds"),
     )
 
 
