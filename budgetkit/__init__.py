@@ -16,6 +16,7 @@ from .exceptions import (
     BudgetWarning,
     CostUnknownWarning,
     HandoffError,
+    StepTimeoutError,
     UnmeasuredUsageWarning,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "SessionBudget",
     "SessionResult",
     "SessionUsage",
+    "StepTimeoutError",
     "UnmeasuredUsageWarning",
     "Usage",
     "budget",

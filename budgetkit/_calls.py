@@ -11,6 +11,8 @@ from typing import Any
 from opentelemetry import trace as _trace
 
 from . import _otel
+from ._events import emit
+from ._events import listeners as _listeners
 from ._limits import to_usd
 from ._session import LLM, CallSpec, SessionBudget
 from ._usage import Usage
@@ -64,7 +66,7 @@ class LLMCall:
         self.spec = spec
         self.model = request_model(spec, kwargs)
         self.reserved = _estimate(session, spec, self.model, args, kwargs)
-        session._admit(LLM, spec.name, self.reserved)
+        session._admit(LLM, spec.name, self.reserved, wrapup=spec.wrapup)
         self.handle = _otel.start_call(session, spec, args, kwargs)
         self._done = False
 
@@ -149,6 +151,8 @@ class LLMCall:
         elif cost is None:
             session._cost_unknown(usage.model)
         session._call_succeeded()
+        if _listeners:
+            emit("llm_call", session, name=self.spec.name, usage=usage, cost_usd=cost)
         _otel.end_call(self.handle, session, self.spec, None, usage, cost, result)
 
 

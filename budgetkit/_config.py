@@ -20,3 +20,8 @@ DEFAULT_HANDOFF_DIR = "handoffs"
 def default_handoff_dir() -> Path:
     """``$BUDGETKIT_HANDOFF_DIR`` when set, else ``./handoffs``."""
     return Path(os.environ.get(HANDOFF_DIR_ENV) or DEFAULT_HANDOFF_DIR)
+
+
+def session_log_env() -> str | None:
+    """``$BUDGETKIT_SESSION_LOG`` when set and not empty."""
+    return os.environ.get("BUDGETKIT_SESSION_LOG") or None

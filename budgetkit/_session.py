@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -14,6 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, NoReturn, Self
 
 from . import _config, _otel
+from ._agent_view import (
+    DEFAULT_PHASE_BOUNDS,
+    check_callback,
+    check_fraction,
+    check_fractions,
+    fractions,
+    phase_of,
+    status_line,
+)
+from ._events import emit
+from ._events import listeners as _listeners
 from ._handoff import Handoff, check_session_id, utc_now, write_atomic
 from ._limits import LIMIT_NAMES, Limits, non_negative_int, to_usd
 from ._usage import Usage
@@ -27,7 +39,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ["CallSpec", "Remaining", "SessionBudget", "SessionResult", "SessionUsage", "current"]
@@ -148,6 +160,9 @@ class CallSpec:
     provider: str | None = None
     usage: Callable[[Any], Any] | None = None
     estimate: Callable[..., Any] | None = None
+    wrapup: bool = False
+    timeout: float | None = None
+    max_output_chars: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +183,12 @@ _KEYWORDS = frozenset(
         "raise_on_exhausted",
         "prices",
         "on_unknown_cost",
+        "thresholds",
+        "on_threshold",
+        "on_phase_change",
+        "phases",
+        "reserve_for_wrapup",
+        "session_log",
     }
 )
 
@@ -223,6 +244,12 @@ class SessionBudget:
         raise_on_exhausted: bool = True,
         prices: Mapping[str, tuple[float | Decimal, float | Decimal]] | None = None,
         on_unknown_cost: Literal["warn", "error"] = "warn",
+        thresholds: Sequence[float] = (),
+        on_threshold: Callable[[SessionBudget, str], object] | None = None,
+        on_phase_change: Callable[[SessionBudget, str], object] | None = None,
+        phases: tuple[float, float] = DEFAULT_PHASE_BOUNDS,
+        reserve_for_wrapup: float | None = None,
+        session_log: str | os.PathLike[str] | None = None,
         **unknown: Never,
     ) -> None:
         if unknown:
@@ -256,6 +283,26 @@ class SessionBudget:
             )
         self.on_unknown_cost = on_unknown_cost
         self.prices = _validated_prices(prices)
+        self.thresholds = check_fractions(thresholds, "thresholds")
+        self.on_threshold = check_callback(on_threshold, "on_threshold")
+        self.on_phase_change = check_callback(on_phase_change, "on_phase_change")
+        bounds = check_fractions(phases, "phases", upper_inclusive=True)
+        if len(bounds) != 2:
+            raise BudgetConfigError(
+                f"phases must be two fractions (converge, deliver), got {phases!r}"
+            )
+        self.phases: tuple[float, float] = (bounds[0], bounds[1])
+        self.reserve_for_wrapup = (
+            None
+            if reserve_for_wrapup is None
+            else check_fraction(reserve_for_wrapup, "reserve_for_wrapup")
+        )
+        if session_log is not None and not isinstance(session_log, str | os.PathLike):
+            raise BudgetTypeError(f"session_log must be a path or None, got {session_log!r}")
+        self.session_log = session_log
+        self._fired: set[tuple[str, float]] = set()
+        self._phase = "explore"
+        self._watch = bool((self.thresholds and self.on_threshold) or self.on_phase_change)
         #: The handoff this session resumed from (set by :meth:`resume`).
         self.resumed_from: Handoff | None = None
         self.parent_session_id: str | None = None
@@ -268,6 +315,8 @@ class SessionBudget:
         self._max_seconds = lim.max_seconds
         self._max_errors = lim.max_consecutive_errors
         self._step_cap = sys.maxsize if lim.max_steps is None else lim.max_steps
+        # Only sessions with nothing but count limits take the fast step path.
+        self._plain = lim.max_seconds is None and reserve_for_wrapup is None
 
         # Counters, guarded by _LOCK.
         self._steps = 0
@@ -318,6 +367,8 @@ class SessionBudget:
         self._start = _config.clock()
         self._span = _otel.start_session(self)
         self._token = _current.set(self)
+        if _listeners:
+            emit("session_start", self)
         return self
 
     def __exit__(
@@ -349,6 +400,12 @@ class SessionBudget:
             stopped_by=stopped_by,
         )
         _otel.end_session(self, self._span, self._result, exc)
+        if _listeners:
+            emit("session_end", self, result=self._result)
+        if self.session_log is not None or _config.session_log_env():
+            from ._session_log import log_session
+
+            log_session(self, self.session_log)
         return own and not self.raise_on_exhausted
 
     async def __aenter__(self) -> Self:
@@ -459,6 +516,8 @@ class SessionBudget:
             output_tokens=non_negative_int(output_tokens, "output_tokens"),
         )
         self._record(usage, cost if cost is not None else Decimal(0), priced=True)
+        if _listeners:
+            emit("charge", self, usage=usage, cost_usd=cost)
 
     @contextmanager
     def reserve(self, *, usd: float | Decimal) -> Iterator[None]:
@@ -542,14 +601,22 @@ class SessionBudget:
                 if (
                     self._steps < self._step_cap
                     and not (self._reason or self._tripped)
-                    and self._max_seconds is None
+                    and self._plain
                 ):
                     self._steps += 1
-                    return
+                    admitted = True
+                else:
+                    admitted = False
+            if admitted:
+                if _listeners:
+                    emit("step", self, name=name)
+                if self._watch:
+                    self._notify()
+                return
         else:
             with _LOCK:
                 for s in self._chain:
-                    if s._reason or s._tripped or s._max_seconds is not None:
+                    if s._reason or s._tripped or not s._plain or s._watch:
                         break
                     if s._steps >= s._step_cap:
                         break
@@ -559,9 +626,17 @@ class SessionBudget:
                     return
         self._admit(STEP, name)
 
-    def _admit(self, kind: str | None, name: str, reserve: Decimal | None = None) -> None:
-        """Check every enclosing session, then count the call in all of them, atomically."""
+    def _admit(
+        self, kind: str | None, name: str, reserve: Decimal | None = None, *, wrapup: bool = False
+    ) -> None:
+        """Check every enclosing session, then count the call in all of them, atomically.
+
+        Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
+        (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
+        """
         add = _EXACT.add  # exact sums whatever the caller's decimal context is
+        tripped: SessionBudget | None = None
+        refused_by: SessionBudget | None = None
         with _LOCK:
             for s in self._chain:
                 if s._reason is not None:
@@ -596,6 +671,9 @@ class SessionBudget:
                     s._refused = name
                     tripped = s
                     break
+                if not wrapup and s.reserve_for_wrapup is not None and s._in_wrapup_reserve(kind):
+                    refused_by = s
+                    break
             else:
                 for s in self._chain:
                     if kind == STEP:
@@ -604,8 +682,130 @@ class SessionBudget:
                         s._llm_calls += 1
                     if reserve is not None:
                         s._reserved = add(s._reserved, reserve)
-                return
-        tripped._raise_exhausted()
+        if tripped is not None:
+            tripped._raise_exhausted()
+        if refused_by is not None:
+            raise refused_by._refusal("wrapup_reserve", refused=name)
+        if _listeners and kind == STEP:
+            emit("step", self, name=name)
+        self._notify_chain()
+
+    def _in_wrapup_reserve(self, kind: str | None) -> bool:
+        """Whether an ordinary call now would use the wrap-up reserve (called under _LOCK)."""
+        keep = 1 - (self.reserve_for_wrapup or 0.0)
+        lim = self.limits
+        if (
+            kind == STEP
+            and lim.max_steps is not None
+            and self._steps >= math.floor(lim.max_steps * keep)
+        ):
+            return True
+        if (
+            kind == LLM
+            and lim.max_llm_calls is not None
+            and self._llm_calls >= math.floor(lim.max_llm_calls * keep)
+        ):
+            return True
+        measured = (
+            (lim.max_tokens, self._input + self._output),
+            (lim.max_input_tokens, self._input),
+            (lim.max_output_tokens, self._output),
+            (lim.max_usd, self._cost),
+        )
+        for limit, used in measured:
+            if limit is not None and float(used) > float(limit) * keep:
+                return True
+        if lim.max_seconds is not None:
+            return _config.clock() - self._start_time() > lim.max_seconds * keep
+        return False
+
+    def _refusal(
+        self, reason: str, *, refused: str | None = None, message: str | None = None
+    ) -> BudgetExhausted:
+        """A ``BudgetExhausted`` that does not latch the session and writes no file."""
+        usage = self._snapshot()
+        return BudgetExhausted(
+            reason,
+            session_id=self.session_id,
+            usage=usage,
+            handoff=self._build_handoff(reason, usage, None),
+            message=message,
+        )
+
+    # ------------------------------------------------------------------ agent's view
+    def _notify_chain(self) -> None:
+        for s in self._chain:
+            if s._watch:
+                s._notify()
+
+    def _notify(self) -> None:
+        """Fire threshold and phase callbacks once for each crossing (outside the lock)."""
+        used = self._snapshot()
+        fracs = fractions(self, used)
+        fire: list[tuple[str, float]] = []
+        if self.on_threshold is not None:
+            with _LOCK:
+                for dim, f in fracs.items():
+                    for t in self.thresholds:
+                        if f >= t and (dim, t) not in self._fired:
+                            self._fired.add((dim, t))
+                            fire.append((dim, t))
+        for dim, _t in fire:
+            self.on_threshold(self, dim)  # type: ignore[misc]
+        if self.on_phase_change is not None:
+            phase = phase_of(max(fracs.values(), default=0.0), self.phases)
+            with _LOCK:
+                changed, self._phase = phase != self._phase, phase
+            if changed:
+                self.on_phase_change(self, phase)
+
+    def _phase_for(self, used: SessionUsage) -> str:
+        return phase_of(max(fractions(self, used).values(), default=0.0), self.phases)
+
+    @property
+    def phase(self) -> str:
+        """``"explore"``, ``"converge"`` or ``"deliver"``, from the most-used limit.
+
+        Bounds are ``phases`` (default 60% and 90%).
+        """
+        return self._phase_for(self._snapshot())
+
+    def status_line(self) -> str:
+        """One short line for the agent's prompt, e.g.
+        ``Budget: 23 of 50 steps left, $0.42 of $1.00 left, 4 min left. Phase: converge.``
+        Only limited dimensions appear.
+        """
+        return status_line(self)
+
+    def check_plan(self, n_steps: int) -> None:
+        """Give up before any step runs when a plan of ``n_steps`` cannot fit.
+
+        Raises:
+            BudgetExhausted: reason ``plan_exceeds_budget``, message
+                ``GIVE_UP: plan requires N steps, budget is M.`` (not latched: the agent
+                may plan again with fewer steps).
+        """
+        n = non_negative_int(n_steps, "n_steps")
+        left = self.remaining.steps
+        if left is not None and n > left:
+            from ._giveup import give_up_message
+
+            raise self._refusal("plan_exceeds_budget", message=give_up_message(n, left))
+
+    @classmethod
+    def from_config(
+        cls, tier: str, *, path: str | os.PathLike[str] | None = None, **overrides: Any
+    ) -> Self:
+        """A session with the limits of a configured tier.
+
+        Tiers come from ``[tool.budgetkit.tiers.<name>]`` in ``pyproject.toml`` or
+        ``[tiers.<name>]`` in ``budgetkit.toml``, over the built-in presets ``qa``,
+        ``research``, ``analysis`` and ``long``; ``BUDGETKIT_MAX_*`` variables override;
+        keywords override everything.
+        """
+        from ._tiers import load_tier
+
+        return cls(**{**load_tier(tier, path=path), **overrides})
 
     def _start_time(self) -> float:
         start = self._start
@@ -616,6 +816,13 @@ class SessionBudget:
         with self._exhaust_lock:
             if self._exhaustion is None:
                 self._exhaustion = self._write_handoff()
+                if _listeners:
+                    emit(
+                        "exhausted",
+                        self,
+                        reason=self._exhaustion.reason,
+                        handoff_path=self._exhaustion.path,
+                    )
                 _otel.exhausted(self, self._exhaustion.reason, self._refused)
             ex = self._exhaustion
         error = BudgetExhausted(

@@ -8,7 +8,9 @@ iteration. One generator is one step however many items it yields.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
@@ -17,7 +19,8 @@ from opentelemetry import trace as _trace
 
 from ._calls import LLMCall, enter_step, exit_step
 from ._otel import start_call
-from ._session import LLM, CallSpec, SessionBudget, _current
+from ._session import LLM, STEP, CallSpec, SessionBudget, _current
+from .exceptions import StepTimeoutError
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -42,9 +45,10 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
         raise BudgetTypeError(f"@budget.{spec.kind} decorates a callable, got {fn!r}")
     shape = kind_of(fn)
     llm = spec.kind == LLM
+    options = spec.wrapup or spec.timeout is not None or spec.max_output_chars is not None
     factory = {
-        "sync": _sync_llm if llm else _sync_step,
-        "coroutine": _coro_llm if llm else _coro_step,
+        "sync": _sync_llm if llm else (_sync_step_options if options else _sync_step),
+        "coroutine": _coro_llm if llm else (_coro_step_options if options else _coro_step),
         "generator": _gen_wrapper,
         "asyncgen": _agen_wrapper,
     }[shape]
@@ -98,6 +102,75 @@ def _coro_step(spec: CallSpec) -> Wrapper:
         return result
 
     return wrapper
+
+
+def _sync_step_options(spec: CallSpec) -> Wrapper:
+    """A step with ``wrapup=``, ``timeout=`` or ``max_output_chars=`` (off the hot path)."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return wrapped(*args, **kwargs)
+        handle = _enter_with_options(session, spec, args, kwargs)
+        started = time.monotonic()
+        try:
+            result = wrapped(*args, **kwargs)
+            if spec.timeout is not None and time.monotonic() - started > spec.timeout:
+                raise StepTimeoutError(
+                    f"step {spec.name!r} took longer than timeout={spec.timeout}s "
+                    "(sync steps are judged when they return)"
+                )
+            result = _truncate(result, spec.max_output_chars)
+        except BaseException as exc:
+            exit_step(session, spec, handle, exc)
+            raise
+        exit_step(session, spec, handle, None, result)
+        return result
+
+    return wrapper
+
+
+def _coro_step_options(spec: CallSpec) -> Wrapper:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        session = _current.get()
+        if session is None:
+            return await wrapped(*args, **kwargs)
+        handle = _enter_with_options(session, spec, args, kwargs)
+        try:
+            if spec.timeout is None:
+                result = await wrapped(*args, **kwargs)
+            else:
+                try:
+                    result = await asyncio.wait_for(wrapped(*args, **kwargs), spec.timeout)
+                except TimeoutError as exc:
+                    raise StepTimeoutError(
+                        f"step {spec.name!r} was cancelled at timeout={spec.timeout}s"
+                    ) from exc
+            result = _truncate(result, spec.max_output_chars)
+        except BaseException as exc:
+            exit_step(session, spec, handle, exc)
+            raise
+        exit_step(session, spec, handle, None, result)
+        return result
+
+    return wrapper
+
+
+def _enter_with_options(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
+    if spec.wrapup:
+        session._admit(STEP, spec.name, wrapup=True)
+        return start_call(session, spec, args, kwargs)
+    return enter_step(session, spec, args, kwargs)
+
+
+def _truncate(result: Any, limit: int | None) -> Any:
+    """Cut a string result to ``limit`` characters, with a visible marker."""
+    if limit is None or not isinstance(result, str) or len(result) <= limit:
+        return result
+    return result[:limit] + TRUNCATION_MARKER.format(n=len(result) - limit)
+
+
+TRUNCATION_MARKER = "\n[... {n} more characters truncated by budgetkit]"
 
 
 # ---------------------------------------------------------------------------- LLM calls

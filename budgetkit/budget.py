@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._limits import _positive_int, _seconds
 from ._session import LLM, STEP, CallSpec, current
 from ._wrap import wrap
 
@@ -28,8 +29,22 @@ def _name_of(fn: Any) -> str:
 @overload
 def step(func: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
-def step(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def step(func: Any = None, /, *, name: str | None = None) -> Any:
+def step(
+    *,
+    name: str | None = None,
+    wrapup: bool = False,
+    timeout: float | None = None,
+    max_output_chars: int | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def step(
+    func: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    wrapup: bool = False,
+    timeout: float | None = None,
+    max_output_chars: int | None = None,
+) -> Any:
     """Mark a tool call as one step: checked at entry, counted against ``max_steps``.
 
     Works bare (``@budget.step``) or with options (``@budget.step(name="web_search")``) on
@@ -39,13 +54,29 @@ def step(func: Any = None, /, *, name: str | None = None) -> Any:
 
     Args:
         name: the tool name on spans and in handoffs; the function's ``__name__`` by default.
+        wrapup: the step may use the session's ``reserve_for_wrapup``.
+        timeout: seconds; an ``async def`` step is cancelled at the deadline, a sync step
+            is judged when it returns; either raises :class:`~budgetkit.StepTimeoutError`.
+        max_output_chars: a longer ``str`` result is cut, with a visible marker.
 
     .. versionadded:: 0.1.0
     """
     _check_name(name)
+    _check_bool(wrapup, "wrapup")
+    if timeout is not None:
+        timeout = _seconds(timeout, "timeout")
+    if max_output_chars is not None:
+        max_output_chars = _positive_int(max_output_chars, "max_output_chars")
 
     def decorate(fn: Any) -> Any:
-        return wrap(fn, CallSpec(STEP, name or _name_of(fn)))
+        spec = CallSpec(
+            STEP,
+            name or _name_of(fn),
+            wrapup=wrapup,
+            timeout=timeout,
+            max_output_chars=max_output_chars,
+        )
+        return wrap(fn, spec)
 
     return decorate if func is None else decorate(func)
 
@@ -60,6 +91,7 @@ def llm_call(
     provider: str | None = None,
     usage: Callable[[Any], Any] | None = None,
     estimate: Callable[..., Any] | None = None,
+    wrapup: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def llm_call(
     func: Any = None,
@@ -70,6 +102,7 @@ def llm_call(
     provider: str | None = None,
     usage: Callable[[Any], Any] | None = None,
     estimate: Callable[..., Any] | None = None,
+    wrapup: bool = False,
 ) -> Any:
     """Mark an LLM call: checked at entry, its usage read from the response and priced.
 
@@ -87,12 +120,14 @@ def llm_call(
             cost in USD, or token counts (``{"input_tokens": ..., "output_tokens": ...}``)
             priced with the model. The amount is reserved before the call; a call whose
             reservation does not fit the remaining ``max_usd`` is refused before it runs.
+        wrapup: the call may use the session's ``reserve_for_wrapup``.
 
     .. versionadded:: 0.1.0
     """
     _check_name(name)
     _check_name(model, "model")
     _check_name(provider, "provider")
+    _check_bool(wrapup, "wrapup")
     for label, fn_option in (("usage", usage), ("estimate", estimate)):
         if fn_option is not None and not callable(fn_option):
             from .exceptions import BudgetTypeError
@@ -100,7 +135,7 @@ def llm_call(
             raise BudgetTypeError(f"{label} must be callable, got {fn_option!r}")
 
     def decorate(fn: Any) -> Any:
-        spec = CallSpec(LLM, name or _name_of(fn), model, provider, usage, estimate)
+        spec = CallSpec(LLM, name or _name_of(fn), model, provider, usage, estimate, wrapup)
         return wrap(fn, spec)
 
     return decorate if func is None else decorate(func)
@@ -111,3 +146,10 @@ def _check_name(value: object, label: str = "name") -> None:
         from .exceptions import BudgetTypeError
 
         raise BudgetTypeError(f"{label} must be a non-empty str, got {value!r}")
+
+
+def _check_bool(value: object, label: str) -> None:
+    if not isinstance(value, bool):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"{label} must be a bool, got {value!r}")

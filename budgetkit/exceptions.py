@@ -18,6 +18,7 @@ __all__ = [
     "BudgetWarning",
     "CostUnknownWarning",
     "HandoffError",
+    "StepTimeoutError",
     "UnmeasuredUsageWarning",
 ]
 
@@ -125,3 +126,11 @@ class CostUnknownWarning(BudgetWarning):
 
 class UnmeasuredUsageWarning(BudgetWarning):
     """An LLM call returned no usable usage (no usage block, or malformed counts)."""
+
+
+class StepTimeoutError(TimeoutError):
+    """A ``@budget.step(timeout=...)`` ran past its deadline.
+
+    Async steps are cancelled at the deadline; sync steps cannot be interrupted, so they
+    are judged when they return and this is raised instead of their result.
+    """

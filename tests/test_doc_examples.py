@@ -6,7 +6,8 @@ it runs; keep them rare:
 
 - ``<!-- skip: REASON -->``: not run (needs a network service, say); the reason is shown.
 - ``<!-- requires: NAME[, NAME] -->``: skipped while a dotted name (a module, or an attribute
-  of one, e.g. ``budgetkit.SessionBudget.from_config``) does not resolve, then run.
+  of one, e.g. ``budgetkit.SessionBudget.from_config``) does not resolve, then run. The name
+  ``events`` stands for "the core emits budget events" (``capture_budget`` examples).
 - ``<!-- run: continue -->``: run after the previous block of the same page, in its namespace.
 - ``<!-- run: subprocess -->``: run in a fresh interpreter (for code that sets process-wide
   state, such as a global OpenTelemetry tracer provider).
@@ -110,8 +111,24 @@ def collect(path: Path) -> list[Block]:
 BLOCKS = [block for source in SOURCES if source.exists() for block in collect(source)]
 
 
+def core_emits_events() -> bool:
+    """Whether a session reports its start and steps to ``budgetkit._events`` listeners."""
+    from budgetkit import SessionBudget, budget
+    from budgetkit.testing import capture_budget
+
+    @budget.step
+    def probe() -> None:
+        pass
+
+    with capture_budget() as captured, SessionBudget(handoff_dir=None):
+        probe()
+    return bool(captured.events)
+
+
 def resolves(name: str) -> bool:
-    """Whether a dotted name imports (a module, or an attribute of one)."""
+    """Whether a dotted name imports (a module, or an attribute of one), or ``events`` holds."""
+    if name == "events":
+        return core_emits_events()
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
         try:
@@ -151,8 +168,11 @@ def test_doc_example(
     parts = [*block.before, block]
     source = "\n".join(part.code for part in parts)
     if block.mode == "pytest":
+        pytester.makeini(
+            "[pytest]\nfilterwarnings = error\nasyncio_default_fixture_loop_scope = function\n"
+        )
         pytester.makepyfile(test_example=source)
-        result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
         assert result.ret == 0, result.stdout.str()
         return
     monkeypatch.chdir(tmp_path)

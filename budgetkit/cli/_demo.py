@@ -26,24 +26,48 @@ def add_parser(sub: Any) -> None:
         help="run a small research agent offline under a budget that trips, then resume it",
         description=(
             "Runs a research agent (plan, search, read, summarise) whose LLM calls go through "
-            "the real openai client to a local stub server: no network, no API key. The "
-            "budget trips, the handoff is written; --resume HANDOFF finishes with a fresh budget."
+            "the real openai client to a local stub server on 127.0.0.1: no network, no API "
+            "key; calls are priced as gpt-4o-mini. The default budget trips, the handoff is "
+            "written; --resume HANDOFF finishes the work with a fresh budget. Spans go to "
+            "$OTEL_EXPORTER_OTLP_ENDPOINT when it is set, else stay in this process."
+        ),
+        epilog=(
+            "exit codes: 0 the agent stopped cleanly at the budget (handoff written) or "
+            "finished; 1 the --resume file is not a valid handoff; 2 usage error."
         ),
     )
     add_limit_arguments(parser, max_steps=8, max_usd=Decimal("0.05"))
-    parser.add_argument("--resume", metavar="HANDOFF", help="continue from a handoff file")
+    parser.add_argument(
+        "--resume", metavar="HANDOFF", help="continue from a handoff file with a fresh budget"
+    )
     parser.add_argument(
         "--handoff-dir",
         default=None,
-        help="where handoffs go (default: $BUDGETKIT_HANDOFF_DIR or ./handoffs)",
+        metavar="DIR",
+        help="where handoffs go (default: $BUDGETKIT_HANDOFF_DIR or ./handoffs; "
+        "with --resume: next to HANDOFF)",
     )
     parser.add_argument(
         "--delay",
-        type=float,
+        type=_seconds,
         default=None,
+        metavar="S",
         help="seconds each call takes (default: 0.15 on a terminal, else 0)",
     )
     parser.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected zero or more seconds, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,12 +76,12 @@ def run(args: argparse.Namespace) -> int:
         import openai
     except ImportError:
         print(
-            "budgetkit demo: needs the openai client: pip install 'budgetkit[demo]'",
+            "budgetkit demo: error: needs the openai client: pip install 'budgetkit[demo]'",
             file=sys.stderr,
         )
         return EXIT_USAGE
     from .._stubserver import StubServer
-    from ._demo_agent import ResearchAgent, notes_from_handoff, stub_reply
+    from ._demo_agent import ResearchAgent, notes_from_handoff, stub_reply, stub_usage
 
     limits = limits_from_args(args)
     extra: dict[str, Any] = {"name": "research-agent"}
@@ -69,20 +93,31 @@ def run(args: argparse.Namespace) -> int:
         else:
             session = SessionBudget(**limits, **extra)
     except BudgetError as exc:
-        print(f"budgetkit demo: {exc}", file=sys.stderr)
+        print(f"budgetkit demo: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if session.handoff_dir is not None:
+        path = session.handoff_dir / f"{session.session_id}.json"
+        session.update_handoff(
+            resume_instructions=f"budgetkit demo --resume {path}  (a fresh budget; "
+            "the pending questions and the findings so far are carried over)"
+        )
     delay = args.delay if args.delay is not None else (0.15 if fancy() else 0.0)
-    with _tracing() as trace_id_of, StubServer(reply=stub_reply) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="demo-key", max_retries=0)
+    outcome: BudgetExhausted | None = None
+    notes = None
+    with (
+        _tracing() as trace_id_of,
+        StubServer(reply=stub_reply, usage=stub_usage) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="demo-key", max_retries=0) as client,
+    ):
         with _progress(session) as on_event:
             agent = ResearchAgent(client, delay=delay, on_event=on_event)
-            outcome: BudgetExhausted | None = None
             try:
                 with session:
                     notes = agent.run(session, notes_from_handoff(session))
             except BudgetExhausted as exc:
                 outcome = exc
-        _summary(session, outcome, trace_id_of(session), None if outcome else notes.report)
+        trace_id = trace_id_of(session)
+    _summary(session, outcome, trace_id, notes.report if notes is not None else None)
     return EXIT_OK
 
 
@@ -100,7 +135,10 @@ def _summary(
         ("session", session.session_id),
         ("steps", _against(usage.steps, lim.max_steps)),
         ("LLM calls", _against(usage.llm_calls, lim.max_llm_calls)),
-        ("tokens", f"{usage.total_tokens} ({usage.input_tokens} in, {usage.output_tokens} out)"),
+        (
+            "tokens",
+            f"{usage.total_tokens:,} ({usage.input_tokens:,} in, {usage.output_tokens:,} out)",
+        ),
         ("cost", fmt_usd(usage.cost_usd) + (f" of {fmt_usd(lim.max_usd)}" if lim.max_usd else "")),
         ("stop reason", result.stop_reason),
         ("handoff", str(result.handoff_path) if result.handoff_path else "-"),
@@ -109,17 +147,29 @@ def _summary(
     if session.parent_session_id:
         rows.insert(1, ("resumed from", session.parent_session_id))
     print_table("budgetkit demo: summary", rows)
-    if outcome is not None and result.handoff_path is not None:
-        print(
-            f"\nStopped at the boundary; nothing in flight was lost. Resume with:\n"
-            f"  budgetkit demo --resume {result.handoff_path}"
-        )
+    if outcome is not None:
+        if result.handoff_path is not None:
+            print(
+                "\nStopped cleanly at the budget boundary; the handoff holds the pending work. "
+                f"Resume with:\n  budgetkit demo --resume {result.handoff_path}"
+            )
+        else:
+            print("\nStopped cleanly at the budget boundary; no handoff file was written.")
     elif report:
-        print(f"\n{report}")
+        print(f"\nReport: {report}")
 
 
 def _against(used: int, limit: int | None) -> str:
     return f"{used}" if limit is None else f"{used} of {limit}"
+
+
+def _gauge(session: SessionBudget) -> str:
+    """``steps 3/8 | LLM calls 4 | $0.0031/$0.0500``: each limit, for the plain display."""
+    u, lim = session.usage, session.limits
+    usd = fmt_usd(u.cost_usd) + (f"/{fmt_usd(lim.max_usd)}" if lim.max_usd else "")
+    steps = f"{u.steps}/{lim.max_steps}" if lim.max_steps else f"{u.steps}"
+    calls = f"{u.llm_calls}/{lim.max_llm_calls}" if lim.max_llm_calls else f"{u.llm_calls}"
+    return f"steps {steps:>5} | LLM calls {calls:>5} | {usd}"
 
 
 @contextlib.contextmanager
@@ -128,11 +178,7 @@ def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
     if not fancy():
 
         def plain(event: str) -> None:
-            u = session.usage
-            print(
-                f"[step {u.steps:>2} | llm {u.llm_calls:>2} | {fmt_usd(u.cost_usd)}] {event}",
-                flush=True,
-            )
+            print(f"[{_gauge(session)}] {event}", flush=True)
 
         yield plain
         return
@@ -150,7 +196,8 @@ def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
         bars["llm"] = progress.add_task("LLM calls", total=lim.max_llm_calls, label="")
     if lim.max_usd:
         bars["usd"] = progress.add_task("USD", total=float(lim.max_usd), label="")
-    log: list[str] = []
+    if lim.max_tokens:
+        bars["tokens"] = progress.add_task("tokens", total=lim.max_tokens, label="")
 
     def update(event: str) -> None:
         u = session.usage
@@ -166,10 +213,16 @@ def _progress(session: SessionBudget) -> Iterator[Callable[[str], None]]:
                 completed=float(u.cost_usd),
                 label=f"{fmt_usd(u.cost_usd)}/{fmt_usd(lim.max_usd)}",
             )
-        log.append(event)
-        progress.console.print(f"  {event}")
+        if "tokens" in bars:
+            progress.update(
+                bars["tokens"],
+                completed=u.total_tokens,
+                label=f"{u.total_tokens:,}/{lim.max_tokens:,}",
+            )
+        progress.console.print(f"  {event}", markup=False, highlight=False)
 
-    with Live(progress, refresh_per_second=10, transient=False):
+    with Live(progress, console=progress.console, refresh_per_second=10, transient=False):
+        update("started")
         yield update
 
 

@@ -11,9 +11,14 @@ if TYPE_CHECKING:
 
 
 def fancy(stream: TextIO | None = None) -> bool:
-    """Whether to draw rich output: a terminal, no ``NO_COLOR``, ``rich`` installed."""
+    """Whether to draw rich output: a terminal, no ``NO_COLOR``/``CI``, ``rich`` installed."""
     stream = stream or sys.stdout
-    if os.environ.get("NO_COLOR") or os.environ.get("CI") or not stream.isatty():
+    if os.environ.get("NO_COLOR") or os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        if not stream.isatty():
+            return False
+    except (AttributeError, ValueError):  # a closed or unusual stream
         return False
     try:
         import rich  # noqa: F401

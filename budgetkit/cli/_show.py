@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .._handoff import Handoff
 from ..exceptions import HandoffError
 from . import EXIT_INVALID, EXIT_OK
-from ._output import fancy, print_table
+from ._output import fmt_usd, print_table
 
 if TYPE_CHECKING:
     import argparse
@@ -21,7 +21,9 @@ def add_parser(sub: Any) -> None:
         "show",
         help="pretty-print and validate a handoff file",
         description="Shows why a session stopped, its usage against its limits, the pending "
-        "tasks, the summary and how to resume. Exit code 1 when the file is not a valid handoff.",
+        "tasks, the summary and how to resume.",
+        epilog="exit codes: 0 a valid handoff; 1 the file is missing, corrupt or not a "
+        "budgetkit handoff; 2 usage error.",
     )
     parser.add_argument("handoff", metavar="HANDOFF", help="path to a handoff JSON file")
     parser.add_argument("--json", action="store_true", help="print the validated handoff as JSON")
@@ -33,45 +35,77 @@ def run(args: argparse.Namespace) -> int:
     try:
         handoff = Handoff.load(args.handoff)
     except HandoffError as exc:
-        print(f"budgetkit show: {exc}", file=sys.stderr)
+        print(f"budgetkit show: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        print(json.dumps(handoff.to_dict(), indent=2))
+        print(json.dumps(handoff.to_dict(), indent=2, default=str))
         return EXIT_OK
     rows: list[tuple[str, Any]] = [
         ("session", handoff.session_id),
+        ("name", handoff.name or "-"),
         ("resumed from", handoff.parent_session_id or "-"),
+        ("stop reason", handoff.reason),
         ("stopped at step", handoff.stopped_at_step),
-        ("reason", handoff.reason),
         ("created", handoff.created_at),
     ]
-    for key, limit in handoff.limits.items():
-        if limit is None:
-            continue
-        used_key = _USED.get(key)
-        used = handoff.usage.get(used_key) if used_key else None
-        rows.append((key, f"{used} of {limit}" if used is not None else limit))
-    rows.append(("cost (USD)", handoff.usage.get("cost_usd", "-")))
+    rows += _usage_rows(handoff)
     if handoff.trace_id:
         rows.append(("trace id", handoff.trace_id))
     print_table(f"handoff {args.handoff}", rows)
     print("\nPending tasks:" if handoff.pending_tasks else "\nPending tasks: none")
     for task in handoff.pending_tasks:
-        print(f"  - {task}")
+        text = task if isinstance(task, str) else json.dumps(task, default=str)
+        print(f"  - {text}")
     if handoff.context_summary:
-        print(f"\nSummary:\n  {handoff.context_summary}")
-    print(f"\nTo resume:\n  {handoff.resume_instructions}")
-    if fancy():
-        sys.stdout.flush()
+        print("\nSummary:")
+        for line in handoff.context_summary.splitlines():
+            print(f"  {line}")
+    print(f"\nTo resume:\n  {handoff.resume_instructions or '-'}")
     return EXIT_OK
 
 
-_USED = {
-    "max_steps": "steps",
-    "max_llm_calls": "llm_calls",
-    "max_tokens": "total_tokens",
-    "max_input_tokens": "input_tokens",
-    "max_output_tokens": "output_tokens",
-    "max_usd": "cost_usd",
-    "max_seconds": "elapsed_seconds",
-}
+#: (row label, usage key, limit key, is USD)
+_DIMENSIONS = (
+    ("steps", "steps", "max_steps", False),
+    ("LLM calls", "llm_calls", "max_llm_calls", False),
+    ("tokens", "total_tokens", "max_tokens", False),
+    ("input tokens", "input_tokens", "max_input_tokens", False),
+    ("output tokens", "output_tokens", "max_output_tokens", False),
+    ("cost", "cost_usd", "max_usd", True),
+    ("seconds", "elapsed_seconds", "max_seconds", False),
+)
+
+
+def _usage_rows(handoff: Handoff) -> list[tuple[str, Any]]:
+    """Usage against limits: every limited dimension, plus steps, LLM calls, tokens and cost."""
+    rows: list[tuple[str, Any]] = []
+    for label, used_key, limit_key, usd in _DIMENSIONS:
+        used = handoff.usage.get(used_key)
+        limit = handoff.limits.get(limit_key)
+        if limit is None and label not in ("steps", "LLM calls", "tokens", "cost"):
+            continue
+        if used is None and limit is None:
+            continue
+        text = _fmt(used, usd) if used is not None else "?"
+        if limit is not None:
+            text += f" of {_fmt(limit, usd)}"
+            if limit_key == handoff.reason:
+                text += "  <- tripped"
+        rows.append((label, text))
+    errors = handoff.limits.get("max_consecutive_errors")
+    if errors is not None:
+        rows.append(("max errors in a row", errors))
+    return rows
+
+
+def _fmt(value: Any, usd: bool) -> str:
+    if usd:
+        try:
+            return fmt_usd(value)
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

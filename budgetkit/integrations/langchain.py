@@ -62,6 +62,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     is a few counter updates, and LangChain drops the errors of async handlers called from
     synchronous runs, which would let an exhausted run continue.
 
+    Example::
+
+        with SessionBudget(max_steps=20, max_tokens=200_000):
+            graph.invoke(inputs, config={"callbacks": [BudgetCallbackHandler()]})
+
     Args:
         session: charge this session; by default, the innermost session active where each
             call starts (calls made outside any session are not charged, like decorators).

@@ -84,6 +84,11 @@ class BudgetRunHooks(RunHooks[Any]):
     the SDK's ``failure_error_function`` turns that into text for the model, the run still
     stops at the next model call: exhaustion is latched.
 
+    Example::
+
+        with SessionBudget(max_steps=20, max_usd=2):
+            result = await Runner.run(agent, "Plan the trip", hooks=BudgetRunHooks())
+
     Args:
         session: charge this session; by default, the innermost session active where each
             call starts (runs outside any session are not charged).

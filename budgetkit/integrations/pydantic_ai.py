@@ -150,6 +150,11 @@ class BudgetCapability(AbstractCapability[Any]):
     retry prompt. If tool code catches it, the next model request raises again: exhaustion
     is latched.
 
+    Example::
+
+        with SessionBudget(max_steps=20, max_usd=2):
+            result = await agent.run("Plan the trip", capabilities=[BudgetCapability()])
+
     Args:
         session: charge this session; by default the innermost session active where each
             request or tool call starts.

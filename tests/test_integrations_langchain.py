@@ -1,0 +1,340 @@
+"""budgetkit.integrations.langchain: real LangChain / LangGraph agents on a scripted fake model."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+pytest.importorskip("langgraph")
+pytest.importorskip("langchain.agents")
+
+from langchain.agents import create_agent
+from langchain_core.callbacks import UsageMetadataCallbackHandler
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from otel_fixtures import Otel, otel
+
+from budgetkit import BudgetExhausted, SessionBudget, budget
+from budgetkit import _attributes as names
+from budgetkit.integrations.langchain import BudgetCallbackHandler
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+    from langchain_core.runnables import RunnableConfig
+
+__all__ = ["otel"]  # the fixture
+
+
+# ----------------------------------------------------------------------------- the agent
+class Script:
+    """The model's replies, in order; counts how many the model actually produced."""
+
+    def __init__(self, turns: Sequence[AIMessage]) -> None:
+        self.turns = list(turns)
+        self.served = 0
+
+    def __iter__(self) -> Iterator[AIMessage]:
+        for turn in self.turns:
+            self.served += 1
+            yield turn
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """LangChain's fake chat model, able to sit in a tool-calling agent."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def reply(i: int, *, tool_name: str | None = "lookup") -> AIMessage:
+    """Turn ``i``: a tool call (or the final answer), with usage that grows with the context."""
+    calls = []
+    if tool_name is not None:
+        calls = [
+            {"name": tool_name, "args": {"q": f"q{i}"}, "id": f"call_{i}", "type": "tool_call"}
+        ]
+    input_tokens, output_tokens = 100 * i, 10 + i
+    return AIMessage(
+        content="" if calls else "all done",
+        tool_calls=calls,
+        usage_metadata={
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_token_details": {"cache_read": i},
+        },
+        response_metadata={"model_name": "house-model"},
+    )
+
+
+def script(tool_turns: int, tool_name: str = "lookup") -> Script:
+    turns = [reply(i, tool_name=tool_name) for i in range(1, tool_turns + 1)]
+    return Script([*turns, reply(tool_turns + 1, tool_name=None)])
+
+
+def model_for(turns: Script) -> ScriptedChatModel:
+    return ScriptedChatModel(messages=iter(turns))
+
+
+@tool
+def lookup(q: str) -> str:
+    """Look something up."""
+    return f"found {q}"
+
+
+@budget.step
+def fetch(q: str) -> str:
+    return f"page for {q}"
+
+
+caught: list[BaseException] = []
+
+
+@tool
+def careful_lookup(q: str) -> str:
+    """Look something up, never failing: every error becomes text for the model."""
+    try:
+        return fetch(q)
+    except Exception as exc:
+        caught.append(exc)
+        return f"lookup failed: {exc}"
+
+
+def graph_for(turns: Script, *, handle_tool_errors: bool, checkpointer: Any = None) -> Any:
+    """A hand-built LangGraph agent: model node, ToolNode, loop."""
+    model = model_for(turns)
+
+    async def call_model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"], config)]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", call_model)
+    graph.add_node("tools", ToolNode([lookup], handle_tool_errors=handle_tool_errors))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile(checkpointer=checkpointer)
+
+
+def ai_messages(messages: Sequence[BaseMessage]) -> list[AIMessage]:
+    return [m for m in messages if isinstance(m, AIMessage)]
+
+
+def tool_messages(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
+    return [m for m in messages if isinstance(m, ToolMessage)]
+
+
+# ----------------------------------------------------------------------------- charging
+def test_create_agent_charges_what_langchain_reports(handoff_dir: Path) -> None:
+    turns = script(3)
+    agent = create_agent(model_for(turns), [lookup])
+    reported = UsageMetadataCallbackHandler()
+    with SessionBudget(max_steps=10, handoff_dir=handoff_dir) as session:
+        out = agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler(), reported]},
+        )
+
+    messages = out["messages"]
+    assert messages[-1].content == "all done"
+    usage = session.usage
+    # Steps and LLM calls: what the graph ran.
+    assert usage.steps == len(tool_messages(messages)) == 3
+    assert usage.llm_calls == len(ai_messages(messages)) == 4
+    # Tokens: what LangChain's own usage callback added up.
+    total = reported.usage_metadata["house-model"]
+    assert usage.input_tokens == total["input_tokens"] == 100 + 200 + 300 + 400
+    assert usage.output_tokens == total["output_tokens"]
+    assert usage.total_tokens == total["total_tokens"]
+    assert usage.cache_read_tokens == total["input_token_details"]["cache_read"] == 1 + 2 + 3 + 4
+    assert usage.unmeasured_calls == 0
+    assert session.result is not None
+    assert session.result.stop_reason == "completed"
+    assert not handoff_dir.exists()
+
+
+@pytest.mark.asyncio
+async def test_langgraph_astream_charges_what_langchain_reports(handoff_dir: Path) -> None:
+    turns = script(3)
+    graph = graph_for(turns, handle_tool_errors=False)
+    reported = UsageMetadataCallbackHandler()
+    last: dict[str, Any] = {}
+    async with SessionBudget(handoff_dir=handoff_dir) as session:
+        async for state in graph.astream(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler(), reported]},
+            stream_mode="values",
+        ):
+            last = state
+
+    messages = last["messages"]
+    usage = session.usage
+    assert usage.steps == len(tool_messages(messages)) == 3
+    assert usage.llm_calls == len(ai_messages(messages)) == turns.served == 4
+    total = reported.usage_metadata["house-model"]
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (
+        total["input_tokens"],
+        total["output_tokens"],
+        total["total_tokens"],
+    )
+
+
+def test_known_model_is_priced(handoff_dir: Path) -> None:
+    turns = script(2)
+    agent = create_agent(model_for(turns), [lookup])
+    prices = {"house-model": (Decimal(2), Decimal(10))}  # USD per million tokens
+    with SessionBudget(max_usd=1, prices=prices, handoff_dir=handoff_dir) as session:
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+
+    expected = sum(
+        Decimal(100 * i) * 2 / 1_000_000 + Decimal(10 + i) * 10 / 1_000_000 for i in (1, 2, 3)
+    )
+    assert session.usage.cost_usd == expected
+    assert session.usage.unpriced_calls == 0
+
+
+# ----------------------------------------------------------------------------- exhaustion
+def test_run_stops_at_the_limit_even_when_the_tool_catches(handoff_dir: Path) -> None:
+    """The tool swallows the BudgetExhausted of its own step; the next model call re-raises."""
+    caught.clear()
+    turns = script(5, tool_name="careful_lookup")
+    agent = create_agent(model_for(turns), [careful_lookup])
+    # Each turn is two steps: the tool run, and the fetch() inside it.
+    session = SessionBudget(max_steps=3, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info, session:
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+
+    exc = info.value
+    assert exc.reason == "max_steps"
+    assert exc.session_id == session.session_id
+    # Turn 2's fetch() was refused, the tool caught it and returned text ...
+    assert len(caught) == 1
+    assert isinstance(caught[0], BudgetExhausted)
+    # ... and the third model call was refused before the model produced anything.
+    assert turns.served == 2
+    assert session.usage.steps == 3
+    assert session.usage.llm_calls == 2
+    assert exc.handoff_path is not None
+    assert exc.handoff_path.exists()
+    assert exc.handoff_path.parent == handoff_dir
+    assert exc.handoff.reason == "max_steps"
+    assert session.result is not None
+    assert session.result.stop_reason == "max_steps"
+
+
+@pytest.mark.asyncio
+async def test_tool_node_that_handles_every_error_cannot_keep_the_run_going(
+    handoff_dir: Path,
+) -> None:
+    """ToolNode(handle_tool_errors=True) turns the refused tool run into a ToolMessage;
+    the run still ends at the next model call."""
+    turns = script(5)
+    graph = graph_for(turns, handle_tool_errors=True, checkpointer=InMemorySaver())
+    config: RunnableConfig = {
+        "callbacks": [BudgetCallbackHandler()],
+        "configurable": {"thread_id": "t1"},
+    }
+    session = SessionBudget(max_steps=2, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info:
+        async with session:
+            await graph.ainvoke({"messages": [("user", "go")]}, config)
+
+    assert info.value.reason == "max_steps"
+    # Turns 1 and 2 ran their tools; turn 3's tool was refused (and reported to the model
+    # as a tool error by ToolNode); the fourth model call was refused.
+    assert turns.served == 3
+    assert session.usage.steps == 2
+    assert session.usage.llm_calls == 3
+    results = tool_messages((await graph.aget_state(config)).values["messages"])
+    assert [m.status for m in results] == ["success", "success", "error"]
+    assert "BudgetExhausted" in str(results[-1].content)
+    assert info.value.handoff_path is not None
+    assert info.value.handoff_path.exists()
+
+
+@pytest.mark.asyncio
+async def test_token_limit_stops_the_graph_at_the_next_boundary(handoff_dir: Path) -> None:
+    turns = script(5)
+    graph = graph_for(turns, handle_tool_errors=False)
+    # 111 + 212 tokens after two model calls: the second crosses the limit, and its tool
+    # call is the next boundary.
+    session = SessionBudget(max_tokens=300, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info:
+        async with session:
+            await graph.ainvoke(
+                {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+            )
+
+    assert info.value.reason == "max_tokens"
+    assert turns.served == 2
+    assert session.usage.steps == 1
+    assert session.usage.total_tokens == 111 + 212
+    assert info.value.handoff_path is not None
+    assert info.value.handoff_path.exists()
+
+
+# ----------------------------------------------------------------------------- sessions
+def test_outside_a_session_the_handler_charges_nothing() -> None:
+    agent = create_agent(model_for(script(2)), [lookup])
+    out = agent.invoke(
+        {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+    )
+    assert out["messages"][-1].content == "all done"
+
+
+def test_explicit_session_is_charged_from_a_thread_without_its_context(handoff_dir: Path) -> None:
+    agent = create_agent(model_for(script(2)), [lookup])
+    with SessionBudget(handoff_dir=handoff_dir) as session:
+        handler = BudgetCallbackHandler(session)
+        # A raw thread does not inherit the context: only the handler knows the session.
+        worker = threading.Thread(
+            target=agent.invoke,
+            args=({"messages": [("user", "go")]},),
+            kwargs={"config": {"callbacks": [handler]}},
+        )
+        worker.start()
+        worker.join()
+    assert session.usage.steps == 2
+    assert session.usage.llm_calls == 3
+
+
+# ----------------------------------------------------------------------------- spans
+def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) -> None:
+    agent = create_agent(model_for(script(3)), [lookup])
+    with SessionBudget(name="researcher", handoff_dir=handoff_dir):
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+
+    session_span = otel.span("invoke_agent researcher")
+    tools = [s for s in otel.spans() if s.name == "execute_tool lookup"]
+    chats = [
+        s
+        for s in otel.spans()
+        if s.attributes and s.attributes.get(names.GEN_AI_OPERATION_NAME) == names.OP_CHAT
+    ]
+    assert len(tools) == 3
+    assert len(chats) == 4
+    for span in [*tools, *chats]:
+        assert span.parent is not None
+        assert span.parent.span_id == session_span.context.span_id, span.name
+        assert span.context.trace_id == session_span.context.trace_id
+    assert [s.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] for s in chats if s.attributes] == [
+        100,
+        200,
+        300,
+        400,
+    ]
