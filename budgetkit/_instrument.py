@@ -53,7 +53,7 @@ class _State:
 _state = _State()
 
 
-class _Patched(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _Patched(wrapt.FunctionWrapper[..., Any]):
     """Marks budgetkit's own wrappers (another library's ``FunctionWrapper`` is not ours)."""
 
 

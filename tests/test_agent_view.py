@@ -1,4 +1,4 @@
-"""Issue 5: the agent's view of its budget, soft landings and operator policies, wired into sessions."""
+"""Issue 5: the agent's view of its budget, soft landings and operator policies."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import json
 import time
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +19,9 @@ from budgetkit import (
     budget,
 )
 from budgetkit._giveup import parse_give_up
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @budget.step
@@ -96,13 +98,15 @@ def test_agent_loop_finishes_its_wrapup_inside_the_reserve(tmp_path: Path) -> No
         assert not s.exhausted  # the reserve's refusal does not latch
         with pytest.raises(BudgetExhausted) as after:
             summarise()
-    assert refused is not None and refused.reason == "wrapup_reserve"
+    assert refused is not None
+    assert refused.reason == "wrapup_reserve"
     assert refused.handoff_path is None
     assert s.usage.steps == 10
     assert prompts[0].startswith("You are a researcher. Budget: 10 of 10 steps left")
     assert "Phase: converge" in prompts[-1]
     assert after.value.reason == "max_steps"
-    assert after.value.handoff_path is not None and after.value.handoff_path.exists()
+    assert after.value.handoff_path is not None
+    assert after.value.handoff_path.exists()
 
 
 def test_check_plan_gives_up_before_any_step() -> None:
@@ -116,7 +120,8 @@ def test_check_plan_gives_up_before_any_step() -> None:
     assert info.value.reason == "plan_exceeds_budget"
     assert str(info.value) == "GIVE_UP: plan requires 8 steps, budget is 5."
     parsed = parse_give_up(f"```\n{info.value}\n```")
-    assert parsed is not None and (parsed.required_steps, parsed.budget_steps) == (8, 5)
+    assert parsed is not None
+    assert (parsed.required_steps, parsed.budget_steps) == (8, 5)
 
 
 def test_sync_step_timeout_is_judged_on_return() -> None:
@@ -145,7 +150,8 @@ async def test_async_step_timeout_cancels_at_the_deadline() -> None:
     async with SessionBudget(handoff_dir=None):
         with pytest.raises(StepTimeoutError):
             await slow()
-    assert time.monotonic() - started < 2 and finished == []
+    assert time.monotonic() - started < 2
+    assert finished == []
 
 
 def test_max_output_chars_truncates_with_a_marker() -> None:

@@ -57,15 +57,20 @@ def _cost(model: str, provider: str, tokens: tuple[int, int] = USAGE) -> Decimal
     return cost
 
 
+def _loop(session: SessionBudget, client: openai.OpenAI, **kwargs: Any) -> None:
+    """An agent that never decides it is done."""
+    with session:
+        while True:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **kwargs)
+
+
 def test_exported_from_the_package() -> None:
     assert "instrument" in budgetkit.__all__
     assert "uninstrument" in budgetkit.__all__
     assert budgetkit.__all__ == sorted(budgetkit.__all__)
 
 
-def test_openai_chat_is_charged_inside_a_session(
-    client: openai.OpenAI, handoff_dir: Path
-) -> None:
+def test_openai_chat_is_charged_inside_a_session(client: openai.OpenAI, handoff_dir: Path) -> None:
     budgetkit.instrument()
     with SessionBudget(handoff_dir=handoff_dir) as session:
         reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -109,12 +114,8 @@ def test_count_limit_stops_before_the_request_is_sent(
     client: openai.OpenAI, stub: StubServer, handoff_dir: Path
 ) -> None:
     budgetkit.instrument()
-    with (
-        pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_llm_calls=2, handoff_dir=handoff_dir),
-    ):
-        while True:
-            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with pytest.raises(BudgetExhausted) as info:
+        _loop(SessionBudget(max_llm_calls=2, handoff_dir=handoff_dir), client)
     assert info.value.reason == "max_llm_calls"
     assert len(stub.requests) == 2
     assert info.value.handoff_path is not None
@@ -128,16 +129,13 @@ def test_max_tokens_reserves_so_spend_stays_within_max_usd(handoff_dir: Path) ->
 
     limit = Decimal("0.002")
     budgetkit.instrument()
+    session = SessionBudget(max_usd=limit, handoff_dir=handoff_dir)
     with (
         StubServer(usage=usage) as stub,
         openai.OpenAI(base_url=stub.base_url, api_key="t", max_retries=0) as client,
         pytest.raises(BudgetExhausted) as info,
-        SessionBudget(max_usd=limit, handoff_dir=handoff_dir) as session,
     ):
-        while True:
-            client.chat.completions.create(
-                model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000
-            )
+        _loop(session, client, max_tokens=1000)
     assert info.value.reason == "max_usd"
     assert session.usage.cost_usd <= limit
     assert session.usage.llm_calls == len(stub.requests)  # the refused call never started
@@ -148,9 +146,9 @@ def test_max_tokens_reserves_so_spend_stays_within_max_usd(handoff_dir: Path) ->
 def test_no_reservation_without_an_output_cap(client: openai.OpenAI, handoff_dir: Path) -> None:
     limit = Decimal("0.0001")
     budgetkit.instrument()
-    with pytest.raises(BudgetExhausted), SessionBudget(max_usd=limit, handoff_dir=handoff_dir) as s:
-        while True:
-            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    s = SessionBudget(max_usd=limit, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted):
+        _loop(s, client)
     # The crossing call completes, the next boundary stops: a measured limit.
     assert s.usage.cost_usd > limit
 
@@ -260,7 +258,6 @@ def test_patches_an_sdk_imported_after_instrument() -> None:
         "budgetkit.instrument()\n"
         "import openai, wrapt\n"
         "from openai.resources.responses import AsyncResponses\n"
-
         "for cls in (openai.resources.chat.completions.Completions, AsyncResponses):\n"
         "    assert isinstance(cls.__dict__['create'], wrapt.FunctionWrapper), cls\n"
         "budgetkit.uninstrument()\n"

@@ -56,7 +56,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     ignores callback errors), so the :class:`~budgetkit.BudgetExhausted` raised when a model
     call or tool run is refused propagates out of ``invoke``/``ainvoke``/``stream``, after
     the handoff is written. A tool that catches it and returns text does not keep the run
-    going: exhaustion is latched, so the next model call raises again.
+    going: exhaustion is latched, so the next model call raises again. (LangChain logs the
+    refusal at WARNING, "Error in BudgetCallbackHandler...", before re-raising it.)
 
     The handler is synchronous and runs inline (``run_inline``), also in async runs: its work
     is a few counter updates, and LangChain drops the errors of async handlers called from
