@@ -236,13 +236,16 @@ def _tracing() -> Iterator[Callable[[SessionBudget], str | None]]:
         return
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     try:
-        shutdown = otel.configure(service_name="budgetkit-demo", export=bool(endpoint))
-    except BudgetError:
+        telemetry = otel.configure(service_name="budgetkit-demo", export=bool(endpoint))
+    except BudgetError as exc:  # no SDK, or the process has its own provider
+        print(f"budgetkit demo: tracing off: {exc}", file=sys.stderr)
         yield lambda _s: None
         return
     try:
         yield otel.trace_id_of
     finally:
-        shutdown()
+        flushed = telemetry.force_flush(10_000)
+        telemetry.shutdown()
         if endpoint:
-            print(f"spans exported to {endpoint}", file=sys.stderr)
+            status = "sent" if flushed else "could not all be sent"
+            print(f"budgetkit demo: spans {status} to {endpoint} (OTLP)", file=sys.stderr)
