@@ -261,8 +261,62 @@ class _StreamProxy(wrapt.BaseObjectProxy[Any]):
             return entered
         return proxy_type(entered, self._self_tracker)
 
+    def _self_source(self) -> Any:
+        """What may hold the SDK's final usage snapshot when the stream ends."""
+        return self.__wrapped__
 
-class _SyncStreamProxy(_StreamProxy):
+
+class _SyncContext(_StreamProxy):
+    """``with``: report the usage when the block exits, or when entering fails."""
+
+    def __enter__(self) -> Any:
+        try:
+            entered = self.__wrapped__.__enter__()
+        except BaseException:
+            self._self_tracker.finish(self._self_source())
+            raise
+        return self._self_wrap_entered(entered)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        try:
+            exit_result: bool | None = self.__wrapped__.__exit__(exc_type, exc_value, traceback)
+        finally:
+            self._self_tracker.finish(self._self_source())
+        return exit_result
+
+
+class _AsyncContext(_StreamProxy):
+    """``async with``: report the usage when the block exits, or when entering fails."""
+
+    async def __aenter__(self) -> Any:
+        try:
+            entered = await self.__wrapped__.__aenter__()
+        except BaseException:
+            self._self_tracker.finish(self._self_source())
+            raise
+        return self._self_wrap_entered(entered)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        try:
+            exit_result: bool | None = await self.__wrapped__.__aexit__(
+                exc_type, exc_value, traceback
+            )
+        finally:
+            self._self_tracker.finish(self._self_source())
+        return exit_result
+
+
+class _SyncStreamProxy(_SyncContext):
     """Proxy of a sync stream, generator or iterator."""
 
     def __iter__(self) -> Iterator[Any]:
@@ -304,27 +358,8 @@ class _SyncStreamProxy(_StreamProxy):
         finally:
             self._self_tracker.finish(self.__wrapped__)
 
-    def __enter__(self) -> Any:
-        try:
-            return self._self_wrap_entered(self.__wrapped__.__enter__())
-        except BaseException:
-            self._self_tracker.finish(self.__wrapped__)
-            raise
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        try:
-            exit_result: bool | None = self.__wrapped__.__exit__(exc_type, exc_value, traceback)
-        finally:
-            self._self_tracker.finish(self.__wrapped__)
-        return exit_result
-
-
-class _AsyncStreamProxy(_StreamProxy):
+class _AsyncStreamProxy(_AsyncContext):
     """Proxy of an async stream, async generator or async iterator."""
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -384,76 +419,18 @@ class _AsyncStreamProxy(_StreamProxy):
         finally:
             self._self_tracker.finish(self.__wrapped__)
 
-    async def __aenter__(self) -> Any:
-        try:
-            return self._self_wrap_entered(await self.__wrapped__.__aenter__())
-        except BaseException:
-            self._self_tracker.finish(self.__wrapped__)
-            raise
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        try:
-            exit_result: bool | None = await self.__wrapped__.__aexit__(
-                exc_type, exc_value, traceback
-            )
-        finally:
-            self._self_tracker.finish(self.__wrapped__)
-        return exit_result
-
-
-class _StreamManagerProxy(_StreamProxy):
+class _StreamManagerProxy(_SyncContext, _AsyncContext, _StreamProxy):
     """Proxy of ``client.messages.stream(...)``-style managers; the request starts on enter."""
 
     _self_stream: Any = None
 
-    def __enter__(self) -> Any:
-        try:
-            stream = self.__wrapped__.__enter__()
-        except BaseException:
-            self._self_tracker.finish()
-            raise
-        self._self_stream = stream
-        return self._self_wrap_entered(stream)
+    def _self_source(self) -> Any:
+        return self._self_stream  # None until entered: nothing was requested
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        try:
-            exit_result: bool | None = self.__wrapped__.__exit__(exc_type, exc_value, traceback)
-        finally:
-            self._self_tracker.finish(self._self_stream)
-        return exit_result
-
-    async def __aenter__(self) -> Any:
-        try:
-            stream = await self.__wrapped__.__aenter__()
-        except BaseException:
-            self._self_tracker.finish()
-            raise
-        self._self_stream = stream
-        return self._self_wrap_entered(stream)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        try:
-            exit_result: bool | None = await self.__wrapped__.__aexit__(
-                exc_type, exc_value, traceback
-            )
-        finally:
-            self._self_tracker.finish(self._self_stream)
-        return exit_result
+    def _self_wrap_entered(self, entered: Any) -> Any:
+        self._self_stream = entered
+        return super()._self_wrap_entered(entered)
 
 
 def _add(total: Usage | None, chunk: Usage | None) -> Usage | None:
