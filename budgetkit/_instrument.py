@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from ._calls import LLMCall
 from ._session import LLM, CallSpec, SessionBudget, _current
+from ._wrap import llm_coroutine_wrapper, llm_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -120,7 +120,8 @@ def _patch(module: Any, cls_name: str, method: str, provider: str) -> None:
     if original is None or isinstance(original, _Patched):
         return
     spec = CallSpec(LLM, f"{provider}.{cls_name}.{method}", provider=provider, estimate=_estimate)
-    wrapper = _async_wrapper(spec) if cls_name.startswith("Async") else _sync_wrapper(spec)
+    make = llm_coroutine_wrapper if cls_name.startswith("Async") else llm_wrapper
+    wrapper = make(spec, current=_session)
     ours = _Patched(original, wrapper)
     setattr(owner, method, ours)
     _state.patched.append((owner, method, original, ours))
@@ -136,38 +137,6 @@ def _session() -> SessionBudget | None:
     if fallback is not None and fallback._entered and fallback.result is None:
         return fallback
     return None
-
-
-def _sync_wrapper(spec: CallSpec) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _session()
-        if session is None:
-            return wrapped(*args, **kwargs)
-        call = LLMCall(session, spec, args, kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return call.finish(result)
-
-    return wrapper
-
-
-def _async_wrapper(spec: CallSpec) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _session()
-        if session is None:
-            return await wrapped(*args, **kwargs)
-        call = LLMCall(session, spec, args, kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return call.finish(result)
-
-    return wrapper
 
 
 def _estimate(*args: Any, **kwargs: Any) -> Mapping[str, int] | None:

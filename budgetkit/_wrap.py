@@ -44,14 +44,21 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
 
         raise BudgetTypeError(f"@budget.{spec.kind} decorates a callable, got {fn!r}")
     shape = kind_of(fn)
-    llm = spec.kind == LLM
-    options = spec.wrapup or spec.timeout is not None or spec.max_output_chars is not None
-    factory = {
-        "sync": _sync_llm if llm else (_sync_step_options if options else _sync_step),
-        "coroutine": _coro_llm if llm else (_coro_step_options if options else _coro_step),
+    sync: Callable[[CallSpec], Wrapper]
+    coroutine: Callable[[CallSpec], Wrapper]
+    if spec.kind == LLM:
+        sync, coroutine = llm_wrapper, llm_coroutine_wrapper
+    elif spec.wrapup or spec.timeout is not None or spec.max_output_chars is not None:
+        sync, coroutine = _sync_step_options, _coro_step_options
+    else:
+        sync, coroutine = _sync_step, _coro_step
+    factories = {
+        "sync": sync,
+        "coroutine": coroutine,
         "generator": _gen_wrapper,
         "asyncgen": _agen_wrapper,
-    }[shape]
+    }
+    factory: Callable[[CallSpec], Wrapper] = factories[shape]
     return wrapt.FunctionWrapper(fn, factory(spec))
 
 
@@ -174,9 +181,13 @@ TRUNCATION_MARKER = "\n[... {n} more characters truncated by budgetkit]"
 
 
 # ---------------------------------------------------------------------------- LLM calls
-def _sync_llm(spec: CallSpec) -> Wrapper:
+def llm_wrapper(
+    spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
+) -> Wrapper:
+    """The sync LLM-call wrapper; ``current`` finds the session (``instrument()`` widens it)."""
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = current()
         if session is None:
             return wrapped(*args, **kwargs)
         call = LLMCall(session, spec, args, kwargs)
@@ -190,9 +201,13 @@ def _sync_llm(spec: CallSpec) -> Wrapper:
     return wrapper
 
 
-def _coro_llm(spec: CallSpec) -> Wrapper:
+def llm_coroutine_wrapper(
+    spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
+) -> Wrapper:
+    """The ``async def`` LLM-call wrapper; ``current`` as in :func:`llm_wrapper`."""
+
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = current()
         if session is None:
             return await wrapped(*args, **kwargs)
         call = LLMCall(session, spec, args, kwargs)
