@@ -37,8 +37,10 @@ def fractions(session: SessionBudget, used: SessionUsage) -> dict[str, float]:
     return out
 
 
-def phase_of(most_used: float, bounds: tuple[float, float]) -> str:
-    """``explore`` below the first bound, ``converge`` below the second, else ``deliver``."""
+def phase_of(used_fractions: dict[str, float], bounds: tuple[float, float]) -> str:
+    """From the most-used limit: ``explore`` below the first bound, ``converge`` below the
+    second, else ``deliver``."""
+    most_used = max(used_fractions.values(), default=0.0)
     if most_used < bounds[0]:
         return PHASES[0]
     if most_used < bounds[1]:
@@ -48,9 +50,9 @@ def phase_of(most_used: float, bounds: tuple[float, float]) -> str:
 
 def status_line(session: SessionBudget) -> str:
     """``Budget: 23 of 50 steps left, $0.42 of $1.00 left, 4 min left. Phase: converge.``"""
-    used = session.usage
+    used = session.usage  # one snapshot for every figure on the line
     lim = session.limits
-    left = session.remaining
+    left = session._remaining_from(used)
     parts: list[str] = []
     counts = (
         ("steps", lim.max_steps, left.steps),

@@ -428,7 +428,9 @@ class SessionBudget:
     @property
     def remaining(self) -> Remaining:
         """What is left of each limited dimension (``None`` where unlimited)."""
-        used = self._snapshot()
+        return self._remaining_from(self._snapshot())
+
+    def _remaining_from(self, used: SessionUsage) -> Remaining:
         lim = self.limits
         with localcontext(_EXACT):
             usd_left = None if lim.max_usd is None else max(lim.max_usd - used.cost_usd, Decimal(0))
@@ -685,7 +687,7 @@ class SessionBudget:
         if tripped is not None:
             tripped._raise_exhausted()
         if refused_by is not None:
-            raise refused_by._refusal("wrapup_reserve", refused=name)
+            raise refused_by._refusal("wrapup_reserve")
         if _listeners and kind == STEP:
             emit("step", self, name=name)
         self._notify_chain()
@@ -719,9 +721,7 @@ class SessionBudget:
             return _config.clock() - self._start_time() > lim.max_seconds * keep
         return False
 
-    def _refusal(
-        self, reason: str, *, refused: str | None = None, message: str | None = None
-    ) -> BudgetExhausted:
+    def _refusal(self, reason: str, *, message: str | None = None) -> BudgetExhausted:
         """A ``BudgetExhausted`` that does not latch the session and writes no file."""
         usage = self._snapshot()
         return BudgetExhausted(
@@ -753,14 +753,14 @@ class SessionBudget:
         for dim, _t in fire:
             self.on_threshold(self, dim)  # type: ignore[misc]
         if self.on_phase_change is not None:
-            phase = phase_of(max(fracs.values(), default=0.0), self.phases)
+            phase = phase_of(fracs, self.phases)
             with _LOCK:
                 changed, self._phase = phase != self._phase, phase
             if changed:
                 self.on_phase_change(self, phase)
 
     def _phase_for(self, used: SessionUsage) -> str:
-        return phase_of(max(fractions(self, used).values(), default=0.0), self.phases)
+        return phase_of(fractions(self, used), self.phases)
 
     @property
     def phase(self) -> str:
