@@ -20,6 +20,7 @@ LangChain counts already include them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from decimal import Decimal
@@ -115,21 +116,8 @@ def extract_usage(
     if found is None:
         return None
     if provider is not None and found.provider != provider:
-        return _with_provider(found, provider)
+        return dataclasses.replace(found, provider=provider)
     return found
-
-
-def _with_provider(usage: Usage, provider: str) -> Usage:
-    return Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        model=usage.model,
-        provider=provider,
-        reported_cost_usd=usage.reported_cost_usd,
-    )
 
 
 def _extract(response: object, model: str | None) -> Usage | None:
