@@ -146,3 +146,11 @@ def otel() -> Iterator[Otel]:
         state.faulty.raising = False
         state.exporter.clear()
         _otel.capture_content(None)
+
+
+def assert_children_of(parent: ReadableSpan, children: list[ReadableSpan]) -> None:
+    """Every span in ``children`` is a direct child of ``parent``, in its trace."""
+    for span in children:
+        assert span.parent is not None, span.name
+        assert span.parent.span_id == parent.context.span_id, span.name
+        assert span.context.trace_id == parent.context.trace_id, span.name

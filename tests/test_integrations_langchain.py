@@ -19,7 +19,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
-from otel_fixtures import Otel, otel
+from otel_fixtures import Otel, assert_children_of, otel
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit import _attributes as names
@@ -328,10 +328,7 @@ def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) -> Non
     ]
     assert len(tools) == 3
     assert len(chats) == 4
-    for span in [*tools, *chats]:
-        assert span.parent is not None
-        assert span.parent.span_id == session_span.context.span_id, span.name
-        assert span.context.trace_id == session_span.context.trace_id
+    assert_children_of(session_span, [*tools, *chats])
     assert [s.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] for s in chats if s.attributes] == [
         100,
         200,

@@ -33,7 +33,7 @@ from openai.types.responses import (
     ResponseUsage,
 )
 from openai.types.responses import response_usage as openai_usage
-from otel_fixtures import Otel, otel
+from otel_fixtures import Otel, assert_children_of, otel
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit import _attributes as names
@@ -337,10 +337,7 @@ async def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) 
     chats = [s for s in otel.spans() if s.name == "chat house-model"]
     assert len(tools) == 3
     assert len(chats) == 4
-    for span in [*tools, *chats]:
-        assert span.parent is not None
-        assert span.parent.span_id == session_span.context.span_id, span.name
-        assert span.context.trace_id == session_span.context.trace_id
+    assert_children_of(session_span, [*tools, *chats])
     assert [s.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] for s in chats if s.attributes] == [
         100,
         200,

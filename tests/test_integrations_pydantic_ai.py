@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pydantic_ai")
 
-from otel_fixtures import Otel, otel
+from otel_fixtures import Otel, assert_children_of, otel
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -253,10 +253,7 @@ async def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) 
     chats = [s for s in otel.spans() if s.name == "chat house-model"]
     assert len(tools) == 3
     assert len(chats) == 4
-    for span in [*tools, *chats]:
-        assert span.parent is not None
-        assert span.parent.span_id == session_span.context.span_id, span.name
-        assert span.context.trace_id == session_span.context.trace_id
+    assert_children_of(session_span, [*tools, *chats])
     assert [s.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] for s in chats if s.attributes] == [
         100,
         200,
