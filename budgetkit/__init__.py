@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
+from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
 from ._handoff import Handoff
+from ._lineage import Lineage
 from ._session import Remaining, SessionBudget, SessionResult, SessionUsage
 from ._usage import Usage
 from .exceptions import (
@@ -14,7 +16,10 @@ from .exceptions import (
     BudgetExhausted,
     BudgetTypeError,
     BudgetWarning,
+    ChainCapError,
+    ChainError,
     CostUnknownWarning,
+    HandoffClaimedError,
     HandoffError,
     StepTimeoutError,
     UnmeasuredUsageWarning,
@@ -26,9 +31,14 @@ __all__ = [
     "BudgetExhausted",
     "BudgetTypeError",
     "BudgetWarning",
+    "ChainCapError",
+    "ChainError",
     "CostUnknownWarning",
     "Handoff",
+    "HandoffClaimedError",
     "HandoffError",
+    "Lineage",
+    "PendingHandoff",
     "Remaining",
     "SessionBudget",
     "SessionResult",
@@ -38,6 +48,9 @@ __all__ = [
     "Usage",
     "budget",
     "instrument",
+    "pending_handoffs",
+    "run_chain",
+    "run_chain_async",
     "uninstrument",
 ]
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._lineage import Lineage
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 SCHEMA_VERSION = 1
@@ -90,6 +91,20 @@ class Handoff:
             doc[f.name] = getattr(self, f.name)
         return doc
 
+    @property
+    def lineage(self) -> Lineage | None:
+        """The chain this handoff belongs to (``extra["lineage"]``), or ``None`` for a handoff
+        written before lineage was recorded."""
+        doc = self.extra.get("lineage")
+        if doc is None:
+            return None
+        return Lineage.from_dict(
+            doc,
+            session_id=self.session_id,
+            parent_session_id=self.parent_session_id,
+            source=f"handoff of session {self.session_id!r}",
+        )
+
     @classmethod
     def from_dict(cls, doc: object, *, source: str = "handoff") -> Handoff:
         """Validate a decoded document; raises :class:`HandoffError` naming what is wrong."""
@@ -116,10 +131,20 @@ class Handoff:
         for key in ("parent_session_id", "context_summary", "name"):
             if values.get(key) is not None:
                 _expect(values, key, str, source)
+        if "extra" in values:
+            _expect(values, "extra", dict, source)
         try:
             check_session_id(values["session_id"])
         except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{source}: {exc}") from None
+        lineage = values.get("extra", {}).get("lineage")
+        if lineage is not None:
+            Lineage.from_dict(
+                lineage,
+                session_id=values["session_id"],
+                parent_session_id=values.get("parent_session_id"),
+                source=source,
+            )
         return cls(**values)
 
     @classmethod

@@ -9,7 +9,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, NoReturn, Self
@@ -28,12 +28,16 @@ from ._events import emit
 from ._events import listeners as _listeners
 from ._handoff import Handoff, check_session_id, utc_now, write_atomic
 from ._limits import LIMIT_NAMES, Limits, non_negative_int, to_usd
+from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, add_usage, cap_reached
 from ._usage import Usage
 from .exceptions import (
     BudgetConfigError,
     BudgetError,
     BudgetExhausted,
     BudgetTypeError,
+    BudgetWarning,
+    ChainCapError,
+    ChainError,
     CostUnknownWarning,
     HandoffError,
 )
@@ -115,6 +119,9 @@ class SessionUsage:
             "unmeasured_calls": self.unmeasured_calls,
         }
 
+    def _values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass(frozen=True, slots=True)
 class Remaining:
@@ -177,6 +184,7 @@ class _Exhaustion:
 _KEYWORDS = frozenset(
     {
         *LIMIT_NAMES,
+        *CHAIN_CAPS,
         "session_id",
         "name",
         "handoff_dir",
@@ -223,6 +231,11 @@ class SessionBudget:
         on_unknown_cost: with ``max_usd`` set, what an unpriceable call does: ``"warn"``
             (a :class:`~budgetkit.CostUnknownWarning` once per model) or ``"error"`` (the
             session stops at the next boundary with reason ``cost_unknown``).
+        max_total_usd: US dollars for the whole chain of sessions (this one, the ones it
+            resumed, and the ones resumed from it); kept across resumes.
+        max_total_steps: ``@budget.step`` calls for the whole chain; kept across resumes.
+        max_sessions: sessions in the chain, the first included; resuming past it is refused
+            with :class:`~budgetkit.ChainCapError`. Kept across resumes.
 
     .. versionadded:: 0.1.0
     """
@@ -250,6 +263,9 @@ class SessionBudget:
         phases: tuple[float, float] = DEFAULT_PHASE_BOUNDS,
         reserve_for_wrapup: float | None = None,
         session_log: str | os.PathLike[str] | None = None,
+        max_total_usd: float | Decimal | None = None,
+        max_total_steps: int | None = None,
+        max_sessions: int | None = None,
         **unknown: Never,
     ) -> None:
         if unknown:
@@ -306,6 +322,19 @@ class SessionBudget:
         #: The handoff this session resumed from (set by :meth:`resume`).
         self.resumed_from: Handoff | None = None
         self.parent_session_id: str | None = None
+        #: Chain-wide caps (``max_total_usd``, ``max_total_steps``, ``max_sessions``).
+        self.chain_caps = ChainCaps.build(
+            max_total_usd=max_total_usd,
+            max_total_steps=max_total_steps,
+            max_sessions=max_sessions,
+        )
+        #: The chain's first session (this one, unless resumed).
+        self.root_session_id = self.session_id
+        #: This session's place in its chain: 1 for the first session.
+        self.attempt = 1
+        self._lineage_ids: tuple[str, ...] = (self.session_id,)
+        self._prior = SessionUsage()._values()  # the chain's usage before this session
+        self._set_chain_room()
 
         # Limits copied to plain attributes: the boundary reads them on every call.
         lim = self.limits
@@ -316,7 +345,7 @@ class SessionBudget:
         self._max_errors = lim.max_consecutive_errors
         self._step_cap = sys.maxsize if lim.max_steps is None else lim.max_steps
         # Only sessions with nothing but count limits take the fast step path.
-        self._plain = lim.max_seconds is None and reserve_for_wrapup is None
+        self._plain = lim.max_seconds is None and reserve_for_wrapup is None and not self.chain_caps
 
         # Counters, guarded by _LOCK.
         self._steps = 0
@@ -399,6 +428,12 @@ class SessionBudget:
             handoff_path=exhaustion.path if exhaustion else None,
             stopped_by=stopped_by,
         )
+        if (
+            stop_reason == "completed"
+            and self.parent_session_id is not None
+            and self.handoff_dir is not None
+        ):
+            self._write_done()
         _otel.end_session(self, self._span, self._result, exc)
         if _listeners:
             emit("session_end", self, result=self._result)
@@ -434,12 +469,19 @@ class SessionBudget:
         lim = self.limits
         with localcontext(_EXACT):
             usd_left = None if lim.max_usd is None else max(lim.max_usd - used.cost_usd, Decimal(0))
+            if self._chain_usd_room is not None:
+                chain_left = max(self._chain_usd_room - used.cost_usd, Decimal(0))
+                usd_left = chain_left if usd_left is None else min(usd_left, chain_left)
 
         def left(limit: int | None, value: int) -> int | None:
             return None if limit is None else max(limit - value, 0)
 
+        steps_left = left(lim.max_steps, used.steps)
+        if self._chain_step_room is not None:
+            chain_steps = max(self._chain_step_room - used.steps, 0)
+            steps_left = chain_steps if steps_left is None else min(steps_left, chain_steps)
         return Remaining(
-            steps=left(lim.max_steps, used.steps),
+            steps=steps_left,
             llm_calls=left(lim.max_llm_calls, used.llm_calls),
             input_tokens=left(lim.max_input_tokens, used.input_tokens),
             output_tokens=left(lim.max_output_tokens, used.output_tokens),
@@ -454,6 +496,36 @@ class SessionBudget:
     def result(self) -> SessionResult | None:
         """How the session ended; ``None`` until the ``with`` block has exited."""
         return self._result
+
+    @property
+    def chain_usage(self) -> SessionUsage:
+        """What the whole chain has used: the sessions this one resumed, plus this one."""
+        return SessionUsage(**add_usage(self._prior, self._snapshot()._values()))
+
+    @property
+    def lineage(self) -> Lineage:
+        """This session's chain, as its handoff records it (cumulative usage up to now)."""
+        return self._lineage_of(self._snapshot())
+
+    def _lineage_of(self, usage: SessionUsage) -> Lineage:
+        return Lineage(
+            root_session_id=self.root_session_id,
+            attempt=self.attempt,
+            session_ids=self._lineage_ids,
+            caps=self.chain_caps,
+            cumulative_usage=add_usage(self._prior, usage._values()),
+        )
+
+    def _set_chain_room(self) -> None:
+        """What the chain caps leave for this session (read by ``_admit``)."""
+        caps = self.chain_caps
+        self._chain_step_room = (
+            None if caps.max_total_steps is None else caps.max_total_steps - self._prior["steps"]
+        )
+        with localcontext(_EXACT):
+            self._chain_usd_room = (
+                None if caps.max_total_usd is None else caps.max_total_usd - self._prior["cost_usd"]
+            )
 
     @property
     def exhausted(self) -> bool:
@@ -542,16 +614,34 @@ class SessionBudget:
 
     # ------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, handoff: Handoff | str | os.PathLike[str], /, **overrides: Any) -> Self:
+    def resume(
+        cls,
+        handoff: Handoff | str | os.PathLike[str],
+        /,
+        *,
+        chain: str | None = None,
+        **overrides: Any,
+    ) -> Self:
         """A new session that continues ``handoff`` with a fresh budget.
 
-        The old limits apply unless overridden by keyword (the same keywords as the
-        constructor). ``parent_session_id`` is set and ``resumed_from`` holds the handoff.
-        When a path is given, the new session writes its handoff next to it unless
-        ``handoff_dir`` is overridden.
+        The old limits and chain caps apply unless overridden by keyword (the same keywords
+        as the constructor). ``parent_session_id`` is set, ``resumed_from`` holds the handoff,
+        and the session joins the handoff's chain (``root_session_id``, ``attempt``,
+        ``chain_usage``). When a path is given, the new session writes its handoff next to it
+        unless ``handoff_dir`` is overridden, and the handoff is *claimed* atomically (a
+        ``<name>.claim`` file beside it) once every check has passed, so it is resumed at
+        most once.
+
+        Args:
+            chain: the root session id of the chain you mean to continue; a handoff of
+                another chain raises :class:`~budgetkit.ChainError`.
 
         Raises:
             HandoffError: the handoff file is missing, corrupt or not a handoff.
+            ChainError: the handoff is of another chain than ``chain``, its parent's handoff
+                beside it belongs to another chain, or the new session id is already in it.
+            ChainCapError: the chain is at or over a chain cap (the caps given included).
+            HandoffClaimedError: the handoff file was already claimed by another resume.
             BudgetTypeError: an unknown keyword.
         """
         unknown = sorted(set(overrides) - _KEYWORDS)
@@ -560,14 +650,29 @@ class SessionBudget:
                 "SessionBudget.resume() got unknown keyword argument(s): "
                 + ", ".join(f"{key}={overrides[key]!r}" for key in unknown)
             )
+        from . import _chainfiles
+
+        path: Path | None = None
         if isinstance(handoff, Handoff):
             loaded, directory = handoff, None
         elif isinstance(handoff, str | os.PathLike):
-            loaded, directory = Handoff.load(handoff), Path(handoff).parent
+            path = Path(handoff)
+            loaded, directory = Handoff.load(path), path.parent
         else:
             raise BudgetTypeError(
                 f"resume() takes a Handoff or a path to a handoff file, got {handoff!r}"
             )
+        if chain is not None and not isinstance(chain, str):
+            raise BudgetTypeError(f"chain must be a root session id (str) or None, got {chain!r}")
+        lineage = _chainfiles.lineage_or_legacy(loaded)
+        if chain is not None and lineage.root_session_id != chain:
+            raise ChainError(
+                f"handoff of session {loaded.session_id!r} belongs to chain "
+                f"{lineage.root_session_id!r} ({' -> '.join(lineage.session_ids)}), "
+                f"not to chain {chain!r}: it cannot continue it"
+            )
+        if directory is not None:
+            _chainfiles.check_parent_link(loaded, lineage, directory)
         kwargs: dict[str, Any] = {}
         try:
             for key in LIMIT_NAMES:
@@ -581,14 +686,53 @@ class SessionBudget:
             raise HandoffError(
                 f"handoff of session {loaded.session_id!r} has invalid limits: {exc}"
             ) from None
+        caps = lineage.caps
+        kwargs["max_total_usd"] = caps.max_total_usd
+        kwargs["max_total_steps"] = caps.max_total_steps
+        kwargs["max_sessions"] = caps.max_sessions
         kwargs["name"] = loaded.name
         if directory is not None:
             kwargs["handoff_dir"] = directory
         kwargs.update(overrides)
         session = cls(**kwargs)
+        session._join(lineage)
+        own = session.handoff_dir / f"{session.session_id}.json" if session.handoff_dir else None
+        if own is not None and own.exists():
+            raise ChainError(
+                f"cannot resume session {loaded.session_id!r} as session {session.session_id!r}: "
+                f"{str(own)!r} already exists and would be overwritten"
+            )
+        if path is not None:
+            _chainfiles.claim(path, loaded.session_id, session.session_id)
         session.parent_session_id = loaded.session_id
         session.resumed_from = loaded
         return session
+
+    def _join(self, parent: Lineage) -> None:
+        """Continue the chain of ``parent`` (the resumed handoff's lineage), or refuse."""
+        ids = (*parent.session_ids, self.session_id)
+        if self.session_id in parent.session_ids:
+            raise ChainError(
+                f"session {self.session_id!r} is already in chain {parent.root_session_id!r} "
+                f"({' -> '.join(parent.session_ids)}): resuming {parent.session_ids[-1]!r} "
+                "under that id would make a cycle in the parent links"
+            )
+        reached = cap_reached(self.chain_caps, parent.cumulative_usage, len(ids))
+        if reached is not None:
+            cap, detail = reached
+            raise ChainCapError(
+                f"cannot resume session {parent.session_ids[-1]!r} of chain "
+                f"{parent.root_session_id!r} ({' -> '.join(parent.session_ids)}): {detail}; "
+                f"pass a larger {cap}= to resume() to continue",
+                reason=cap,
+                session_id=parent.session_ids[-1],
+                root_session_id=parent.root_session_id,
+            )
+        self.root_session_id = parent.root_session_id
+        self.attempt = len(ids)
+        self._lineage_ids = ids
+        self._prior = dict(parent.cumulative_usage)
+        self._set_chain_room()
 
     # ------------------------------------------------------------------ boundary
     def _admit_step(self, name: str) -> None:
@@ -653,7 +797,9 @@ class SessionBudget:
                     reason = "max_seconds"
                 if reason is None:
                     if kind == STEP:
-                        if s._max_steps is not None and s._steps >= s._max_steps:
+                        if s._chain_step_room is not None and s._steps >= s._chain_step_room:
+                            reason = "max_total_steps"
+                        elif s._max_steps is not None and s._steps >= s._max_steps:
                             reason = "max_steps"
                     elif (
                         kind == LLM
@@ -661,13 +807,12 @@ class SessionBudget:
                         and s._llm_calls >= s._max_llm_calls
                     ):
                         reason = "max_llm_calls"
-                if (
-                    reason is None
-                    and reserve is not None
-                    and s._max_usd is not None
-                    and add(add(s._cost, s._reserved), reserve) > s._max_usd
-                ):
-                    reason = "max_usd"
+                if reason is None and reserve is not None:
+                    wanted = add(add(s._cost, s._reserved), reserve)
+                    if s._chain_usd_room is not None and wanted > s._chain_usd_room:
+                        reason = "max_total_usd"
+                    elif s._max_usd is not None and wanted > s._max_usd:
+                        reason = "max_usd"
                 if reason is not None:
                     s._reason = reason
                     s._refused = name
@@ -832,6 +977,7 @@ class SessionBudget:
             handoff=ex.handoff,
             handoff_path=ex.path,
             handoff_error=ex.error,
+            message=self._chain_message(ex.reason, ex.usage.steps),
         )
         if ex.error is not None:
             error.add_note(f"budgetkit: the handoff could not be written: {ex.error!r}")
@@ -849,6 +995,39 @@ class SessionBudget:
             except Exception as exc:  # never let a write failure hide the budget error
                 error, path = exc, None
         return _Exhaustion(reason, usage, handoff, path, error)
+
+    def _chain_message(self, reason: str, steps: int) -> str | None:
+        """The exception text when a chain cap stopped the session (else the default)."""
+        if reason not in CHAIN_CAPS:
+            return None
+        return (
+            f"Chain budget exhausted at step {steps} of session {self.attempt} of chain "
+            f"{self.root_session_id!r}. Reason: {reason}. Resumable: only with a larger {reason}."
+        )
+
+    def _write_done(self) -> None:
+        """A resumed session completed: record it, so its chain reads as finished."""
+        from ._chainfiles import write_done
+
+        result, directory = self._result, self.handoff_dir
+        if result is None or directory is None:  # pragma: no cover - checked by the caller
+            return
+        try:
+            write_done(
+                directory,
+                session_id=self.session_id,
+                parent_session_id=self.parent_session_id,
+                name=self.name,
+                usage=result.usage.to_dict(),
+                lineage=self._lineage_of(result.usage).to_dict(),
+            )
+        except Exception as exc:  # a completed session must not fail on its record
+            warnings.warn(
+                f"budgetkit: could not record that session {self.session_id!r} completed "
+                f"in {str(directory)!r}: {exc!r}",
+                BudgetWarning,
+                stacklevel=3,
+            )
 
     def _build_handoff(self, reason: str, usage: SessionUsage, path: Path | None) -> Handoff:
         where = repr(str(path)) if path is not None else "handoff"
@@ -871,6 +1050,7 @@ class SessionBudget:
             name=self.name,
             trace_id=trace_id,
             span_id=span_id,
+            extra={"lineage": self._lineage_of(usage).to_dict()},
         )
 
     # ------------------------------------------------------------------ recording
@@ -936,6 +1116,8 @@ class SessionBudget:
                 s._reserved -= amount
 
     def _over_measured_limit(self) -> str | None:
+        if self._chain_usd_room is not None and self._cost > self._chain_usd_room:
+            return "max_total_usd"
         lim = self.limits
         if lim.max_tokens is not None and self._input + self._output > lim.max_tokens:
             return "max_tokens"
@@ -950,7 +1132,7 @@ class SessionBudget:
     def _cost_unknown(self, model: str | None) -> None:
         """An LLM call could not be priced: warn once per model, or stop (``on_unknown_cost``)."""
         for s in reversed(self._chain):
-            if s._max_usd is None:
+            if s._max_usd is None and s._chain_usd_room is None:
                 continue
             if s.on_unknown_cost == "error":
                 with _LOCK:
@@ -962,8 +1144,13 @@ class SessionBudget:
                 s._warned.add(key)
                 warnings.warn(
                     f"budgetkit: the cost of a call to model {key!r} is unknown, so session "
-                    f"{s.session_id!r} cannot count it against max_usd={s._max_usd}. "
-                    "Pass prices={model: (usd_per_million_input, usd_per_million_output)} "
+                    f"{s.session_id!r} cannot count it against "
+                    + (
+                        f"max_usd={s._max_usd}. "
+                        if s._max_usd is not None
+                        else f"max_total_usd={s.chain_caps.max_total_usd}. "
+                    )
+                    + "Pass prices={model: (usd_per_million_input, usd_per_million_output)} "
                     "or on_unknown_cost='error'.",
                     CostUnknownWarning,
                     stacklevel=4,

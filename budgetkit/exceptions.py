@@ -16,8 +16,15 @@ __all__ = [
     "BudgetExhausted",
     "BudgetTypeError",
     "BudgetWarning",
+    "ChainCapError",
+    "ChainError",
     "CostUnknownWarning",
+    "HandoffClaimedError",
     "HandoffError",
+    "LedgerError",
+    "LedgerUnavailableError",
+    "LedgerUnavailableWarning",
+    "SessionNotFoundError",
     "StepTimeoutError",
     "UnmeasuredUsageWarning",
 ]
@@ -39,6 +46,97 @@ class HandoffError(BudgetError, ValueError):
     """A handoff file is missing, truncated, corrupt or not a budgetkit handoff."""
 
 
+class LedgerError(BudgetError):
+    """A shared ledger (``budgetkit.ledgers``) could not do what a session asked of it."""
+
+
+class LedgerUnavailableError(LedgerError, ConnectionError):
+    """The ledger's server is unreachable or timed out; the message names its URL.
+
+    Raised at the step boundary under the default ``on_ledger_error="closed"`` (fail closed).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        self.url = url
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_unavailable, (str(self), self.url))
+
+
+def _rebuild_unavailable(message: str, url: str) -> LedgerUnavailableError:
+    return LedgerUnavailableError(message, url=url)
+
+
+class SessionNotFoundError(LedgerError, LookupError):
+    """A session id is not in the ledger: never created there, or expired (``ttl``).
+
+    Joining such a session is an error, never a fresh unlimited session.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ChainError(BudgetError, ValueError):
+    """A handoff cannot continue a chain: it belongs to another chain, its parent links form a
+    cycle, or its lineage contradicts the files next to it. The message names the sessions.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class HandoffClaimedError(ChainError):
+    """The handoff was already claimed by a resume (``SessionBudget.resume(path)``,
+    ``run_chain``, a ``pending_handoffs`` worker); a handoff is resumed at most once.
+
+    Attributes:
+        session_id: the session whose handoff was claimed.
+        claimed_by: the session that claimed it, when the claim file says.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, message: str, *, session_id: str, claimed_by: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.claimed_by = claimed_by
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class ChainCapError(ChainError):
+    """Resuming would start a session in a chain already at or over a chain-wide cap
+    (``max_total_usd``, ``max_total_steps``, ``max_sessions``), or the caps given are smaller
+    than what the chain has already used. Raised before any work runs; nothing is claimed.
+
+    Attributes:
+        reason: the chain cap: ``max_total_usd``, ``max_total_steps`` or ``max_sessions``.
+        session_id: the session whose handoff was to be resumed.
+        root_session_id: the chain's first session.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, message: str, *, reason: str, session_id: str, root_session_id: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.session_id = session_id
+        self.root_session_id = root_session_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[ChainError], message: str, state: dict[str, Any]) -> ChainError:
+    error = cls.__new__(cls)
+    ChainError.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
 class BudgetExhausted(BudgetError):  # noqa: N818 - the name is the public contract
     """A session limit was reached; raised at the step boundary after it tripped.
 
@@ -49,7 +147,8 @@ class BudgetExhausted(BudgetError):  # noqa: N818 - the name is the public contr
     Attributes:
         reason: which limit tripped (``max_steps``, ``max_llm_calls``, ``max_tokens``,
             ``max_input_tokens``, ``max_output_tokens``, ``max_usd``, ``max_seconds``,
-            ``max_consecutive_errors``, ...).
+            ``max_consecutive_errors``, ...; for a chain cap ``max_total_usd``,
+            ``max_total_steps`` or ``max_sessions``).
         session_id: the id of the session whose limit tripped.
         usage: the session's usage when it stopped.
         handoff: the handoff describing how to resume.
@@ -126,6 +225,10 @@ class CostUnknownWarning(BudgetWarning):
 
 class UnmeasuredUsageWarning(BudgetWarning):
     """An LLM call returned no usable usage (no usage block, or malformed counts)."""
+
+
+class LedgerUnavailableWarning(BudgetWarning):
+    """The ledger was unreachable and ``on_ledger_error="open"`` let the call run uncounted."""
 
 
 class StepTimeoutError(TimeoutError):

@@ -103,7 +103,11 @@ def test_demo_trips_writes_the_handoff_and_resume_finishes(tmp_path: Path) -> No
     assert "resumed: 1 pending, 4 done" in second.stdout
     assert "wrote the final report" in second.stdout
     assert "Report: " in second.stdout
-    assert sorted(p.name for p in (tmp_path / "handoffs").iterdir()) == [path.name]
+    # No second handoff: the resume claimed the first and recorded that it completed.
+    names = sorted(p.name for p in (tmp_path / "handoffs").iterdir())
+    assert [n for n in names if n.endswith(".json")] == [path.name]
+    assert f"{handoff.session_id}.claim" in names
+    assert len([n for n in names if n.endswith(".done")]) == 1
 
 
 def test_demo_rejects_a_corrupt_resume_file(
@@ -219,7 +223,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"budgetkit {__version__}\n"
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["show"], ["run"], ["stats"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["show"], ["run"], ["stats"], ["chain"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])

@@ -1,0 +1,375 @@
+"""The files of a chain in a handoff directory: handoffs, claims, completion records.
+
+- ``<session_id>.json``: the handoff of a session that stopped (``_handoff.py``).
+- ``<session_id>.claim``: created atomically (``os.link``, which fails if it exists) when a
+  handoff is resumed from its path; a handoff is resumed at most once.
+- ``<session_id>.done``: written atomically when a *resumed* session completes, so its chain
+  reads as finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic
+from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
+from .exceptions import (
+    BudgetConfigError,
+    BudgetTypeError,
+    ChainError,
+    HandoffClaimedError,
+    HandoffError,
+)
+
+CLAIM_KIND = "budgetkit.claim"
+DONE_KIND = "budgetkit.done"
+
+# --------------------------------------------------------------------------- lineage
+
+
+def lineage_or_legacy(handoff: Handoff) -> Lineage:
+    """The handoff's lineage; a handoff written without one starts a chain of its own."""
+    lineage = handoff.lineage
+    if lineage is not None:
+        return lineage
+    return Lineage(
+        root_session_id=handoff.session_id,
+        attempt=1,
+        session_ids=(handoff.session_id,),
+        caps=ChainCaps(),
+        cumulative_usage=usage_from_dict(
+            handoff.usage, f"handoff of session {handoff.session_id!r}"
+        ),
+    )
+
+
+def link_error(child_id: str, child: Lineage, parent_id: str, parent: Lineage) -> str | None:
+    """Why ``child`` cannot continue ``parent`` (whose file was found beside it), or ``None``."""
+    if parent.session_ids == child.session_ids[:-1]:
+        return None
+    if child_id in parent.session_ids:
+        return (
+            f"session {child_id!r} continues {parent_id!r}, and {parent_id!r} continues "
+            f"{child_id!r} ({' -> '.join(parent.session_ids)}): a cycle in the parent links"
+        )
+    return (
+        f"session {child_id!r} claims to continue {parent_id!r} in chain "
+        f"{child.root_session_id!r} ({' -> '.join(child.session_ids)}), but the handoff of "
+        f"{parent_id!r} belongs to chain {parent.root_session_id!r} "
+        f"({' -> '.join(parent.session_ids)})"
+    )
+
+
+def check_parent_link(handoff: Handoff, lineage: Lineage, directory: Path) -> None:
+    """Raise :class:`ChainError` when the parent's handoff beside this one disagrees with it."""
+    parent_id = handoff.parent_session_id
+    if parent_id is None or handoff.lineage is None:
+        return
+    parent_path = directory / f"{parent_id}.json"
+    if not parent_path.exists():
+        return
+    try:
+        parent = lineage_or_legacy(Handoff.load(parent_path))
+    except HandoffError:
+        return  # an unreadable neighbour is reported by `budgetkit chain`, not here
+    problem = link_error(handoff.session_id, lineage, parent_id, parent)
+    if problem is not None:
+        raise ChainError(f"cannot resume: {problem}")
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def claim_path(handoff_path: Path) -> Path:
+    """``x.json`` is claimed by ``x.claim`` beside it."""
+    return handoff_path.with_name(handoff_path.name.removesuffix(".json") + ".claim")
+
+
+def claim(handoff_path: Path, session_id: str, claimed_by: str) -> None:
+    """Claim a handoff atomically; :class:`HandoffClaimedError` when it is already claimed.
+
+    The claim is written whole to a temporary file and hard-linked into place: ``link``
+    fails when the name exists, so of two racing workers exactly one wins, and a reader
+    never sees half a claim. Where hard links are not supported, ``O_CREAT | O_EXCL``.
+    """
+    target = claim_path(handoff_path)
+    doc = {
+        "kind": CLAIM_KIND,
+        "session_id": session_id,
+        "claimed_by": claimed_by,
+        "claimed_at": utc_now(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    data = json.dumps(doc, indent=2).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise _claimed(target, session_id) from None
+        except OSError:  # pragma: no cover - a file system without hard links
+            _claim_exclusive(target, session_id, data)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(target.parent)
+
+
+def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pragma: no cover
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _claimed(target, session_id) from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        os.fsync(handle.fileno())
+
+
+def read_claim(handoff_path: Path) -> dict[str, Any] | None:
+    """The claim of a handoff, ``{}`` when claimed but unreadable, ``None`` when unclaimed."""
+    try:
+        text = claim_path(handoff_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _claimed(target: Path, session_id: str) -> HandoffClaimedError:
+    doc = read_claim(target.with_name(target.name.removesuffix(".claim") + ".json")) or {}
+    by = doc.get("claimed_by") if isinstance(doc.get("claimed_by"), str) else None
+    when = doc.get("claimed_at")
+    who = f" by session {by!r}" if by else ""
+    at = f" at {when}" if isinstance(when, str) else ""
+    return HandoffClaimedError(
+        f"the handoff of session {session_id!r} was already resumed{who}{at} "
+        f"({str(target)!r} exists); a handoff is resumed at most once",
+        session_id=session_id,
+        claimed_by=by,
+    )
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def done_path(directory: Path, session_id: str) -> Path:
+    """Where a resumed session that completed records it."""
+    return directory / f"{session_id}.done"
+
+
+def write_done(
+    directory: Path,
+    *,
+    session_id: str,
+    parent_session_id: str | None,
+    name: str | None,
+    usage: dict[str, Any],
+    lineage: dict[str, Any],
+) -> Path:
+    """Record atomically that a resumed session completed (its chain is finished)."""
+    path = done_path(directory, session_id)
+    write_atomic(
+        path,
+        {
+            "kind": DONE_KIND,
+            "schema_version": 1,
+            "session_id": session_id,
+            "parent_session_id": parent_session_id,
+            "stop_reason": "completed",
+            "name": name,
+            "usage": usage,
+            "created_at": utc_now(),
+            "extra": {"lineage": lineage},
+        },
+    )
+    return path
+
+
+# --------------------------------------------------------------------------- a directory
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSession:
+    """One session of a chain, as its file in the directory shows it."""
+
+    session_id: str
+    lineage: Lineage
+    path: Path
+    stop_reason: str
+    """The limit that stopped it, or ``"completed"``."""
+    usage: dict[str, Any]
+    created_at: str
+    handoff: Handoff | None = None
+    """The handoff; ``None`` for a completion record."""
+    claimed_by: str | None = None
+    claimed: bool = False
+
+
+@dataclass(slots=True)
+class ChainView:
+    """A chain found in a directory: its sessions (first to newest) and its state."""
+
+    root_session_id: str
+    sessions: list[ChainSession] = field(default_factory=list)
+
+    @property
+    def newest(self) -> ChainSession:
+        """The last session of the chain (highest attempt)."""
+        return self.sessions[-1]
+
+    @property
+    def caps(self) -> ChainCaps:
+        """The chain caps in force at its newest session."""
+        return self.newest.lineage.caps
+
+    @property
+    def cumulative_usage(self) -> dict[str, Any]:
+        """The chain's usage up to its newest session."""
+        return self.newest.lineage.cumulative_usage
+
+    @property
+    def over_caps(self) -> tuple[str, str] | None:
+        """``(cap, detail)`` when no further session may start, else ``None``."""
+        newest = self.newest
+        if newest.handoff is None:
+            return None
+        reached = cap_reached(self.caps, self.cumulative_usage, newest.lineage.attempt + 1)
+        if reached is None and newest.stop_reason in CHAIN_CAPS:
+            reached = (newest.stop_reason, f"session {newest.session_id!r} stopped on it")
+        return reached
+
+    @property
+    def status(self) -> str:
+        """``finished``, ``over caps``, ``running`` (claimed, no result yet) or ``pending``."""
+        newest = self.newest
+        if newest.handoff is None:
+            return "finished"
+        if self.over_caps is not None:
+            return "over caps"
+        return "running" if newest.claimed else "pending"
+
+
+@dataclass(slots=True)
+class DirectoryScan:
+    """Every chain of a handoff directory, and what could not be read or linked."""
+
+    chains: list[ChainView] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _load_done(path: Path) -> ChainSession:
+    source = f"completion record {str(path)!r}"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HandoffError(f"cannot read {source}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != DONE_KIND:
+        raise HandoffError(f'{source} is not a budgetkit record (no "kind": "{DONE_KIND}")')
+    session_id, parent = doc.get("session_id"), doc.get("parent_session_id")
+    try:
+        check_session_id(session_id)
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        raise HandoffError(f"{source}: {exc}") from None
+    if parent is not None and not isinstance(parent, str):
+        raise HandoffError(f"{source}: parent_session_id must be str, got {parent!r}")
+    extra = doc.get("extra")
+    lineage_doc = extra.get("lineage") if isinstance(extra, dict) else None
+    assert isinstance(session_id, str)
+    lineage = Lineage.from_dict(
+        lineage_doc, session_id=session_id, parent_session_id=parent, source=source
+    )
+    created = doc.get("created_at")
+    return ChainSession(
+        session_id=session_id,
+        lineage=lineage,
+        path=path,
+        stop_reason="completed",
+        usage=usage_from_dict(doc.get("usage"), source),
+        created_at=created if isinstance(created, str) else "",
+    )
+
+
+def _load_handoff(path: Path) -> ChainSession:
+    handoff = Handoff.load(path)
+    claim = read_claim(path)
+    by = claim.get("claimed_by") if claim else None
+    return ChainSession(
+        session_id=handoff.session_id,
+        lineage=lineage_or_legacy(handoff),
+        path=path,
+        stop_reason=handoff.reason,
+        usage=usage_from_dict(handoff.usage, f"handoff {str(path)!r}"),
+        created_at=handoff.created_at,
+        handoff=handoff,
+        claimed_by=by if isinstance(by, str) else None,
+        claimed=claim is not None,
+    )
+
+
+def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
+    """Read every handoff and completion record of ``directory`` into chains.
+
+    Files that cannot be read, and records whose parent's file contradicts them (another
+    chain, a cycle), are left out of the chains and listed in ``problems``.
+    """
+    base = Path(directory)
+    result = DirectoryScan()
+    if not base.is_dir():
+        result.problems.append(f"{str(base)!r} is not a directory")
+        return result
+    records: list[ChainSession] = []
+    for path in sorted(base.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                records.append(_load_handoff(path))
+            elif path.suffix == ".done":
+                records.append(_load_done(path))
+        except HandoffError as exc:
+            result.problems.append(str(exc))
+    by_id = {r.session_id: r for r in records if r.handoff is not None}
+    chains: dict[str, ChainView] = {}
+    for record in records:
+        parent_id = record.lineage.session_ids[-2] if record.lineage.attempt > 1 else None
+        parent = by_id.get(parent_id) if parent_id is not None else None
+        if parent is not None and parent_id is not None:
+            problem = link_error(record.session_id, record.lineage, parent_id, parent.lineage)
+            if problem is not None:
+                result.problems.append(f"{str(record.path)!r}: {problem}")
+                continue
+        view = chains.setdefault(
+            record.lineage.root_session_id, ChainView(record.lineage.root_session_id)
+        )
+        view.sessions.append(record)
+    for view in chains.values():
+        view.sessions.sort(key=lambda r: (r.lineage.attempt, r.created_at, r.session_id))
+        attempts = [r.lineage.attempt for r in view.sessions]
+        forks = sorted({a for a in attempts if attempts.count(a) > 1})
+        for attempt in forks:
+            ids = [r.session_id for r in view.sessions if r.lineage.attempt == attempt]
+            result.problems.append(
+                f"chain {view.root_session_id!r} forks at session {attempt}: "
+                f"{', '.join(repr(i) for i in ids)} continue the same handoff"
+            )
+    result.chains = sorted(
+        chains.values(), key=lambda v: (v.sessions[0].created_at, v.root_session_id)
+    )
+    return result

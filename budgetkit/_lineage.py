@@ -1,0 +1,212 @@
+"""Lineage: the chain a handoff belongs to, its chain-wide caps and its cumulative usage.
+
+Stored in a handoff as ``extra["lineage"]``. Pure data and validation; no session logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ._limits import _positive_int, to_usd
+from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
+
+#: Chain-wide caps, kept across resumes. Also the ``reason`` when one stops a chain.
+CHAIN_CAPS = ("max_total_usd", "max_total_steps", "max_sessions")
+
+#: The additive integer fields of a usage mapping (``SessionUsage.to_dict()``).
+_COUNTS = (
+    "steps",
+    "llm_calls",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "unpriced_calls",
+    "unmeasured_calls",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainCaps:
+    """Caps on a whole chain of sessions; ``None`` means uncapped."""
+
+    max_total_usd: Decimal | None = None
+    max_total_steps: int | None = None
+    max_sessions: int | None = None
+
+    @classmethod
+    def build(cls, **values: Any) -> ChainCaps:
+        """Validate raw keyword values (the same rules as the session limits)."""
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None:
+                checked[name] = None
+            elif name == "max_total_usd":
+                checked[name] = to_usd(value, name)
+            else:
+                checked[name] = _positive_int(value, name)
+        return cls(**checked)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (USD as an exact string)."""
+        usd = self.max_total_usd
+        return {
+            "max_total_usd": None if usd is None else str(usd),
+            "max_total_steps": self.max_total_steps,
+            "max_sessions": self.max_sessions,
+        }
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+def usage_from_dict(doc: object, source: str) -> dict[str, Any]:
+    """A usage mapping checked and normalised: ints, ``cost_usd`` a ``Decimal``, seconds a float.
+
+    Missing fields count as zero; unknown ones are ignored. Raises :class:`HandoffError`.
+    """
+    if not isinstance(doc, dict):
+        raise HandoffError(f"{source}: usage must be an object, got {doc!r}")
+    out: dict[str, Any] = {}
+    for key in _COUNTS:
+        value = doc.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise HandoffError(f"{source}: usage {key} must be a non-negative int, got {value!r}")
+        out[key] = value
+    cost = doc.get("cost_usd", "0")
+    try:
+        amount = Decimal(cost) if isinstance(cost, str | int) else None
+    except InvalidOperation:
+        amount = None
+    if isinstance(cost, bool) or amount is None or not amount.is_finite() or amount < 0:
+        raise HandoffError(f"{source}: usage cost_usd must be a decimal string, got {cost!r}")
+    out["cost_usd"] = amount
+    seconds = doc.get("elapsed_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise HandoffError(f"{source}: usage elapsed_seconds must be a number, got {seconds!r}")
+    out["elapsed_seconds"] = float(seconds)
+    return out
+
+
+def add_usage(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The sum of two normalised usage mappings."""
+    out = {key: a[key] + b[key] for key in _COUNTS}
+    out["cost_usd"] = a["cost_usd"] + b["cost_usd"]
+    out["elapsed_seconds"] = a["elapsed_seconds"] + b["elapsed_seconds"]
+    return out
+
+
+def usage_to_dict(usage: dict[str, Any]) -> dict[str, Any]:
+    """A normalised usage mapping in its JSON form (the order of ``SessionUsage.to_dict``)."""
+    return {
+        **{key: usage[key] for key in _COUNTS[:5]},
+        "cost_usd": str(usage["cost_usd"]),
+        "elapsed_seconds": round(usage["elapsed_seconds"], 6),
+        **{key: usage[key] for key in _COUNTS[5:]},
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lineage:
+    """Where a session sits in its chain, read from a handoff's ``extra["lineage"]``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    root_session_id: str
+    """The chain's first session."""
+    attempt: int
+    """This session's place in the chain: 1 for the first session, 2 for its resume ..."""
+    session_ids: tuple[str, ...]
+    """The chain's sessions, first to this one."""
+    caps: ChainCaps = field(default_factory=ChainCaps)
+    """The chain-wide caps (``max_total_usd``, ``max_total_steps``, ``max_sessions``)."""
+    cumulative_usage: dict[str, Any] = field(default_factory=dict)
+    """The whole chain's usage up to and including this session (``cost_usd`` a ``Decimal``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written into the handoff."""
+        return {
+            "root_session_id": self.root_session_id,
+            "attempt": self.attempt,
+            "session_ids": list(self.session_ids),
+            "caps": self.caps.as_dict(),
+            "cumulative_usage": usage_to_dict(self.cumulative_usage),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, doc: object, *, session_id: str, parent_session_id: str | None, source: str
+    ) -> Lineage:
+        """Validate a handoff's lineage section; raises :class:`HandoffError` naming the fault."""
+        where = f"{source}: lineage"
+        if not isinstance(doc, dict):
+            raise HandoffError(f"{where} must be an object, got {doc!r}")
+        root, attempt, ids = (doc.get(k) for k in ("root_session_id", "attempt", "session_ids"))
+        if not isinstance(root, str):
+            raise HandoffError(f"{where}: root_session_id must be a str, got {root!r}")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise HandoffError(f"{where}: attempt must be a positive int, got {attempt!r}")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HandoffError(f"{where}: session_ids must be a list of str, got {ids!r}")
+        chain = " -> ".join(ids)
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise HandoffError(
+                f"{where} lists session {repeated[0]!r} twice ({chain}): "
+                "the parent links form a cycle"
+            )
+        if not ids or ids[0] != root or ids[-1] != session_id or len(ids) != attempt:
+            raise HandoffError(
+                f"{where} is inconsistent: session {session_id!r}, root {root!r}, "
+                f"attempt {attempt}, sessions {chain or '(none)'}"
+            )
+        expected_parent = ids[-2] if len(ids) > 1 else None
+        if parent_session_id != expected_parent:
+            raise HandoffError(
+                f"{where} says session {session_id!r} continues {expected_parent!r}, "
+                f"but its parent_session_id is {parent_session_id!r}"
+            )
+        caps = doc.get("caps", {})
+        if not isinstance(caps, dict):
+            raise HandoffError(f"{where}: caps must be an object, got {caps!r}")
+        raw = {k: caps.get(k) for k in CHAIN_CAPS}
+        try:
+            if isinstance(raw["max_total_usd"], str):  # written as an exact string
+                raw["max_total_usd"] = Decimal(raw["max_total_usd"])
+            checked = ChainCaps.build(**raw)
+        except (BudgetConfigError, BudgetTypeError, InvalidOperation) as exc:
+            raise HandoffError(f"{where}: {exc}") from None
+        usage = usage_from_dict(doc.get("cumulative_usage"), f"{where} cumulative")
+        return cls(
+            root_session_id=root,
+            attempt=attempt,
+            session_ids=tuple(ids),
+            caps=checked,
+            cumulative_usage=usage,
+        )
+
+
+def cap_reached(caps: ChainCaps, used: dict[str, Any], next_attempt: int) -> tuple[str, str] | None:
+    """The chain cap that forbids starting session ``next_attempt`` after ``used``, if any.
+
+    Returns ``(cap name, "what was used against what")``. Counts admit exactly N (a chain that
+    used ``max_total_steps`` steps can take no more); USD is over when strictly greater.
+    """
+    if caps.max_sessions is not None and next_attempt > caps.max_sessions:
+        return "max_sessions", (
+            f"it has run {next_attempt - 1} of max_sessions={caps.max_sessions} sessions"
+        )
+    if caps.max_total_steps is not None and used["steps"] >= caps.max_total_steps:
+        return "max_total_steps", (
+            f"it has used {used['steps']} steps of max_total_steps={caps.max_total_steps}"
+        )
+    if caps.max_total_usd is not None and used["cost_usd"] > caps.max_total_usd:
+        return "max_total_usd", (
+            f"it has spent ${used['cost_usd']} of max_total_usd=${caps.max_total_usd}"
+        )
+    return None
