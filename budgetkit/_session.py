@@ -40,11 +40,14 @@ from .exceptions import (
     ChainError,
     CostUnknownWarning,
     HandoffError,
+    LedgerUnavailableError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
     from types import TracebackType
+
+    from .ledgers import Ledger, LedgerSession
 
 __all__ = ["CallSpec", "Remaining", "SessionBudget", "SessionResult", "SessionUsage", "current"]
 
@@ -197,6 +200,24 @@ _KEYWORDS = frozenset(
         "phases",
         "reserve_for_wrapup",
         "session_log",
+        "ledger",
+        "on_ledger_error",
+    }
+)
+
+#: What ``join()`` accepts: the limits and the chain come from the ledger.
+_JOIN_KEYWORDS = frozenset(
+    {
+        "handoff_dir",
+        "raise_on_exhausted",
+        "prices",
+        "on_unknown_cost",
+        "thresholds",
+        "on_threshold",
+        "on_phase_change",
+        "phases",
+        "session_log",
+        "on_ledger_error",
     }
 )
 
@@ -236,6 +257,14 @@ class SessionBudget:
         max_total_steps: ``@budget.step`` calls for the whole chain; kept across resumes.
         max_sessions: sessions in the chain, the first included; resuming past it is refused
             with :class:`~budgetkit.ChainCapError`. Kept across resumes.
+        ledger: where the counters live. ``None`` (the default): in this process, unless
+            ``$BUDGETKIT_LEDGER_URL`` names a Redis server. A
+            :class:`~budgetkit.ledgers.redis.RedisLedger` shares the session with every
+            process that joins it (:meth:`join`).
+        on_ledger_error: when the ledger is unreachable or times out: ``"closed"`` (raise
+            :class:`~budgetkit.LedgerUnavailableError` at the boundary; the call does not run)
+            or ``"open"`` (the call runs with a :class:`~budgetkit.LedgerUnavailableWarning`;
+            its charge is sent to the ledger at the next boundary that reaches it).
 
     .. versionadded:: 0.1.0
     """
@@ -266,6 +295,8 @@ class SessionBudget:
         max_total_usd: float | Decimal | None = None,
         max_total_steps: int | None = None,
         max_sessions: int | None = None,
+        ledger: Ledger | None = None,
+        on_ledger_error: Literal["closed", "open"] = "closed",
         **unknown: Never,
     ) -> None:
         if unknown:
@@ -347,6 +378,24 @@ class SessionBudget:
         # Only sessions with nothing but count limits take the fast step path.
         self._plain = lim.max_seconds is None and reserve_for_wrapup is None and not self.chain_caps
 
+        # A shared ledger (budgetkit.ledgers): the counters live there, not here.
+        from ._shared import Outbox, check_ledger
+
+        self.ledger: Ledger | None = check_ledger(ledger)
+        if on_ledger_error not in ("closed", "open"):
+            raise BudgetConfigError(
+                f"on_ledger_error must be 'closed' or 'open', got {on_ledger_error!r}"
+            )
+        self.on_ledger_error = on_ledger_error
+        self._shared: LedgerSession | None = None  # this session's handle in the ledger
+        self._outbox = Outbox()
+        self._last_usage: SessionUsage | None = None
+        # The chain's ledger session, if any, and its in-process sessions (set on entry).
+        self._ledger_member: SessionBudget | None = None
+        self._local_members: tuple[SessionBudget, ...] = (self,)
+        if self.ledger is not None:
+            self._plain = False
+
         # Counters, guarded by _LOCK.
         self._steps = 0
         self._llm_calls = 0
@@ -389,16 +438,55 @@ class SessionBudget:
                 f"session {self.session_id!r} was already entered; a SessionBudget runs once "
                 "(create a new one, or use SessionBudget.resume())"
             )
-        self._entered = True
         parent = _current.get()
+        chain: tuple[SessionBudget, ...] = (self,)
+        if parent is not None:
+            chain = (*parent._chain, self)
+        if self.ledger is not None:
+            self._enter_ledger(parent)
+        self._entered = True
         self._parent = parent
-        self._chain = (*parent._chain, self) if parent is not None else (self,)
+        self._chain = chain
+        member = next((s for s in chain if s._shared is not None), None)
+        if member is not None:
+            self._ledger_member = member
+            self._local_members = tuple(s for s in chain if s is not member)
         self._start = _config.clock()
         self._span = _otel.start_session(self)
         self._token = _current.set(self)
         if _listeners:
             emit("session_start", self)
         return self
+
+    def _enter_ledger(self, parent: SessionBudget | None) -> None:
+        """Create this session in its ledger (unless joined); one ledger session per chain."""
+        if parent is not None and parent._ledger_member is not None:
+            other = parent._ledger_member
+            raise BudgetConfigError(
+                f"session {self.session_id!r} has a ledger but is nested in session "
+                f"{other.session_id!r}, which has one too: a chain of nested sessions may "
+                "hold one ledger session (enter this one outside the other)"
+            )
+        if self._shared is not None or self.ledger is None:
+            return
+        try:
+            self._shared = self.ledger.create(
+                self.session_id,
+                self.limits,
+                name=self.name,
+                reserve_for_wrapup=self.reserve_for_wrapup,
+                parent_session_id=self.parent_session_id,
+                step_room=self._chain_step_room,
+                usd_room=self._chain_usd_room,
+                extra={"lineage": self._lineage_of(SessionUsage()).to_dict()},
+            )
+        except LedgerUnavailableError as exc:
+            if self.on_ledger_error == "closed":
+                raise
+            from ._shared import warn_not_created
+
+            warn_not_created(self, exc)
+            self.ledger = None  # runs in this process only
 
     def __exit__(
         self,
@@ -411,6 +499,7 @@ class SessionBudget:
         except ValueError:  # exited in another context than it was entered in
             _current.set(self._parent)
         self._end = _config.clock()
+        usage = self._snapshot()  # first: with a ledger, it reads a latch set by another worker
         own = isinstance(exc, BudgetExhausted) and exc.session_id == self.session_id
         if self._reason is not None:
             stop_reason, stopped_by = self._reason, self.session_id
@@ -424,7 +513,7 @@ class SessionBudget:
         self._result = SessionResult(
             session_id=self.session_id,
             stop_reason=stop_reason,
-            usage=self._snapshot(),
+            usage=usage,
             handoff_path=exhaustion.path if exhaustion else None,
             stopped_by=stopped_by,
         )
@@ -457,8 +546,13 @@ class SessionBudget:
     # ------------------------------------------------------------------ public state
     @property
     def usage(self) -> SessionUsage:
-        """A frozen snapshot of what this session has used so far."""
-        return self._snapshot()
+        """A frozen snapshot of what this session has used so far.
+
+        With a ledger, read from the ledger (all workers together); unreachable, it raises
+        :class:`~budgetkit.LedgerUnavailableError` (``on_ledger_error="open"``: the last
+        usage read).
+        """
+        return self._snapshot(strict=self.on_ledger_error == "closed")
 
     @property
     def remaining(self) -> Remaining:
@@ -529,7 +623,9 @@ class SessionBudget:
 
     @property
     def exhausted(self) -> bool:
-        """Whether the session is latched as exhausted."""
+        """Whether the session is latched as exhausted (with a ledger: by any worker)."""
+        if self._reason is None and self._shared is not None:
+            self._snapshot()  # picks up a latch set by another worker
         return self._reason is not None
 
     @property
@@ -611,6 +707,92 @@ class SessionBudget:
         finally:
             _reservation.reset(token)
             self._release(holder.take_all())
+
+    # ------------------------------------------------------------------ many processes
+    @classmethod
+    def join(
+        cls,
+        session_id_or_headers: str | Mapping[str, str] | None = None,
+        /,
+        *,
+        ledger: Ledger | None = None,
+        **overrides: Any,
+    ) -> Self:
+        """Enter, from another process or machine, a session that lives in a ledger.
+
+        Returns a new, not yet entered ``SessionBudget`` for session ``session_id_or_headers``:
+        an id, a mapping of headers whose W3C ``baggage`` carries ``budgetkit.session.id``
+        (see :meth:`inject`), or ``None`` for the current OpenTelemetry baggage. Its limits,
+        name and chain come from the ledger; keywords may set only what is local to this
+        process (``handoff_dir``, ``raise_on_exhausted``, ``prices``, ``on_unknown_cost``,
+        ``thresholds``, ``on_threshold``, ``on_phase_change``, ``phases``, ``session_log``,
+        ``on_ledger_error``).
+
+        Args:
+            ledger: the ledger holding the session; default ``$BUDGETKIT_LEDGER_URL``'s.
+
+        Raises:
+            SessionNotFoundError: the session is unknown to the ledger, or expired.
+            LedgerUnavailableError: the ledger is unreachable or timed out.
+            BudgetConfigError: no ledger, no session id in the headers, or a limit keyword.
+
+        .. versionadded:: 0.1.0
+        """
+        from ._shared import check_ledger, session_id_from
+
+        unknown = sorted(set(overrides) - _JOIN_KEYWORDS)
+        if unknown:
+            raise BudgetConfigError(
+                "SessionBudget.join() takes the limits, name and chain from the ledger; it "
+                "accepts only local settings, got "
+                + ", ".join(f"{key}={overrides[key]!r}" for key in unknown)
+            )
+        found = check_ledger(ledger)
+        if found is None:
+            raise BudgetConfigError(
+                "SessionBudget.join() needs a ledger: pass ledger=RedisLedger(url) or set "
+                "$BUDGETKIT_LEDGER_URL"
+            )
+        session_id = check_session_id(session_id_from(session_id_or_headers))
+        handle = found.join(session_id)
+        lim = handle.limits
+        session = cls(
+            **{key: getattr(lim, key) for key in LIMIT_NAMES},
+            session_id=session_id,
+            name=handle.name,
+            reserve_for_wrapup=handle.reserve_for_wrapup,
+            ledger=found,
+            **overrides,
+        )
+        session.parent_session_id = handle.parent_session_id
+        lineage = handle.extra.get("lineage")
+        if lineage is not None:
+            chain = Lineage.from_dict(
+                lineage,
+                session_id=session_id,
+                parent_session_id=handle.parent_session_id,
+                source=f"ledger session {session_id!r}",
+            )
+            session.chain_caps = chain.caps
+            session.root_session_id = chain.root_session_id
+            session.attempt = chain.attempt
+            session._lineage_ids = chain.session_ids
+            session._prior = dict(chain.cumulative_usage)
+            session._set_chain_room()
+        session._shared = handle
+        return session
+
+    def inject(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+        """Write this session's id into ``headers`` as the W3C ``baggage`` entry
+        ``budgetkit.session.id`` (other baggage entries are kept); return ``headers``.
+
+        A worker that receives them enters the session with :meth:`join`.
+
+        .. versionadded:: 0.1.0
+        """
+        from ._shared import inject
+
+        return inject(self.session_id, headers)
 
     # ------------------------------------------------------------------ resume
     @classmethod
@@ -780,55 +962,12 @@ class SessionBudget:
         Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
         (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
         """
-        add = _EXACT.add  # exact sums whatever the caller's decimal context is
-        tripped: SessionBudget | None = None
-        refused_by: SessionBudget | None = None
-        with _LOCK:
-            for s in self._chain:
-                if s._reason is not None:
-                    tripped = s
-                    break
-                reason = s._tripped
-                if (
-                    reason is None
-                    and s._max_seconds is not None
-                    and _config.clock() - s._start_time() > s._max_seconds
-                ):
-                    reason = "max_seconds"
-                if reason is None:
-                    if kind == STEP:
-                        if s._chain_step_room is not None and s._steps >= s._chain_step_room:
-                            reason = "max_total_steps"
-                        elif s._max_steps is not None and s._steps >= s._max_steps:
-                            reason = "max_steps"
-                    elif (
-                        kind == LLM
-                        and s._max_llm_calls is not None
-                        and s._llm_calls >= s._max_llm_calls
-                    ):
-                        reason = "max_llm_calls"
-                if reason is None and reserve is not None:
-                    wanted = add(add(s._cost, s._reserved), reserve)
-                    if s._chain_usd_room is not None and wanted > s._chain_usd_room:
-                        reason = "max_total_usd"
-                    elif s._max_usd is not None and wanted > s._max_usd:
-                        reason = "max_usd"
-                if reason is not None:
-                    s._reason = reason
-                    s._refused = name
-                    tripped = s
-                    break
-                if not wrapup and s.reserve_for_wrapup is not None and s._in_wrapup_reserve(kind):
-                    refused_by = s
-                    break
-            else:
-                for s in self._chain:
-                    if kind == STEP:
-                        s._steps += 1
-                    elif kind == LLM:
-                        s._llm_calls += 1
-                    if reserve is not None:
-                        s._reserved = add(s._reserved, reserve)
+        if self._ledger_member is not None:
+            from . import _shared
+
+            _shared.admit(self, kind, name, reserve, wrapup)
+            return
+        tripped, refused_by = check_and_count(self._chain, kind, name, reserve, wrapup)
         if tripped is not None:
             tripped._raise_exhausted()
         if refused_by is not None:
@@ -960,7 +1099,9 @@ class SessionBudget:
         """Write the handoff once (the first boundary to get here does), then raise."""
         with self._exhaust_lock:
             if self._exhaustion is None:
-                self._exhaustion = self._write_handoff()
+                # With a ledger, exactly one worker of the session writes the file.
+                write = self._shared is None or _claim_handoff(self)
+                self._exhaustion = self._write_handoff(write=write)
                 if _listeners:
                     emit(
                         "exhausted",
@@ -983,10 +1124,11 @@ class SessionBudget:
             error.add_note(f"budgetkit: the handoff could not be written: {ex.error!r}")
         raise error
 
-    def _write_handoff(self) -> _Exhaustion:
+    def _write_handoff(self, *, write: bool = True) -> _Exhaustion:
         reason = self._reason or "unknown"
         usage = self._snapshot()
-        path = None if self.handoff_dir is None else self.handoff_dir / f"{self.session_id}.json"
+        directory = self.handoff_dir if write else None
+        path = None if directory is None else directory / f"{self.session_id}.json"
         handoff = self._build_handoff(reason, usage, path)
         error: BaseException | None = None
         if path is not None:
@@ -1062,6 +1204,10 @@ class SessionBudget:
             for s in self._chain:
                 s._errors_in_a_row = 0
             self._errors_pending = False
+        if self._ledger_member is not None:
+            from . import _shared
+
+            _shared.succeeded(self._ledger_member)
 
     def _call_failed(self, exc: BaseException) -> None:
         if not isinstance(exc, Exception) or isinstance(exc, BudgetError):
@@ -1076,6 +1222,10 @@ class SessionBudget:
                     and s._tripped is None
                 ):
                     s._tripped = "max_consecutive_errors"
+        if self._ledger_member is not None:
+            from . import _shared
+
+            _shared.failed(self._ledger_member)
 
     def _record(
         self,
@@ -1087,33 +1237,25 @@ class SessionBudget:
     ) -> None:
         """Add one call's usage and cost to every session of the chain; trip measured limits."""
         holder = _reservation.get()
-        with _LOCK, localcontext(_EXACT):
-            if holder is not None and cost:
+        if holder is not None and cost:
+            with _LOCK, localcontext(_EXACT):
                 release = (release or Decimal(0)) + holder.take(cost)
-            for s in self._chain:
-                if usage is None:
-                    s._unmeasured += 1
-                else:
-                    s._input += usage.input_tokens
-                    s._output += usage.output_tokens
-                    s._cache_read += usage.cache_read_tokens
-                    s._cache_write += usage.cache_write_tokens
-                    s._reasoning += usage.reasoning_tokens
-                    if not priced:
-                        s._unpriced += 1
-                if cost is not None:
-                    s._cost += cost
-                if release:
-                    s._reserved -= release
-                if s._tripped is None:
-                    s._tripped = s._over_measured_limit()
+        if self._ledger_member is not None:
+            from . import _shared
+
+            _shared.record(self, usage, cost, priced, release)
+            return
+        record_in(self._chain, usage, cost, priced, release)
 
     def _release(self, amount: Decimal) -> None:
         if not amount:
             return
-        with _LOCK, localcontext(_EXACT):
-            for s in self._chain:
-                s._reserved -= amount
+        if self._ledger_member is not None:
+            from . import _shared
+
+            _shared.release(self, amount)
+            return
+        release_in(self._chain, amount)
 
     def _over_measured_limit(self) -> str | None:
         if self._chain_usd_room is not None and self._cost > self._chain_usd_room:
@@ -1138,6 +1280,10 @@ class SessionBudget:
                 with _LOCK:
                     if s._tripped is None:
                         s._tripped = "cost_unknown"
+                if s._shared is not None:
+                    from . import _shared
+
+                    _shared.trip(s, "cost_unknown")
                 continue
             key = model or "<unknown model>"
             if key not in s._warned:
@@ -1165,7 +1311,11 @@ class SessionBudget:
             merged.update(s.prices)
         return merged
 
-    def _snapshot(self) -> SessionUsage:
+    def _snapshot(self, *, strict: bool = False) -> SessionUsage:
+        if self._shared is not None:
+            from . import _shared
+
+            return _shared.snapshot(self, strict=strict)
         with _LOCK:
             steps, llm_calls = self._steps, self._llm_calls
             inp, out, cost = self._input, self._output, self._cost
@@ -1195,6 +1345,123 @@ class SessionBudget:
     def __repr__(self) -> str:
         limits = ", ".join(f"{k}={v}" for k, v in self.limits.limited().items())
         return f"<SessionBudget {self.session_id} {limits or 'unlimited'}>"
+
+
+def check_and_count(
+    members: Sequence[SessionBudget],
+    kind: str | None,
+    name: str,
+    reserve: Decimal | None,
+    wrapup: bool,
+) -> tuple[SessionBudget | None, SessionBudget | None]:
+    """Check ``members`` (outermost first), then count the call in all of them, atomically.
+
+    Returns ``(latched, refused_by)``: the session a limit latched (or that was latched), and
+    the one whose wrap-up reserve refuses the call; both ``None`` when the call is counted.
+    """
+    add = _EXACT.add  # exact sums whatever the caller's decimal context is
+    tripped: SessionBudget | None = None
+    refused_by: SessionBudget | None = None
+    with _LOCK:
+        for s in members:
+            if s._reason is not None:
+                tripped = s
+                break
+            reason = s._tripped
+            if (
+                reason is None
+                and s._max_seconds is not None
+                and _config.clock() - s._start_time() > s._max_seconds
+            ):
+                reason = "max_seconds"
+            if reason is None:
+                if kind == STEP:
+                    if s._chain_step_room is not None and s._steps >= s._chain_step_room:
+                        reason = "max_total_steps"
+                    elif s._max_steps is not None and s._steps >= s._max_steps:
+                        reason = "max_steps"
+                elif (
+                    kind == LLM
+                    and s._max_llm_calls is not None
+                    and s._llm_calls >= s._max_llm_calls
+                ):
+                    reason = "max_llm_calls"
+            if reason is None and reserve is not None:
+                wanted = add(add(s._cost, s._reserved), reserve)
+                if s._chain_usd_room is not None and wanted > s._chain_usd_room:
+                    reason = "max_total_usd"
+                elif s._max_usd is not None and wanted > s._max_usd:
+                    reason = "max_usd"
+            if reason is not None:
+                s._reason = reason
+                s._refused = name
+                tripped = s
+                break
+            if not wrapup and s.reserve_for_wrapup is not None and s._in_wrapup_reserve(kind):
+                refused_by = s
+                break
+        else:
+            for s in members:
+                if kind == STEP:
+                    s._steps += 1
+                elif kind == LLM:
+                    s._llm_calls += 1
+                if reserve is not None:
+                    s._reserved = add(s._reserved, reserve)
+    return tripped, refused_by
+
+
+def uncount(members: Sequence[SessionBudget], kind: str | None, reserve: Decimal | None) -> None:
+    """Take back what :func:`check_and_count` counted (a ledger refused the call after it)."""
+    with _LOCK, localcontext(_EXACT):
+        for s in members:
+            if kind == STEP:
+                s._steps -= 1
+            elif kind == LLM:
+                s._llm_calls -= 1
+            if reserve is not None:
+                s._reserved -= reserve
+
+
+def record_in(
+    members: Sequence[SessionBudget],
+    usage: Usage | None,
+    cost: Decimal | None,
+    priced: bool,
+    release: Decimal | None,
+) -> None:
+    """Add one call's usage and cost to ``members``; trip the measured limits it crosses."""
+    with _LOCK, localcontext(_EXACT):
+        for s in members:
+            if usage is None:
+                s._unmeasured += 1
+            else:
+                s._input += usage.input_tokens
+                s._output += usage.output_tokens
+                s._cache_read += usage.cache_read_tokens
+                s._cache_write += usage.cache_write_tokens
+                s._reasoning += usage.reasoning_tokens
+                if not priced:
+                    s._unpriced += 1
+            if cost is not None:
+                s._cost += cost
+            if release:
+                s._reserved -= release
+            if s._tripped is None:
+                s._tripped = s._over_measured_limit()
+
+
+def release_in(members: Sequence[SessionBudget], amount: Decimal) -> None:
+    """Give ``amount`` of reserved USD back to ``members``."""
+    with _LOCK, localcontext(_EXACT):
+        for s in members:
+            s._reserved -= amount
+
+
+def _claim_handoff(session: SessionBudget) -> bool:
+    from ._shared import claim_handoff
+
+    return claim_handoff(session)
 
 
 class _Reservation:

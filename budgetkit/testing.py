@@ -4,6 +4,7 @@
 - :func:`capture_budget` records what sessions did: starts, steps, charges, exhaustions.
 - :func:`fake_usage` builds an LLM response that budgetkit reads and prices like a real one.
 - :func:`record_spans` collects the spans of a block in memory (needs ``budgetkit[otel]``).
+- :func:`redis_server` runs a throwaway ``redis-server`` for the Redis ledger's examples.
 
 The pytest plugin (:mod:`budgetkit.pytest_plugin`) wraps these in fixtures.
 
@@ -38,6 +39,7 @@ __all__ = [
     "capture_budget",
     "fake_usage",
     "record_spans",
+    "redis_server",
 ]
 
 
@@ -389,3 +391,57 @@ def record_spans() -> Iterator[SpanRecorder]:
     finally:
         if recorder in fanout.recorders:
             fanout.recorders.remove(recorder)
+
+
+# ----------------------------------------------------------------------------- redis
+@contextmanager
+def redis_server(*, binary: str = "redis-server", timeout: float = 10.0) -> Iterator[str]:
+    """Run a throwaway ``redis-server`` on a free loopback port; yield its URL.
+
+    No persistence, no password; the server is stopped when the block exits. For tests and
+    examples of :class:`budgetkit.ledgers.redis.RedisLedger`::
+
+        with redis_server() as url:
+            ledger = RedisLedger(url)
+
+    Raises:
+        BudgetConfigError: ``redis-server`` is not installed, or did not start in ``timeout``.
+
+    .. versionadded:: 0.1.0
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    path = shutil.which(binary)
+    if path is None:
+        raise BudgetConfigError(
+            f"{binary!r} is not installed (Debian/Ubuntu: apt-get install redis-server)"
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([path, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BudgetConfigError(f"{binary!r} did not start on 127.0.0.1:{port}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - redis exits on SIGTERM
+            process.kill()
+            process.wait(10)

@@ -1,0 +1,874 @@
+"""A shared ledger on Redis (or Valkey): one session budget for many processes and machines.
+
+Every operation is **one Lua script call**, so it is atomic on the server: a step is counted
+only if it fits, N processes racing on ``max_steps=K`` admit exactly K, and a reservation is
+admitted against ``spent + reserved + estimate <= max_usd`` in the same step.
+
+Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on one slot):
+
+- ``<prefix>{<id>}``: a hash with the limits, the counters, and the latched state
+  (``reason``, ``tripped``, ``refused``, ``writer``);
+- ``<prefix>{<id>}:res``: a hash, holder -> USD that holder has reserved;
+- ``<prefix>{<id>}:lease``: a sorted set, holder -> deadline (server clock, ms). Every script
+  first releases the reservations of holders whose deadline passed (a worker that died
+  mid-call), and every operation of a holder extends its deadline by ``reservation_ttl``;
+- ``<prefix>{<id>}:op:<op-id>``: the result of one applied operation, kept ``op_ttl`` seconds.
+  A retried command carries the same op id and gets the stored answer back instead of being
+  applied twice: a charge is never counted twice.
+
+Every script moves the session's keys' expiry to ``ttl`` from now, so an abandoned session
+disappears ``ttl`` after its last operation.
+
+USD is exact: amounts travel and are stored as decimal integer strings of 10^-18 USD
+("atto-dollars"), added and compared in Lua with arbitrary-precision digit arithmetic (never a
+float). An amount with more than 18 decimal places is rounded up (a charge is never lowered).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._handoff import check_session_id
+from .._limits import LIMIT_NAMES, Limits
+from ..exceptions import (
+    BudgetConfigError,
+    BudgetTypeError,
+    LedgerError,
+    LedgerUnavailableError,
+    SessionNotFoundError,
+)
+from . import LedgerSnapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .._usage import Usage
+
+__all__ = ["RedisLedger", "RedisLedgerSession"]
+
+#: Decimal places of the integer USD unit the scripts work in.
+USD_SCALE = 18
+
+STEP = "step"
+LLM = "llm"
+
+# ---------------------------------------------------------------------------------- Lua
+#: Exact arithmetic on non-negative decimal integer strings, in chunks of 14 digits (every
+#: chunk sum stays far below 2^53, where Lua's doubles are exact).
+LUA_BIGNUM = """
+local CH, BASE = 14, 100000000000000
+local function pad(a, n) return string.rep('0', n - #a) .. a end
+local function width(a, b)
+  local n = math.max(#a, #b)
+  return n + (CH - n % CH) % CH
+end
+local function cmp(a, b)
+  local n = width(a, b)
+  a, b = pad(a, n), pad(b, n)
+  for i = 1, n, CH do
+    local x = tonumber(string.sub(a, i, i + CH - 1))
+    local y = tonumber(string.sub(b, i, i + CH - 1))
+    if x ~= y then
+      if x < y then return -1 end
+      return 1
+    end
+  end
+  return 0
+end
+local function op(a, b, sign)
+  local n = width(a, b)
+  a, b = pad(a, n), pad(b, n)
+  local out, carry = {}, 0
+  for i = n - CH + 1, 1, -CH do
+    local d = tonumber(string.sub(a, i, i + CH - 1))
+      + sign * tonumber(string.sub(b, i, i + CH - 1)) + carry
+    carry = 0
+    if d >= BASE then
+      d, carry = d - BASE, 1
+    elseif d < 0 then
+      d, carry = d + BASE, -1
+    end
+    table.insert(out, 1, string.format('%014.0f', d))
+  end
+  if carry == 1 then table.insert(out, 1, '1') end
+  local s = string.gsub(table.concat(out), '^0+', '')
+  if s == '' then return '0' end
+  return s
+end
+local function add(a, b) return op(a, b, 1) end
+local function sub0(a, b)
+  if cmp(a, b) <= 0 then return '0' end
+  return op(a, b, -1)
+end
+local function min(a, b)
+  if cmp(a, b) <= 0 then return a end
+  return b
+end
+"""
+
+_LUA_COMMON = (
+    LUA_BIGNUM
+    + """
+local S, R, L, OP = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function num(v)
+  if v then return tonumber(v) end
+  return 0
+end
+-- An operation already applied answers as it did; an unknown or expired session is 'U'.
+local function begin()
+  if OP then
+    local done = redis.call('GET', OP)
+    if done then return done end
+  end
+  if redis.call('EXISTS', S) == 0 then return 'U' end
+  return nil
+end
+-- Release the reservations of holders whose lease ran out (a worker died mid-call).
+local function sweep(now)
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
+  if #dead == 0 then return end
+  local resv = redis.call('HGET', S, 'resv') or '0'
+  for _, h in ipairs(dead) do
+    local mine = redis.call('HGET', R, h)
+    if mine then resv = sub0(resv, mine) end
+    redis.call('HDEL', R, h)
+  end
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+  redis.call('HSET', S, 'resv', resv)
+end
+-- Give back up to `amount` of what `holder` has reserved (never more than it holds).
+local function give_back(holder, amount)
+  local mine = redis.call('HGET', R, holder)
+  if not mine then return end
+  local take = min(mine, amount)
+  local left = sub0(mine, take)
+  if left == '0' then
+    redis.call('HDEL', R, holder)
+    redis.call('ZREM', L, holder)
+  else
+    redis.call('HSET', R, holder, left)
+  end
+  redis.call('HSET', S, 'resv', sub0(redis.call('HGET', S, 'resv') or '0', take))
+end
+local function over_measured()
+  local f = redis.call('HMGET', S, 'mt', 'mi', 'mo', 'mu', 'in', 'out', 'cost', 'cu')
+  local inp, out = num(f[5]), num(f[6])
+  if f[8] and cmp(f[7] or '0', f[8]) > 0 then return 'max_total_usd' end
+  if f[1] and inp + out > tonumber(f[1]) then return 'max_tokens' end
+  if f[2] and inp > tonumber(f[2]) then return 'max_input_tokens' end
+  if f[3] and out > tonumber(f[3]) then return 'max_output_tokens' end
+  if f[4] and cmp(f[7] or '0', f[4]) > 0 then return 'max_usd' end
+  return false
+end
+-- Sliding expiry of the session's keys; remember the operation's result for retries.
+local function finish(result, ttl, op_ttl)
+  redis.call('PEXPIRE', S, ttl)
+  redis.call('PEXPIRE', R, ttl)
+  redis.call('PEXPIRE', L, ttl)
+  if OP then redis.call('SET', OP, result, 'PX', op_ttl) end
+  return result
+end
+local function keep_alive(holder, now, lease)
+  redis.call('ZADD', L, 'XX', now + tonumber(lease), holder)
+end
+"""
+)
+
+#: ARGV: ttl, then field/value pairs. 'E' when the id exists, else 'OK'.
+_CREATE = (
+    _LUA_COMMON
+    + """
+if redis.call('EXISTS', S) == 1 then return 'E' end
+redis.call('HSET', S, 'start', string.format('%.0f', now_ms()), unpack(ARGV, 2))
+return finish('OK', ARGV[1], 0)
+"""
+)
+
+#: ARGV: ttl. The session's configuration (JSON), or 'U'.
+_JOIN = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+return finish(redis.call('HGET', S, 'cfg'), ARGV[1], 0)
+"""
+)
+
+#: ARGV: holder, kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
+#: lease ms, ttl ms, op ttl ms. 'A' admitted ('AE' while a run of errors is counted), 'W'
+#: refused by the wrap-up reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+_ADMIT = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local holder, kind, reserve, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now = now_ms()
+sweep(now)
+local f = redis.call('HMGET', S, 'reason', 'tripped', 'start', 'msec', 'steps', 'ms', 'llm',
+  'ml', 'cost', 'resv', 'mu', 'keep', 'cs', 'cu')
+local function in_wrapup_reserve()
+  local keep = tonumber(f[12])
+  if kind == 'step' and f[6] and num(f[5]) >= math.floor(tonumber(f[6]) * keep) then
+    return true
+  end
+  if kind == 'llm' and f[8] and num(f[7]) >= math.floor(tonumber(f[8]) * keep) then
+    return true
+  end
+  local g = redis.call('HMGET', S, 'mt', 'mi', 'mo', 'in', 'out')
+  local inp, out = num(g[4]), num(g[5])
+  if g[1] and inp + out > tonumber(g[1]) * keep then return true end
+  if g[2] and inp > tonumber(g[2]) * keep then return true end
+  if g[3] and out > tonumber(g[3]) * keep then return true end
+  if f[11] and num(f[9]) > tonumber(f[11]) * keep then return true end
+  if f[4] then return now - tonumber(f[3]) > tonumber(f[4]) * keep * 1000 end
+  return false
+end
+local result = 'A'
+if f[1] then
+  result = 'X' .. f[1]
+else
+  local reason = f[2]
+  if not reason and f[4] and now - tonumber(f[3]) > tonumber(f[4]) * 1000 then
+    reason = 'max_seconds'
+  end
+  if not reason then
+    if kind == 'step' then
+      if f[13] and num(f[5]) >= tonumber(f[13]) then
+        reason = 'max_total_steps'
+      elseif f[6] and num(f[5]) >= tonumber(f[6]) then
+        reason = 'max_steps'
+      end
+    elseif kind == 'llm' and f[8] and num(f[7]) >= tonumber(f[8]) then
+      reason = 'max_llm_calls'
+    end
+  end
+  if not reason and reserve ~= '' then
+    local wanted = add(add(f[9] or '0', f[10] or '0'), reserve)
+    if f[14] and cmp(wanted, f[14]) > 0 then
+      reason = 'max_total_usd'
+    elseif f[11] and cmp(wanted, f[11]) > 0 then
+      reason = 'max_usd'
+    end
+  end
+  if reason then
+    redis.call('HSET', S, 'reason', reason, 'refused', name)
+    result = 'X' .. reason
+  elseif f[12] and ARGV[5] ~= '1' and in_wrapup_reserve() then
+    result = 'W'
+  else
+    if kind == 'step' then
+      redis.call('HINCRBY', S, 'steps', 1)
+    elseif kind == 'llm' then
+      redis.call('HINCRBY', S, 'llm', 1)
+    end
+    if reserve ~= '' and reserve ~= '0' then
+      redis.call('HSET', S, 'resv', add(f[10] or '0', reserve))
+      redis.call('HSET', R, holder, add(redis.call('HGET', R, holder) or '0', reserve))
+      redis.call('ZADD', L, now + tonumber(ARGV[6]), holder)
+    end
+    if num(redis.call('HGET', S, 'errors')) > 0 then result = 'AE' end
+  end
+end
+keep_alive(holder, now, ARGV[6])
+return finish(result, ARGV[7], ARGV[8])
+"""
+)
+
+#: ARGV: holder, measured ('1'/'0'), input, output, cache read, cache write, reasoning,
+#: priced ('1'/'0'), cost ('' or units), release ('' or units), lease, ttl, op ttl.
+#: 'T<tripped reason or empty>', or 'U'.
+_RECORD = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local holder = ARGV[1]
+local now = now_ms()
+sweep(now)
+if ARGV[2] == '1' then
+  local names = {'in', 'out', 'cr', 'cw', 'rs'}
+  for i = 1, 5 do
+    if ARGV[i + 2] ~= '0' then redis.call('HINCRBY', S, names[i], ARGV[i + 2]) end
+  end
+  if ARGV[8] ~= '1' then redis.call('HINCRBY', S, 'unpriced', 1) end
+else
+  redis.call('HINCRBY', S, 'unmeasured', 1)
+end
+if ARGV[9] ~= '' then
+  redis.call('HSET', S, 'cost', add(redis.call('HGET', S, 'cost') or '0', ARGV[9]))
+end
+if ARGV[10] ~= '' then give_back(holder, ARGV[10]) end
+local tripped = redis.call('HGET', S, 'tripped')
+if not tripped then
+  tripped = over_measured()
+  if tripped then redis.call('HSET', S, 'tripped', tripped) end
+end
+keep_alive(holder, now, ARGV[11])
+return finish('T' .. (tripped or ''), ARGV[12], ARGV[13])
+"""
+)
+
+#: ARGV: holder, units, lease, ttl, op ttl. 'OK' or 'U'.
+_RELEASE = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local now = now_ms()
+sweep(now)
+give_back(ARGV[1], ARGV[2])
+keep_alive(ARGV[1], now, ARGV[3])
+return finish('OK', ARGV[4], ARGV[5])
+"""
+)
+
+#: ARGV: ttl, op ttl. Counts a failed call: 'T<tripped reason or empty>', or 'U'.
+_FAIL = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local errors = redis.call('HINCRBY', S, 'errors', 1)
+local f = redis.call('HMGET', S, 'tripped', 'me')
+local tripped = f[1]
+if not tripped and f[2] and errors >= tonumber(f[2]) then
+  tripped = 'max_consecutive_errors'
+  redis.call('HSET', S, 'tripped', tripped)
+end
+return finish('T' .. (tripped or ''), ARGV[1], ARGV[2])
+"""
+)
+
+#: ARGV: ttl. Resets the run of errors (idempotent). 'OK' or 'U'.
+_SUCCEED = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+redis.call('HSET', S, 'errors', 0)
+return finish('OK', ARGV[1], 0)
+"""
+)
+
+#: ARGV: ttl, reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
+_TRIP = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+redis.call('HSETNX', S, 'tripped', ARGV[2])
+return finish('OK', ARGV[1], 0)
+"""
+)
+
+#: ARGV: ttl, reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
+_LATCH = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+if redis.call('HSETNX', S, 'reason', ARGV[2]) == 1 then
+  redis.call('HSET', S, 'refused', ARGV[3])
+end
+return finish('X' .. redis.call('HGET', S, 'reason'), ARGV[1], 0)
+"""
+)
+
+#: ARGV: ttl, claimant. '1' when the claimant is (or already was) the handoff writer.
+_CLAIM = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+redis.call('HSETNX', S, 'writer', ARGV[2])
+local won = '0'
+if redis.call('HGET', S, 'writer') == ARGV[2] then won = '1' end
+return finish(won, ARGV[1], 0)
+"""
+)
+
+#: ARGV: ttl. The state hash as a flat field/value list plus 'now', or 'U'.
+_SNAPSHOT = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local now = now_ms()
+sweep(now)
+local all = redis.call('HGETALL', S)
+table.insert(all, 'now')
+table.insert(all, string.format('%.0f', now))
+finish('', ARGV[1], 0)
+return all
+"""
+)
+
+_SCRIPTS = {
+    "create": _CREATE,
+    "join": _JOIN,
+    "admit": _ADMIT,
+    "record": _RECORD,
+    "release": _RELEASE,
+    "fail": _FAIL,
+    "succeed": _SUCCEED,
+    "trip": _TRIP,
+    "latch": _LATCH,
+    "claim": _CLAIM,
+    "snapshot": _SNAPSHOT,
+}
+
+# Limits stored as plain fields, for the scripts to read.
+_LIMIT_FIELDS = {
+    "max_steps": "ms",
+    "max_llm_calls": "ml",
+    "max_tokens": "mt",
+    "max_input_tokens": "mi",
+    "max_output_tokens": "mo",
+    "max_usd": "mu",
+    "max_seconds": "msec",
+    "max_consecutive_errors": "me",
+}
+
+
+# ---------------------------------------------------------------------------------- USD
+def to_units(amount: Decimal) -> str:
+    """``amount`` USD as an integer of 10^-18 USD (rounded up past 18 places), as a string."""
+    if not amount.is_finite() or amount < 0:
+        raise BudgetConfigError(f"a ledger amount must be a non-negative USD value, got {amount}")
+    _sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)
+    value = int("".join(map(str, digits)) or "0")
+    shift = exponent + USD_SCALE
+    if shift >= 0:
+        return str(value * 10**shift)
+    whole, rest = divmod(value, 10**-shift)
+    return str(whole + (1 if rest else 0))
+
+
+def from_units(units: str | bytes | None) -> Decimal:
+    """The exact Decimal of a units string, without trailing zeros (``"0.00036"``)."""
+    if units is None:
+        return Decimal(0)
+    text = units.decode() if isinstance(units, bytes) else units
+    padded = text.rjust(USD_SCALE + 1, "0")
+    whole, frac = padded[:-USD_SCALE], padded[-USD_SCALE:].rstrip("0")
+    return Decimal(f"{whole}.{frac}" if frac else whole)
+
+
+# ---------------------------------------------------------------------------------- ledger
+def _seconds(value: object, name: str) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BudgetTypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not value > 0 or value == float("inf"):
+        raise BudgetConfigError(f"{name} must be a positive, finite number of seconds, got {value}")
+    return float(value)
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:6379/0``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _client_url(client: Any) -> str:
+    """A URL naming where a redis-py client connects, for error messages."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+    except AttributeError:
+        return repr(client)
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisLedger:
+    """Sessions kept on a Redis (or Valkey) server, shared by every process that joins them.
+
+    Args:
+        url_or_client: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a ``redis.Redis``
+            client you configured yourself (its retries are safe: operations carry ids).
+        key_prefix: prefix of every key budgetkit writes.
+        ttl: seconds (or a ``timedelta``) a session's keys live after its last operation.
+        reservation_ttl: seconds a reservation outlives its holder's last operation; the
+            reservations of a worker that died are released after this.
+        op_ttl: seconds an operation's id is remembered (at most ``ttl``), so a retried
+            command is not applied twice.
+        socket_timeout: seconds to wait for the server (URL only); then the ledger is
+            unavailable.
+        retries: retries of a failed connection or timeout (URL only).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        *,
+        key_prefix: str = "budgetkit:",
+        ttl: float | timedelta = 86400.0,
+        reservation_ttl: float | timedelta = 300.0,
+        op_ttl: float | timedelta = 120.0,
+        socket_timeout: float = 2.0,
+        retries: int = 2,
+    ) -> None:
+        try:
+            import redis
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
+        except ImportError:  # pragma: no cover - the extra is installed in the tests
+            raise BudgetConfigError(
+                "RedisLedger needs redis-py: pip install 'budgetkit[redis]'"
+            ) from None
+        if not isinstance(key_prefix, str):
+            raise BudgetTypeError(f"key_prefix must be a str, got {key_prefix!r}")
+        self.key_prefix = key_prefix
+        self.ttl = _seconds(ttl, "ttl")
+        self.reservation_ttl = _seconds(reservation_ttl, "reservation_ttl")
+        self.op_ttl = _seconds(op_ttl, "op_ttl")
+        self._ttl_ms = _ms(self.ttl)
+        self._lease_ms = _ms(self.reservation_ttl)
+        self._op_ttl_ms = min(_ms(self.op_ttl), self._ttl_ms)  # never outlive the session
+        if isinstance(url_or_client, str):
+            self.url = redact(url_or_client)
+            socket_timeout = _seconds(socket_timeout, "socket_timeout")
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise BudgetConfigError(f"retries must be a non-negative int, got {retries!r}")
+            try:
+                self.client: Any = redis.Redis.from_url(
+                    url_or_client,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_timeout,
+                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+                    health_check_interval=30,
+                )
+            except ValueError as exc:
+                raise BudgetConfigError(f"not a Redis URL: {self.url!r} ({exc})") from None
+        elif hasattr(url_or_client, "register_script"):
+            self.client = url_or_client
+            self.url = _client_url(url_or_client)
+        else:
+            raise BudgetTypeError(
+                f"RedisLedger takes a Redis URL or a redis.Redis client, got {url_or_client!r}"
+            )
+        self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
+        self._response_error: type[BaseException] = redis.exceptions.RedisError
+
+    def __repr__(self) -> str:
+        return f"<RedisLedger {self.url} prefix={self.key_prefix!r}>"
+
+    # ------------------------------------------------------------------ plumbing
+    def _keys(self, session_id: str) -> list[str]:
+        base = f"{self.key_prefix}{{{session_id}}}"
+        return [base, f"{base}:res", f"{base}:lease"]
+
+    def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """One script call; connection trouble becomes ``LedgerUnavailableError``."""
+        try:
+            return self._scripts[script](keys=keys, args=args, client=self.client)
+        except self._errors as exc:
+            raise LedgerUnavailableError(
+                f"budgetkit: the Redis ledger at {self.url} is unavailable "
+                f"({type(exc).__name__}: {exc})",
+                url=self.url,
+            ) from exc
+        except self._response_error as exc:
+            raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
+
+    def _unknown(self, session_id: str) -> SessionNotFoundError:
+        return SessionNotFoundError(
+            f"session {session_id!r} is not in the Redis ledger at {self.url} "
+            f"(key prefix {self.key_prefix!r}): it was never created there, or it expired "
+            f"(ttl={self.ttl:g}s after its last operation)"
+        )
+
+    # ------------------------------------------------------------------ sessions
+    def create(
+        self,
+        session_id: str,
+        limits: Limits,
+        *,
+        name: str | None = None,
+        reserve_for_wrapup: float | None = None,
+        parent_session_id: str | None = None,
+        step_room: int | None = None,
+        usd_room: Decimal | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> RedisLedgerSession:
+        """Store a new session with its limits and return a handle on it.
+
+        ``step_room`` and ``usd_room`` are what a chain's caps (``max_total_steps``,
+        ``max_total_usd``) leave for this session; ``extra`` is JSON kept for joiners.
+
+        Raises:
+            BudgetConfigError: a session with this id is already in the ledger.
+            LedgerUnavailableError: the server is unreachable or timed out.
+        """
+        check_session_id(session_id)
+        if not isinstance(limits, Limits):
+            raise BudgetTypeError(f"limits must be a budgetkit Limits, got {limits!r}")
+        config = {
+            "limits": limits.as_dict(),
+            "name": name,
+            "reserve_for_wrapup": reserve_for_wrapup,
+            "parent_session_id": parent_session_id,
+            "extra": dict(extra or {}),
+        }
+        fields: list[Any] = ["cfg", json.dumps(config)]
+        if step_room is not None:
+            fields += ["cs", str(max(step_room, 0))]
+        if usd_room is not None:
+            fields += ["cu", to_units(max(usd_room, Decimal(0)))]
+        for limit, field in _LIMIT_FIELDS.items():
+            value = getattr(limits, limit)
+            if value is None:
+                continue
+            fields += [field, to_units(value) if limit == "max_usd" else repr(value)]
+        if reserve_for_wrapup is not None:
+            fields += ["keep", repr(1 - reserve_for_wrapup)]
+        answer = _text(self._run("create", self._keys(session_id), [self._ttl_ms, *fields]))
+        if answer == "E":
+            raise BudgetConfigError(
+                f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
+                "enter it with SessionBudget.join()"
+            )
+        return RedisLedgerSession(self, session_id, config)
+
+    def join(self, session_id: str) -> RedisLedgerSession:
+        """A handle on a session another process created.
+
+        Raises:
+            SessionNotFoundError: the session is unknown or expired.
+            LedgerUnavailableError: the server is unreachable or timed out.
+        """
+        check_session_id(session_id)
+        answer = _text(self._run("join", self._keys(session_id), [self._ttl_ms]))
+        if answer == "U":
+            raise self._unknown(session_id)
+        return RedisLedgerSession(self, session_id, json.loads(answer))
+
+
+class RedisLedgerSession:
+    """One process's handle on a session in a :class:`RedisLedger`.
+
+    Each handle is a *holder*: its reservations are its own, and they are released when it
+    stops operating for ``reservation_ttl`` seconds. Thread-safe (redis-py pools connections).
+    """
+
+    def __init__(self, ledger: RedisLedger, session_id: str, config: dict[str, Any]) -> None:
+        self.ledger = ledger
+        self.session_id = session_id
+        self.url = ledger.url
+        raw = config.get("limits") or {}
+        values = {key: raw.get(key) for key in LIMIT_NAMES}
+        if isinstance(values["max_usd"], str):
+            values["max_usd"] = Decimal(values["max_usd"])
+        self.limits = Limits.build(**values)
+        self.name: str | None = config.get("name")
+        self.reserve_for_wrapup: float | None = config.get("reserve_for_wrapup")
+        self.parent_session_id: str | None = config.get("parent_session_id")
+        #: What the creator stored for joiners (``create(extra=...)``).
+        self.extra: dict[str, Any] = dict(config.get("extra") or {})
+        #: This handle's id as a reservation holder and handoff claimant.
+        self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
+        self._keys = ledger._keys(session_id)
+        self._lock = threading.Lock()
+        self._seq = 0
+        #: The last admission saw a run of consecutive errors (a success should reset it).
+        self.errors_seen = False
+
+    def __repr__(self) -> str:
+        return f"<RedisLedgerSession {self.session_id} at {self.url}>"
+
+    def new_op_id(self) -> str:
+        """A fresh operation id. Pass it again to retry an operation without applying it twice."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        return f"{self.holder}-{seq}"
+
+    def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
+        keys = self._keys if op_id is None else [*self._keys, f"{self._keys[0]}:op:{op_id}"]
+        answer = _text(self.ledger._run(script, keys, args))
+        if answer == "U":
+            raise self.ledger._unknown(self.session_id)
+        return answer
+
+    def admit(
+        self,
+        kind: str | None,
+        reserve_usd: Decimal | None = None,
+        *,
+        name: str = "",
+        wrapup: bool = False,
+        op_id: str | None = None,
+    ) -> str | None:
+        """Check every limit and count the call (``"step"``, ``"llm"``, or ``None`` for a
+        reservation alone), holding ``reserve_usd`` for it — one atomic operation.
+
+        Returns ``None`` when admitted, else the reason: a limit's name (the session is now
+        latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
+        operation takes an ``op_id`` (default: a fresh one): the same id is applied once.
+        """
+        led = self.ledger
+        answer = self._run(
+            "admit",
+            [
+                self.holder,
+                kind or "",
+                "" if reserve_usd is None else to_units(reserve_usd),
+                name,
+                "1" if wrapup else "0",
+                led._lease_ms,
+                led._ttl_ms,
+                led._op_ttl_ms,
+            ],
+            op_id=op_id or self.new_op_id(),
+        )
+        if answer[0] == "A":
+            self.errors_seen = answer == "AE"
+            return None
+        if answer == "W":
+            return "wrapup_reserve"
+        return answer[1:]
+
+    def record(
+        self,
+        usage: Usage | None,
+        cost: Decimal | None,
+        *,
+        priced: bool,
+        release: Decimal | None = None,
+        op_id: str | None = None,
+    ) -> str | None:
+        """Add one call's usage (``None``: unmeasured) and known cost, give back ``release`` of
+        this holder's reservation, and trip a measured limit it crosses — atomically.
+
+        Returns the tripped reason (set by this or an earlier charge), or ``None``.
+        """
+        led = self.ledger
+        if usage is None:
+            counts = ["0"] * 5
+        else:
+            counts = [
+                str(usage.input_tokens),
+                str(usage.output_tokens),
+                str(usage.cache_read_tokens),
+                str(usage.cache_write_tokens),
+                str(usage.reasoning_tokens),
+            ]
+        answer = self._run(
+            "record",
+            [
+                self.holder,
+                "0" if usage is None else "1",
+                *counts,
+                "1" if priced else "0",
+                "" if cost is None else to_units(cost),
+                "" if not release else to_units(release),
+                led._lease_ms,
+                led._ttl_ms,
+                led._op_ttl_ms,
+            ],
+            op_id=op_id or self.new_op_id(),
+        )
+        return answer[1:] or None
+
+    def release(self, amount: Decimal, *, op_id: str | None = None) -> None:
+        """Give back ``amount`` of this holder's reservations (never more than it holds)."""
+        if not amount:
+            return
+        led = self.ledger
+        self._run(
+            "release",
+            [self.holder, to_units(amount), led._lease_ms, led._ttl_ms, led._op_ttl_ms],
+            op_id=op_id or self.new_op_id(),
+        )
+
+    def fail(self, *, op_id: str | None = None) -> str | None:
+        """Count a failed call in the run of consecutive errors; return the tripped reason."""
+        led = self.ledger
+        answer = self._run("fail", [led._ttl_ms, led._op_ttl_ms], op_id=op_id or self.new_op_id())
+        return answer[1:] or None
+
+    def succeed(self) -> None:
+        """A call succeeded: the run of consecutive errors starts again at zero."""
+        self._run("succeed", [self.ledger._ttl_ms])
+
+    def trip(self, reason: str) -> None:
+        """Mark ``reason`` as crossed unless a limit already is; the next boundary latches."""
+        self._run("trip", [self.ledger._ttl_ms, reason])
+
+    def latch(self, reason: str, name: str = "") -> str:
+        """Latch the session as exhausted for ``reason`` unless it already is; return the
+        reason it is latched for (the first one wins)."""
+        return self._run("latch", [self.ledger._ttl_ms, reason, name])[1:]
+
+    def claim_handoff_writer(self) -> bool:
+        """Whether this handle writes the handoff: exactly one handle of the session wins."""
+        return self._run("claim", [self.ledger._ttl_ms, self.holder]) == "1"
+
+    def snapshot(self) -> LedgerSnapshot:
+        """The session's counters and state, read in one operation (expired leases swept)."""
+        raw = self.ledger._run("snapshot", self._keys, [self.ledger._ttl_ms])
+        if not isinstance(raw, list):
+            raise self.ledger._unknown(self.session_id)
+        it = iter(_text(item) for item in raw)
+        f = dict(zip(it, it, strict=True))
+
+        def count(key: str) -> int:
+            return int(f.get(key, 0))
+
+        return LedgerSnapshot(
+            steps=count("steps"),
+            llm_calls=count("llm"),
+            input_tokens=count("in"),
+            output_tokens=count("out"),
+            cache_read_tokens=count("cr"),
+            cache_write_tokens=count("cw"),
+            reasoning_tokens=count("rs"),
+            cost_usd=from_units(f.get("cost")),
+            reserved_usd=from_units(f.get("resv")),
+            unpriced_calls=count("unpriced"),
+            unmeasured_calls=count("unmeasured"),
+            errors_in_a_row=count("errors"),
+            reason=f.get("reason"),
+            tripped=f.get("tripped"),
+            refused=f.get("refused"),
+            elapsed_seconds=max(int(f["now"]) - int(f["start"]), 0) / 1000,
+            handoff_writer=f.get("writer"),
+        )
