@@ -942,6 +942,7 @@ class SessionBudget:
                     self._notify()
                 return
         else:
+            admitted = False
             with _LOCK:
                 for s in self._chain:
                     if s._reason or s._tripped or not s._plain or s._watch:
@@ -951,7 +952,11 @@ class SessionBudget:
                 else:
                     for s in self._chain:
                         s._steps += 1
-                    return
+                    admitted = True
+            if admitted:
+                if _listeners:
+                    emit("step", self, name=name)
+                return
         self._admit(STEP, name)
 
     def _admit(

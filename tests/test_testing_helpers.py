@@ -311,3 +311,18 @@ def test_record_spans_reuses_one_processor(otel: Otel) -> None:
     assert len(second.spans) == 2
     with pytest.raises(AssertionError, match="2 spans named"):
         first.span("execute_tool tool")
+
+
+def test_capture_budget_sees_steps_of_nested_sessions() -> None:
+    """A step inside a nested session is reported once, like one in a single session."""
+    from budgetkit import SessionBudget, budget
+    from budgetkit.testing import capture_budget
+
+    @budget.step
+    def tool() -> None:
+        return None
+
+    with capture_budget() as captured:
+        with SessionBudget(handoff_dir=None), SessionBudget(handoff_dir=None):
+            tool()
+        assert len(captured.steps) == 1
