@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Create ./.venv (Python 3.11+) and install budgetkit with every extra, the test, lint and docs
-# tools, and redis-server (for the Redis ledger tests) when it is missing.
+# Create ./.venv (Python 3.11+) and install budgetkit with every extra and the test, lint and
+# docs tools.
 # Re-running is cheap: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The Redis ledger tests start their own redis-server (Debian's package); install it if missing.
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-command -v redis-server >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server; }
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
