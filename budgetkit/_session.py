@@ -395,6 +395,9 @@ class SessionBudget:
         self._local_members: tuple[SessionBudget, ...] = (self,)
         if self.ledger is not None:
             self._plain = False
+        # The fast step path admits while steps < _fast_cap; -1 sends every step to _admit.
+        # Setting _tripped or _reason (a limit crossed, or latched) also sets it to -1.
+        self._fast_cap = self._step_cap if self._plain else -1
 
         # Counters, guarded by _LOCK.
         self._steps = 0
@@ -410,8 +413,8 @@ class SessionBudget:
         self._errors_in_a_row = 0
         self._errors_pending = False  # some session of the chain counts errors in a row
         self._reserved = Decimal(0)
-        self._tripped: str | None = None  # a measured limit was crossed; raise at next boundary
-        self._reason: str | None = None  # latched: exhausted for this reason
+        self._tripped_as: str | None = None  # a measured limit was crossed: raise at next boundary
+        self._reason_as: str | None = None  # latched: exhausted for this reason
         self._refused: str | None = None
 
         self._exhaust_lock = threading.Lock()
@@ -917,6 +920,28 @@ class SessionBudget:
         self._set_chain_room()
 
     # ------------------------------------------------------------------ boundary
+    @property
+    def _tripped(self) -> str | None:
+        """The measured limit that was crossed, to be raised at the next boundary."""
+        return self._tripped_as
+
+    @_tripped.setter
+    def _tripped(self, reason: str | None) -> None:
+        self._tripped_as = reason
+        if reason is not None:
+            self._fast_cap = -1
+
+    @property
+    def _reason(self) -> str | None:
+        """The reason the session is latched as exhausted."""
+        return self._reason_as
+
+    @_reason.setter
+    def _reason(self, reason: str | None) -> None:
+        self._reason_as = reason
+        if reason is not None:
+            self._fast_cap = -1
+
     def _admit_step(self, name: str) -> None:
         """The fast path of ``_admit(STEP, name)``: count the step when nothing can refuse it.
 
@@ -926,15 +951,9 @@ class SessionBudget:
         """
         if self._parent is None:  # the common case: no nesting
             with _LOCK:
-                if (
-                    self._steps < self._step_cap
-                    and not (self._reason or self._tripped)
-                    and self._plain
-                ):
+                admitted = self._steps < self._fast_cap
+                if admitted:
                     self._steps += 1
-                    admitted = True
-                else:
-                    admitted = False
             if admitted:
                 if _listeners:
                     emit("step", self, name=name)
@@ -945,9 +964,7 @@ class SessionBudget:
             admitted = False
             with _LOCK:
                 for s in self._chain:
-                    if s._reason or s._tripped or not s._plain or s._watch:
-                        break
-                    if s._steps >= s._step_cap:
+                    if s._steps >= s._fast_cap or s._watch:
                         break
                 else:
                     for s in self._chain:
