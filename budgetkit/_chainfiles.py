@@ -13,12 +13,11 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic
+from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic, write_temp
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
 from .exceptions import (
     BudgetConfigError,
@@ -109,12 +108,8 @@ def claim(handoff_path: Path, session_id: str, claimed_by: str) -> None:
         "host": socket.gethostname(),
     }
     data = json.dumps(doc, indent=2).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = write_temp(target, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(tmp, target)
         except FileExistsError:

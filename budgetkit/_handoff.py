@@ -187,22 +187,38 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
     Temporary file in the same directory (created 0600), fsync, rename, fsync the directory.
     """
     import json
-    import tempfile
 
     data = json.dumps(doc, indent=2, sort_keys=False, default=str).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = write_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def write_temp(path: Path, data: bytes) -> str:
+    """Write ``data`` whole to a new 0600 temporary file beside ``path``, fsynced; its name.
+
+    The caller moves it into place (``os.replace``, or ``os.link`` to refuse an existing
+    name) and removes it when that fails.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _fsync_dir(directory: Path) -> None:
