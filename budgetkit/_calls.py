@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
-from decimal import Decimal
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as _trace
 
@@ -14,9 +13,16 @@ from . import _otel
 from ._events import emit
 from ._events import listeners as _listeners
 from ._limits import to_usd
+from ._money import from_units, to_units
 from ._session import LLM, CallSpec, SessionBudget
-from ._usage import Usage
+from ._usage import Counts, Usage, usage_counts
 from .exceptions import UnmeasuredUsageWarning
+
+if TYPE_CHECKING:
+    from ._extract import DirectRead
+
+#: ``_pricing.price_units``: (model, provider, counts, prices) to units, or ``None``.
+PriceUnits = Callable[[str | None, str | None, Counts, Mapping[str, Any]], int | None]
 
 
 def enter_step(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
@@ -48,34 +54,113 @@ def _real_error(error: BaseException | None) -> BaseException | None:
     return None if isinstance(error, GeneratorExit) else error
 
 
-def request_model(spec: CallSpec, kwargs: Mapping[str, Any]) -> str | None:
-    """The model the call asks for: the decorator's ``model=``, else the ``model`` argument."""
-    if spec.model is not None:
-        return spec.model
-    model = kwargs.get("model")
-    return model if isinstance(model, str) else None
+def llm_finished(
+    session: SessionBudget, spec: CallSpec, handle: Any, kwargs: Any, result: Any
+) -> Any:
+    """An admitted call without a reservation returned ``result``: settle it, or wrap its
+    stream. A response of a type with a direct reader (an OpenAI ``ChatCompletion``) is
+    read without building a ``Usage`` and priced in integers: the LLM-call fast path."""
+    direct = _direct.get(type(result))
+    if direct is not None:
+        read, price_units = direct
+        found = read(result)
+        if found is not None:
+            model, counts = found
+            if model is None:
+                model = spec.request_model(kwargs)
+            cost = price_units(model, spec.provider, counts, session._prices)
+            settle(session, spec, handle, model, counts, cost, None, result)
+            return result
+    return LLMCall(session, spec, spec.request_model(kwargs), None, handle).finish(result)
+
+
+#: For each exact response type with a direct reader (``_extract.direct_reader``): the
+#: reader and ``_pricing.price_units``, bound when the first response of the type takes the
+#: general path (both modules load lazily, and an import statement here would cost more
+#: than the whole fast path).
+_direct: dict[type, tuple[Callable[[Any], DirectRead | None], PriceUnits] | None] = {}
+_DIRECT_TYPES_LIMIT = 256
+
+
+def _learn(cls: type) -> None:
+    from ._extract import direct_reader
+    from ._pricing import price_units
+
+    if cls not in _direct and len(_direct) < _DIRECT_TYPES_LIMIT:
+        reader = direct_reader(cls)
+        _direct[cls] = None if reader is None else (reader, price_units)
+
+
+def settle(
+    session: SessionBudget,
+    spec: CallSpec,
+    handle: Any,
+    model: str | None,
+    counts: Counts | None,
+    cost: int | None,
+    usage: Usage | None,
+    result: Any,
+    *,
+    streamed: bool = False,
+    release: int | None = None,
+) -> None:
+    """Record a finished LLM call and close its span: the one settlement of every call.
+
+    ``counts`` ``None`` is an unmeasured call, ``cost`` (units) ``None`` an unpriced one;
+    ``usage`` is built from the counts only when a listener or the span needs it.
+    """
+    session._record(counts, cost, release=release)
+    if counts is None:
+        _warn_unmeasured(session, spec, streamed=streamed)
+    elif cost is None:
+        session._cost_unknown(model)
+    if session._errors_pending:
+        session._call_succeeded()
+    if handle is None and not _listeners:
+        return
+    if usage is None and counts is not None:
+        usage = Usage(*counts, model=model, provider=spec.provider)
+    if _listeners:
+        usd = None if cost is None else from_units(cost)
+        emit("llm_call", session, name=spec.name, usage=usage, cost_usd=usd)
+    _otel.end_call(handle, session, spec, None, usage, cost, result)
 
 
 class LLMCall:
-    """One admitted ``@budget.llm_call``: its reservation, span, and settlement."""
+    """One admitted ``@budget.llm_call`` on the general path: reservation, span, settlement."""
 
     __slots__ = ("_done", "handle", "model", "reserved", "session", "spec")
 
-    def __init__(self, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> None:
+    def __init__(
+        self,
+        session: SessionBudget,
+        spec: CallSpec,
+        model: str | None,
+        reserved: int | None,
+        handle: Any,
+    ) -> None:
         self.session = session
         self.spec = spec
-        self.model = request_model(spec, kwargs)
-        self.reserved = _estimate(session, spec, self.model, args, kwargs)
-        session._admit(LLM, spec.name, self.reserved, wrapup=spec.wrapup)
-        self.handle = _otel.start_call(session, spec, args, kwargs)
+        self.model = model
+        self.reserved = reserved
+        self.handle = handle
         self._done = False
+
+    @classmethod
+    def begin(cls, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
+        """Admit a call (reserving its estimate; may raise ``BudgetExhausted``), open its span."""
+        model = spec.request_model(kwargs)
+        reserved = _estimate(session, spec, model, args, kwargs)
+        session._admit(LLM, spec.name, reserved, wrapup=spec.wrapup)
+        return cls(session, spec, model, reserved, _otel.start_call(session, spec, args, kwargs))
 
     def fail(self, error: BaseException) -> None:
         """The call raised: release the reservation, count the error."""
         if self._done:
             return
         self._done = True
-        self.session._release(self.reserved or Decimal(0))
+        if self.reserved:
+            self.session._release(self.reserved)
         self.session._call_failed(error)
         _otel.end_call(self.handle, self.session, self.spec, _real_error(error))
 
@@ -89,6 +174,8 @@ class LLMCall:
         if proxy is not None:
             return proxy
         self.settle(self.read_usage(result), result=result, streamed=False)
+        if type(result) not in _direct:
+            _learn(type(result))
         return result
 
     def stream_ended(self, usage: Usage | None) -> None:
@@ -110,7 +197,7 @@ class LLMCall:
             warnings.warn(
                 f"budgetkit: ignoring malformed usage from {spec.name!r}: {exc}",
                 UnmeasuredUsageWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             return None
         except Exception as exc:  # a user's usage= callable must not break the call
@@ -118,7 +205,7 @@ class LLMCall:
                 f"budgetkit: the usage= callable of {spec.name!r} raised {exc!r}; "
                 "the call is counted as unmeasured",
                 UnmeasuredUsageWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             return None
         return self._fill(usage)
@@ -135,31 +222,38 @@ class LLMCall:
         return dataclasses.replace(usage, **changes) if changes else usage
 
     def settle(self, usage: Usage | None, *, result: Any, streamed: bool) -> None:
-        """Price the usage, charge it, release the reservation, close the span."""
+        """Price the usage, then :func:`settle` the call (once)."""
         if self._done:
             return
         self._done = True
         session = self.session
-        cost: Decimal | None = None
+        cost: int | None = None
+        counts: Counts | None = None
+        model = self.model
         if usage is not None:
             from ._pricing import price_usage
 
-            cost = price_usage(usage, prices=session._all_prices())
-        session._record(usage, cost, priced=cost is not None, release=self.reserved)
-        if usage is None:
-            _warn_unmeasured(session, self.spec, streamed=streamed)
-        elif cost is None:
-            session._cost_unknown(usage.model)
-        session._call_succeeded()
-        if _listeners:
-            emit("llm_call", session, name=self.spec.name, usage=usage, cost_usd=cost)
-        _otel.end_call(self.handle, session, self.spec, None, usage, cost, result)
+            usd = price_usage(usage, prices=session._prices)
+            cost = None if usd is None else to_units(usd)
+            counts, model = usage_counts(usage), usage.model
+        settle(
+            session,
+            self.spec,
+            self.handle,
+            model,
+            counts,
+            cost,
+            usage,
+            result,
+            streamed=streamed,
+            release=self.reserved,
+        )
 
 
 def _estimate(
     session: SessionBudget, spec: CallSpec, model: str | None, args: Any, kwargs: Any
-) -> Decimal | None:
-    """The USD to reserve for a call with ``estimate=``: a number, or token counts to price."""
+) -> int | None:
+    """The USD (units) to reserve for a call with ``estimate=``: a number, or token counts."""
     if spec.estimate is None:
         return None
     value = spec.estimate(*args, **kwargs)
@@ -168,11 +262,12 @@ def _estimate(
     if isinstance(value, Mapping):
         from ._pricing import price_estimate
 
-        cost = price_estimate(value, model, spec.provider, session._all_prices())
+        cost = price_estimate(value, model, spec.provider, session._prices)
         if cost is None:
             session._cost_unknown(model)
-        return cost
-    return to_usd(value, f"the estimate of {spec.name!r}", allow_zero=True)
+            return None
+        return to_units(cost)
+    return to_units(to_usd(value, f"the estimate of {spec.name!r}", allow_zero=True))
 
 
 def _warn_unmeasured(session: SessionBudget, spec: CallSpec, *, streamed: bool) -> None:
@@ -190,5 +285,5 @@ def _warn_unmeasured(session: SessionBudget, spec: CallSpec, *, streamed: bool) 
         f"budgetkit: {spec.name!r} returned no token usage, so session {session.session_id!r} "
         f"counts the call but cannot measure it; {hint}",
         UnmeasuredUsageWarning,
-        stacklevel=4,
+        stacklevel=7,
     )

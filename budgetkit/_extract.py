@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from numbers import Integral, Real
-from typing import Final
+from typing import Any, Final
 
-from ._usage import Usage
+from ._usage import Counts, Usage
 
 __all__ = [
     "ANTHROPIC_USAGE_FIELDS",
     "GEMINI_USAGE_FIELDS",
     "TERMINAL_RESPONSE_EVENTS",
     "MalformedUsageError",
+    "direct_reader",
     "extract_usage",
     "read_fields",
 ]
@@ -118,6 +119,61 @@ def extract_usage(
     if provider is not None and found.provider != provider:
         return dataclasses.replace(found, provider=provider)
     return found
+
+
+#: What a direct reader returns: the model the response names (or ``None``), and the counts.
+DirectRead = tuple[str | None, Counts]
+
+_CHAT_COMPLETION: Final = ("openai.types.chat.chat_completion", "ChatCompletion")
+
+
+def direct_reader(cls: type) -> Callable[[Any], DirectRead | None] | None:
+    """A fast reader for responses of exactly type ``cls``; ``None``: use :func:`extract_usage`.
+
+    The reader gives what :func:`extract_usage` would, without building a ``Usage``, or
+    ``None`` for a response that needs the general reader (extra fields, odd values).
+    """
+    if (cls.__module__, cls.__qualname__) == _CHAT_COMPLETION:
+        return _read_chat_completion
+    return None
+
+
+def _read_chat_completion(response: Any) -> DirectRead | None:
+    """An OpenAI ``ChatCompletion`` read as :func:`_openai_chat` does, by attribute.
+
+    Only a response without extra fields qualifies: extra fields are where gateways put a
+    reported cost or DeepSeek its cache hits, which the general reader handles. Any count
+    that is not a non-negative ``int`` also goes to the general reader, which decides.
+    """
+    try:
+        usage = response.usage
+        if usage is None or response.__pydantic_extra__ or usage.__pydantic_extra__:
+            return None
+        inp = usage.prompt_tokens
+        out = usage.completion_tokens
+        if type(inp) is not int or type(out) is not int or inp < 0 or out < 0:
+            return None
+        cache_read = cache_write = reasoning = 0
+        details = usage.prompt_tokens_details
+        if details is not None:
+            if details.__pydantic_extra__:
+                return None
+            cache_read = details.cached_tokens
+            cache_write = details.cache_write_tokens or 0
+            if type(cache_read) is not int or type(cache_write) is not int:
+                return None  # cached_tokens None: the general reader looks for DeepSeek's field
+            if cache_read < 0 or cache_write < 0:
+                return None
+        details = usage.completion_tokens_details
+        if details is not None:
+            reasoning = details.reasoning_tokens or 0
+            if type(reasoning) is not int or reasoning < 0:
+                return None
+        model = response.model
+    except AttributeError:  # a field this SDK version does not declare
+        return None
+    counts = (inp, out, cache_read, cache_write, reasoning)
+    return (model if type(model) is str and model else None), counts
 
 
 def _extract(response: object, model: str | None) -> Usage | None:

@@ -30,6 +30,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from . import _attributes as names
 from . import _config
+from ._money import to_float
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram
@@ -129,6 +130,11 @@ def _pair(used: Callable[[SessionBudget], Any]) -> _Pair:
     return pair
 
 
+def _usd_pair(session: SessionBudget, limit: Any) -> tuple[float, float]:
+    used = to_float(session._cost)  # the counter holds units
+    return used, max(float(limit) - used, 0.0)
+
+
 #: For each limit: (used, remaining) read from the live counters; a few loads per call.
 _io = attrgetter("_input", "_output")
 _LIVE: dict[str, _Pair] = {
@@ -137,7 +143,7 @@ _LIVE: dict[str, _Pair] = {
     "max_tokens": _pair(lambda s: sum(_io(s))),
     "max_input_tokens": _pair(attrgetter("_input")),
     "max_output_tokens": _pair(attrgetter("_output")),
-    "max_usd": _pair(attrgetter("_cost")),
+    "max_usd": _usd_pair,
     "max_seconds": _pair(lambda s: max(_config.clock() - s._start_time(), 0.0)),
     "max_consecutive_errors": _pair(attrgetter("_errors_in_a_row")),
 }
@@ -191,11 +197,13 @@ def _final(session: SessionBudget, result: SessionResult) -> _Attrs:
 class _SessionSpan:
     """What a session keeps of its telemetry: the span (or ``None``) and per-call settings."""
 
-    __slots__ = ("capture", "measured", "plan", "recorded_error", "span", "token")
+    __slots__ = ("capture", "counted", "measured", "plan", "recorded_error", "span", "token")
 
     def __init__(self, session: SessionBudget, capture: bool) -> None:
         self.plan = _plan(session)
         self.measured = _plan(session, _MEASURED)
+        # An LLM span states the measured dimensions once, when the call has been charged.
+        self.counted = tuple(entry for entry in self.plan if entry not in self.measured)
         self.capture = capture
         self.span: Span | None = None
         self.token: Any = None
@@ -356,6 +364,15 @@ class _LLMSpan:
         self.model = model
 
 
+def quiet() -> bool:
+    """Whether nothing records an LLM call (no tracer provider, no meter provider): the
+    fast path's check, before it would call :func:`start_call` for nothing."""
+    if trace._TRACER_PROVIDER is not None:
+        return False
+    internal = sys.modules.get("opentelemetry.metrics._internal")
+    return internal is None or getattr(internal, "_METER_PROVIDER", None) is None
+
+
 def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """Open a step or LLM-call span; returns a handle or ``None`` when nothing records."""
     provider = trace._TRACER_PROVIDER
@@ -398,9 +415,7 @@ def _start_step(
 def _start_llm(
     tracer: Tracer | None, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any
 ) -> _LLMSpan:
-    from ._calls import request_model
-
-    model = request_model(spec, kwargs)
+    model = spec.request_model(kwargs)
     if tracer is None:  # metrics only
         return _LLMSpan(None, model)
     attrs: _Attrs = {
@@ -413,7 +428,7 @@ def _start_llm(
         attrs[names.GEN_AI_REQUEST_MODEL] = model
     handle = _session_handle(session)
     if handle is not None:
-        _add_live(attrs, session, handle.plan)
+        _add_live(attrs, session, handle.counted)
         if handle.capture:
             messages = kwargs.get("messages") if "messages" in kwargs else None
             value = messages if messages is not None else _arguments(args, kwargs)
@@ -429,10 +444,11 @@ def end_call(
     spec: CallSpec,
     error: BaseException | None,
     usage: Usage | None = None,
-    cost: Any = None,
+    cost: int | None = None,
     result: Any = None,
 ) -> None:
-    """Close a call span: usage, cost and budget state for LLM calls; status on error."""
+    """Close a call span: usage, cost (units) and budget state for LLM calls; status on
+    error."""
     if handle is None:
         return
     try:
@@ -460,7 +476,7 @@ def _end_llm(
     spec: CallSpec,
     error: BaseException | None,
     usage: Usage | None,
-    cost: Decimal | None,
+    cost: int | None,
     result: Any,
 ) -> None:
     span = handle.span
@@ -468,6 +484,11 @@ def _end_llm(
         if error is None:
             _close_llm_span(span, handle.model, session, spec, usage, cost, result)
         else:
+            session_handle = _session_handle(session)
+            if session_handle is not None:
+                attrs: _Attrs = {}
+                _add_live(attrs, session, session_handle.measured)
+                span.set_attributes(attrs)
             _mark_step_error(span, session, error)
             span.end()
     if error is None and usage is not None:
@@ -480,7 +501,7 @@ def _close_llm_span(
     session: SessionBudget,
     spec: CallSpec,
     usage: Usage | None,
-    cost: Decimal | None,
+    cost: int | None,
     result: Any,
 ) -> None:
     attrs = _usage_attrs(spec, usage, cost)
@@ -495,7 +516,7 @@ def _close_llm_span(
     span.end()
 
 
-def _usage_attrs(spec: CallSpec, usage: Usage | None, cost: Decimal | None) -> _Attrs:
+def _usage_attrs(spec: CallSpec, usage: Usage | None, cost: int | None) -> _Attrs:
     if usage is None:
         return {names.CALL_COST_STATUS: names.COST_UNMEASURED}
     attrs: _Attrs = {
@@ -516,7 +537,7 @@ def _usage_attrs(spec: CallSpec, usage: Usage | None, cost: Decimal | None) -> _
         attrs[names.CALL_COST_STATUS] = names.COST_UNPRICED
     else:
         attrs[names.CALL_COST_STATUS] = names.COST_PRICED
-        attrs[names.CALL_COST_USD] = float(cost)
+        attrs[names.CALL_COST_USD] = to_float(cost)
     return attrs
 
 
@@ -639,7 +660,7 @@ def _make_instruments() -> _Instruments:
     return _Instruments(tokens, cost, exhaustions)
 
 
-def _record_metrics(spec: CallSpec, model: str | None, usage: Usage, cost: Decimal | None) -> None:
+def _record_metrics(spec: CallSpec, model: str | None, usage: Usage, cost: int | None) -> None:
     meters = _meters()
     if meters is None:
         return
@@ -658,4 +679,4 @@ def _record_metrics(spec: CallSpec, model: str | None, usage: Usage, cost: Decim
         usage.output_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_OUTPUT}
     )
     if cost is not None:
-        meters.cost.add(float(cost), attrs)
+        meters.cost.add(to_float(cost), attrs)

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from ._usage import Usage
+from ._money import UNITS_PER_USD, to_units
+from ._usage import Counts, Usage
 from .exceptions import BudgetConfigError, BudgetTypeError
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-__all__ = ["price_estimate", "price_usage", "validate_prices"]
+__all__ = ["price_estimate", "price_units", "price_usage", "validate_prices"]
 
 _PER_MILLION: Final = 1_000_000
 _ESTIMATE_KEYS: Final = frozenset(
@@ -54,8 +54,7 @@ _COUNTED_USAGE_KEYS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Term:
+class _Term(NamedTuple):
     """One priced unit: ``price * count / per``, as genai-prices computes it."""
 
     usage_key: str
@@ -63,8 +62,18 @@ class _Term:
     per: int
 
 
-@dataclass(frozen=True, slots=True)
-class _DirectPrice:
+class _UnitRates(NamedTuple):
+    """A flat price in whole units (10^-18 USD) per token: integer arithmetic, exact."""
+
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    prices_cache_read: bool
+    prices_cache_write: bool
+
+
+class _DirectPrice(NamedTuple):
     """A genai-prices ``ModelPrice`` whose arithmetic budgetkit reproduces exactly."""
 
     terms: tuple[_Term, ...]
@@ -75,6 +84,8 @@ class _DirectPrice:
     adding them keeps the result identical, digit for digit."""
     prices_cache_read: bool
     prices_cache_write: bool
+    units: _UnitRates | None
+    """The same price in integers, when every rate is flat and a whole number of units."""
 
     def price(self, usage: Usage) -> Decimal | None:
         """Price ``usage``; ``None`` when genai-prices would reject it (it then decides)."""
@@ -100,13 +111,14 @@ class _DirectPrice:
         return total
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):
     """A cached model lookup."""
 
     provider: Provider
     model: ModelInfo
     direct: _DirectPrice | None
+    units: _UnitRates | None
+    """``direct.units``: the integer rates, when there are."""
     """Set when the model has one fixed price that budgetkit can compute directly."""
 
 
@@ -143,6 +155,46 @@ def price_usage(
     if prices is not None and (rates := prices.get(model)) is not None:
         return _price_with_rates(usage, rates)
     return _price_with_genai_prices(usage, model, when)
+
+
+def price_units(
+    model: str | None,
+    provider: str | None,
+    counts: Counts,
+    prices: Mapping[str, tuple[Decimal, Decimal]] | None = None,
+) -> int | None:
+    """The cost of one call in units (see ``budgetkit._money``), or ``None`` when unknown.
+
+    Exactly :func:`price_usage` rounded up to a unit. For a model with a flat genai-prices
+    price in whole units per token (most models) it is integer arithmetic, which is why
+    every recorded call comes here.
+    """
+    if not model:
+        return None
+    if not (prices and model in prices):
+        try:
+            found = _lookup(provider, model)
+        except (LookupError, ValueError, TypeError):
+            return None
+        if found is None:
+            return None
+        rates = found.units
+        if rates is not None:
+            inp, out, cache_read, cache_write, reasoning = counts
+            input_rate, output_rate, read_rate, write_rate, prices_read, prices_write = rates
+            if prices_read:
+                inp -= cache_read
+            if prices_write:
+                inp -= cache_write
+            if inp >= 0 and reasoning <= out:  # else genai-prices decides, below
+                return (
+                    inp * input_rate
+                    + out * output_rate
+                    + cache_read * read_rate
+                    + cache_write * write_rate
+                )
+    usd = price_usage(Usage(*counts, model=model, provider=provider), prices=prices)
+    return None if usd is None else to_units(usd)
 
 
 def price_estimate(
@@ -342,7 +394,7 @@ def _find(snapshot: DataSnapshot, provider: str | None, model: str) -> _Found | 
             continue
         fixed = model_info.prices if isinstance(model_info.prices, ModelPrice) else None
         direct = _direct_price_for(fixed) if fixed is not None else None
-        return _Found(provider_info, model_info, direct)
+        return _Found(provider_info, model_info, direct, None if direct is None else direct.units)
     return None
 
 
@@ -376,8 +428,29 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
         else:  # a flat price of a unit budgetkit never counts: always a zero term
             zero += price * Decimal(0) / unit.per
     priced = {term.usage_key for term in terms}
+    cache_read, cache_write = "cache_read_tokens" in priced, "cache_write_tokens" in priced
     return _DirectPrice(
-        tuple(terms), zero, "cache_read_tokens" in priced, "cache_write_tokens" in priced
+        tuple(terms), zero, cache_read, cache_write, _unit_rates(terms, cache_read, cache_write)
+    )
+
+
+def _unit_rates(terms: list[_Term], cache_read: bool, cache_write: bool) -> _UnitRates | None:
+    """Whole units per token for each term, or ``None`` (a tier, or a finer rate)."""
+    rates: dict[str, int] = {}
+    for term in terms:
+        if not isinstance(term.price, Decimal):
+            return None
+        per_token = term.price * UNITS_PER_USD / term.per
+        if per_token != per_token.to_integral_value():
+            return None
+        rates[term.usage_key] = int(per_token)
+    return _UnitRates(
+        rates.get("input_tokens", 0),
+        rates.get("output_tokens", 0),
+        rates.get("cache_read_tokens", 0),
+        rates.get("cache_write_tokens", 0),
+        cache_read,
+        cache_write,
     )
 
 

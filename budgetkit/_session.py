@@ -29,7 +29,8 @@ from ._events import listeners as _listeners
 from ._handoff import Handoff, check_session_id, utc_now, write_atomic
 from ._limits import LIMIT_NAMES, Limits, non_negative_int, to_usd
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, add_usage, cap_reached
-from ._usage import Usage
+from ._money import UNITS_PER_USD, from_units, to_units, to_units_floor
+from ._usage import Counts, Usage, usage_counts
 from .exceptions import (
     BudgetConfigError,
     BudgetError,
@@ -173,6 +174,13 @@ class CallSpec:
     wrapup: bool = False
     timeout: float | None = None
     max_output_chars: int | None = None
+
+    def request_model(self, kwargs: Mapping[str, Any]) -> str | None:
+        """The model a call asks for: the decorator's ``model=``, else its ``model`` argument."""
+        if self.model is not None:
+            return self.model
+        model = kwargs.get("model")
+        return model if isinstance(model, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +380,12 @@ class SessionBudget:
         self._max_steps = lim.max_steps
         self._max_llm_calls = lim.max_llm_calls
         self._max_usd = lim.max_usd
+        # USD limits in units (rounded down: ``spent > limit`` is the same test in units).
+        self._max_usd_units = None if lim.max_usd is None else to_units_floor(lim.max_usd)
         self._max_seconds = lim.max_seconds
         self._max_errors = lim.max_consecutive_errors
         self._step_cap = sys.maxsize if lim.max_steps is None else lim.max_steps
+        self._llm_cap = sys.maxsize if lim.max_llm_calls is None else lim.max_llm_calls
         # Only sessions with nothing but count limits take the fast step path.
         self._plain = lim.max_seconds is None and reserve_for_wrapup is None and not self.chain_caps
 
@@ -395,9 +406,11 @@ class SessionBudget:
         self._local_members: tuple[SessionBudget, ...] = (self,)
         if self.ledger is not None:
             self._plain = False
-        # The fast step path admits while steps < _fast_cap; -1 sends every step to _admit.
-        # Setting _tripped or _reason (a limit crossed, or latched) also sets it to -1.
+        # The fast paths admit while steps < _fast_cap (LLM calls < _fast_llm_cap); -1 sends
+        # every call to _admit. Setting _tripped or _reason (a limit crossed, or latched)
+        # also sets both to -1.
         self._fast_cap = self._step_cap if self._plain else -1
+        self._fast_llm_cap = self._llm_cap if self._plain else -1
 
         # Counters, guarded by _LOCK.
         self._steps = 0
@@ -407,12 +420,12 @@ class SessionBudget:
         self._cache_read = 0
         self._cache_write = 0
         self._reasoning = 0
-        self._cost = Decimal(0)
+        self._cost = 0  # USD in units (budgetkit._money), like _reserved
         self._unpriced = 0
         self._unmeasured = 0
         self._errors_in_a_row = 0
         self._errors_pending = False  # some session of the chain counts errors in a row
-        self._reserved = Decimal(0)
+        self._reserved = 0
         self._tripped_as: str | None = None  # a measured limit was crossed: raise at next boundary
         self._reason_as: str | None = None  # latched: exhausted for this reason
         self._refused: str | None = None
@@ -428,6 +441,7 @@ class SessionBudget:
         self._entered = False
         self._parent: SessionBudget | None = None
         self._chain: tuple[SessionBudget, ...] = (self,)
+        self._prices = self.prices  # the user prices in force (the chain's, from entry)
         self._start: float | None = None
         self._end: float | None = None
         self._token: Any = None
@@ -450,6 +464,7 @@ class SessionBudget:
         self._entered = True
         self._parent = parent
         self._chain = chain
+        self._prices = self._all_prices()
         member = next((s for s in chain if s._shared is not None), None)
         if member is not None:
             self._ledger_member = member
@@ -623,6 +638,14 @@ class SessionBudget:
             self._chain_usd_room = (
                 None if caps.max_total_usd is None else caps.max_total_usd - self._prior["cost_usd"]
             )
+        room = self._chain_usd_room
+        self._chain_usd_units = None if room is None else to_units_floor(room)
+        lim = self.limits
+        # Whether a recorded charge can cross a limit: tokens, USD, or the chain's USD.
+        self._measured = room is not None or any(
+            limit is not None
+            for limit in (lim.max_tokens, lim.max_input_tokens, lim.max_output_tokens, lim.max_usd)
+        )
 
     @property
     def exhausted(self) -> bool:
@@ -688,7 +711,7 @@ class SessionBudget:
             input_tokens=non_negative_int(input_tokens, "input_tokens"),
             output_tokens=non_negative_int(output_tokens, "output_tokens"),
         )
-        self._record(usage, cost if cost is not None else Decimal(0), priced=True)
+        self._record(usage_counts(usage), 0 if cost is None else to_units(cost))
         if _listeners:
             emit("charge", self, usage=usage, cost_usd=cost)
 
@@ -701,7 +724,7 @@ class SessionBudget:
         ``max_usd`` before any call is made. LLM costs charged inside the block are taken
         out of the reservation; what is left is released on exit, also on errors.
         """
-        amount = to_usd(usd, "usd")
+        amount = to_units(to_usd(usd, "usd"))
         self._admit(None, "reserve", amount)
         holder = _Reservation(amount)
         token = _reservation.set(holder)
@@ -929,7 +952,7 @@ class SessionBudget:
     def _tripped(self, reason: str | None) -> None:
         self._tripped_as = reason
         if reason is not None:
-            self._fast_cap = -1
+            self._fast_cap = self._fast_llm_cap = -1
 
     @property
     def _reason(self) -> str | None:
@@ -940,7 +963,7 @@ class SessionBudget:
     def _reason(self, reason: str | None) -> None:
         self._reason_as = reason
         if reason is not None:
-            self._fast_cap = -1
+            self._fast_cap = self._fast_llm_cap = -1
 
     def _admit_step(self, name: str) -> None:
         """The fast path of ``_admit(STEP, name)``: count the step when nothing can refuse it.
@@ -950,10 +973,11 @@ class SessionBudget:
         would admit anyway.
         """
         if self._parent is None:  # the common case: no nesting
-            with _LOCK:
-                admitted = self._steps < self._fast_cap
-                if admitted:
-                    self._steps += 1
+            _LOCK.acquire()  # (not `with`: half the cost, and nothing in between can raise)
+            admitted = self._steps < self._fast_cap
+            if admitted:
+                self._steps += 1
+            _LOCK.release()
             if admitted:
                 if _listeners:
                     emit("step", self, name=name)
@@ -976,8 +1000,22 @@ class SessionBudget:
                 return
         self._admit(STEP, name)
 
+    def _admit_llm(self, name: str) -> None:
+        """The fast path of ``_admit(LLM, name)`` (no reservation), as :meth:`_admit_step`."""
+        if self._parent is None:
+            _LOCK.acquire()
+            admitted = self._llm_calls < self._fast_llm_cap
+            if admitted:
+                self._llm_calls += 1
+            _LOCK.release()
+            if admitted:
+                if self._watch:
+                    self._notify()
+                return
+        self._admit(LLM, name)
+
     def _admit(
-        self, kind: str | None, name: str, reserve: Decimal | None = None, *, wrapup: bool = False
+        self, kind: str | None, name: str, reserve: int | None = None, *, wrapup: bool = False
     ) -> None:
         """Check every enclosing session, then count the call in all of them, atomically.
 
@@ -1018,7 +1056,7 @@ class SessionBudget:
             (lim.max_tokens, self._input + self._output),
             (lim.max_input_tokens, self._input),
             (lim.max_output_tokens, self._output),
-            (lim.max_usd, self._cost),
+            (lim.max_usd, self._cost / UNITS_PER_USD),
         )
         for limit, used in measured:
             if limit is not None and float(used) > float(limit) * keep:
@@ -1251,25 +1289,53 @@ class SessionBudget:
 
     def _record(
         self,
-        usage: Usage | None,
-        cost: Decimal | None,
+        counts: Counts | None,
+        cost: int | None,
         *,
-        priced: bool,
-        release: Decimal | None = None,
+        release: int | None = None,
     ) -> None:
-        """Add one call's usage and cost to every session of the chain; trip measured limits."""
-        holder = _reservation.get()
-        if holder is not None and cost:
-            with _LOCK, localcontext(_EXACT):
-                release = (release or Decimal(0)) + holder.take(cost)
+        """Add one call's token counts (``None``: unmeasured) and cost (units; ``None``:
+        unpriced) to every session of the chain, and trip the measured limits it crosses."""
+        if cost and (holder := _reservation.get()) is not None:
+            with _LOCK:
+                release = (release or 0) + holder.take(cost)
         if self._ledger_member is not None:
             from . import _shared
 
-            _shared.record(self, usage, cost, priced, release)
+            _shared.record(self, counts, cost, release)
             return
-        record_in(self._chain, usage, cost, priced, release)
+        if self._parent is None and not release:  # the common case, without the loop
+            _LOCK.acquire()
+            try:
+                self._add(counts, cost)
+            finally:
+                _LOCK.release()
+            return
+        record_in(self._chain, counts, cost, release)
 
-    def _release(self, amount: Decimal) -> None:
+    def _add(self, counts: Counts | None, cost: int | None) -> None:
+        """Add one call to this session's counters (under _LOCK): the one recording rule."""
+        if counts is None:
+            self._unmeasured += 1
+        else:
+            inp, out, cache_read, cache_write, reasoning = counts
+            self._input += inp
+            self._output += out
+            if cache_read:
+                self._cache_read += cache_read
+            if cache_write:
+                self._cache_write += cache_write
+            if reasoning:
+                self._reasoning += reasoning
+        if cost is None:
+            if counts is not None:
+                self._unpriced += 1
+        else:
+            self._cost += cost
+        if self._tripped_as is None and self._measured:
+            self._tripped = self._over_measured_limit()
+
+    def _release(self, amount: int) -> None:
         if not amount:
             return
         if self._ledger_member is not None:
@@ -1280,7 +1346,7 @@ class SessionBudget:
         release_in(self._chain, amount)
 
     def _over_measured_limit(self) -> str | None:
-        if self._chain_usd_room is not None and self._cost > self._chain_usd_room:
+        if self._chain_usd_units is not None and self._cost > self._chain_usd_units:
             return "max_total_usd"
         lim = self.limits
         if lim.max_tokens is not None and self._input + self._output > lim.max_tokens:
@@ -1289,7 +1355,7 @@ class SessionBudget:
             return "max_input_tokens"
         if lim.max_output_tokens is not None and self._output > lim.max_output_tokens:
             return "max_output_tokens"
-        if self._max_usd is not None and self._cost > self._max_usd:
+        if self._max_usd_units is not None and self._cost > self._max_usd_units:
             return "max_usd"
         return None
 
@@ -1355,7 +1421,7 @@ class SessionBudget:
             input_tokens=inp,
             output_tokens=out,
             total_tokens=inp + out,
-            cost_usd=cost,
+            cost_usd=from_units(cost),
             elapsed_seconds=elapsed,
             cache_read_tokens=cr,
             cache_write_tokens=cw,
@@ -1373,7 +1439,7 @@ def check_and_count(
     members: Sequence[SessionBudget],
     kind: str | None,
     name: str,
-    reserve: Decimal | None,
+    reserve: int | None,
     wrapup: bool,
 ) -> tuple[SessionBudget | None, SessionBudget | None]:
     """Check ``members`` (outermost first), then count the call in all of them, atomically.
@@ -1381,7 +1447,6 @@ def check_and_count(
     Returns ``(latched, refused_by)``: the session a limit latched (or that was latched), and
     the one whose wrap-up reserve refuses the call; both ``None`` when the call is counted.
     """
-    add = _EXACT.add  # exact sums whatever the caller's decimal context is
     tripped: SessionBudget | None = None
     refused_by: SessionBudget | None = None
     with _LOCK:
@@ -1409,10 +1474,10 @@ def check_and_count(
                 ):
                     reason = "max_llm_calls"
             if reason is None and reserve is not None:
-                wanted = add(add(s._cost, s._reserved), reserve)
-                if s._chain_usd_room is not None and wanted > s._chain_usd_room:
+                wanted = s._cost + s._reserved + reserve
+                if s._chain_usd_units is not None and wanted > s._chain_usd_units:
                     reason = "max_total_usd"
-                elif s._max_usd is not None and wanted > s._max_usd:
+                elif s._max_usd_units is not None and wanted > s._max_usd_units:
                     reason = "max_usd"
             if reason is not None:
                 s._reason = reason
@@ -1429,13 +1494,13 @@ def check_and_count(
                 elif kind == LLM:
                     s._llm_calls += 1
                 if reserve is not None:
-                    s._reserved = add(s._reserved, reserve)
+                    s._reserved += reserve
     return tripped, refused_by
 
 
-def uncount(members: Sequence[SessionBudget], kind: str | None, reserve: Decimal | None) -> None:
+def uncount(members: Sequence[SessionBudget], kind: str | None, reserve: int | None) -> None:
     """Take back what :func:`check_and_count` counted (a ledger refused the call after it)."""
-    with _LOCK, localcontext(_EXACT):
+    with _LOCK:
         for s in members:
             if kind == STEP:
                 s._steps -= 1
@@ -1446,36 +1511,19 @@ def uncount(members: Sequence[SessionBudget], kind: str | None, reserve: Decimal
 
 
 def record_in(
-    members: Sequence[SessionBudget],
-    usage: Usage | None,
-    cost: Decimal | None,
-    priced: bool,
-    release: Decimal | None,
+    members: Sequence[SessionBudget], counts: Counts | None, cost: int | None, release: int | None
 ) -> None:
-    """Add one call's usage and cost to ``members``; trip the measured limits it crosses."""
-    with _LOCK, localcontext(_EXACT):
+    """Add one call to ``members`` and release its reservation (see ``SessionBudget._add``)."""
+    with _LOCK:
         for s in members:
-            if usage is None:
-                s._unmeasured += 1
-            else:
-                s._input += usage.input_tokens
-                s._output += usage.output_tokens
-                s._cache_read += usage.cache_read_tokens
-                s._cache_write += usage.cache_write_tokens
-                s._reasoning += usage.reasoning_tokens
-                if not priced:
-                    s._unpriced += 1
-            if cost is not None:
-                s._cost += cost
+            s._add(counts, cost)
             if release:
                 s._reserved -= release
-            if s._tripped is None:
-                s._tripped = s._over_measured_limit()
 
 
-def release_in(members: Sequence[SessionBudget], amount: Decimal) -> None:
-    """Give ``amount`` of reserved USD back to ``members``."""
-    with _LOCK, localcontext(_EXACT):
+def release_in(members: Sequence[SessionBudget], amount: int) -> None:
+    """Give ``amount`` of reserved USD (units) back to ``members``."""
+    with _LOCK:
         for s in members:
             s._reserved -= amount
 
@@ -1487,21 +1535,21 @@ def _claim_handoff(session: SessionBudget) -> bool:
 
 
 class _Reservation:
-    """The part of a ``session.reserve()`` block not yet consumed by charges."""
+    """The part of a ``session.reserve()`` block (units) not yet consumed by charges."""
 
     __slots__ = ("left",)
 
-    def __init__(self, amount: Decimal) -> None:
+    def __init__(self, amount: int) -> None:
         self.left = amount
 
-    def take(self, cost: Decimal) -> Decimal:
+    def take(self, cost: int) -> int:
         taken = min(cost, self.left)
         self.left -= taken
         return taken
 
-    def take_all(self) -> Decimal:
+    def take_all(self) -> int:
         with _LOCK:
-            left, self.left = self.left, Decimal(0)
+            left, self.left = self.left, 0
         return left
 
 

@@ -19,6 +19,8 @@ from urllib.parse import quote, unquote
 from . import _session
 from ._events import emit
 from ._events import listeners as _listeners
+from ._money import from_units
+from ._usage import Counts, Usage
 from .exceptions import (
     BudgetConfigError,
     BudgetTypeError,
@@ -29,10 +31,8 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from decimal import Decimal
 
     from ._session import SessionBudget, SessionUsage
-    from ._usage import Usage
     from .ledgers import Ledger, LedgerSession
 
 #: The W3C baggage entry that carries a session id to other processes.
@@ -182,7 +182,7 @@ def flush(member: SessionBudget) -> None:
 
 # ------------------------------------------------------------------ boundary
 def admit(
-    session: SessionBudget, kind: str | None, name: str, reserve: Decimal | None, wrapup: bool
+    session: SessionBudget, kind: str | None, name: str, reserve: int | None, wrapup: bool
 ) -> None:
     """``SessionBudget._admit`` for a chain that holds a ledger session."""
     member = session._ledger_member
@@ -196,7 +196,8 @@ def admit(
     if refused_by is not None:
         raise refused_by._refusal("wrapup_reserve")
     try:
-        reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
+        usd = None if reserve is None else from_units(reserve)
+        reason = handle.admit(kind, usd, name=name, wrapup=wrapup)
     except LedgerUnavailableError as exc:
         if member.on_ledger_error == "closed":
             _session.uncount(local, kind, reserve)
@@ -222,31 +223,31 @@ def admit(
 
 
 def record(
-    session: SessionBudget,
-    usage: Usage | None,
-    cost: Decimal | None,
-    priced: bool,
-    release: Decimal | None,
+    session: SessionBudget, counts: Counts | None, cost: int | None, release: int | None
 ) -> None:
-    """Charge the in-process sessions of the chain, then the ledger session."""
+    """Charge the in-process sessions of the chain, then the ledger session (USD in units)."""
     member = session._ledger_member
     assert member is not None
-    _session.record_in(session._local_members, usage, cost, priced, release)
+    _session.record_in(session._local_members, counts, cost, release)
     handle = _handle(member)
     op_id = handle.new_op_id()
+    usage = None if counts is None else Usage(*counts)
+    usd = None if cost is None else from_units(cost)
+    released = from_units(release) if release else None
     _send(
         member,
-        lambda: handle.record(usage, cost, priced=priced, release=release, op_id=op_id),
+        lambda: handle.record(usage, usd, priced=cost is not None, release=released, op_id=op_id),
     )
 
 
-def release(session: SessionBudget, amount: Decimal) -> None:
+def release(session: SessionBudget, amount: int) -> None:
     member = session._ledger_member
     assert member is not None
     _session.release_in(session._local_members, amount)
     handle = _handle(member)
     op_id = handle.new_op_id()
-    _send(member, lambda: handle.release(amount, op_id=op_id))
+    usd = from_units(amount)
+    _send(member, lambda: handle.release(usd, op_id=op_id))
 
 
 def failed(member: SessionBudget) -> None:

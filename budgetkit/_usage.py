@@ -40,3 +40,18 @@ class Usage:
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+#: Token counts as the session adds them: (input, output, cache read, cache write, reasoning).
+Counts = tuple[int, int, int, int, int]
+
+
+def usage_counts(usage: Usage) -> Counts:
+    """The counts of ``usage``, in :data:`Counts` order."""
+    return (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )

@@ -17,7 +17,8 @@ from typing import Any
 import wrapt
 from opentelemetry import trace as _trace
 
-from ._calls import LLMCall, enter_step, exit_step
+from . import _otel
+from ._calls import LLMCall, enter_step, exit_step, llm_finished
 from ._otel import start_call
 from ._session import LLM, STEP, CallSpec, SessionBudget, _current
 from .exceptions import StepTimeoutError
@@ -185,18 +186,29 @@ def llm_wrapper(
     spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
 ) -> Wrapper:
     """The sync LLM-call wrapper; ``current`` finds the session (``instrument()`` widens it)."""
+    name = spec.name
+    plain = spec.estimate is None and not spec.wrapup  # admitted without a reservation
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
             return wrapped(*args, **kwargs)
-        call = LLMCall(session, spec, args, kwargs)
+        if not plain:
+            call = LLMCall.begin(session, spec, args, kwargs)
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            return call.finish(result)
+        session._admit_llm(name)
+        handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            call.fail(exc)
+            LLMCall(session, spec, None, None, handle).fail(exc)
             raise
-        return call.finish(result)
+        return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
 
@@ -205,18 +217,29 @@ def llm_coroutine_wrapper(
     spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
 ) -> Wrapper:
     """The ``async def`` LLM-call wrapper; ``current`` as in :func:`llm_wrapper`."""
+    name = spec.name
+    plain = spec.estimate is None and not spec.wrapup
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
             return await wrapped(*args, **kwargs)
-        call = LLMCall(session, spec, args, kwargs)
+        if not plain:
+            call = LLMCall.begin(session, spec, args, kwargs)
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            return call.finish(result)
+        session._admit_llm(name)
+        handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            call.fail(exc)
+            LLMCall(session, spec, None, None, handle).fail(exc)
             raise
-        return call.finish(result)
+        return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
 
@@ -250,7 +273,7 @@ def _gen_step(
 def _gen_llm(
     session: SessionBudget, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
 ) -> Generator[Any, Any, Any]:
-    call = LLMCall(session, spec, args, kwargs)
+    call = LLMCall.begin(session, spec, args, kwargs)
     stream = call.finish(gen)  # a proxy that settles the call when the stream ends
     try:
         yield from stream
@@ -311,7 +334,7 @@ _DONE: Any = object()
 async def _agen_llm(
     session: SessionBudget, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
 ) -> AsyncGenerator[Any, Any]:
-    call = LLMCall(session, spec, args, kwargs)
+    call = LLMCall.begin(session, spec, args, kwargs)
     stream = call.finish(agen)
     try:
         async for item in stream:

@@ -558,13 +558,14 @@ def test_ledger_property(charges, max_usd, max_tokens) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     charges=st.lists(
-        st.decimals(min_value=0, max_value=10**6, allow_nan=False, allow_infinity=False, places=30),
+        st.decimals(min_value=0, max_value=10**12, allow_nan=False, places=18),
         min_size=1,
         max_size=10,
     )
 )
 def test_ledger_exact_for_high_precision_amounts(charges) -> None:
-    """The USD ledger stays exact for amounts with more digits than Decimal's default precision."""
+    """The USD ledger stays exact for amounts with more digits than Decimal's default precision
+    (up to 30 digits here: 12 whole, 18 decimal places)."""
     with SessionBudget(handoff_dir=None) as s:
         for usd in charges:
             s.charge(usd=usd)
@@ -572,6 +573,28 @@ def test_ledger_exact_for_high_precision_amounts(charges) -> None:
     for usd in charges:
         exact = exact.fma(1, usd, decimal.Context(prec=decimal.MAX_PREC))
     assert s.usage.cost_usd == exact
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    charges=st.lists(
+        st.decimals(min_value=0, max_value=10, allow_nan=False, allow_infinity=False, places=30),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_ledger_rounds_each_charge_up_to_an_attodollar(charges) -> None:
+    """Past 18 decimal places (10^-18 USD) each charge is rounded up: never under-counted."""
+    with SessionBudget(handoff_dir=None) as s:
+        for usd in charges:
+            s.charge(usd=usd)
+    exact = decimal.Context(prec=decimal.MAX_PREC)
+    expected = Decimal(0)
+    for usd in charges:
+        rounded = usd.quantize(Decimal("1e-18"), rounding=decimal.ROUND_CEILING, context=exact)
+        expected = expected.fma(1, rounded, exact)
+    assert s.usage.cost_usd == expected
+    assert s.usage.cost_usd >= sum(charges, Decimal(0))
 
 
 def test_ledger_ignores_callers_decimal_context() -> None:

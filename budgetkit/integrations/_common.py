@@ -57,7 +57,7 @@ def start_llm_call(
 ) -> LLMCall:
     """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span."""
     spec = CallSpec(LLM, name or "llm", model or None, provider or None)
-    return LLMCall(session, spec, (), {} if messages is None else {"messages": messages})
+    return LLMCall.begin(session, spec, (), {} if messages is None else {"messages": messages})
 
 
 def _arguments(arguments: object) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import _money
 from .._handoff import check_session_id
 from .._limits import LIMIT_NAMES, Limits
 from ..exceptions import (
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
     from .._usage import Usage
 
 __all__ = ["RedisLedger", "RedisLedgerSession"]
-
-#: Decimal places of the integer USD unit the scripts work in.
-USD_SCALE = 18
 
 STEP = "step"
 LLM = "llm"
@@ -444,28 +442,19 @@ _LIMIT_FIELDS = {
 
 
 # ---------------------------------------------------------------------------------- USD
-def to_units(amount: Decimal) -> str:
-    """``amount`` USD as an integer of 10^-18 USD (rounded up past 18 places), as a string."""
+def to_units(amount: Decimal, *, limit: bool = False) -> str:
+    """``amount`` USD as an integer of 10^-18 USD, as a string: rounded up past 18 places,
+    or down for a ``limit`` (so ``spent > limit`` reads the same in units as in USD)."""
     if not amount.is_finite() or amount < 0:
         raise BudgetConfigError(f"a ledger amount must be a non-negative USD value, got {amount}")
-    _sign, digits, exponent = amount.as_tuple()
-    assert isinstance(exponent, int)
-    value = int("".join(map(str, digits)) or "0")
-    shift = exponent + USD_SCALE
-    if shift >= 0:
-        return str(value * 10**shift)
-    whole, rest = divmod(value, 10**-shift)
-    return str(whole + (1 if rest else 0))
+    return str(_money.to_units_floor(amount) if limit else _money.to_units(amount))
 
 
 def from_units(units: str | bytes | None) -> Decimal:
     """The exact Decimal of a units string, without trailing zeros (``"0.00036"``)."""
     if units is None:
         return Decimal(0)
-    text = units.decode() if isinstance(units, bytes) else units
-    padded = text.rjust(USD_SCALE + 1, "0")
-    whole, frac = padded[:-USD_SCALE], padded[-USD_SCALE:].rstrip("0")
-    return Decimal(f"{whole}.{frac}" if frac else whole)
+    return _money.from_units(int(units))
 
 
 # ---------------------------------------------------------------------------------- ledger
@@ -652,12 +641,12 @@ class RedisLedger:
         if step_room is not None:
             fields += ["cs", str(max(step_room, 0))]
         if usd_room is not None:
-            fields += ["cu", to_units(max(usd_room, Decimal(0)))]
+            fields += ["cu", to_units(max(usd_room, Decimal(0)), limit=True)]
         for limit, field in _LIMIT_FIELDS.items():
             value = getattr(limits, limit)
             if value is None:
                 continue
-            fields += [field, to_units(value) if limit == "max_usd" else repr(value)]
+            fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
         answer = _text(self._run("create", self._keys(session_id), [self._ttl_ms, *fields]))
