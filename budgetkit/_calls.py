@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as _trace
@@ -20,6 +21,34 @@ from .exceptions import UnmeasuredUsageWarning
 
 if TYPE_CHECKING:
     from ._extract import DirectRead
+
+
+class Nesting:
+    """While ``instrument()`` is active, a decorated LLM call marks the time its body runs:
+    an instrumented SDK call inside it is the same LLM call, charged once (by the decorator).
+    """
+
+    guard = False  # instrument() is active: decorated LLM calls mark their bodies
+    inside: ContextVar[bool] = ContextVar("budgetkit_inside_llm_call", default=False)
+
+
+def run_marked(wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run a decorated LLM call's body marked as inside it (see :class:`Nesting`)."""
+    token = Nesting.inside.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        Nesting.inside.reset(token)
+
+
+async def await_marked(wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """:func:`run_marked` for an ``async def`` body."""
+    token = Nesting.inside.set(True)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        Nesting.inside.reset(token)
+
 
 #: ``_pricing.price_units``: (model, provider, counts, prices) to units, or ``None``.
 PriceUnits = Callable[[str | None, str | None, Counts, Mapping[str, Any]], int | None]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from ._calls import Nesting
 from ._session import LLM, CallSpec, SessionBudget, _current
 from ._wrap import llm_coroutine_wrapper, llm_wrapper
 
@@ -74,7 +75,7 @@ def instrument(session: SessionBudget | None = None) -> None:
         _state.fallback = session
         if _state.active:
             return
-        _state.active = True
+        _state.active = Nesting.guard = True
         for module, cls, method, provider in _TARGETS:
             if module in sys.modules:  # imported already (or instrumented before)
                 _patch(sys.modules[module], cls, method, provider)
@@ -90,7 +91,7 @@ def uninstrument() -> None:
     .. versionadded:: 0.1.0
     """
     with _lock:
-        _state.active = False
+        _state.active = Nesting.guard = False
         _state.fallback = None
         for owner, method, original, ours in reversed(_state.patched):
             if owner.__dict__.get(method) is ours:  # not re-wrapped by someone else since
@@ -129,6 +130,8 @@ def _patch(module: Any, cls_name: str, method: str, provider: str) -> None:
 
 def _session() -> SessionBudget | None:
     if not _state.active:  # a wrapper someone else re-wrapped, so it stayed in place
+        return None
+    if Nesting.inside.get():  # called by a @budget.llm_call function: it charges the call
         return None
     session = _current.get()
     if session is not None:

@@ -18,7 +18,15 @@ import wrapt
 from opentelemetry import trace as _trace
 
 from . import _otel
-from ._calls import LLMCall, enter_step, exit_step, llm_finished
+from ._calls import (
+    LLMCall,
+    Nesting,
+    await_marked,
+    enter_step,
+    exit_step,
+    llm_finished,
+    run_marked,
+)
 from ._otel import start_call
 from ._session import LLM, STEP, CallSpec, SessionBudget, _current
 from .exceptions import StepTimeoutError
@@ -196,7 +204,9 @@ def llm_wrapper(
         if not plain:
             call = LLMCall.begin(session, spec, args, kwargs)
             try:
-                result = wrapped(*args, **kwargs)
+                result = (
+                    run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
+                )
             except BaseException as exc:
                 call.fail(exc)
                 raise
@@ -204,7 +214,9 @@ def llm_wrapper(
         session._admit_llm(name)
         handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         try:
-            result = wrapped(*args, **kwargs)
+            result = (
+                run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
+            )
         except BaseException as exc:
             LLMCall(session, spec, None, None, handle).fail(exc)
             raise
@@ -227,7 +239,10 @@ def llm_coroutine_wrapper(
         if not plain:
             call = LLMCall.begin(session, spec, args, kwargs)
             try:
-                result = await wrapped(*args, **kwargs)
+                if Nesting.guard:
+                    result = await await_marked(wrapped, args, kwargs)
+                else:
+                    result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 call.fail(exc)
                 raise
@@ -235,7 +250,10 @@ def llm_coroutine_wrapper(
         session._admit_llm(name)
         handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         try:
-            result = await wrapped(*args, **kwargs)
+            if Nesting.guard:
+                result = await await_marked(wrapped, args, kwargs)
+            else:
+                result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             LLMCall(session, spec, None, None, handle).fail(exc)
             raise

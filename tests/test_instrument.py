@@ -269,3 +269,48 @@ def test_patches_an_sdk_imported_after_instrument() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_decorated_call_around_an_instrumented_one_is_charged_once(
+    client: openai.OpenAI, stub: StubServer, handoff_dir: Path
+) -> None:
+    """``@budget.llm_call`` on a function that calls an instrumented SDK: one LLM call, one
+    charge (the decorator's), not two."""
+    budgetkit.instrument()
+
+    @budgetkit.budget.llm_call
+    def ask(prompt: str) -> Any:
+        return client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+        )
+
+    with SessionBudget(handoff_dir=handoff_dir) as session:
+        ask("one")
+        ask("two")
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # not decorated
+    usage = session.usage
+    assert len(stub.requests) == 3
+    assert (usage.llm_calls, usage.input_tokens, usage.output_tokens) == (3, 3600, 900)
+    assert usage.cost_usd == 3 * _cost("gpt-4o-mini-2024-07-18", "openai")
+
+
+@pytest.mark.asyncio
+async def test_a_decorated_async_call_around_an_instrumented_one_is_charged_once(
+    stub: StubServer, handoff_dir: Path
+) -> None:
+    budgetkit.instrument()
+    client = openai.AsyncOpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
+
+    @budgetkit.budget.llm_call
+    async def ask(prompt: str) -> Any:
+        return await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+        )
+
+    async with SessionBudget(handoff_dir=handoff_dir) as session:
+        await ask("one")
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    await client.close()
+    assert len(stub.requests) == 2
+    assert session.usage.llm_calls == 2
+    assert session.usage.input_tokens == 2400
