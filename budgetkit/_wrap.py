@@ -76,9 +76,10 @@ def _sync_step(spec: CallSpec) -> Wrapper:
     # enter_step/exit_step inlined for the hot path: the rules stay in SessionBudget's
     # _admit_step/_call_succeeded and _otel; only the Python call layers are skipped.
     name = spec.name
+    current = _current.get  # a closure variable: one load cheaper than the global's method
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = current()
         if session is None:
             return wrapped(*args, **kwargs)
         session._admit_step(name)
@@ -99,9 +100,10 @@ def _sync_step(spec: CallSpec) -> Wrapper:
 
 def _coro_step(spec: CallSpec) -> Wrapper:
     name = spec.name
+    current = _current.get
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = current()
         if session is None:
             return await wrapped(*args, **kwargs)
         session._admit_step(name)
