@@ -138,7 +138,7 @@ def settle(
     ``counts`` ``None`` is an unmeasured call, ``cost`` (units) ``None`` an unpriced one;
     ``usage`` is built from the counts only when a listener or the span needs it.
     """
-    session._record(counts, cost, release=release)
+    session._record(counts, cost, release)
     if counts is None:
         _warn_unmeasured(session, spec, streamed=streamed)
     elif cost is None:

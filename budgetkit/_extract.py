@@ -151,29 +151,26 @@ def _read_chat_completion(response: Any) -> DirectRead | None:
             return None
         inp = usage.prompt_tokens
         out = usage.completion_tokens
-        if type(inp) is not int or type(out) is not int or inp < 0 or out < 0:
-            return None
-        cache_read = cache_write = reasoning = 0
         details = usage.prompt_tokens_details
-        if details is not None:
-            if details.__pydantic_extra__:
-                return None
+        if details is None:
+            cache_read = cache_write = 0
+        elif details.__pydantic_extra__:
+            return None
+        else:  # cached_tokens None: the general reader looks for DeepSeek's field
             cache_read = details.cached_tokens
             cache_write = details.cache_write_tokens or 0
-            if type(cache_read) is not int or type(cache_write) is not int:
-                return None  # cached_tokens None: the general reader looks for DeepSeek's field
-            if cache_read < 0 or cache_write < 0:
-                return None
         details = usage.completion_tokens_details
-        if details is not None:
-            reasoning = details.reasoning_tokens or 0
-            if type(reasoning) is not int or reasoning < 0:
-                return None
+        reasoning = 0 if details is None else details.reasoning_tokens or 0
         model = response.model
     except AttributeError:  # a field this SDK version does not declare
         return None
-    counts = (inp, out, cache_read, cache_write, reasoning)
-    return (model if type(model) is str and model else None), counts
+    if (
+        type(inp) is int is type(out) is type(cache_read) is type(cache_write) is type(reasoning)
+        and inp | out | cache_read | cache_write | reasoning >= 0  # all ints: none negative
+    ):
+        counts = (inp, out, cache_read, cache_write, reasoning)
+        return (model if type(model) is str and model else None), counts
+    return None
 
 
 def _extract(response: object, model: str | None) -> Usage | None:

@@ -1291,7 +1291,6 @@ class SessionBudget:
         self,
         counts: Counts | None,
         cost: int | None,
-        *,
         release: int | None = None,
     ) -> None:
         """Add one call's token counts (``None``: unmeasured) and cost (units; ``None``:
