@@ -254,7 +254,8 @@ class SessionBudget:
         handoff_dir: where ``<session_id>.json`` is written on exhaustion; default
             ``$BUDGETKIT_HANDOFF_DIR`` or ``./handoffs``; ``None`` writes no file.
         raise_on_exhausted: ``False`` makes the block swallow its own ``BudgetExhausted``
-            on exit; ``session.result.stop_reason`` then tells why it stopped.
+            on exit (also an exception group of nothing else, as ``asyncio.TaskGroup``
+            raises); ``session.result.stop_reason`` then tells why it stopped.
         prices: your own prices, ``{"model": (usd_per_million_input, usd_per_million_output)}``,
             which win over the bundled price table.
         on_unknown_cost: with ``max_usd`` set, what an unpriceable call does: ``"warn"``
@@ -518,11 +519,12 @@ class SessionBudget:
             _current.set(self._parent)
         self._end = _config.clock()
         usage = self._snapshot()  # first: with a ledger, it reads a latch set by another worker
-        own = isinstance(exc, BudgetExhausted) and exc.session_id == self.session_id
+        exhausted = _exhaustion_of(exc)
+        own = exhausted is not None and _only_exhaustions_of(exc, self.session_id)
         if self._reason is not None:
             stop_reason, stopped_by = self._reason, self.session_id
-        elif isinstance(exc, BudgetExhausted):
-            stop_reason, stopped_by = exc.reason, exc.session_id
+        elif exhausted is not None:
+            stop_reason, stopped_by = exhausted.reason, exhausted.session_id
         elif exc is not None:
             stop_reason, stopped_by = "error", None
         else:
@@ -1522,6 +1524,30 @@ def release_in(members: Sequence[SessionBudget], amount: int) -> None:
     with _LOCK:
         for s in members:
             s._reserved -= amount
+
+
+def _exhaustion_of(exc: BaseException | None) -> BudgetExhausted | None:
+    """The ``BudgetExhausted`` that ended a block: ``exc`` itself, or the first of an
+    exception group (a ``TaskGroup``) made of nothing else."""
+    if isinstance(exc, BudgetExhausted):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found, rest = exc.split(BudgetExhausted)
+        if found is not None and rest is None:
+            first: BaseException = found
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            assert isinstance(first, BudgetExhausted)
+            return first
+    return None
+
+
+def _only_exhaustions_of(exc: BaseException | None, session_id: str) -> bool:
+    """Whether ``exc`` (or every exception of its group) is this session's exhaustion."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(lambda e: isinstance(e, BudgetExhausted) and e.session_id == session_id)
+        return rest is None
+    return isinstance(exc, BudgetExhausted) and exc.session_id == session_id
 
 
 def _claim_handoff(session: SessionBudget) -> bool:

@@ -161,6 +161,44 @@ def test_show_prints_a_handoff(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "To resume:\n  budgetkit demo --resume handoffs/s1.json" in out
 
 
+def test_show_prints_the_chain_of_a_resumed_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from budgetkit import BudgetExhausted, SessionBudget, budget
+
+    @budget.step
+    def tool() -> None:
+        return None
+
+    def run_out(session: SessionBudget) -> Path:
+        def run() -> None:
+            with session:
+                while True:
+                    tool()
+
+        with pytest.raises(BudgetExhausted) as caught:
+            run()
+        path = caught.value.handoff_path
+        assert path is not None
+        return path
+
+    first = SessionBudget(max_steps=2, max_total_steps=5, max_sessions=3, handoff_dir=tmp_path)
+    second = SessionBudget.resume(run_out(first))
+    assert main(["show", str(run_out(second))]) == EXIT_OK
+    rows = _rows(capsys.readouterr().out)
+    assert rows["chain"] == f"session 2 of chain {first.session_id}"
+    assert rows["chain steps"] == "4 of 5"
+    assert rows["chain sessions"] == "2 of 3"
+    assert rows["chain cost"] == "$0.0000"
+
+
+def test_show_leaves_out_the_chain_of_a_lone_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", str(_handoff(tmp_path))]) == EXIT_OK
+    assert "chain" not in _rows(capsys.readouterr().out)
+
+
 def test_show_json_is_the_validated_document(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -271,3 +271,68 @@ def test_threads_nested_sessions_exact(handoff_dir: Path, monkeypatch: pytest.Mo
     assert stopped_by == [outer.session_id] * 32
     assert outer.usage.steps == inner.usage.steps == 100
     assert not inner.exhausted
+
+
+@pytest.mark.asyncio
+async def test_task_group_exhaustion_is_swallowed_with_raise_on_exhausted_false(
+    handoff_dir: Path,
+) -> None:
+    """A TaskGroup wraps BudgetExhausted in an ExceptionGroup; raise_on_exhausted=False still
+    ends the block quietly when the group holds nothing but this session's exhaustion."""
+
+    @budget.step
+    async def tool(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    session = SessionBudget(max_steps=3, handoff_dir=handoff_dir, raise_on_exhausted=False)
+    async with session as s, asyncio.TaskGroup() as group:
+        for i in range(10):
+            group.create_task(tool(i))
+    assert s.result is not None
+    assert s.result.stop_reason == "max_steps"
+    assert s.usage.steps == 3
+
+
+@pytest.mark.asyncio
+async def test_task_group_with_another_error_is_not_swallowed(handoff_dir: Path) -> None:
+    @budget.step
+    async def tool(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    async def run() -> None:
+        session = SessionBudget(max_steps=1, handoff_dir=handoff_dir, raise_on_exhausted=False)
+        async with session, asyncio.TaskGroup() as group:
+            group.create_task(tool(0))
+            group.create_task(tool(1))
+            group.create_task(broken())
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await run()
+    kinds = {type(e) for e in caught.value.exceptions}
+    assert ValueError in kinds
+
+
+@pytest.mark.asyncio
+async def test_task_group_exhaustion_of_an_outer_session_reaches_it(handoff_dir: Path) -> None:
+    """An inner session does not swallow the outer session's exhaustion; the outer one does."""
+
+    @budget.step
+    async def tool(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    outer = SessionBudget(max_steps=2, handoff_dir=handoff_dir, raise_on_exhausted=False)
+    inner = SessionBudget(handoff_dir=handoff_dir, raise_on_exhausted=False)
+    async with outer as o, inner, asyncio.TaskGroup() as group:
+        for i in range(5):
+            group.create_task(tool(i))
+    assert inner.result is not None
+    assert inner.result.stop_reason == "max_steps"
+    assert inner.result.stopped_by == o.session_id
+    assert o.result is not None
+    assert o.result.stop_reason == "max_steps"

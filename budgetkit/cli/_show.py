@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         ("created", handoff.created_at),
     ]
     rows += _usage_rows(handoff)
+    rows += _lineage_rows(handoff)
     if handoff.trace_id:
         rows.append(("trace id", handoff.trace_id))
     print_table(f"handoff {args.handoff}", rows)
@@ -96,6 +97,27 @@ def _usage_rows(handoff: Handoff) -> list[tuple[str, Any]]:
     if errors is not None:
         rows.append(("max errors in a row", errors))
     return rows
+
+
+def _lineage_rows(handoff: Handoff) -> list[tuple[str, Any]]:
+    """The chain: this session's place in it, its usage so far, and its caps."""
+    lineage = handoff.lineage
+    if lineage is None or (lineage.attempt == 1 and not lineage.caps):
+        return []  # a first session without chain caps: the usage rows say it all
+    used = lineage.cumulative_usage
+    rows: list[tuple[str, Any]] = [
+        ("chain", f"session {lineage.attempt} of chain {lineage.root_session_id}"),
+        ("chain steps", _capped(used.get("steps"), lineage.caps.max_total_steps, usd=False)),
+        ("chain cost", _capped(used.get("cost_usd"), lineage.caps.max_total_usd, usd=True)),
+    ]
+    if lineage.caps.max_sessions is not None:
+        rows.append(("chain sessions", f"{lineage.attempt} of {lineage.caps.max_sessions}"))
+    return rows
+
+
+def _capped(used: Any, cap: Any, *, usd: bool) -> str:
+    text = "?" if used is None else _fmt(used, usd)
+    return text if cap is None else f"{text} of {_fmt(cap, usd)}"
 
 
 def _fmt(value: Any, usd: bool) -> str:
