@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
-from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
 from ._handoff import Handoff
 from ._lineage import Lineage
 from ._session import Remaining, SessionBudget, SessionResult, SessionUsage
@@ -65,13 +64,25 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
     from ._instrument import instrument, uninstrument
+
+#: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
+#: and instrument/uninstrument (wrapt's import hooks).
+_LAZY = {
+    "PendingHandoff": "_chain",
+    "pending_handoffs": "_chain",
+    "run_chain": "_chain",
+    "run_chain_async": "_chain",
+    "instrument": "_instrument",
+    "uninstrument": "_instrument",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # instrument/uninstrument load wrapt's import hooks only when asked for.
-    if name in ("instrument", "uninstrument"):
-        from . import _instrument
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(_instrument, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

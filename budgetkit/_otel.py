@@ -14,7 +14,6 @@ may yield between their start and end. Names are in :mod:`budgetkit._attributes`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -580,6 +579,8 @@ def _content(value: Any) -> str:
     if isinstance(value, str):
         text = value
     else:
+        import json  # lazily: only content capture needs it
+
         try:
             text = json.dumps(value, default=_jsonable, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError):
