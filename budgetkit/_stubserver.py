@@ -126,7 +126,7 @@ class StubServer:
     def start(self) -> Self:
         """Start serving in a daemon thread."""
         handler = type("_BoundHandler", (_Handler,), {"stub": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -196,6 +196,10 @@ class StubServer:
             self._cache_write_tokens,
             self._reasoning_tokens,
         )
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many concurrent clients connect at once in tests and demos
 
 
 class _Handler(BaseHTTPRequestHandler):

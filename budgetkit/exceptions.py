@@ -193,6 +193,7 @@ class BudgetExhausted(BudgetError):  # noqa: N818 - the name is the public contr
                 self.handoff,
                 self.handoff_path,
                 self.message,
+                self.handoff_error,
             ),
         )
 
@@ -204,6 +205,7 @@ def _rebuild_exhausted(
     handoff: Handoff,
     handoff_path: Path | None,
     message: str,
+    handoff_error: BaseException | None = None,
 ) -> BudgetExhausted:
     return BudgetExhausted(
         reason,
@@ -212,6 +214,7 @@ def _rebuild_exhausted(
         handoff=handoff,
         handoff_path=handoff_path,
         message=message,
+        handoff_error=handoff_error,
     )
 
 

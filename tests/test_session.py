@@ -246,6 +246,22 @@ def test_exhausted_is_picklable(handoff_dir: Path) -> None:
     assert copy.handoff_path == exc.handoff_path
 
 
+def test_exhausted_keeps_its_handoff_error_through_pickle(tmp_path: Path) -> None:
+    """The error that prevented the handoff write travels with a pickled BudgetExhausted
+    (to another process of a pool, say)."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the handoff directory should be")
+    with SessionBudget(max_steps=1, handoff_dir=blocked):
+        tool()
+        with pytest.raises(BudgetExhausted) as info:
+            tool()
+    assert info.value.handoff_error is not None
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy.handoff_error) is type(info.value.handoff_error)
+    assert str(copy.handoff_error) == str(info.value.handoff_error)
+    assert copy.handoff_path is None
+
+
 def test_budget_exhausted_is_a_budget_error() -> None:
     """BudgetExhausted derives from BudgetError."""
     assert issubclass(BudgetExhausted, BudgetError)
