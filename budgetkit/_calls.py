@@ -147,12 +147,14 @@ def settle(
         session._call_succeeded()
     if handle is None and not _listeners:
         return
-    if usage is None and counts is not None:
-        usage = Usage(*counts, model=model, provider=spec.provider)
+    provider = spec.provider if usage is None else usage.provider
     if _listeners:
+        if usage is None and counts is not None:
+            usage = Usage(*counts, model=model, provider=provider)
         usd = None if cost is None else from_units(cost)
         emit("llm_call", session, name=spec.name, usage=usage, cost_usd=usd)
-    _otel.end_call(handle, session, spec, None, usage, cost, result)
+    charged = None if counts is None else (model, provider, counts)
+    _otel.end_call(handle, session, spec, None, charged, cost, result)
 
 
 class LLMCall:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from ._session import CallSpec, SessionBudget, SessionResult
-    from ._usage import Usage
+    from ._usage import Counts
 
 __all__ = [
     "capture_content",
@@ -57,6 +57,8 @@ MAX_CONTENT_CHARS = 32_768
 _LLM = "llm"
 _Attrs = dict[str, "AttributeValue"]
 _Pair = Callable[["SessionBudget", Any], tuple[int | float, int | float]]
+#: What an LLM call was charged for: (response model, provider, counts).
+Charged = tuple["str | None", "str | None", "Counts"]
 
 
 # ----------------------------------------------------------------------------- settings
@@ -121,10 +123,12 @@ def _left(limit: Any, used: Any) -> int | float:
     return _num(max(limit - used, 0))
 
 
-def _pair(used: Callable[[SessionBudget], Any]) -> _Pair:
+def _pair(used: Callable[[SessionBudget], int | float]) -> _Pair:
+    """(used, remaining) of a count or seconds limit, from the live counters."""
+
     def pair(s: SessionBudget, limit: Any) -> tuple[int | float, int | float]:
         value = used(s)
-        return _num(value), _left(limit, value)
+        return value, (limit - value if limit > value else 0)
 
     return pair
 
@@ -135,11 +139,10 @@ def _usd_pair(session: SessionBudget, limit: Any) -> tuple[float, float]:
 
 
 #: For each limit: (used, remaining) read from the live counters; a few loads per call.
-_io = attrgetter("_input", "_output")
 _LIVE: dict[str, _Pair] = {
     "max_steps": _pair(attrgetter("_steps")),
     "max_llm_calls": _pair(attrgetter("_llm_calls")),
-    "max_tokens": _pair(lambda s: sum(_io(s))),
+    "max_tokens": _pair(lambda s: s._input + s._output),
     "max_input_tokens": _pair(attrgetter("_input")),
     "max_output_tokens": _pair(attrgetter("_output")),
     "max_usd": _usd_pair,
@@ -442,12 +445,12 @@ def end_call(
     session: SessionBudget,
     spec: CallSpec,
     error: BaseException | None,
-    usage: Usage | None = None,
+    usage: Charged | None = None,
     cost: int | None = None,
     result: Any = None,
 ) -> None:
-    """Close a call span: usage, cost (units) and budget state for LLM calls; status on
-    error."""
+    """Close a call span: usage (``(model, provider, counts)``), cost (units) and budget
+    state for LLM calls; status on error."""
     if handle is None:
         return
     try:
@@ -474,7 +477,7 @@ def _end_llm(
     session: SessionBudget,
     spec: CallSpec,
     error: BaseException | None,
-    usage: Usage | None,
+    usage: Charged | None,
     cost: int | None,
     result: Any,
 ) -> None:
@@ -499,7 +502,7 @@ def _close_llm_span(
     model: str | None,
     session: SessionBudget,
     spec: CallSpec,
-    usage: Usage | None,
+    usage: Charged | None,
     cost: int | None,
     result: Any,
 ) -> None:
@@ -510,28 +513,29 @@ def _close_llm_span(
         if handle.capture and result is not None:
             attrs[names.GEN_AI_OUTPUT_MESSAGES] = _content(result)
     span.set_attributes(attrs)
-    if model is None and usage is not None and usage.model:
-        span.update_name(f"chat {usage.model}")
+    if model is None and usage is not None and usage[0]:
+        span.update_name(f"chat {usage[0]}")
     span.end()
 
 
-def _usage_attrs(spec: CallSpec, usage: Usage | None, cost: int | None) -> _Attrs:
+def _usage_attrs(spec: CallSpec, usage: Charged | None, cost: int | None) -> _Attrs:
     if usage is None:
         return {names.CALL_COST_STATUS: names.COST_UNMEASURED}
+    model, provider, (inp, out, cache_read, cache_write, reasoning) = usage
     attrs: _Attrs = {
-        names.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
-        names.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
+        names.GEN_AI_USAGE_INPUT_TOKENS: inp,
+        names.GEN_AI_USAGE_OUTPUT_TOKENS: out,
     }
-    if usage.model:
-        attrs[names.GEN_AI_RESPONSE_MODEL] = usage.model
-    if spec.provider is None and usage.provider:
-        attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(usage.provider)
-    if usage.cache_read_tokens:
-        attrs[names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
-    if usage.cache_write_tokens:
-        attrs[names.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
-    if usage.reasoning_tokens:
-        attrs[names.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+    if model:
+        attrs[names.GEN_AI_RESPONSE_MODEL] = model
+    if spec.provider is None and provider:
+        attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(provider)
+    if cache_read:
+        attrs[names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cache_read
+    if cache_write:
+        attrs[names.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = cache_write
+    if reasoning:
+        attrs[names.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
     if cost is None:
         attrs[names.CALL_COST_STATUS] = names.COST_UNPRICED
     else:
@@ -661,23 +665,22 @@ def _make_instruments() -> _Instruments:
     return _Instruments(tokens, cost, exhaustions)
 
 
-def _record_metrics(spec: CallSpec, model: str | None, usage: Usage, cost: int | None) -> None:
+def _record_metrics(spec: CallSpec, model: str | None, usage: Charged, cost: int | None) -> None:
     meters = _meters()
     if meters is None:
         return
+    response_model, usage_provider, counts = usage
     attrs: _Attrs = {names.GEN_AI_OPERATION_NAME: names.OP_CHAT}
-    provider = spec.provider or usage.provider
+    provider = spec.provider or usage_provider
     if provider:
         attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(provider)
-    if usage.model:
-        attrs[names.GEN_AI_RESPONSE_MODEL] = usage.model
+    if response_model:
+        attrs[names.GEN_AI_RESPONSE_MODEL] = response_model
     if model:
         attrs[names.GEN_AI_REQUEST_MODEL] = model
+    meters.token_usage.record(counts[0], {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_INPUT})
     meters.token_usage.record(
-        usage.input_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_INPUT}
-    )
-    meters.token_usage.record(
-        usage.output_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_OUTPUT}
+        counts[1], {**attrs, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_OUTPUT}
     )
     if cost is not None:
         meters.cost.add(to_float(cost), attrs)

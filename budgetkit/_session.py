@@ -416,8 +416,8 @@ class SessionBudget:
         # Counters, guarded by _LOCK.
         self._steps = 0
         self._llm_calls = 0
-        self._input = 0
-        self._output = 0
+        self._input: int = 0
+        self._output: int = 0
         self._cache_read = 0
         self._cache_write = 0
         self._reasoning = 0
