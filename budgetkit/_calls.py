@@ -112,6 +112,7 @@ _DIRECT_TYPES_LIMIT = 256
 
 
 def _learn(cls: type) -> None:
+    """Remember whether responses of type ``cls`` have a direct reader."""
     from ._extract import direct_reader
     from ._pricing import price_units
 
@@ -136,7 +137,7 @@ def settle(
     """Record a finished LLM call and close its span: the one settlement of every call.
 
     ``counts`` ``None`` is an unmeasured call, ``cost`` (units) ``None`` an unpriced one;
-    ``usage`` is built from the counts only when a listener or the span needs it.
+    ``usage`` (the general path's) is built from the counts only when a listener needs it.
     """
     session._record(counts, cost, release)
     if counts is None:
