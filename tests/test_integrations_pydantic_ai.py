@@ -260,3 +260,38 @@ async def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) 
         300,
         400,
     ]
+
+
+# ----------------------------------------------------------------------------- with instrument()
+@pytest.mark.asyncio
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_budget_model_over_an_instrumented_sdk_charges_each_request_once(
+    handoff_dir: Path, streamed: bool
+) -> None:
+    """BudgetModel around a real OpenAI model while ``instrument()`` patches the SDK: every
+    request is one LLM call, charged by the adapter, not twice."""
+    import openai
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    import budgetkit
+    from budgetkit._stubserver import StubServer
+
+    budgetkit.instrument()
+    try:
+        with StubServer(reply="ok", usage=(1200, 300)) as stub:
+            client = openai.AsyncOpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
+            model = OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(openai_client=client))
+            agent: Agent[None, str] = Agent(BudgetModel(model))
+            with SessionBudget(handoff_dir=handoff_dir) as session:
+                if streamed:
+                    async with agent.run_stream("go") as run:
+                        await run.get_output()
+                else:
+                    await agent.run("go")
+            await client.close()
+        assert len(stub.requests) == 1
+        assert session.usage.llm_calls == 1
+        assert session.usage.input_tokens == 1200
+    finally:
+        budgetkit.uninstrument()

@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "budgetkit.integrations.pydantic_ai needs Pydantic AI: pip install 'budgetkit[pydantic-ai]'"
     ) from exc
 
+from .._calls import Nesting, await_marked
 from .._usage import Usage
 from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
 
@@ -91,8 +92,8 @@ class BudgetModel(WrapperModel):
         if call is None:
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
         try:
-            response = await self.wrapped.request(
-                messages, model_settings, model_request_parameters
+            response = await await_marked(
+                self.wrapped.request, (messages, model_settings, model_request_parameters), {}
             )
         except BaseException as exc:
             call.fail(exc)
@@ -120,12 +121,15 @@ class BudgetModel(WrapperModel):
                 yield unbudgeted
             return
         opened: StreamedResponse | None = None
+        mark = Nesting.inside.set(True)  # while the request is sent (see Nesting)
         try:
             async with stream_cm as response_stream:
+                Nesting.inside.reset(mark)
                 opened = response_stream
                 yield response_stream
         except BaseException as exc:
             if opened is None:  # the request itself failed
+                Nesting.inside.reset(mark)
                 call.fail(exc)
             else:  # tokens were received: charge them
                 _settle_stream(call, opened)
