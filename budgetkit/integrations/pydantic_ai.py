@@ -92,7 +92,7 @@ class BudgetModel(WrapperModel):
         if call is None:
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
         try:
-            response = await await_marked(
+            response: ModelResponse = await await_marked(
                 self.wrapped.request, (messages, model_settings, model_request_parameters), {}
             )
         except BaseException as exc:
