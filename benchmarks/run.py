@@ -2,7 +2,9 @@
 
 Every case is timed against its baseline in interleaved rounds on the same machine, and the
 table reports medians and the ratio to the baseline (never a lone absolute time: these
-machines are shared and noisy).
+machines are shared and noisy). Rows marked "(information)" have no target: the *floor* row
+times a hand-written decorator doing the least an LLM call's accounting can do, to show what
+the llm_call target asks of Python.
 
     python benchmarks/run.py [--quick]
 """
