@@ -97,7 +97,7 @@ def llm_finished(
             model, counts = found
             if model is None:
                 model = spec.request_model(kwargs)
-            cost = price_units(model, spec.provider, counts, session._prices)
+            cost = price_units(model, spec.provider, counts, session._all_prices())
             settle(session, spec, handle, model, counts, cost, None, result)
             return result
     return LLMCall(session, spec, spec.request_model(kwargs), None, handle).finish(result)
@@ -265,7 +265,7 @@ class LLMCall:
         if usage is not None:
             from ._pricing import price_usage
 
-            usd = price_usage(usage, prices=session._prices)
+            usd = price_usage(usage, prices=session._all_prices())
             cost = None if usd is None else to_units(usd)
             counts, model = usage_counts(usage), usage.model
         settle(
@@ -294,7 +294,7 @@ def _estimate(
     if isinstance(value, Mapping):
         from ._pricing import price_estimate
 
-        cost = price_estimate(value, model, spec.provider, session._prices)
+        cost = price_estimate(value, model, spec.provider, session._all_prices())
         if cost is None:
             session._cost_unknown(model)
             return None

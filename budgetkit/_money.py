@@ -37,13 +37,7 @@ def to_units(amount: Decimal) -> int:
 
 def to_units_floor(amount: Decimal) -> int:
     """``amount`` USD in units, rounded down past 18 places (for limits)."""
-    value, exponent = _split(amount)
-    shift = exponent + SCALE
-    if shift >= 0:
-        factor: int = 10**shift
-        return value * factor
-    divisor: int = 10**-shift
-    return value // divisor
+    return -to_units(-amount)  # floor(x) == -ceil(-x); negating a Decimal is exact
 
 
 def from_units(units: int) -> Decimal:

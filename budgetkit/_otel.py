@@ -369,10 +369,7 @@ class _LLMSpan:
 def quiet() -> bool:
     """Whether nothing records an LLM call (no tracer provider, no meter provider): the
     fast path's check, before it would call :func:`start_call` for nothing."""
-    if trace._TRACER_PROVIDER is not None:
-        return False
-    internal = sys.modules.get("opentelemetry.metrics._internal")
-    return internal is None or getattr(internal, "_METER_PROVIDER", None) is None
+    return trace._TRACER_PROVIDER is None and _meter_provider() is None
 
 
 def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:

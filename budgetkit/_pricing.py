@@ -117,8 +117,6 @@ class _Found(NamedTuple):
     provider: Provider
     model: ModelInfo
     direct: _DirectPrice | None
-    units: _UnitRates | None
-    """``direct.units``: the integer rates, when there are."""
     """Set when the model has one fixed price that budgetkit can compute directly."""
 
 
@@ -178,7 +176,7 @@ def price_units(
             return None
         if found is None:
             return None
-        rates = found.units
+        rates = None if found.direct is None else found.direct.units
         if rates is not None:
             inp, out, cache_read, cache_write, reasoning = counts
             input_rate, output_rate, read_rate, write_rate, prices_read, prices_write = rates
@@ -394,7 +392,7 @@ def _find(snapshot: DataSnapshot, provider: str | None, model: str) -> _Found | 
             continue
         fixed = model_info.prices if isinstance(model_info.prices, ModelPrice) else None
         direct = _direct_price_for(fixed) if fixed is not None else None
-        return _Found(provider_info, model_info, direct, None if direct is None else direct.units)
+        return _Found(provider_info, model_info, direct)
     return None
 
 

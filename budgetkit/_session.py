@@ -442,7 +442,6 @@ class SessionBudget:
         self._entered = False
         self._parent: SessionBudget | None = None
         self._chain: tuple[SessionBudget, ...] = (self,)
-        self._prices = self.prices  # the user prices in force (the chain's, from entry)
         self._start: float | None = None
         self._end: float | None = None
         self._token: Any = None
@@ -465,7 +464,6 @@ class SessionBudget:
         self._entered = True
         self._parent = parent
         self._chain = chain
-        self._prices = self._all_prices()
         member = next((s for s in chain if s._shared is not None), None)
         if member is not None:
             self._ledger_member = member

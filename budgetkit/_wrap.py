@@ -203,25 +203,22 @@ def llm_wrapper(
         session = current()
         if session is None:
             return wrapped(*args, **kwargs)
-        if not plain:
+        call: LLMCall | None = None
+        if plain:
+            session._admit_llm(name)
+            handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+        else:
             call = LLMCall.begin(session, spec, args, kwargs)
-            try:
-                result = (
-                    run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
-                )
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-            return call.finish(result)
-        session._admit_llm(name)
-        handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+            handle = call.handle
         try:
             result = (
                 run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
             )
         except BaseException as exc:
-            LLMCall(session, spec, None, None, handle).fail(exc)
+            (call or LLMCall(session, spec, None, None, handle)).fail(exc)
             raise
+        if call is not None:
+            return call.finish(result)
         return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
@@ -238,27 +235,23 @@ def llm_coroutine_wrapper(
         session = current()
         if session is None:
             return await wrapped(*args, **kwargs)
-        if not plain:
+        call: LLMCall | None = None
+        if plain:
+            session._admit_llm(name)
+            handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+        else:
             call = LLMCall.begin(session, spec, args, kwargs)
-            try:
-                if Nesting.guard:
-                    result = await await_marked(wrapped, args, kwargs)
-                else:
-                    result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-            return call.finish(result)
-        session._admit_llm(name)
-        handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+            handle = call.handle
         try:
             if Nesting.guard:
                 result = await await_marked(wrapped, args, kwargs)
             else:
                 result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            LLMCall(session, spec, None, None, handle).fail(exc)
+            (call or LLMCall(session, spec, None, None, handle)).fail(exc)
             raise
+        if call is not None:
+            return call.finish(result)
         return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
