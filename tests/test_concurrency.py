@@ -42,6 +42,13 @@ def write_count(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
+@budget.step
+async def yielding_step(i: int) -> int:
+    """One step that lets other tasks run before it returns."""
+    await asyncio.sleep(0)
+    return i
+
+
 @pytest.mark.asyncio
 async def test_gather_1000_under_max_steps_250(handoff_dir: Path, write_count: list[Path]) -> None:
     """asyncio.gather of 1,000 async steps under max_steps=250 runs exactly 250 bodies."""
@@ -67,15 +74,9 @@ async def test_gather_1000_under_max_steps_250(handoff_dir: Path, write_count: l
 @pytest.mark.asyncio
 async def test_gather_without_return_exceptions_raises(handoff_dir: Path) -> None:
     """Plain asyncio.gather under a step limit propagates BudgetExhausted out of the session."""
-
-    @budget.step
-    async def tool(i: int) -> int:
-        await asyncio.sleep(0)
-        return i
-
     with pytest.raises(BudgetExhausted):
         async with SessionBudget(max_steps=10, handoff_dir=handoff_dir):
-            await asyncio.gather(*(tool(i) for i in range(100)))
+            await asyncio.gather(*(yielding_step(i) for i in range(100)))
 
 
 @pytest.mark.asyncio
@@ -280,15 +281,10 @@ async def test_task_group_exhaustion_is_swallowed_with_raise_on_exhausted_false(
     """A TaskGroup wraps BudgetExhausted in an ExceptionGroup; raise_on_exhausted=False still
     ends the block quietly when the group holds nothing but this session's exhaustion."""
 
-    @budget.step
-    async def tool(i: int) -> int:
-        await asyncio.sleep(0)
-        return i
-
     session = SessionBudget(max_steps=3, handoff_dir=handoff_dir, raise_on_exhausted=False)
     async with session as s, asyncio.TaskGroup() as group:
         for i in range(10):
-            group.create_task(tool(i))
+            group.create_task(yielding_step(i))
     assert s.result is not None
     assert s.result.stop_reason == "max_steps"
     assert s.usage.steps == 3
@@ -296,19 +292,14 @@ async def test_task_group_exhaustion_is_swallowed_with_raise_on_exhausted_false(
 
 @pytest.mark.asyncio
 async def test_task_group_with_another_error_is_not_swallowed(handoff_dir: Path) -> None:
-    @budget.step
-    async def tool(i: int) -> int:
-        await asyncio.sleep(0)
-        return i
-
     async def broken() -> None:
         raise ValueError("boom")
 
     async def run() -> None:
         session = SessionBudget(max_steps=1, handoff_dir=handoff_dir, raise_on_exhausted=False)
         async with session, asyncio.TaskGroup() as group:
-            group.create_task(tool(0))
-            group.create_task(tool(1))
+            group.create_task(yielding_step(0))
+            group.create_task(yielding_step(1))
             group.create_task(broken())
 
     with pytest.raises(ExceptionGroup) as caught:
@@ -321,16 +312,11 @@ async def test_task_group_with_another_error_is_not_swallowed(handoff_dir: Path)
 async def test_task_group_exhaustion_of_an_outer_session_reaches_it(handoff_dir: Path) -> None:
     """An inner session does not swallow the outer session's exhaustion; the outer one does."""
 
-    @budget.step
-    async def tool(i: int) -> int:
-        await asyncio.sleep(0)
-        return i
-
     outer = SessionBudget(max_steps=2, handoff_dir=handoff_dir, raise_on_exhausted=False)
     inner = SessionBudget(handoff_dir=handoff_dir, raise_on_exhausted=False)
     async with outer as o, inner, asyncio.TaskGroup() as group:
         for i in range(5):
-            group.create_task(tool(i))
+            group.create_task(yielding_step(i))
     assert inner.result is not None
     assert inner.result.stop_reason == "max_steps"
     assert inner.result.stopped_by == o.session_id
