@@ -37,7 +37,7 @@ def to_units(amount: Decimal) -> int:
 
 def to_units_floor(amount: Decimal) -> int:
     """``amount`` USD in units, rounded down past 18 places (for limits)."""
-    return -to_units(-amount)  # floor(x) == -ceil(-x); negating a Decimal is exact
+    return -to_units(amount.copy_negate())  # floor(x) == -ceil(-x); copy_negate is exact
 
 
 def from_units(units: int) -> Decimal:

@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
@@ -219,6 +219,7 @@ def test_units_round_trip_exactly_up_to_18_places(amount: Decimal) -> None:
 
 
 @given(st.decimals(min_value=-(10**6), max_value=10**6, places=30, allow_nan=False))
+@example(Decimal("0.059604644775390624999999999999"))  # more digits than Decimal's precision
 def test_units_round_up_charges_and_down_limits(amount: Decimal) -> None:
     exact = decimal.Context(prec=decimal.MAX_PREC)
     scaled = amount.scaleb(18, exact)
