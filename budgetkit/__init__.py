@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 from . import budget
 from ._handoff import Handoff
 from ._lineage import Lineage
-from ._session import Remaining, SessionBudget, SessionResult, SessionUsage
+from ._session import SessionBudget
 from ._usage import Usage
+from ._values import Remaining, SessionResult, SessionUsage
 from .exceptions import (
     BudgetConfigError,
     BudgetError,

@@ -1,4 +1,4 @@
-"""The agent's view of its budget: fractions used, phase, status line, soft thresholds."""
+"""The agent's view of its budget: phase, status line, and the checks of its settings."""
 
 from __future__ import annotations
 
@@ -10,31 +10,11 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import BudgetConfigError, BudgetTypeError
 
 if TYPE_CHECKING:
-    from ._session import SessionBudget, SessionUsage
+    from ._session import SessionBudget
+    from ._values import SessionUsage
 
 PHASES = ("explore", "converge", "deliver")
 DEFAULT_PHASE_BOUNDS = (0.6, 0.9)
-
-#: dimension -> (limit attribute, usage attribute)
-DIMENSIONS = {
-    "steps": ("max_steps", "steps"),
-    "llm_calls": ("max_llm_calls", "llm_calls"),
-    "tokens": ("max_tokens", "total_tokens"),
-    "input_tokens": ("max_input_tokens", "input_tokens"),
-    "output_tokens": ("max_output_tokens", "output_tokens"),
-    "usd": ("max_usd", "cost_usd"),
-    "seconds": ("max_seconds", "elapsed_seconds"),
-}
-
-
-def fractions(session: SessionBudget, used: SessionUsage) -> dict[str, float]:
-    """Fraction of each *limited* dimension used so far (may exceed 1)."""
-    out: dict[str, float] = {}
-    for dim, (limit_name, used_name) in DIMENSIONS.items():
-        limit = getattr(session.limits, limit_name)
-        if limit is not None:
-            out[dim] = float(getattr(used, used_name)) / float(limit)
-    return out
 
 
 def phase_of(used_fractions: dict[str, float], bounds: tuple[float, float]) -> str:
@@ -48,28 +28,31 @@ def phase_of(used_fractions: dict[str, float], bounds: tuple[float, float]) -> s
     return PHASES[2]
 
 
-def status_line(session: SessionBudget) -> str:
-    """``Budget: 23 of 50 steps left, $0.42 of $1.00 left, 4 min left. Phase: converge.``"""
-    used = session.usage  # one snapshot for every figure on the line
+def status_line(session: SessionBudget, used: SessionUsage) -> str:
+    """``Budget: 23 of 50 steps left, $0.42 of $1.00 left, 4 min left. Phase: converge.``
+
+    One snapshot (``used``) for every figure on the line.
+    """
+    from ._policy import DIMENSIONS, fractions, remaining
+
     lim = session.limits
-    left = session._remaining_from(used)
+    step_room, usd_room = session.place.room()
+    left = remaining(lim, used, step_room=step_room, usd_room=usd_room)
     parts: list[str] = []
-    counts = (
-        ("steps", lim.max_steps, left.steps),
-        ("LLM calls", lim.max_llm_calls, left.llm_calls),
-        ("tokens", lim.max_tokens, left.total_tokens),
-        ("input tokens", lim.max_input_tokens, left.input_tokens),
-        ("output tokens", lim.max_output_tokens, left.output_tokens),
-    )
-    for label, limit, remaining in counts:
-        if limit is not None and remaining is not None:
-            parts.append(f"{remaining} of {limit} {label} left")
-    if lim.max_usd is not None and left.cost_usd is not None:
-        parts.append(f"{_usd(left.cost_usd)} of {_usd(lim.max_usd)} left")
-    if lim.max_seconds is not None and left.elapsed_seconds is not None:
-        parts.append(f"{_duration(left.elapsed_seconds)} left")
+    for d in DIMENSIONS:
+        limit = getattr(lim, d.limit)
+        value = None if d.usage is None else getattr(left, d.usage)
+        if limit is None or value is None:
+            continue
+        if d.label is not None:
+            parts.append(f"{value} of {limit} {d.label} left")
+        elif d.limit == "max_usd":
+            parts.append(f"{_usd(value)} of {_usd(limit)} left")
+        elif d.limit == "max_seconds":
+            parts.append(f"{_duration(value)} left")
     budget = ", ".join(parts) if parts else "unlimited"
-    return f"Budget: {budget}. Phase: {session._phase_for(used)}."
+    phase = phase_of(fractions(lim, used), session.phases)
+    return f"Budget: {budget}. Phase: {phase}."
 
 
 def _usd(value: Decimal) -> str:

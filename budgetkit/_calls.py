@@ -8,18 +8,17 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace as _trace
-
 from . import _otel
 from ._events import emit
 from ._events import listeners as _listeners
 from ._limits import to_usd
 from ._money import from_units, to_units
-from ._session import LLM, CallSpec, SessionBudget
 from ._usage import Counts, Usage, usage_counts
+from ._values import LLM, CallSpec
 from .exceptions import UnmeasuredUsageWarning
 
 if TYPE_CHECKING:
+    from ._boundary import Boundary
     from ._extract import DirectRead
 
 
@@ -54,16 +53,16 @@ async def await_marked(wrapped: Callable[..., Any], args: Any, kwargs: Any) -> A
 PriceUnits = Callable[[str | None, str | None, Counts, Mapping[str, Any]], int | None]
 
 
-def enter_step(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
+def enter_step(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """The step boundary: admit (or raise ``BudgetExhausted``), then open the span."""
-    session._admit_step(spec.name)
-    if _trace._TRACER_PROVIDER is None:  # the same no-SDK check as _otel.start_call, inlined
+    session.admit_step(spec.name)
+    if _otel.TRACE_STATE["_TRACER_PROVIDER"] is None:  # as _otel.start_call, inlined
         return None
     return _otel.start_call(session, spec, args, kwargs)
 
 
 def exit_step(
-    session: SessionBudget,
+    session: Boundary,
     spec: CallSpec,
     handle: Any,
     error: BaseException | None,
@@ -71,9 +70,9 @@ def exit_step(
 ) -> None:
     """Record the outcome of an admitted step."""
     if error is None:
-        session._call_succeeded()
+        session.call_succeeded()
     else:
-        session._call_failed(error)
+        session.call_failed(error)
     if handle is not None:
         _otel.end_call(handle, session, spec, _real_error(error), result=result)
 
@@ -83,9 +82,7 @@ def _real_error(error: BaseException | None) -> BaseException | None:
     return None if isinstance(error, GeneratorExit) else error
 
 
-def llm_finished(
-    session: SessionBudget, spec: CallSpec, handle: Any, kwargs: Any, result: Any
-) -> Any:
+def llm_finished(session: Boundary, spec: CallSpec, handle: Any, kwargs: Any, result: Any) -> Any:
     """An admitted call without a reservation returned ``result``: settle it, or wrap its
     stream. A response of a type with a direct reader (an OpenAI ``ChatCompletion``) is
     read without building a ``Usage`` and priced in integers: the LLM-call fast path."""
@@ -97,7 +94,7 @@ def llm_finished(
             model, counts = found
             if model is None:
                 model = spec.request_model(kwargs)
-            cost = price_units(model, spec.provider, counts, session._all_prices())
+            cost = price_units(model, spec.provider, counts, session.all_prices())
             settle(session, spec, handle, model, counts, cost, None, result)
             return result
     return LLMCall(session, spec, spec.request_model(kwargs), None, handle).finish(result)
@@ -122,7 +119,7 @@ def _learn(cls: type) -> None:
 
 
 def settle(
-    session: SessionBudget,
+    session: Boundary,
     spec: CallSpec,
     handle: Any,
     model: str | None,
@@ -139,13 +136,13 @@ def settle(
     ``counts`` ``None`` is an unmeasured call, ``cost`` (units) ``None`` an unpriced one;
     ``usage`` (the general path's) is built from the counts only when a listener needs it.
     """
-    session._record(counts, cost, release)
+    session.record(counts, cost, release or 0)
     if counts is None:
         _warn_unmeasured(session, spec, streamed=streamed)
     elif cost is None:
-        session._cost_unknown(model)
-    if session._errors_pending:
-        session._call_succeeded()
+        session.cost_unknown(model)
+    if session.errors_pending:
+        session.call_succeeded()
     if handle is None and not _listeners:
         return
     provider = spec.provider if usage is None else usage.provider
@@ -153,7 +150,7 @@ def settle(
         if usage is None and counts is not None:
             usage = Usage(*counts, model=model, provider=provider)
         usd = None if cost is None else from_units(cost)
-        emit("llm_call", session, name=spec.name, usage=usage, cost_usd=usd)
+        emit("llm_call", session.budget, name=spec.name, usage=usage, cost_usd=usd)
     charged = None if counts is None else (model, provider, counts)
     _otel.end_call(handle, session, spec, None, charged, cost, result)
 
@@ -165,7 +162,7 @@ class LLMCall:
 
     def __init__(
         self,
-        session: SessionBudget,
+        session: Boundary,
         spec: CallSpec,
         model: str | None,
         reserved: int | None,
@@ -179,11 +176,11 @@ class LLMCall:
         self._done = False
 
     @classmethod
-    def begin(cls, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
+    def begin(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
         """Admit a call (reserving its estimate; may raise ``BudgetExhausted``), open its span."""
         model = spec.request_model(kwargs)
         reserved = _estimate(session, spec, model, args, kwargs)
-        session._admit(LLM, spec.name, reserved, wrapup=spec.wrapup)
+        session.admit(LLM, spec.name, reserved, wrapup=spec.wrapup)
         return cls(session, spec, model, reserved, _otel.start_call(session, spec, args, kwargs))
 
     def fail(self, error: BaseException) -> None:
@@ -192,8 +189,8 @@ class LLMCall:
             return
         self._done = True
         if self.reserved:
-            self.session._release(self.reserved)
-        self.session._call_failed(error)
+            self.session.release(self.reserved)
+        self.session.call_failed(error)
         _otel.end_call(self.handle, self.session, self.spec, _real_error(error))
 
     def finish(self, result: Any) -> Any:
@@ -212,7 +209,7 @@ class LLMCall:
 
     def stream_ended(self, usage: Usage | None) -> None:
         """Called once by a stream proxy when the stream is exhausted, closed or fails."""
-        self.settle(self._fill(usage), result=None, streamed=True)
+        self.settle(self.fill(usage), result=None, streamed=True)
 
     def read_usage(self, result: Any) -> Usage | None:
         """Usage of a non-streamed result; malformed usage warns and counts as unmeasured."""
@@ -240,9 +237,9 @@ class LLMCall:
                 stacklevel=5,
             )
             return None
-        return self._fill(usage)
+        return self.fill(usage)
 
-    def _fill(self, usage: Usage | None) -> Usage | None:
+    def fill(self, usage: Usage | None) -> Usage | None:
         """Supply the model and provider the response lacks from the request."""
         if usage is None:
             return None
@@ -265,7 +262,7 @@ class LLMCall:
         if usage is not None:
             from ._pricing import price_usage
 
-            usd = price_usage(usage, prices=session._all_prices())
+            usd = price_usage(usage, prices=session.all_prices())
             cost = None if usd is None else to_units(usd)
             counts, model = usage_counts(usage), usage.model
         settle(
@@ -283,7 +280,7 @@ class LLMCall:
 
 
 def _estimate(
-    session: SessionBudget, spec: CallSpec, model: str | None, args: Any, kwargs: Any
+    session: Boundary, spec: CallSpec, model: str | None, args: Any, kwargs: Any
 ) -> int | None:
     """The USD (units) to reserve for a call with ``estimate=``: a number, or token counts."""
     if spec.estimate is None:
@@ -294,19 +291,19 @@ def _estimate(
     if isinstance(value, Mapping):
         from ._pricing import price_estimate
 
-        cost = price_estimate(value, model, spec.provider, session._all_prices())
+        cost = price_estimate(value, model, spec.provider, session.all_prices())
         if cost is None:
-            session._cost_unknown(model)
+            session.cost_unknown(model)
             return None
         return to_units(cost)
     return to_units(to_usd(value, f"the estimate of {spec.name!r}", allow_zero=True))
 
 
-def _warn_unmeasured(session: SessionBudget, spec: CallSpec, *, streamed: bool) -> None:
+def _warn_unmeasured(session: Boundary, spec: CallSpec, *, streamed: bool) -> None:
     key = "stream" if streamed else "response"
-    if key in session._warned_unmeasured:
+    if key in session.warned_unmeasured:
         return
-    session._warned_unmeasured.add(key)
+    session.warned_unmeasured.add(key)
     if streamed:
         from ._streams import STREAM_USAGE_HINT
 
@@ -314,7 +311,8 @@ def _warn_unmeasured(session: SessionBudget, spec: CallSpec, *, streamed: bool) 
     else:
         hint = "pass usage=callable to @budget.llm_call to read it from your return type"
     warnings.warn(
-        f"budgetkit: {spec.name!r} returned no token usage, so session {session.session_id!r} "
+        f"budgetkit: {spec.name!r} returned no token usage, so session "
+        f"{session.budget.session_id!r} "
         f"counts the call but cannot measure it; {hint}",
         UnmeasuredUsageWarning,
         stacklevel=7,

@@ -14,10 +14,13 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic, write_temp
+from ._files import check_session_id, fsync_dir, utc_now, write_atomic, write_temp
+from ._handoff import Handoff
+from ._limits import LIMIT_NAMES, Limits
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
 from .exceptions import (
     BudgetConfigError,
@@ -119,7 +122,7 @@ def claim(handoff_path: Path, session_id: str, claimed_by: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pragma: no cover
@@ -368,3 +371,75 @@ def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
         chains.values(), key=lambda v: (v.sessions[0].created_at, v.root_session_id)
     )
     return result
+
+
+# --------------------------------------------------------------------------- resume
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """A checked handoff to resume: the session keywords it carries, and where it lives."""
+
+    handoff: Handoff
+    lineage: Lineage
+    path: Path | None
+    kwargs: dict[str, Any]
+
+    def check_own_file(self, handoff_dir: Path | None, session_id: str) -> None:
+        """Refuse a new session whose own handoff file already exists (it would be lost)."""
+        own = None if handoff_dir is None else handoff_dir / f"{session_id}.json"
+        if own is not None and own.exists():
+            raise ChainError(
+                f"cannot resume session {self.handoff.session_id!r} as session "
+                f"{session_id!r}: {str(own)!r} already exists and would be overwritten"
+            )
+
+
+def prepare_resume(handoff: object, *, chain: object) -> ResumePlan:
+    """Load and check ``handoff`` (a :class:`Handoff` or a path) for ``SessionBudget.resume``.
+
+    Raises:
+        HandoffError: the file is missing, corrupt or not a handoff, or its limits are bad.
+        ChainError: the handoff is of another chain than ``chain``, or its parent's handoff
+            beside it belongs to another chain.
+    """
+    path: Path | None = None
+    if isinstance(handoff, Handoff):
+        loaded, directory = handoff, None
+    elif isinstance(handoff, str | os.PathLike):
+        path = Path(handoff)
+        loaded, directory = Handoff.load(path), path.parent
+    else:
+        raise BudgetTypeError(
+            f"resume() takes a Handoff or a path to a handoff file, got {handoff!r}"
+        )
+    if chain is not None and not isinstance(chain, str):
+        raise BudgetTypeError(f"chain must be a root session id (str) or None, got {chain!r}")
+    lineage = lineage_or_legacy(loaded)
+    if chain is not None and lineage.root_session_id != chain:
+        raise ChainError(
+            f"handoff of session {loaded.session_id!r} belongs to chain "
+            f"{lineage.root_session_id!r} ({' -> '.join(lineage.session_ids)}), "
+            f"not to chain {chain!r}: it cannot continue it"
+        )
+    if directory is not None:
+        check_parent_link(loaded, lineage, directory)
+    kwargs: dict[str, Any] = {}
+    try:
+        for key in LIMIT_NAMES:
+            value = loaded.limits.get(key)
+            # USD is written as an exact string; anything else is left to Limits.build.
+            if key == "max_usd" and isinstance(value, str):
+                value = Decimal(value)
+            kwargs[key] = value
+        Limits.build(**kwargs)
+    except (BudgetConfigError, BudgetTypeError, ArithmeticError) as exc:
+        raise HandoffError(
+            f"handoff of session {loaded.session_id!r} has invalid limits: {exc}"
+        ) from None
+    caps = lineage.caps
+    kwargs["max_total_usd"] = caps.max_total_usd
+    kwargs["max_total_steps"] = caps.max_total_steps
+    kwargs["max_sessions"] = caps.max_sessions
+    kwargs["name"] = loaded.name
+    if directory is not None:
+        kwargs["handoff_dir"] = directory
+    return ResumePlan(loaded, lineage, path, kwargs)

@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from ._boundary import Boundary, active
 from ._calls import Nesting
-from ._session import LLM, CallSpec, SessionBudget, _current
+from ._values import LLM, CallSpec
 from ._wrap import llm_coroutine_wrapper, llm_wrapper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    from ._session import SessionBudget
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
@@ -128,17 +131,17 @@ def _patch(module: Any, cls_name: str, method: str, provider: str) -> None:
     _state.patched.append((owner, method, original, ours))
 
 
-def _session() -> SessionBudget | None:
+def _session() -> Boundary | None:
     if not _state.active:  # a wrapper someone else re-wrapped, so it stayed in place
         return None
     if Nesting.inside.get():  # called by a @budget.llm_call function: it charges the call
         return None
-    session = _current.get()
-    if session is not None:
-        return session
+    found = active.get()
+    if found is not None:
+        return found
     fallback = _state.fallback
-    if fallback is not None and fallback._entered and fallback.result is None:
-        return fallback
+    if fallback is not None and fallback.boundary.handle is not None and fallback.result is None:
+        return fallback.boundary
     return None
 
 

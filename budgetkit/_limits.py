@@ -37,9 +37,9 @@ class Limits:
             elif name == "max_usd":
                 checked[name] = to_usd(value, name)
             elif name == "max_seconds":
-                checked[name] = _seconds(value, name)
+                checked[name] = seconds(value, name)
             else:
-                checked[name] = _positive_int(value, name)
+                checked[name] = positive_int(value, name)
         return cls(**checked)
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,7 +59,8 @@ class Limits:
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 
-def _positive_int(value: object, name: str) -> int:
+def positive_int(value: object, name: str) -> int:
+    """Validate a count limit: a positive int."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BudgetTypeError(f"{name} must be a positive int or None, got {value!r}")
     if value <= 0:
@@ -67,7 +68,7 @@ def _positive_int(value: object, name: str) -> int:
     return value
 
 
-def _seconds(value: object, name: str) -> float:
+def seconds(value: object, name: str) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):

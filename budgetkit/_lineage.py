@@ -5,11 +5,12 @@ Stored in a handoff as ``extra["lineage"]``. Pure data and validation; no sessio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ._limits import _positive_int, to_usd
+from ._limits import positive_int, to_usd
+from ._values import SessionUsage
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 #: Chain-wide caps, kept across resumes. Also the ``reason`` when one stops a chain.
@@ -48,7 +49,7 @@ class ChainCaps:
             elif name == "max_total_usd":
                 checked[name] = to_usd(value, name)
             else:
-                checked[name] = _positive_int(value, name)
+                checked[name] = positive_int(value, name)
         return cls(**checked)
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,14 +90,6 @@ def usage_from_dict(doc: object, source: str) -> dict[str, Any]:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise HandoffError(f"{source}: usage elapsed_seconds must be a number, got {seconds!r}")
     out["elapsed_seconds"] = float(seconds)
-    return out
-
-
-def add_usage(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """The sum of two normalised usage mappings."""
-    out = {key: a[key] + b[key] for key in _COUNTS}
-    out["cost_usd"] = a["cost_usd"] + b["cost_usd"]
-    out["elapsed_seconds"] = a["elapsed_seconds"] + b["elapsed_seconds"]
     return out
 
 
@@ -210,3 +203,76 @@ def cap_reached(caps: ChainCaps, used: dict[str, Any], next_attempt: int) -> tup
             f"it has spent ${used['cost_usd']} of max_total_usd=${caps.max_total_usd}"
         )
     return None
+
+
+@dataclass(slots=True, kw_only=True)
+class Place:
+    """Where a session sits in its chain: the chain's caps, its sessions so far (this one
+    last) and the usage of the sessions before it."""
+
+    caps: ChainCaps
+    session_ids: tuple[str, ...]
+    attempt: int = 1
+    prior: SessionUsage = field(default_factory=SessionUsage)
+
+    @property
+    def root_session_id(self) -> str:
+        """The chain's first session."""
+        return self.session_ids[0]
+
+    def lineage(self, usage: SessionUsage) -> Lineage:
+        """The lineage a handoff of this session records after ``usage``."""
+        return Lineage(
+            root_session_id=self.root_session_id,
+            attempt=self.attempt,
+            session_ids=self.session_ids,
+            caps=self.caps,
+            cumulative_usage=asdict(self.prior + usage),
+        )
+
+    def room(self) -> tuple[int | None, Decimal | None]:
+        """What the chain caps leave this session: (steps, USD); ``None`` where uncapped."""
+        caps = self.caps
+        steps = None if caps.max_total_steps is None else caps.max_total_steps - self.prior.steps
+        usd = None
+        if caps.max_total_usd is not None:
+            from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context
+
+            exact = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+            usd = exact.subtract(caps.max_total_usd, self.prior.cost_usd)
+        return steps, usd
+
+    def continued(self, parent: Lineage, session_id: str) -> Place:
+        """This session placed after ``parent`` (a resumed handoff's lineage), or refused.
+
+        Raises:
+            ChainError: ``session_id`` is already in the chain (a cycle).
+            ChainCapError: the chain is at or over one of :attr:`caps`.
+        """
+        from .exceptions import ChainCapError, ChainError
+
+        ids = (*parent.session_ids, session_id)
+        chain = " -> ".join(parent.session_ids)
+        if session_id in parent.session_ids:
+            raise ChainError(
+                f"session {session_id!r} is already in chain {parent.root_session_id!r} "
+                f"({chain}): resuming {parent.session_ids[-1]!r} "
+                "under that id would make a cycle in the parent links"
+            )
+        reached = cap_reached(self.caps, parent.cumulative_usage, len(ids))
+        if reached is not None:
+            cap, detail = reached
+            raise ChainCapError(
+                f"cannot resume session {parent.session_ids[-1]!r} of chain "
+                f"{parent.root_session_id!r} ({chain}): {detail}; "
+                f"pass a larger {cap}= to resume() to continue",
+                reason=cap,
+                session_id=parent.session_ids[-1],
+                root_session_id=parent.root_session_id,
+            )
+        return Place(
+            caps=self.caps,
+            session_ids=ids,
+            attempt=len(ids),
+            prior=SessionUsage.from_mapping(parent.cumulative_usage),
+        )

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -28,16 +27,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import _attributes as names
-from . import _config
 from ._money import to_float
+from ._policy import DIMENSION
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram
     from opentelemetry.trace import Span, Tracer
     from opentelemetry.util.types import AttributeValue
 
-    from ._session import CallSpec, SessionBudget, SessionResult
+    from ._boundary import Boundary
     from ._usage import Counts
+    from ._values import CallSpec, SessionResult
 
 __all__ = [
     "capture_content",
@@ -51,12 +51,17 @@ __all__ = [
 
 _log = logging.getLogger("budgetkit.otel")
 
+#: ``opentelemetry.trace``'s module namespace. Its ``_TRACER_PROVIDER`` stays ``None`` until an
+#: application sets a provider: one dict read is the cheapest "is an SDK on?" check (the
+#: public getter builds a proxy provider), and the hot paths make it on every call.
+TRACE_STATE: dict[str, Any] = vars(trace)
+
 #: Content attributes longer than this are cut (and end with an ellipsis).
 MAX_CONTENT_CHARS = 32_768
 
 _LLM = "llm"
 _Attrs = dict[str, "AttributeValue"]
-_Pair = Callable[["SessionBudget", Any], tuple[int | float, int | float]]
+_Pair = Callable[["Boundary", Any], tuple[int | float, int | float]]
 #: What an LLM call was charged for: (response model, provider, counts).
 Charged = tuple["str | None", "str | None", "Counts"]
 
@@ -123,70 +128,53 @@ def _left(limit: Any, used: Any) -> int | float:
     return _num(max(limit - used, 0))
 
 
-def _pair(used: Callable[[SessionBudget], int | float]) -> _Pair:
-    """(used, remaining) of a count or seconds limit, from the live counters."""
+def _live_pair(name: str) -> _Pair:
+    """(used, remaining) of limit ``name``, from the live counters."""
+    dimension = DIMENSION[name]
+    usd = dimension.counters == ("cost",)
 
-    def pair(s: SessionBudget, limit: Any) -> tuple[int | float, int | float]:
-        value = used(s)
+    def pair(b: Boundary, limit: Any) -> tuple[int | float, int | float]:
+        value = b.live(dimension)
+        if usd:
+            return value, max(float(limit) - value, 0.0)
         return value, (limit - value if limit > value else 0)
 
     return pair
 
 
-def _usd_pair(session: SessionBudget, limit: Any) -> tuple[float, float]:
-    used = to_float(session._cost)  # the counter holds units
-    return used, max(float(limit) - used, 0.0)
-
-
 #: For each limit: (used, remaining) read from the live counters; a few loads per call.
-_LIVE: dict[str, _Pair] = {
-    "max_steps": _pair(attrgetter("_steps")),
-    "max_llm_calls": _pair(attrgetter("_llm_calls")),
-    "max_tokens": _pair(lambda s: s._input + s._output),
-    "max_input_tokens": _pair(attrgetter("_input")),
-    "max_output_tokens": _pair(attrgetter("_output")),
-    "max_usd": _usd_pair,
-    "max_seconds": _pair(lambda s: max(_config.clock() - s._start_time(), 0.0)),
-    "max_consecutive_errors": _pair(attrgetter("_errors_in_a_row")),
-}
+_LIVE: dict[str, _Pair] = {name: _live_pair(name) for name in DIMENSION}
 
 _Plan = tuple[tuple[str, str, _Pair, Any], ...]
 
 
-def _plan(session: SessionBudget, only: frozenset[str] | None = None) -> _Plan:
+def _plan(b: Boundary, only: frozenset[str] | None = None) -> _Plan:
     """(used key, remaining key, reader, limit) for each limit the session sets."""
     return tuple(
         (names.USED_KEYS[name], names.REMAINING_KEYS[name], _LIVE[name], limit)
-        for name, limit in session.limits.limited().items()
+        for name, limit in b.budget.limits.limited().items()
         if only is None or name in only
     )
 
 
 #: What an LLM call's charge can change (count limits were taken at admission).
-_MEASURED = frozenset({"max_tokens", "max_input_tokens", "max_output_tokens", "max_usd"})
+_MEASURED = frozenset(name for name, d in DIMENSION.items() if d.rule == "measured")
 
 
-def _add_live(attrs: _Attrs, session: SessionBudget, plan: _Plan) -> None:
+def _add_live(attrs: _Attrs, b: Boundary, plan: _Plan) -> None:
     for used_key, remaining_key, read, limit in plan:
-        used, remaining = read(session, limit)
+        used, remaining = read(b, limit)
         attrs[used_key] = used
         attrs[remaining_key] = remaining
 
 
-def _final(session: SessionBudget, result: SessionResult) -> _Attrs:
+def _final(b: Boundary, result: SessionResult) -> _Attrs:
     """Used (every dimension) and remaining (limited ones) at session end."""
     u = result.usage
     used: dict[str, Any] = {
-        "max_steps": u.steps,
-        "max_llm_calls": u.llm_calls,
-        "max_tokens": u.total_tokens,
-        "max_input_tokens": u.input_tokens,
-        "max_output_tokens": u.output_tokens,
-        "max_usd": u.cost_usd,
-        "max_seconds": u.elapsed_seconds,
-        "max_consecutive_errors": _LIVE["max_consecutive_errors"](session, 0)[0],
+        name: b.live(d) if d.usage is None else getattr(u, d.usage) for name, d in DIMENSION.items()
     }
-    limits = session.limits.limited()
+    limits = b.budget.limits.limited()
     attrs: _Attrs = {}
     for name, value in used.items():
         attrs[names.USED_KEYS[name]] = _num(value)
@@ -201,9 +189,9 @@ class _SessionSpan:
 
     __slots__ = ("capture", "counted", "measured", "plan", "recorded_error", "span", "token")
 
-    def __init__(self, session: SessionBudget, capture: bool) -> None:
-        self.plan = _plan(session)
-        self.measured = _plan(session, _MEASURED)
+    def __init__(self, b: Boundary, capture: bool) -> None:
+        self.plan = _plan(b)
+        self.measured = _plan(b, _MEASURED)
         # An LLM span states the measured dimensions once, when the call has been charged.
         self.counted = tuple(entry for entry in self.plan if entry not in self.measured)
         self.capture = capture
@@ -212,21 +200,22 @@ class _SessionSpan:
         self.recorded_error = 0
 
 
-def start_session(session: SessionBudget) -> Any:
+def start_session(b: Boundary) -> Any:
     """Open the session span and make it current; returns the session's telemetry handle."""
-    handle = _SessionSpan(session, _capture_enabled())
+    handle = _SessionSpan(b, _capture_enabled())
     try:
         provider = trace.get_tracer_provider()  # also loads OTEL_PYTHON_TRACER_PROVIDER
-        tracer = None if trace._TRACER_PROVIDER is None else _tracer(provider)
+        tracer = None if TRACE_STATE["_TRACER_PROVIDER"] is None else _tracer(provider)
         if tracer is not None:
-            handle.span = _open_session_span(tracer, session)
+            handle.span = _open_session_span(tracer, b)
             handle.token = otel_context.attach(trace.set_span_in_context(handle.span))
     except Exception:  # telemetry never breaks the agent
         _failed("start_session")
     return handle
 
 
-def _open_session_span(tracer: Tracer, session: SessionBudget) -> Span:
+def _open_session_span(tracer: Tracer, b: Boundary) -> Span:
+    session = b.budget
     attrs: _Attrs = {names.SESSION_ID: session.session_id}
     if session.name:
         name = names.INVOKE_AGENT_SPAN.format(name=session.name)
@@ -246,7 +235,7 @@ def _open_session_span(tracer: Tracer, session: SessionBudget) -> Span:
     )
 
 
-def _resume_links(session: SessionBudget) -> list[Link]:
+def _resume_links(session: Any) -> list[Link]:
     """A link to the span of the session this one resumed, when its handoff recorded it."""
     handoff = session.resumed_from
     if handoff is None or not handoff.trace_id or not handoff.span_id:
@@ -266,7 +255,7 @@ def _resume_links(session: SessionBudget) -> list[Link]:
 
 
 def end_session(
-    session: SessionBudget, handle: Any, result: SessionResult, exc: BaseException | None
+    session: Boundary, handle: Any, result: SessionResult, exc: BaseException | None
 ) -> None:
     """Record how the session ended on its span, end it, and restore the previous context."""
     if not isinstance(handle, _SessionSpan):
@@ -282,7 +271,7 @@ def end_session(
 
 
 def _close_session_span(
-    handle: _SessionSpan, session: SessionBudget, result: SessionResult, exc: BaseException | None
+    handle: _SessionSpan, session: Boundary, result: SessionResult, exc: BaseException | None
 ) -> None:
     span = handle.span
     assert span is not None
@@ -329,10 +318,10 @@ def span_ids(handle: Any) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def exhausted(session: SessionBudget, reason: str, refused: str | None) -> None:
+def exhausted(session: Boundary, reason: str, refused: str | None) -> None:
     """Add the ``budgetkit.budget.exhausted`` event to the session span; count it."""
     try:
-        handle = session._span
+        handle = session.telemetry
         span = handle.span if isinstance(handle, _SessionSpan) else None
         if span is not None:
             span.add_event(names.EXHAUSTED_EVENT, _exhaustion_attrs(session, reason, refused))
@@ -343,9 +332,9 @@ def exhausted(session: SessionBudget, reason: str, refused: str | None) -> None:
         _failed("exhausted")
 
 
-def _exhaustion_attrs(session: SessionBudget, reason: str, refused: str | None) -> _Attrs:
-    attrs: _Attrs = {names.EXHAUSTED_REASON: reason, names.SESSION_ID: session.session_id}
-    limit = session.limits.limited().get(reason)
+def _exhaustion_attrs(session: Boundary, reason: str, refused: str | None) -> _Attrs:
+    attrs: _Attrs = {names.EXHAUSTED_REASON: reason, names.SESSION_ID: session.budget.session_id}
+    limit = session.budget.limits.limited().get(reason)
     if limit is not None:
         used, _ = _LIVE[reason](session, limit)
         attrs[names.EXHAUSTED_LIMIT] = _num(limit)
@@ -369,12 +358,12 @@ class _LLMSpan:
 def quiet() -> bool:
     """Whether nothing records an LLM call (no tracer provider, no meter provider): the
     fast path's check, before it would call :func:`start_call` for nothing."""
-    return trace._TRACER_PROVIDER is None and _meter_provider() is None
+    return TRACE_STATE["_TRACER_PROVIDER"] is None and _meter_provider() is None
 
 
-def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
+def start_call(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """Open a step or LLM-call span; returns a handle or ``None`` when nothing records."""
-    provider = trace._TRACER_PROVIDER
+    provider = TRACE_STATE["_TRACER_PROVIDER"]
     if provider is None and (spec.kind != _LLM or _meter_provider() is None):
         return None  # nothing records: skip all span work
     try:
@@ -389,37 +378,35 @@ def start_call(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -
         return None
 
 
-def _session_handle(session: SessionBudget) -> _SessionSpan | None:
-    handle = session._span
+def _session_handle(session: Boundary) -> _SessionSpan | None:
+    handle = session.telemetry
     return handle if isinstance(handle, _SessionSpan) else None
 
 
-def _start_step(
-    tracer: Tracer, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any
-) -> Span:
+def _start_step(tracer: Tracer, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Span:
     attrs: _Attrs = {
         names.GEN_AI_OPERATION_NAME: names.OP_EXECUTE_TOOL,
         names.GEN_AI_TOOL_NAME: spec.name,
         names.GEN_AI_TOOL_TYPE: names.TOOL_TYPE_FUNCTION,
-        names.SESSION_ID: session.session_id,
+        names.SESSION_ID: session.budget.session_id,
     }
     handle = _session_handle(session)
     if handle is not None:
         _add_live(attrs, session, handle.plan)
         if handle.capture:
             attrs[names.GEN_AI_TOOL_CALL_ARGUMENTS] = _content(_arguments(args, kwargs))
-    return tracer.start_span(f"execute_tool {spec.name}", attributes=attrs)
+    return tracer.start_span(names.EXECUTE_TOOL_SPAN.format(name=spec.name), attributes=attrs)
 
 
 def _start_llm(
-    tracer: Tracer | None, session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any
+    tracer: Tracer | None, session: Boundary, spec: CallSpec, args: Any, kwargs: Any
 ) -> _LLMSpan:
     model = spec.request_model(kwargs)
     if tracer is None:  # metrics only
         return _LLMSpan(None, model)
     attrs: _Attrs = {
         names.GEN_AI_OPERATION_NAME: names.OP_CHAT,
-        names.SESSION_ID: session.session_id,
+        names.SESSION_ID: session.budget.session_id,
     }
     if spec.provider is not None:
         attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(spec.provider)
@@ -432,14 +419,14 @@ def _start_llm(
             messages = kwargs.get("messages") if "messages" in kwargs else None
             value = messages if messages is not None else _arguments(args, kwargs)
             attrs[names.GEN_AI_INPUT_MESSAGES] = _content(value)
-    name = names.CHAT_SPAN_NO_MODEL if model is None else f"chat {model}"
+    name = names.CHAT_SPAN_NO_MODEL if model is None else names.CHAT_SPAN.format(model=model)
     span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
     return _LLMSpan(span, model)
 
 
 def end_call(
     handle: Any,
-    session: SessionBudget,
+    session: Boundary,
     spec: CallSpec,
     error: BaseException | None,
     usage: Charged | None = None,
@@ -459,7 +446,7 @@ def end_call(
         _failed("end_call")
 
 
-def _end_step(span: Span, session: SessionBudget, error: BaseException | None, result: Any) -> None:
+def _end_step(span: Span, session: Boundary, error: BaseException | None, result: Any) -> None:
     if error is not None:
         _mark_step_error(span, session, error)
     elif result is not None:
@@ -471,7 +458,7 @@ def _end_step(span: Span, session: SessionBudget, error: BaseException | None, r
 
 def _end_llm(
     handle: _LLMSpan,
-    session: SessionBudget,
+    session: Boundary,
     spec: CallSpec,
     error: BaseException | None,
     usage: Charged | None,
@@ -497,7 +484,7 @@ def _end_llm(
 def _close_llm_span(
     span: Span,
     model: str | None,
-    session: SessionBudget,
+    session: Boundary,
     spec: CallSpec,
     usage: Charged | None,
     cost: int | None,
@@ -511,7 +498,7 @@ def _close_llm_span(
             attrs[names.GEN_AI_OUTPUT_MESSAGES] = _content(result)
     span.set_attributes(attrs)
     if model is None and usage is not None and usage[0]:
-        span.update_name(f"chat {usage[0]}")
+        span.update_name(names.CHAT_SPAN.format(model=usage[0]))
     span.end()
 
 
@@ -545,7 +532,7 @@ def _provider_name(provider: str) -> str:
     return names.PROVIDER_NAMES.get(provider, provider)
 
 
-def _mark_step_error(span: Span, session: SessionBudget, error: BaseException) -> None:
+def _mark_step_error(span: Span, session: Boundary, error: BaseException) -> None:
     _mark_error(span, error, record=True)
     handle = _session_handle(session)
     if handle is not None:

@@ -437,15 +437,7 @@ def _add(total: Usage | None, chunk: Usage | None) -> Usage | None:
     """Sum two chunk usages (LangChain chunks carry deltas)."""
     if chunk is None or total is None:
         return total or chunk
-    return Usage(
-        input_tokens=total.input_tokens + chunk.input_tokens,
-        output_tokens=total.output_tokens + chunk.output_tokens,
-        cache_read_tokens=total.cache_read_tokens + chunk.cache_read_tokens,
-        cache_write_tokens=total.cache_write_tokens + chunk.cache_write_tokens,
-        reasoning_tokens=total.reasoning_tokens + chunk.reasoning_tokens,
-        model=chunk.model or total.model,
-        provider=chunk.provider or total.provider,
-    )
+    return total + chunk
 
 
 def _get(obj: object, name: str) -> object:

@@ -41,6 +41,21 @@ class Usage:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        """The counts added up (stream chunks that carry deltas); model and provider of
+        ``other`` win where it names them. A reported cost is not carried."""
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            model=other.model or self.model,
+            provider=other.provider or self.provider,
+        )
+
 
 #: Token counts as the session adds them: (input, output, cache read, cache write, reasoning).
 Counts = tuple[int, int, int, int, int]

@@ -15,9 +15,9 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 import wrapt
-from opentelemetry import trace as _trace
 
 from . import _otel
+from ._boundary import Boundary, active
 from ._calls import (
     LLMCall,
     Nesting,
@@ -28,8 +28,10 @@ from ._calls import (
     run_marked,
 )
 from ._otel import start_call
-from ._session import LLM, STEP, CallSpec, SessionBudget, _current
+from ._values import LLM, STEP, CallSpec
 from .exceptions import StepTimeoutError
+
+_TRACE = _otel.TRACE_STATE
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -73,25 +75,25 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
 
 # ---------------------------------------------------------------------------- steps
 def _sync_step(spec: CallSpec) -> Wrapper:
-    # enter_step/exit_step inlined for the hot path: the rules stay in SessionBudget's
+    # enter_step/exit_step inlined for the hot path: the rules stay in Boundary's
     # _admit_step/_call_succeeded and _otel; only the Python call layers are skipped.
     name = spec.name
-    current = _current.get  # a closure variable: one load cheaper than the global's method
+    current = active.get  # a closure variable: one load cheaper than the global's method
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
             return wrapped(*args, **kwargs)
-        session._admit_step(name)
+        session.admit_step(name)
         handle = (
-            None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+            None if _TRACE["_TRACER_PROVIDER"] is None else start_call(session, spec, args, kwargs)
         )
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             exit_step(session, spec, handle, exc)
             raise
-        if session._errors_pending or handle is not None:
+        if session.errors_pending or handle is not None:
             exit_step(session, spec, handle, None, result)
         return result
 
@@ -100,22 +102,22 @@ def _sync_step(spec: CallSpec) -> Wrapper:
 
 def _coro_step(spec: CallSpec) -> Wrapper:
     name = spec.name
-    current = _current.get
+    current = active.get
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
             return await wrapped(*args, **kwargs)
-        session._admit_step(name)
+        session.admit_step(name)
         handle = (
-            None if _trace._TRACER_PROVIDER is None else start_call(session, spec, args, kwargs)
+            None if _TRACE["_TRACER_PROVIDER"] is None else start_call(session, spec, args, kwargs)
         )
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             exit_step(session, spec, handle, exc)
             raise
-        if session._errors_pending or handle is not None:
+        if session.errors_pending or handle is not None:
             exit_step(session, spec, handle, None, result)
         return result
 
@@ -126,7 +128,7 @@ def _sync_step_options(spec: CallSpec) -> Wrapper:
     """A step with ``wrapup=``, ``timeout=`` or ``max_output_chars=`` (off the hot path)."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = active.get()
         if session is None:
             return wrapped(*args, **kwargs)
         handle = _enter_with_options(session, spec, args, kwargs)
@@ -150,7 +152,7 @@ def _sync_step_options(spec: CallSpec) -> Wrapper:
 
 def _coro_step_options(spec: CallSpec) -> Wrapper:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = active.get()
         if session is None:
             return await wrapped(*args, **kwargs)
         handle = _enter_with_options(session, spec, args, kwargs)
@@ -174,9 +176,9 @@ def _coro_step_options(spec: CallSpec) -> Wrapper:
     return wrapper
 
 
-def _enter_with_options(session: SessionBudget, spec: CallSpec, args: Any, kwargs: Any) -> Any:
+def _enter_with_options(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     if spec.wrapup:
-        session._admit(STEP, spec.name, wrapup=True)
+        session.admit(STEP, spec.name, wrapup=True)
         return start_call(session, spec, args, kwargs)
     return enter_step(session, spec, args, kwargs)
 
@@ -192,9 +194,7 @@ TRUNCATION_MARKER = "\n[... {n} more characters truncated by budgetkit]"
 
 
 # ---------------------------------------------------------------------------- LLM calls
-def llm_wrapper(
-    spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
-) -> Wrapper:
+def llm_wrapper(spec: CallSpec, current: Callable[[], Boundary | None] = active.get) -> Wrapper:
     """The sync LLM-call wrapper; ``current`` finds the session (``instrument()`` widens it)."""
     name = spec.name
     plain = spec.estimate is None and not spec.wrapup  # admitted without a reservation
@@ -205,7 +205,7 @@ def llm_wrapper(
             return wrapped(*args, **kwargs)
         call: LLMCall | None = None
         if plain:
-            session._admit_llm(name)
+            session.admit_llm(name)
             handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         else:
             call = LLMCall.begin(session, spec, args, kwargs)
@@ -225,7 +225,7 @@ def llm_wrapper(
 
 
 def llm_coroutine_wrapper(
-    spec: CallSpec, current: Callable[[], SessionBudget | None] = _current.get
+    spec: CallSpec, current: Callable[[], Boundary | None] = active.get
 ) -> Wrapper:
     """The ``async def`` LLM-call wrapper; ``current`` as in :func:`llm_wrapper`."""
     name = spec.name
@@ -237,7 +237,7 @@ def llm_coroutine_wrapper(
             return await wrapped(*args, **kwargs)
         call: LLMCall | None = None
         if plain:
-            session._admit_llm(name)
+            session.admit_llm(name)
             handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
         else:
             call = LLMCall.begin(session, spec, args, kwargs)
@@ -262,7 +262,7 @@ def _gen_wrapper(spec: CallSpec) -> Wrapper:
     run = _gen_llm if spec.kind == LLM else _gen_step
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = active.get()
         if session is None:
             return wrapped(*args, **kwargs)
         return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
@@ -271,7 +271,7 @@ def _gen_wrapper(spec: CallSpec) -> Wrapper:
 
 
 def _gen_step(
-    session: SessionBudget, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
+    session: Boundary, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
 ) -> Generator[Any, Any, Any]:
     handle = enter_step(session, spec, args, kwargs)
     try:
@@ -284,7 +284,7 @@ def _gen_step(
 
 
 def _gen_llm(
-    session: SessionBudget, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
+    session: Boundary, spec: CallSpec, gen: Generator[Any, Any, Any], args: Any, kwargs: Any
 ) -> Generator[Any, Any, Any]:
     call = LLMCall.begin(session, spec, args, kwargs)
     stream = call.finish(gen)  # a proxy that settles the call when the stream ends
@@ -303,7 +303,7 @@ def _agen_wrapper(spec: CallSpec) -> Wrapper:
     run = _agen_llm if spec.kind == LLM else _agen_step
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _current.get()
+        session = active.get()
         if session is None:
             return wrapped(*args, **kwargs)
         return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
@@ -312,7 +312,7 @@ def _agen_wrapper(spec: CallSpec) -> Wrapper:
 
 
 async def _agen_step(
-    session: SessionBudget, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
+    session: Boundary, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
 ) -> AsyncGenerator[Any, Any]:
     # Re-yields agen by hand (``async for`` would drop asend/athrow), forwarding all of them.
     handle = enter_step(session, spec, args, kwargs)
@@ -345,7 +345,7 @@ _DONE: Any = object()
 
 
 async def _agen_llm(
-    session: SessionBudget, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
+    session: Boundary, spec: CallSpec, agen: AsyncGenerator[Any, Any], args: Any, kwargs: Any
 ) -> AsyncGenerator[Any, Any]:
     call = LLMCall.begin(session, spec, args, kwargs)
     stream = call.finish(agen)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._limits import _positive_int, _seconds
-from ._session import LLM, STEP, CallSpec, current
+from ._limits import positive_int, seconds
+from ._session import current
+from ._values import LLM, STEP, CallSpec
 from ._wrap import wrap
 
 if TYPE_CHECKING:
@@ -64,9 +65,9 @@ def step(
     _check_name(name)
     _check_bool(wrapup, "wrapup")
     if timeout is not None:
-        timeout = _seconds(timeout, "timeout")
+        timeout = seconds(timeout, "timeout")
     if max_output_chars is not None:
-        max_output_chars = _positive_int(max_output_chars, "max_output_chars")
+        max_output_chars = positive_int(max_output_chars, "max_output_chars")
 
     def decorate(fn: Any) -> Any:
         spec = CallSpec(

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._handoff import Handoff
-    from ._session import SessionUsage
+    from ._values import SessionUsage
 
 __all__ = [
     "BudgetConfigError",

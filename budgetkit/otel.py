@@ -116,7 +116,7 @@ def configure(
 
 def trace_id_of(session: SessionBudget) -> str | None:
     """The trace id (32 hex digits) of a session's span, or ``None`` if nothing recorded it."""
-    return _otel.span_ids(session._span)[0]
+    return _otel.span_ids(session.boundary.telemetry)[0]
 
 
 def _import_sdk() -> tuple[Any, Any]:
@@ -221,9 +221,11 @@ class _Slot:
             inner.on_end(span)
 
     def _on_ending(self, span: Span) -> None:
-        inner = self._inner
-        if inner is not None:
-            inner._on_ending(span)
+        # The SDK's own hook (SpanProcessor._on_ending, OpenTelemetry SDK >= 1.28); an older
+        # processor has none.
+        hook = getattr(self._inner, "_on_ending", None)
+        if hook is not None:
+            hook(span)
 
     def shutdown(self) -> None:
         inner, self._inner = self._inner, None

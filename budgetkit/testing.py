@@ -262,7 +262,8 @@ class SpanRecorder:
         self._spans: list[ReadableSpan] = []
         self._lock = threading.Lock()
 
-    def _add(self, span: ReadableSpan) -> None:
+    def add(self, span: ReadableSpan) -> None:
+        """Record one ended span (budgetkit's span processor calls it)."""
         with self._lock:
             self._spans.append(span)
 
@@ -328,7 +329,7 @@ class _Fanout:
         if span.context is None or not span.context.trace_flags.sampled:
             return
         for recorder in list(self.recorders):
-            recorder._add(span)
+            recorder.add(span)
 
     def shutdown(self) -> None:
         self.recorders.clear()

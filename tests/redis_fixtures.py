@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from budgetkit import BudgetExhausted, SessionBudget, Usage, budget
+from budgetkit import BudgetExhausted, SessionBudget, Usage, _money, budget
+from budgetkit._usage import Counts, usage_counts
 from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
@@ -33,6 +34,16 @@ INSTALL_HINT = (
     "redis-server is not installed; the Redis ledger tests need a real server: "
     "apt-get install -y redis-server (scripts/bootstrap.sh does it)"
 )
+
+
+def units(usd: str | int | Decimal) -> int:
+    """USD as the ledger protocol's integer units of 10^-18 USD."""
+    return _money.to_units(Decimal(usd))
+
+
+def counts(usage: Usage) -> Counts:
+    """A usage as the ledger protocol's token counts."""
+    return usage_counts(usage)
 
 
 def free_port() -> int:
@@ -151,11 +162,11 @@ def ledger_racer(url: str, prefix: str, session_id: str, go: Any) -> dict[str, A
         if reason is not None:
             break
         steps += 1
-        if handle.admit("llm", Decimal("0.01"), name="ask") is None:
+        if handle.admit("llm", units("0.01"), name="ask") is None:
             calls += 1
             cost = Decimal("0.001") + Decimal(steps % 4) / 1000  # 0.001 .. 0.004
             handle.record(
-                Usage(input_tokens=10, output_tokens=5), cost, priced=True, release=Decimal("0.01")
+                counts(Usage(input_tokens=10, output_tokens=5)), units(cost), release=units("0.01")
             )
     return {"steps": steps, "calls": calls, "reason": reason, "won": handle.claim_handoff_writer()}
 
@@ -163,7 +174,7 @@ def ledger_racer(url: str, prefix: str, session_id: str, go: Any) -> dict[str, A
 def hold_reservation(url: str, prefix: str, session_id: str, ready: Any) -> None:
     """Join, reserve $0.50 for an LLM call, say so, then hang until killed."""
     handle = RedisLedger(url, key_prefix=prefix, reservation_ttl=1.0).join(session_id)
-    assert handle.admit("llm", Decimal("0.5"), name="slow call") is None
+    assert handle.admit("llm", units("0.5"), name="slow call") is None
     ready.set()
     time.sleep(600)
 

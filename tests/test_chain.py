@@ -30,6 +30,7 @@ from budgetkit import (
 from budgetkit._chainfiles import scan
 from budgetkit._lineage import usage_from_dict
 from budgetkit.cli import main
+from budgetkit.ledgers.inprocess import InProcessLedgerSession
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -292,11 +293,16 @@ def test_max_sessions_stops_run_chain_before_a_third_session(handoff_dir: Path) 
 
 
 def test_a_session_with_chain_caps_leaves_the_fast_step_path() -> None:
-    """Chain caps turn _plain off (the slow _admit decides); sessions without them keep it."""
-    assert SessionBudget(max_steps=3, handoff_dir=None)._plain
-    assert not SessionBudget(max_total_steps=3, handoff_dir=None)._plain
-    assert not SessionBudget(max_total_usd=1, handoff_dir=None)._plain
-    assert not SessionBudget(max_sessions=3, handoff_dir=None)._plain
+    """Chain caps on steps or USD turn the fast path off (the general rules decide);
+    sessions without them keep it. max_sessions is judged at resume, never at a boundary."""
+    assert SessionBudget(max_steps=3, handoff_dir=None).boundary.rules().plain
+    assert not SessionBudget(max_total_steps=3, handoff_dir=None).boundary.rules().plain
+    assert not SessionBudget(max_total_usd=1, handoff_dir=None).boundary.rules().plain
+    assert SessionBudget(max_sessions=3, handoff_dir=None).boundary.rules().plain
+    with SessionBudget(max_total_steps=3, handoff_dir=None) as s:
+        handle = s.boundary.handle
+        assert isinstance(handle, InProcessLedgerSession)
+        assert handle.fast_step_cap == -1
 
 
 def test_a_reservation_past_max_total_usd_is_refused() -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from budgetkit import Handoff, __version__
-from budgetkit._handoff import write_atomic
+from budgetkit._files import write_atomic
 from budgetkit._stubserver import StubServer
 from budgetkit.cli import EXIT_EXHAUSTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from budgetkit import BudgetExhausted, SessionBudget, _config, _session, budget
+from budgetkit import BudgetExhausted, SessionBudget, _config, _exhaustion, budget
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,13 +32,13 @@ def _fast_thread_switching() -> Iterator[None]:
 def write_count(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Record every handoff write the sessions make."""
     calls: list[Path] = []
-    real = _session.write_atomic
+    real = _exhaustion.write_atomic
 
     def counting(path: Path, doc: dict[str, Any]) -> None:
         calls.append(path)
         real(path, doc)
 
-    monkeypatch.setattr(_session, "write_atomic", counting)
+    monkeypatch.setattr(_exhaustion, "write_atomic", counting)
     return calls
 
 

@@ -240,9 +240,9 @@ def test_a_usd_limit_finer_than_a_unit_still_compares_exactly() -> None:
     limit = Decimal("0.0000000000000000015")
     with SessionBudget(max_usd=limit, handoff_dir=None) as s:
         s.charge(usd=Decimal("1e-18"))
-        assert s._tripped is None
+        assert s.boundary.snapshot().tripped is None
         s.charge(usd=Decimal("1e-18"))
-        assert s._tripped == "max_usd"
+        assert s.boundary.snapshot().tripped == "max_usd"
 
 
 # ------------------------------------------------------------------ through the decorator

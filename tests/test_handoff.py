@@ -20,7 +20,7 @@ from budgetkit import (
     HandoffError,
     SessionBudget,
     _config,
-    _handoff,
+    _files,
     budget,
 )
 
@@ -205,8 +205,8 @@ def test_temp_file_complete_and_private_before_rename(
         assert doc["reason"] == "max_steps"
         real_replace(src, dst)
 
-    monkeypatch.setattr(_handoff.os, "replace", replace)
-    monkeypatch.setattr(_handoff.os, "fsync", fsync)
+    monkeypatch.setattr(_files.os, "replace", replace)
+    monkeypatch.setattr(_files.os, "fsync", fsync)
     _, exc = exhaust(handoff_dir)
     assert events == ["fsync", "replace", "fsync"]  # file, rename, then the directory
     assert [p.name for p in handoff_dir.iterdir()] == [exc.handoff_path.name]  # type: ignore[union-attr]
@@ -276,9 +276,9 @@ def test_write_failure_latches_without_retry(
         calls.append(1)
         raise PermissionError(13, "denied")
 
-    from budgetkit import _session
+    from budgetkit import _exhaustion
 
-    monkeypatch.setattr(_session, "write_atomic", broken)
+    monkeypatch.setattr(_exhaustion, "write_atomic", broken)
     with SessionBudget(max_steps=1, handoff_dir=handoff_dir):
         tool()
         errors = []
@@ -299,7 +299,7 @@ def test_failed_rename_leaves_no_temp_file(
     def replace(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_handoff.os, "replace", replace)
+    monkeypatch.setattr(_files.os, "replace", replace)
     _, exc = exhaust(handoff_dir)
     assert isinstance(exc.handoff_error, OSError)
     assert exc.handoff_path is None

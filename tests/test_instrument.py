@@ -215,7 +215,7 @@ async def test_async_clients_are_charged(stub: StubServer, handoff_dir: Path) ->
             pass
         await oa.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=400)
         await an.messages.create(model="claude-haiku-4-5", max_tokens=400, messages=MESSAGES)
-        assert session._reserved == 0  # every reservation was settled
+        assert session.boundary.snapshot().reserved_usd == 0  # every reservation was settled
     assert (session.usage.llm_calls, session.usage.total_tokens) == (4, 4 * sum(USAGE))
     expected = 3 * _cost("gpt-4o-mini", "openai") + _cost("claude-haiku-4-5", "anthropic")
     assert session.usage.cost_usd == expected
@@ -229,7 +229,7 @@ def test_failed_request_releases_its_reservation(handoff_dir: Path) -> None:
     ):
         with pytest.raises(openai.APIConnectionError):
             client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=9)
-        assert session._reserved == 0
+        assert session.boundary.snapshot().reserved_usd == 0
     assert (session.usage.llm_calls, session.usage.cost_usd) == (1, 0)
 
 

@@ -15,10 +15,12 @@ import pytest
 import redis
 from redis_fixtures import (
     RedisServer,
+    counts,
     hold_reservation,
     ledger,
     ledger_racer,
     redis_server,
+    units,
 )
 
 from budgetkit import BudgetConfigError, Usage
@@ -134,9 +136,9 @@ def test_measured_limit_trips_on_record_and_latches_at_the_next_admit(
 ) -> None:
     """Usage equal to a limit is within budget; the charge that crosses it trips, not refuses."""
     handle = ledger.create(new_id(), limits(max_tokens=100, max_usd=1))
-    assert handle.record(Usage(input_tokens=60, output_tokens=40), Decimal(1), priced=True) is None
+    assert handle.record(counts(Usage(input_tokens=60, output_tokens=40)), units(1)) is None
     assert handle.admit("llm") is None
-    assert handle.record(Usage(input_tokens=1), None, priced=False) == "max_tokens"
+    assert handle.record(counts(Usage(input_tokens=1)), None) == "max_tokens"
     assert handle.snapshot().reason is None
     assert handle.admit("step", name="next") == "max_tokens"
     snap = handle.snapshot()
@@ -149,17 +151,14 @@ def test_reservations_are_admitted_against_spent_plus_reserved(ledger: RedisLedg
     sid = new_id()
     first = ledger.create(sid, limits(max_usd=Decimal("1.00")))
     second = ledger.join(sid)
-    assert first.admit("llm", Decimal("0.60")) is None
+    assert first.admit("llm", units("0.60")) is None
     # Releasing from another holder's reservation gives nothing back.
-    second.release(Decimal("0.60"))
+    second.release(units("0.60"))
     assert second.snapshot().reserved_usd == Decimal("0.60")
-    assert (
-        first.record(Usage(input_tokens=1), Decimal("0.25"), priced=True, release=Decimal("0.60"))
-        is None
-    )
+    assert first.record(counts(Usage(input_tokens=1)), units("0.25"), release=units("0.60")) is None
     assert second.snapshot().reserved_usd == 0
-    assert second.admit("llm", Decimal("0.75")) is None  # 0.25 + 0.75 == 1.00 fits
-    assert first.admit("llm", Decimal("0.000000000000000001"), name="one atto") == "max_usd"
+    assert second.admit("llm", units("0.75")) is None  # 0.25 + 0.75 == 1.00 fits
+    assert first.admit("llm", units("0.000000000000000001"), name="one atto") == "max_usd"
     snap = first.snapshot()
     assert (snap.reason, snap.cost_usd, snap.reserved_usd) == (
         "max_usd",
@@ -217,8 +216,8 @@ def test_a_replayed_operation_is_applied_once(ledger: RedisLedger) -> None:
     handle = ledger.create(new_id(), limits(max_steps=2))
     keys = [*handle._keys, f"{handle._keys[0]}:op:replayed"]
     args = [handle.holder, "step", "", "t", "0", 1000, 60_000, 60_000]
-    assert ledger._run("admit", keys, args) == b"A"
-    assert ledger._run("admit", keys, args) == b"A"
+    assert ledger.run("admit", keys, args) == b"A"
+    assert ledger.run("admit", keys, args) == b"A"
     assert handle.snapshot().steps == 1
 
 
@@ -299,7 +298,7 @@ def test_a_lost_reply_retried_by_the_client_is_not_charged_twice(
         if op == "step":
             assert flaky.admit("step") is None
         else:
-            flaky.record(Usage(input_tokens=7), Decimal("0.125"), priced=True)
+            flaky.record(counts(Usage(input_tokens=7)), units("0.125"))
         assert not dropping_proxy.armed
     assert dropping_proxy.dropped == 2
     snap = handle.snapshot()
@@ -343,11 +342,9 @@ def test_eight_processes_racing_on_reservations_never_overspend(
     def worker() -> None:
         handle = ledger.join(sid)
         n = 0
-        while handle.admit("llm", Decimal("0.003")) is None:
+        while handle.admit("llm", units("0.003")) is None:
             n += 1
-            handle.record(
-                Usage(input_tokens=1), Decimal("0.003"), priced=True, release=Decimal("0.003")
-            )
+            handle.record(counts(Usage(input_tokens=1)), units("0.003"), release=units("0.003"))
         admitted.append(n)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
@@ -414,14 +411,13 @@ def test_redis_killed_mid_run_fails_closed_and_restarts_consistent(tmp_path: Pat
             handle = led.join(sid)
             try:
                 while True:
-                    assert handle.admit("llm", Decimal("0.01")) is None
+                    assert handle.admit("llm", units("0.01")) is None
                     with lock:
                         acked["admits"] += 1
                     handle.record(
-                        Usage(input_tokens=10, output_tokens=5),
-                        Decimal("0.004"),
-                        priced=True,
-                        release=Decimal("0.01"),
+                        counts(Usage(input_tokens=10, output_tokens=5)),
+                        units("0.004"),
+                        release=units("0.01"),
                     )
                     with lock:
                         acked["records"] += 1
@@ -446,7 +442,7 @@ def test_redis_killed_mid_run_fails_closed_and_restarts_consistent(tmp_path: Pat
         assert snap.output_tokens == 5 * records
         assert snap.cost_usd == Decimal("0.004") * records
         # Every admitted call not yet recorded still holds exactly its reservation.
-        held = server.admin().hvals(led._keys(sid)[1])
+        held = server.admin().hvals(led.keys(sid)[1])
         assert sum(map(from_units, held)) == snap.reserved_usd
         assert snap.reserved_usd == Decimal("0.01") * (snap.llm_calls - records)
         assert acked["admits"] > 50
@@ -476,7 +472,7 @@ def test_a_killed_workers_reservation_expires_and_is_released(
     while handle.snapshot().reserved_usd and time.monotonic() < deadline:
         time.sleep(0.1)
     assert handle.snapshot().reserved_usd == 0
-    assert handle.admit("llm", Decimal("0.9")) is None  # the whole budget is usable again
+    assert handle.admit("llm", units("0.9")) is None  # the whole budget is usable again
 
 
 def test_expired_session_cannot_be_joined_or_charged(redis_server: RedisServer) -> None:
@@ -484,7 +480,7 @@ def test_expired_session_cannot_be_joined_or_charged(redis_server: RedisServer) 
     led = RedisLedger(redis_server.url, key_prefix=f"test-{uuid.uuid4().hex[:8]}:", ttl=0.5)
     sid = new_id()
     handle = led.create(sid, limits(max_steps=100, max_usd=1))
-    assert handle.admit("llm", Decimal("0.1")) is None
+    assert handle.admit("llm", units("0.1")) is None
     for _ in range(4):  # activity keeps it alive past its ttl
         time.sleep(0.25)
         assert handle.admit("step") is None

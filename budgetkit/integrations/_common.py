@@ -13,8 +13,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .._boundary import Boundary, active
 from .._calls import LLMCall, enter_step, exit_step
-from .._session import LLM, STEP, CallSpec, SessionBudget, current
+from .._session import SessionBudget
+from .._values import LLM, STEP, CallSpec
 from ..exceptions import BudgetTypeError
 
 __all__ = ["Step", "check_session", "pricing_provider", "session_for", "start_llm_call"]
@@ -27,9 +29,9 @@ def check_session(session: object) -> SessionBudget | None:
     return session
 
 
-def session_for(explicit: SessionBudget | None) -> SessionBudget | None:
+def session_for(explicit: SessionBudget | None) -> Boundary | None:
     """The session to charge: the adapter's own, else the innermost active one of this context."""
-    return explicit if explicit is not None else current()
+    return explicit.boundary if explicit is not None else active.get()
 
 
 class Step:
@@ -37,7 +39,7 @@ class Step:
 
     __slots__ = ("handle", "session", "spec")
 
-    def __init__(self, session: SessionBudget, name: str, arguments: object = None) -> None:
+    def __init__(self, session: Boundary, name: str, arguments: object = None) -> None:
         self.session = session
         self.spec = CallSpec(STEP, name or "tool")
         self.handle = enter_step(session, self.spec, (), _arguments(arguments))
@@ -48,7 +50,7 @@ class Step:
 
 
 def start_llm_call(
-    session: SessionBudget,
+    session: Boundary,
     name: str,
     *,
     model: str | None = None,

@@ -150,7 +150,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         usage, output = _usage_of(response, call.spec.provider)
-        call.settle(call._fill(usage), result=output, streamed=False)
+        call.settle(call.fill(usage), result=output, streamed=False)
 
     def on_llm_error(
         self,

@@ -127,7 +127,7 @@ class BudgetRunHooks(RunHooks[Any]):
         call = _pop(self._llm_calls, id(context), context)
         if call is None:
             return
-        call.settle(call._fill(_usage_of(response)), result=response.output, streamed=False)
+        call.settle(call.fill(_usage_of(response)), result=response.output, streamed=False)
 
     async def on_tool_start(
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool

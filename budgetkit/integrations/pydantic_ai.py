@@ -98,9 +98,7 @@ class BudgetModel(WrapperModel):
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.settle(
-            call._fill(_usage_of(response.usage, response)), result=response, streamed=False
-        )
+        call.settle(call.fill(_usage_of(response.usage, response)), result=response, streamed=False)
         return response
 
     @asynccontextmanager
@@ -140,7 +138,7 @@ class BudgetModel(WrapperModel):
 
 def _settle_stream(call: LLMCall, stream: StreamedResponse) -> None:
     response = stream.get()
-    call.settle(call._fill(_usage_of(stream.usage, response)), result=response, streamed=True)
+    call.settle(call.fill(_usage_of(stream.usage, response)), result=response, streamed=True)
 
 
 @dataclass

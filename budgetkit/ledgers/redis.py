@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import _money
-from .._handoff import check_session_id
+from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
+from .._policy import CHECKS, COUNT, ERRORS, MEASURED, TIME, USD_CHECKS, Check, Counters
+from .._values import LLM, STEP
 from ..exceptions import (
     BudgetConfigError,
     BudgetTypeError,
@@ -51,12 +53,9 @@ from . import LedgerSnapshot
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .._usage import Usage
+    from .._usage import Counts
 
 __all__ = ["RedisLedger", "RedisLedgerSession"]
-
-STEP = "step"
-LLM = "llm"
 
 # ---------------------------------------------------------------------------------- Lua
 #: Exact arithmetic on non-negative decimal integer strings, in chunks of 14 digits (every
@@ -112,7 +111,7 @@ local function min(a, b)
 end
 """
 
-_LUA_COMMON = (
+_LUA_COMMON_TEMPLATE = (
     LUA_BIGNUM
     + """
 local S, R, L, OP = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -160,16 +159,7 @@ local function give_back(holder, amount)
   end
   redis.call('HSET', S, 'resv', sub0(redis.call('HGET', S, 'resv') or '0', take))
 end
-local function over_measured()
-  local f = redis.call('HMGET', S, 'mt', 'mi', 'mo', 'mu', 'in', 'out', 'cost', 'cu')
-  local inp, out = num(f[5]), num(f[6])
-  if f[8] and cmp(f[7] or '0', f[8]) > 0 then return 'max_total_usd' end
-  if f[1] and inp + out > tonumber(f[1]) then return 'max_tokens' end
-  if f[2] and inp > tonumber(f[2]) then return 'max_input_tokens' end
-  if f[3] and out > tonumber(f[3]) then return 'max_output_tokens' end
-  if f[4] and cmp(f[7] or '0', f[4]) > 0 then return 'max_usd' end
-  return false
-end
+%(RULES)s
 -- Sliding expiry of the session's keys; remember the operation's result for retries.
 local function finish(result, ttl, op_ttl)
   redis.call('PEXPIRE', S, ttl)
@@ -183,6 +173,150 @@ local function keep_alive(holder, now, lease)
 end
 """
 )
+
+#: Where each counter of ``budgetkit._policy.Counters`` lives in the session's hash.
+COUNTER_FIELDS = {
+    "steps": "steps",
+    "llm_calls": "llm",
+    "input_tokens": "in",
+    "output_tokens": "out",
+    "cache_read_tokens": "cr",
+    "cache_write_tokens": "cw",
+    "reasoning_tokens": "rs",
+    "cost": "cost",
+    "reserved": "resv",
+    "unpriced_calls": "unpriced",
+    "unmeasured_calls": "unmeasured",
+    "errors_in_a_row": "errors",
+}
+
+#: Where each limit of ``budgetkit._policy.CHECKS`` lives in the session's hash.
+LIMIT_FIELDS = {
+    "max_total_steps": "cs",
+    "max_total_usd": "cu",
+    "max_steps": "ms",
+    "max_llm_calls": "ml",
+    "max_tokens": "mt",
+    "max_input_tokens": "mi",
+    "max_output_tokens": "mo",
+    "max_usd": "mu",
+    "max_seconds": "msec",
+    "max_consecutive_errors": "me",
+}
+
+
+def lua_rules() -> str:
+    """The policy's rules as Lua, generated from ``budgetkit._policy.CHECKS`` (the one
+    order of reasons), so the server applies exactly what the in-process ledger does.
+
+    Each function reads ``v``, the session's hash (:func:`state` in Lua), and returns the
+    refusing reason or ``false``: ``time_refusal``, ``count_refusal`` (by call kind),
+    ``reserve_refusal`` (spent + reserved + estimate), ``measured_refusal`` (after a
+    charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
+    """
+    fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
+    fields += ["reason", "tripped", "start", "keep"]
+    names = ", ".join(f"'{f}'" for f in fields)
+    lines = [
+        "local STATE_FIELDS = {" + names + "}",
+        "local function state()",
+        "  local got = redis.call('HMGET', S, unpack(STATE_FIELDS))",
+        "  local v = {}",
+        "  for i, name in ipairs(STATE_FIELDS) do v[name] = got[i] or nil end",
+        "  return v",
+        "end",
+    ]
+
+    def value(check: Check) -> str:
+        parts = [f"num(v['{COUNTER_FIELDS[c]}'])" for c in check.counters]
+        return " + ".join(parts)
+
+    def over(check: Check, strict: bool, scale: str = "") -> str:
+        limit = f"v['{LIMIT_FIELDS[check.reason]}']"
+        if check.counters == ("cost",) and not scale:  # exact: decimal strings
+            op = "> 0" if strict else ">= 0"
+            return f"{limit} and cmp(v['cost'] or '0', {limit}) {op}"
+        op = ">" if strict else ">="
+        bound = f"tonumber({limit}){scale}"
+        if check.rule == COUNT and scale:
+            bound = f"math.floor({bound})"
+        return f"{limit} and {value(check)} {op} {bound}"
+
+    def function(name: str, params: str, body: list[str], default: str = "false") -> None:
+        lines.append(f"local function {name}({params})")
+        lines.extend(body)
+        lines.append(f"  return {default}")
+        lines.append("end")
+
+    time = [c for c in CHECKS if c.rule == TIME]
+    function(
+        "time_refusal",
+        "v, now",
+        [
+            f"  if v['{LIMIT_FIELDS[c.reason]}'] and now - tonumber(v['start']) > "
+            f"tonumber(v['{LIMIT_FIELDS[c.reason]}']) * 1000 then return '{c.reason}' end"
+            for c in time
+        ],
+    )
+    counts: list[str] = []
+    for kind in (STEP, LLM):
+        counts.append(f"  if kind == '{kind}' then")
+        counts += [
+            f"    if {over(c, strict=False)} then return '{c.reason}' end"
+            for c in CHECKS
+            if c.rule == COUNT and c.kind == kind
+        ]
+        counts.append("  end")
+    function("count_refusal", "kind, v", counts)
+    function(
+        "reserve_refusal",
+        "wanted, v",
+        [
+            f"  if v['{LIMIT_FIELDS[r]}'] and cmp(wanted, v['{LIMIT_FIELDS[r]}']) > 0 "
+            f"then return '{r}' end"
+            for r in USD_CHECKS
+        ],
+    )
+    function(
+        "measured_refusal",
+        "v",
+        [
+            f"  if {over(c, strict=True)} then return '{c.reason}' end"
+            for c in CHECKS
+            if c.rule == MEASURED
+        ],
+    )
+    function(
+        "errors_refusal",
+        "v",
+        [
+            f"  if {over(c, strict=False)} then return '{c.reason}' end"
+            for c in CHECKS
+            if c.rule == ERRORS
+        ],
+    )
+    wrapup = ["  local keep = tonumber(v['keep'])"]
+    for c in CHECKS:
+        if c.chain or c.rule == ERRORS:
+            continue
+        field = LIMIT_FIELDS[c.reason]
+        if c.rule == COUNT:
+            wrapup.append(
+                f"  if kind == '{c.kind}' and {over(c, strict=False, scale=' * keep')} "
+                "then return true end"
+            )
+        elif c.rule == MEASURED:
+            wrapup.append(f"  if {over(c, strict=True, scale=' * keep')} then return true end")
+        else:
+            wrapup.append(
+                f"  if v['{field}'] and now - tonumber(v['start']) > "
+                f"tonumber(v['{field}']) * keep * 1000 then return true end"
+            )
+    function("in_wrapup_reserve", "kind, v, now", wrapup)
+    return "\n".join(lines)
+
+
+_LUA_COMMON = _LUA_COMMON_TEMPLATE.replace("%(RULES)s", lua_rules())
 
 #: ARGV: ttl, then field/value pairs. 'E' when the id exists, else 'OK'.
 _CREATE = (
@@ -215,56 +349,21 @@ if early then return early end
 local holder, kind, reserve, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 sweep(now)
-local f = redis.call('HMGET', S, 'reason', 'tripped', 'start', 'msec', 'steps', 'ms', 'llm',
-  'ml', 'cost', 'resv', 'mu', 'keep', 'cs', 'cu')
-local function in_wrapup_reserve()
-  local keep = tonumber(f[12])
-  if kind == 'step' and f[6] and num(f[5]) >= math.floor(tonumber(f[6]) * keep) then
-    return true
-  end
-  if kind == 'llm' and f[8] and num(f[7]) >= math.floor(tonumber(f[8]) * keep) then
-    return true
-  end
-  local g = redis.call('HMGET', S, 'mt', 'mi', 'mo', 'in', 'out')
-  local inp, out = num(g[4]), num(g[5])
-  if g[1] and inp + out > tonumber(g[1]) * keep then return true end
-  if g[2] and inp > tonumber(g[2]) * keep then return true end
-  if g[3] and out > tonumber(g[3]) * keep then return true end
-  if f[11] and num(f[9]) > tonumber(f[11]) * keep then return true end
-  if f[4] then return now - tonumber(f[3]) > tonumber(f[4]) * keep * 1000 end
-  return false
-end
+local v = state()
 local result = 'A'
-if f[1] then
-  result = 'X' .. f[1]
+if v['reason'] then
+  result = 'X' .. v['reason']
 else
-  local reason = f[2]
-  if not reason and f[4] and now - tonumber(f[3]) > tonumber(f[4]) * 1000 then
-    reason = 'max_seconds'
-  end
-  if not reason then
-    if kind == 'step' then
-      if f[13] and num(f[5]) >= tonumber(f[13]) then
-        reason = 'max_total_steps'
-      elseif f[6] and num(f[5]) >= tonumber(f[6]) then
-        reason = 'max_steps'
-      end
-    elseif kind == 'llm' and f[8] and num(f[7]) >= tonumber(f[8]) then
-      reason = 'max_llm_calls'
-    end
-  end
+  local reason = v['tripped']
+  if not reason then reason = time_refusal(v, now) end
+  if not reason then reason = count_refusal(kind, v) end
   if not reason and reserve ~= '' then
-    local wanted = add(add(f[9] or '0', f[10] or '0'), reserve)
-    if f[14] and cmp(wanted, f[14]) > 0 then
-      reason = 'max_total_usd'
-    elseif f[11] and cmp(wanted, f[11]) > 0 then
-      reason = 'max_usd'
-    end
+    reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
   if reason then
     redis.call('HSET', S, 'reason', reason, 'refused', name)
     result = 'X' .. reason
-  elseif f[12] and ARGV[5] ~= '1' and in_wrapup_reserve() then
+  elseif v['keep'] and ARGV[5] ~= '1' and in_wrapup_reserve(kind, v, now) then
     result = 'W'
   else
     if kind == 'step' then
@@ -273,11 +372,11 @@ else
       redis.call('HINCRBY', S, 'llm', 1)
     end
     if reserve ~= '' and reserve ~= '0' then
-      redis.call('HSET', S, 'resv', add(f[10] or '0', reserve))
+      redis.call('HSET', S, 'resv', add(v['resv'] or '0', reserve))
       redis.call('HSET', R, holder, add(redis.call('HGET', R, holder) or '0', reserve))
       redis.call('ZADD', L, now + tonumber(ARGV[6]), holder)
     end
-    if num(redis.call('HGET', S, 'errors')) > 0 then result = 'AE' end
+    if num(v['errors']) > 0 then result = 'AE' end
   end
 end
 keep_alive(holder, now, ARGV[6])
@@ -311,7 +410,7 @@ end
 if ARGV[10] ~= '' then give_back(holder, ARGV[10]) end
 local tripped = redis.call('HGET', S, 'tripped')
 if not tripped then
-  tripped = over_measured()
+  tripped = measured_refusal(state())
   if tripped then redis.call('HSET', S, 'tripped', tripped) end
 end
 keep_alive(holder, now, ARGV[11])
@@ -339,12 +438,11 @@ _FAIL = (
     + """
 local early = begin()
 if early then return early end
-local errors = redis.call('HINCRBY', S, 'errors', 1)
-local f = redis.call('HMGET', S, 'tripped', 'me')
-local tripped = f[1]
-if not tripped and f[2] and errors >= tonumber(f[2]) then
-  tripped = 'max_consecutive_errors'
-  redis.call('HSET', S, 'tripped', tripped)
+redis.call('HINCRBY', S, 'errors', 1)
+local tripped = redis.call('HGET', S, 'tripped')
+if not tripped then
+  tripped = errors_refusal(state())
+  if tripped then redis.call('HSET', S, 'tripped', tripped) end
 end
 return finish('T' .. (tripped or ''), ARGV[1], ARGV[2])
 """
@@ -428,18 +526,6 @@ _SCRIPTS = {
     "snapshot": _SNAPSHOT,
 }
 
-# Limits stored as plain fields, for the scripts to read.
-_LIMIT_FIELDS = {
-    "max_steps": "ms",
-    "max_llm_calls": "ml",
-    "max_tokens": "mt",
-    "max_input_tokens": "mi",
-    "max_output_tokens": "mo",
-    "max_usd": "mu",
-    "max_seconds": "msec",
-    "max_consecutive_errors": "me",
-}
-
 
 # ---------------------------------------------------------------------------------- USD
 def to_units(amount: Decimal, *, limit: bool = False) -> str:
@@ -448,6 +534,13 @@ def to_units(amount: Decimal, *, limit: bool = False) -> str:
     if not amount.is_finite() or amount < 0:
         raise BudgetConfigError(f"a ledger amount must be a non-negative USD value, got {amount}")
     return str(_money.to_units_floor(amount) if limit else _money.to_units(amount))
+
+
+def _check_units(units: int) -> int:
+    """A USD amount in units, as the scripts take it: a non-negative int."""
+    if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+        raise BudgetTypeError(f"a ledger amount must be a non-negative int of units, got {units!r}")
+    return units
 
 
 def from_units(units: str | bytes | None) -> Decimal:
@@ -544,9 +637,9 @@ class RedisLedger:
         self.ttl = _seconds(ttl, "ttl")
         self.reservation_ttl = _seconds(reservation_ttl, "reservation_ttl")
         self.op_ttl = _seconds(op_ttl, "op_ttl")
-        self._ttl_ms = _ms(self.ttl)
-        self._lease_ms = _ms(self.reservation_ttl)
-        self._op_ttl_ms = min(_ms(self.op_ttl), self._ttl_ms)  # never outlive the session
+        self.ttl_ms = _ms(self.ttl)
+        self.lease_ms = _ms(self.reservation_ttl)
+        self.op_ttl_ms = min(_ms(self.op_ttl), self.ttl_ms)  # never outlive the session
         if isinstance(url_or_client, str):
             self.url = redact(url_or_client)
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
@@ -581,11 +674,11 @@ class RedisLedger:
         return f"<RedisLedger {self.url} prefix={self.key_prefix!r}>"
 
     # ------------------------------------------------------------------ plumbing
-    def _keys(self, session_id: str) -> list[str]:
+    def keys(self, session_id: str) -> list[str]:
         base = f"{self.key_prefix}{{{session_id}}}"
         return [base, f"{base}:res", f"{base}:lease"]
 
-    def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One script call; connection trouble becomes ``LedgerUnavailableError``."""
         try:
             return self._scripts[script](keys=keys, args=args, client=self.client)
@@ -598,7 +691,7 @@ class RedisLedger:
         except self._response_error as exc:
             raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
 
-    def _unknown(self, session_id: str) -> SessionNotFoundError:
+    def unknown(self, session_id: str) -> SessionNotFoundError:
         return SessionNotFoundError(
             f"session {session_id!r} is not in the Redis ledger at {self.url} "
             f"(key prefix {self.key_prefix!r}): it was never created there, or it expired "
@@ -642,14 +735,14 @@ class RedisLedger:
             fields += ["cs", str(max(step_room, 0))]
         if usd_room is not None:
             fields += ["cu", to_units(max(usd_room, Decimal(0)), limit=True)]
-        for limit, field in _LIMIT_FIELDS.items():
-            value = getattr(limits, limit)
+        for limit in LIMIT_NAMES:
+            field, value = LIMIT_FIELDS[limit], getattr(limits, limit)
             if value is None:
                 continue
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
-        answer = _text(self._run("create", self._keys(session_id), [self._ttl_ms, *fields]))
+        answer = _text(self.run("create", self.keys(session_id), [self.ttl_ms, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
@@ -665,9 +758,9 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(self._run("join", self._keys(session_id), [self._ttl_ms]))
+        answer = _text(self.run("join", self.keys(session_id), [self.ttl_ms]))
         if answer == "U":
-            raise self._unknown(session_id)
+            raise self.unknown(session_id)
         return RedisLedgerSession(self, session_id, json.loads(answer))
 
 
@@ -694,11 +787,12 @@ class RedisLedgerSession:
         self.extra: dict[str, Any] = dict(config.get("extra") or {})
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
-        self._keys = ledger._keys(session_id)
+        self._keys = ledger.keys(session_id)
         self._lock = threading.Lock()
         self._seq = 0
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
+        self._last = Counters()
 
     def __repr__(self) -> str:
         return f"<RedisLedgerSession {self.session_id} at {self.url}>"
@@ -712,22 +806,22 @@ class RedisLedgerSession:
 
     def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
         keys = self._keys if op_id is None else [*self._keys, f"{self._keys[0]}:op:{op_id}"]
-        answer = _text(self.ledger._run(script, keys, args))
+        answer = _text(self.ledger.run(script, keys, args))
         if answer == "U":
-            raise self.ledger._unknown(self.session_id)
+            raise self.ledger.unknown(self.session_id)
         return answer
 
     def admit(
         self,
         kind: str | None,
-        reserve_usd: Decimal | None = None,
+        reserve: int | None = None,
         *,
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
     ) -> str | None:
         """Check every limit and count the call (``"step"``, ``"llm"``, or ``None`` for a
-        reservation alone), holding ``reserve_usd`` for it — one atomic operation.
+        reservation alone), holding ``reserve`` units of USD for it — one atomic operation.
 
         Returns ``None`` when admitted, else the reason: a limit's name (the session is now
         latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
@@ -739,12 +833,12 @@ class RedisLedgerSession:
             [
                 self.holder,
                 kind or "",
-                "" if reserve_usd is None else to_units(reserve_usd),
+                "" if reserve is None else str(_check_units(reserve)),
                 name,
                 "1" if wrapup else "0",
-                led._lease_ms,
-                led._ttl_ms,
-                led._op_ttl_ms,
+                led.lease_ms,
+                led.ttl_ms,
+                led.op_ttl_ms,
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -757,92 +851,83 @@ class RedisLedgerSession:
 
     def record(
         self,
-        usage: Usage | None,
-        cost: Decimal | None,
+        counts: Counts | None,
+        cost: int | None,
         *,
-        priced: bool,
-        release: Decimal | None = None,
+        release: int = 0,
         op_id: str | None = None,
     ) -> str | None:
-        """Add one call's usage (``None``: unmeasured) and known cost, give back ``release`` of
-        this holder's reservation, and trip a measured limit it crosses — atomically.
+        """Add one call's token counts (``None``: unmeasured) and cost in units (``None``:
+        unpriced), give back ``release`` units of this holder's reservation, and trip a
+        measured limit it crosses — atomically.
 
         Returns the tripped reason (set by this or an earlier charge), or ``None``.
         """
         led = self.ledger
-        if usage is None:
-            counts = ["0"] * 5
-        else:
-            counts = [
-                str(usage.input_tokens),
-                str(usage.output_tokens),
-                str(usage.cache_read_tokens),
-                str(usage.cache_write_tokens),
-                str(usage.reasoning_tokens),
-            ]
+        measured = ["0"] * 5 if counts is None else [str(n) for n in counts]
         answer = self._run(
             "record",
             [
                 self.holder,
-                "0" if usage is None else "1",
-                *counts,
-                "1" if priced else "0",
-                "" if cost is None else to_units(cost),
-                "" if not release else to_units(release),
-                led._lease_ms,
-                led._ttl_ms,
-                led._op_ttl_ms,
+                "0" if counts is None else "1",
+                *measured,
+                "0" if cost is None else "1",
+                "" if cost is None else str(_check_units(cost)),
+                "" if not release else str(_check_units(release)),
+                led.lease_ms,
+                led.ttl_ms,
+                led.op_ttl_ms,
             ],
             op_id=op_id or self.new_op_id(),
         )
         return answer[1:] or None
 
-    def release(self, amount: Decimal, *, op_id: str | None = None) -> None:
-        """Give back ``amount`` of this holder's reservations (never more than it holds)."""
+    def release(self, amount: int, *, op_id: str | None = None) -> None:
+        """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
         if not amount:
             return
         led = self.ledger
         self._run(
             "release",
-            [self.holder, to_units(amount), led._lease_ms, led._ttl_ms, led._op_ttl_ms],
+            [self.holder, str(_check_units(amount)), led.lease_ms, led.ttl_ms, led.op_ttl_ms],
             op_id=op_id or self.new_op_id(),
         )
 
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
         led = self.ledger
-        answer = self._run("fail", [led._ttl_ms, led._op_ttl_ms], op_id=op_id or self.new_op_id())
+        answer = self._run("fail", [led.ttl_ms, led.op_ttl_ms], op_id=op_id or self.new_op_id())
         return answer[1:] or None
 
     def succeed(self) -> None:
         """A call succeeded: the run of consecutive errors starts again at zero."""
-        self._run("succeed", [self.ledger._ttl_ms])
+        self._run("succeed", [self.ledger.ttl_ms])
 
     def trip(self, reason: str) -> None:
         """Mark ``reason`` as crossed unless a limit already is; the next boundary latches."""
-        self._run("trip", [self.ledger._ttl_ms, reason])
+        self._run("trip", [self.ledger.ttl_ms, reason])
 
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted for ``reason`` unless it already is; return the
         reason it is latched for (the first one wins)."""
-        return self._run("latch", [self.ledger._ttl_ms, reason, name])[1:]
+        return self._run("latch", [self.ledger.ttl_ms, reason, name])[1:]
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
-        return self._run("claim", [self.ledger._ttl_ms, self.holder]) == "1"
+        return self._run("claim", [self.ledger.ttl_ms, self.holder]) == "1"
 
     def snapshot(self) -> LedgerSnapshot:
         """The session's counters and state, read in one operation (expired leases swept)."""
-        raw = self.ledger._run("snapshot", self._keys, [self.ledger._ttl_ms])
+        raw = self.ledger.run("snapshot", self._keys, [self.ledger.ttl_ms])
         if not isinstance(raw, list):
-            raise self.ledger._unknown(self.session_id)
+            raise self.ledger.unknown(self.session_id)
         it = iter(_text(item) for item in raw)
         f = dict(zip(it, it, strict=True))
 
         def count(key: str) -> int:
             return int(f.get(key, 0))
 
-        return LedgerSnapshot(
+        snap = LedgerSnapshot(
             steps=count("steps"),
             llm_calls=count("llm"),
             input_tokens=count("in"),
@@ -861,3 +946,17 @@ class RedisLedgerSession:
             elapsed_seconds=max(int(f["now"]) - int(f["start"]), 0) / 1000,
             handoff_writer=f.get("writer"),
         )
+        self._last = Counters(
+            **{name: int(f.get(field, 0)) for name, field in COUNTER_FIELDS.items()},
+            tripped=snap.tripped,
+            reason=snap.reason,
+            refused=snap.refused,
+        )
+        return snap
+
+    def counters(self) -> Counters:
+        """The counters of the last snapshot this handle read (no round trip)."""
+        return self._last
+
+    def close(self) -> None:
+        """Nothing to release: reservations are given back as calls settle."""

@@ -1,0 +1,526 @@
+"""The step boundary: an entered session's ledger handle, its chain, admission and recording.
+
+A :class:`Boundary` is the run-time side of a :class:`~budgetkit.SessionBudget`; the context
+variable :data:`active` holds the innermost one of a context, so ``asyncio`` children and
+copied-context threads charge the same counters. It holds exactly one ledger session
+(``handle``) and knows its chain of enclosing sessions:
+
+- the in-process handles of the chain are checked and counted together under one lock
+  (``ledgers.inprocess.admit_together``); a shared ledger, at most one per chain, admits
+  after them, and a refusal there takes the in-process counts back;
+- charges to a shared ledger carry an operation id; one that cannot be sent waits in the
+  outbox and is resent, with the same id, at the next boundary.
+
+The rules themselves live in ``_policy``; building and raising the exhaustion in
+``_exhaustion``.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import _config, _exhaustion
+from ._agent_view import phase_of
+from ._events import emit
+from ._events import listeners as _listeners
+from ._policy import WRAPUP_RESERVE, Counters, Rules, fractions, live_value
+from ._values import LLM, STEP, SessionUsage
+from .exceptions import (
+    BudgetConfigError,
+    BudgetError,
+    CostUnknownWarning,
+    LedgerError,
+    LedgerUnavailableError,
+    LedgerUnavailableWarning,
+)
+from .ledgers.inprocess import (
+    LOCK,
+    InProcessLedger,
+    InProcessLedgerSession,
+    admit_together,
+    fail_together,
+    record_together,
+    release_together,
+    succeed_together,
+    uncount_together,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from decimal import Decimal
+
+    from ._exhaustion import Exhaustion
+    from ._policy import Dimension
+    from ._session import SessionBudget
+    from ._usage import Counts
+    from .ledgers import Ledger, LedgerSession, LedgerSnapshot
+
+__all__ = ["Boundary", "active"]
+
+#: The innermost entered session of this context. It holds a *mutable* object, so ``asyncio``
+#: children and copied-context threads charge the same counters.
+active: ContextVar[Boundary | None] = ContextVar("budgetkit_session", default=None)
+
+_IN_PROCESS = InProcessLedger()
+
+
+class Boundary:
+    """The run-time side of one session: ledger handle, chain, boundary, notifications."""
+
+    __slots__ = (
+        "budget",
+        "chain",
+        "errors_pending",
+        "exhaust_lock",
+        "exhaustion",
+        "fast",
+        "fast_chain",
+        "fired",
+        "handle",
+        "last_usage",
+        "ledger",
+        "local",
+        "local_owners",
+        "outbox",
+        "parent",
+        "phase",
+        "remote",
+        "start",
+        "telemetry",
+        "warned",
+        "warned_unmeasured",
+        "watch",
+    )
+
+    def __init__(self, budget: SessionBudget, ledger: Ledger | None) -> None:
+        self.budget = budget
+        #: Where the counters live: the shared ledger given, else this process.
+        self.ledger: Ledger = _IN_PROCESS if ledger is None else ledger
+        self.handle: LedgerSession | None = None
+        self.parent: Boundary | None = None
+        self.chain: tuple[Boundary, ...] = (self,)
+        self.local: tuple[InProcessLedgerSession, ...] = ()
+        self.local_owners: tuple[Boundary, ...] = ()
+        self.remote: Boundary | None = None
+        self.fast: InProcessLedgerSession | None = None
+        self.fast_chain: tuple[tuple[InProcessLedgerSession, bool], ...] | None = None
+        self.watch = bool((budget.thresholds and budget.on_threshold) or budget.on_phase_change)
+        self.fired: set[tuple[str, float]] = set()
+        self.phase = "explore"
+        self.errors_pending = False  # some session of the chain counts errors in a row
+        self.outbox: list[Callable[[], object]] = []
+        self.last_usage: SessionUsage | None = None
+        self.telemetry: Any = None
+        self.start: float | None = None
+        self.exhaust_lock = threading.Lock()
+        self.exhaustion: Exhaustion | None = None
+        self.warned: set[str] = set()
+        self.warned_unmeasured: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self, parent: Boundary | None, start: float) -> None:
+        """Create the session in its ledger (unless joined) and take its place in the chain."""
+        budget = self.budget
+        shared = self.ledger is not _IN_PROCESS
+        if shared and parent is not None and parent.remote is not None:
+            other = parent.remote.budget
+            raise BudgetConfigError(
+                f"session {budget.session_id!r} has a ledger but is nested in session "
+                f"{other.session_id!r}, which has one too: a chain of nested sessions may "
+                "hold one ledger session (enter this one outside the other)"
+            )
+        if self.handle is None:
+            self.handle = self._create(shared)
+        self.parent = parent
+        self.start = start
+        self.chain = (self,) if parent is None else (*parent.chain, self)
+        locals_ = [b for b in self.chain if isinstance(b.handle, InProcessLedgerSession)]
+        self.local = tuple(b.handle for b in locals_)  # type: ignore[misc]
+        self.local_owners = tuple(locals_)
+        remote = [b for b in self.chain if not isinstance(b.handle, InProcessLedgerSession)]
+        self.remote = remote[0] if remote else None
+        own = self.handle if isinstance(self.handle, InProcessLedgerSession) else None
+        self.fast = own if parent is None else None
+        if parent is not None and self.remote is None:
+            self.fast_chain = tuple((b.handle, b.watch) for b in locals_)  # type: ignore[misc]
+
+    def _create(self, shared: bool) -> LedgerSession:
+        budget = self.budget
+        step_room, usd_room = budget.place.room()
+        kwargs: dict[str, Any] = {
+            "name": budget.name,
+            "reserve_for_wrapup": budget.reserve_for_wrapup,
+            "parent_session_id": budget.parent_session_id,
+            "step_room": step_room,
+            "usd_room": usd_room,
+        }
+        if not shared:
+            return self.ledger.create(budget.session_id, budget.limits, **kwargs)
+        kwargs["extra"] = {"lineage": budget.place.lineage(SessionUsage()).to_dict()}
+        try:
+            return self.ledger.create(budget.session_id, budget.limits, **kwargs)
+        except LedgerUnavailableError as exc:
+            if budget.on_ledger_error == "closed":
+                raise
+            warnings.warn(
+                f"budgetkit: {exc}; on_ledger_error='open' runs session "
+                f"{budget.session_id!r} in this process only",
+                LedgerUnavailableWarning,
+                stacklevel=5,
+            )
+            self.ledger = _IN_PROCESS
+            return self.ledger.create(budget.session_id, budget.limits, **kwargs)
+
+    def close(self) -> None:
+        """The block exited: stop the ledger session's clock."""
+        if self.handle is not None:
+            self.handle.close()
+
+    # ------------------------------------------------------------------ the boundary
+    def admit_step(self, name: str) -> None:
+        """The fast path of ``admit(STEP, name)``: count the step when nothing can refuse it.
+
+        Anything that might refuse (a latch, a tripped limit, a time limit, the step cap)
+        goes to :meth:`admit`, which alone decides; this only skips its work when it would
+        admit anyway.
+        """
+        own = self.fast
+        if own is not None:  # the common case: no nesting, counters in this process
+            with LOCK:
+                admitted = own.steps < own.fast_step_cap
+                if admitted:
+                    own.steps += 1
+            if admitted:
+                if _listeners:
+                    emit("step", self.budget, name=name)
+                if self.watch:
+                    self.notify()
+                return
+        elif self.fast_chain is not None:
+            admitted = False
+            with LOCK:
+                for handle, watch in self.fast_chain:
+                    if handle.steps >= handle.fast_step_cap or watch:
+                        break
+                else:
+                    for handle, _ in self.fast_chain:
+                        handle.steps += 1
+                    admitted = True
+            if admitted:
+                if _listeners:
+                    emit("step", self.budget, name=name)
+                return
+        self.admit(STEP, name)
+
+    def admit_llm(self, name: str) -> None:
+        """The fast path of ``admit(LLM, name)`` (no reservation), as :meth:`admit_step`."""
+        own = self.fast
+        if own is not None:
+            with LOCK:
+                admitted = own.llm_calls < own.fast_llm_cap
+                if admitted:
+                    own.llm_calls += 1
+            if admitted:
+                if self.watch:
+                    self.notify()
+                return
+        self.admit(LLM, name)
+
+    def admit(
+        self, kind: str | None, name: str, reserve: int | None = None, *, wrapup: bool = False
+    ) -> None:
+        """Check every session of the chain, then count the call in all of them.
+
+        Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
+        (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
+        """
+        if self.handle is None:
+            raise BudgetError(
+                f"session {self.budget.session_id!r} is not entered: enter it with 'with' "
+                "before its calls are counted"
+            )
+        remote = self.remote
+        if remote is not None:
+            remote.flush()
+        refused = admit_together(self.local, kind, name, reserve, wrapup)
+        if refused is not None:
+            index, reason = refused
+            self.local_owners[index].stop(reason)
+        if remote is not None:
+            self._admit_remote(remote, kind, name, reserve, wrapup)
+        if _listeners and kind == STEP:
+            emit("step", self.budget, name=name)
+        for b in self.chain:
+            if b.watch:
+                b.notify()
+
+    def _admit_remote(
+        self, remote: Boundary, kind: str | None, name: str, reserve: int | None, wrapup: bool
+    ) -> None:
+        handle = remote.handle
+        assert handle is not None
+        try:
+            reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
+        except LedgerUnavailableError as exc:
+            if remote.budget.on_ledger_error == "closed":
+                uncount_together(self.local, kind, reserve)
+            remote.unavailable(exc)
+            reason = None
+        except BaseException:
+            uncount_together(self.local, kind, reserve)
+            raise
+        if reason is not None:
+            uncount_together(self.local, kind, reserve)
+            remote.stop(reason)
+        if handle.errors_seen:  # a success of this call should reset the run of errors
+            remote.errors_pending = self.errors_pending = True
+
+    def stop(self, reason: str) -> NoReturn:
+        """Raise the refusal of a call: the wrap-up reserve's (not latched), or exhaustion."""
+        if reason == WRAPUP_RESERVE:
+            raise _exhaustion.refusal(self, WRAPUP_RESERVE)
+        _exhaustion.exhaust(self, reason)
+
+    # ------------------------------------------------------------------ recording
+    def call_succeeded(self) -> None:
+        """A success resets the run of consecutive errors (cheap when there is none)."""
+        if not self.errors_pending:
+            return
+        succeed_together(self.local)
+        self.errors_pending = False
+        remote = self.remote
+        if remote is not None and remote.handle is not None:
+            remote.send(remote.handle.succeed)
+
+    def call_failed(self, exc: BaseException) -> None:
+        """A decorated call raised: count it in every run of consecutive errors."""
+        if not isinstance(exc, Exception) or isinstance(exc, BudgetError):
+            return
+        fail_together(self.local)
+        for b in self.chain:
+            b.errors_pending = True
+        remote = self.remote
+        if remote is not None and remote.handle is not None:
+            handle = remote.handle
+            op_id = handle.new_op_id()
+            remote.send(lambda: handle.fail(op_id=op_id))
+
+    def record(self, counts: Counts | None, cost: int | None, release: int = 0) -> None:
+        """Add one call's counts (``None``: unmeasured) and cost (units; ``None``: unpriced)
+        to every session of the chain, give back ``release`` of its reservation, and trip
+        the measured limits it crosses."""
+        if cost and (holder := reservation.get()) is not None:
+            with LOCK:
+                release += holder.take(cost)
+        own = self.fast
+        if own is not None:
+            with LOCK:
+                own.add(counts, cost, release)
+            return
+        record_together(self.local, counts, cost, release)
+        remote = self.remote
+        if remote is not None and remote.handle is not None:
+            handle = remote.handle
+            op_id = handle.new_op_id()
+            remote.send(lambda: handle.record(counts, cost, release=release, op_id=op_id))
+
+    def release(self, amount: int) -> None:
+        """Give ``amount`` units of reserved USD back to the chain."""
+        if not amount:
+            return
+        release_together(self.local, amount)
+        remote = self.remote
+        if remote is not None and remote.handle is not None:
+            handle = remote.handle
+            op_id = handle.new_op_id()
+            remote.send(lambda: handle.release(amount, op_id=op_id))
+
+    def cost_unknown(self, model: str | None) -> None:
+        """An LLM call could not be priced: warn once per model, or stop (``on_unknown_cost``)."""
+        for b in reversed(self.chain):
+            budget = b.budget
+            if budget.limits.max_usd is None and budget.chain_caps.max_total_usd is None:
+                continue
+            if budget.on_unknown_cost == "error":
+                if b.handle is not None:
+                    handle = b.handle
+                    b.send(lambda h=handle: h.trip("cost_unknown"))  # type: ignore[misc]
+                continue
+            key = model or "<unknown model>"
+            if key in b.warned:
+                continue
+            b.warned.add(key)
+            limit = (
+                f"max_usd={budget.limits.max_usd}. "
+                if budget.limits.max_usd is not None
+                else f"max_total_usd={budget.chain_caps.max_total_usd}. "
+            )
+            warnings.warn(
+                f"budgetkit: the cost of a call to model {key!r} is unknown, so session "
+                f"{budget.session_id!r} cannot count it against {limit}"
+                "Pass prices={model: (usd_per_million_input, usd_per_million_output)} "
+                "or on_unknown_cost='error'.",
+                CostUnknownWarning,
+                stacklevel=4,
+            )
+
+    def all_prices(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """User prices of the whole chain; the innermost session's win."""
+        if len(self.chain) == 1:
+            return self.budget.prices
+        merged: dict[str, tuple[Decimal, Decimal]] = {}
+        for b in self.chain:
+            merged.update(b.budget.prices)
+        return merged
+
+    # ------------------------------------------------------------------ a shared ledger
+    def send(self, operation: Callable[[], object]) -> None:
+        """Run one idempotent ledger operation now, or keep it for the next boundary (which
+        raises or warns); a call that already ran never fails on its charge."""
+        if not self.outbox:
+            try:
+                operation()
+                return
+            except LedgerError:
+                pass
+        with LOCK:
+            self.outbox.append(operation)
+
+    def flush(self) -> None:
+        """Resend what the ledger has not confirmed; an outage raises or warns (policy), any
+        other ledger error (an expired session) raises."""
+        if not self.outbox:
+            return
+        error: LedgerUnavailableError | None = None
+        while self.outbox:
+            try:
+                self.outbox[0]()
+            except LedgerUnavailableError as exc:
+                error = exc
+                break
+            with LOCK:
+                self.outbox.pop(0)
+        if error is not None:
+            self.unavailable(error)
+
+    def unavailable(self, exc: LedgerUnavailableError) -> None:
+        """Fail closed (raise) or open (warn and go on), as the session says."""
+        budget = self.budget
+        if budget.on_ledger_error == "closed":
+            raise exc
+        warnings.warn(
+            f"budgetkit: {exc}; on_ledger_error='open' lets the call run unchecked "
+            f"(session {budget.session_id!r}); unsent charges are sent when it is back",
+            LedgerUnavailableWarning,
+            stacklevel=5,
+        )
+
+    # ------------------------------------------------------------------ reading
+    def ledger_snapshot(self, *, strict: bool = False) -> LedgerSnapshot | None:
+        """The ledger's snapshot; ``None`` before entry or, not ``strict``, on an outage."""
+        if self.handle is None:
+            return None
+        try:
+            return self.handle.snapshot()
+        except LedgerError:  # unreachable, or the session expired
+            if strict:
+                raise
+            return None
+
+    def snapshot(self, *, strict: bool = False) -> LedgerSnapshot:
+        """:meth:`ledger_snapshot`, or zeros (the last usage read, on an outage)."""
+        from .ledgers import LedgerSnapshot
+
+        snap = self.ledger_snapshot(strict=strict)
+        return LedgerSnapshot() if snap is None else snap
+
+    def usage(self, *, strict: bool = False) -> SessionUsage:
+        """What the session has used (with a shared ledger: all workers together)."""
+        snap = self.ledger_snapshot(strict=strict)
+        if snap is None:
+            return SessionUsage() if self.last_usage is None else self.last_usage
+        usage = SessionUsage(
+            steps=snap.steps,
+            llm_calls=snap.llm_calls,
+            input_tokens=snap.input_tokens,
+            output_tokens=snap.output_tokens,
+            total_tokens=snap.input_tokens + snap.output_tokens,
+            cost_usd=snap.cost_usd,
+            elapsed_seconds=snap.elapsed_seconds,
+            cache_read_tokens=snap.cache_read_tokens,
+            cache_write_tokens=snap.cache_write_tokens,
+            reasoning_tokens=snap.reasoning_tokens,
+            unpriced_calls=snap.unpriced_calls,
+            unmeasured_calls=snap.unmeasured_calls,
+        )
+        self.last_usage = usage
+        return usage
+
+    def live(self, d: Dimension) -> int | float:
+        """The current value of dimension ``d`` without a round trip (for span attributes)."""
+        elapsed = 0.0 if self.start is None else max(_config.clock() - self.start, 0.0)
+        counters = _ZERO if self.handle is None else self.handle.counters()
+        return live_value(d, counters, elapsed)
+
+    def rules(self) -> Rules:
+        """The session's rules as they stand (for views; ledgers hold their own copy)."""
+        step_room, usd_room = self.budget.place.room()
+        budget = self.budget
+        return Rules.of(
+            budget.limits,
+            step_room=step_room,
+            usd_room=usd_room,
+            reserve_for_wrapup=budget.reserve_for_wrapup,
+        )
+
+    # ------------------------------------------------------------------ the agent's view
+    def notify(self) -> None:
+        """Fire threshold and phase callbacks once for each crossing (outside the lock)."""
+        budget = self.budget
+        fracs = fractions(budget.limits, self.usage())
+        fire: list[tuple[str, float]] = []
+        if budget.on_threshold is not None:
+            with LOCK:
+                for dim, f in fracs.items():
+                    for t in budget.thresholds:
+                        if f >= t and (dim, t) not in self.fired:
+                            self.fired.add((dim, t))
+                            fire.append((dim, t))
+        for dim, _t in fire:
+            budget.on_threshold(budget, dim)  # type: ignore[misc]
+        if budget.on_phase_change is not None:
+            phase = phase_of(fracs, budget.phases)
+            with LOCK:
+                changed, self.phase = phase != self.phase, phase
+            if changed:
+                budget.on_phase_change(budget, phase)
+
+
+class Reservation:
+    """The part of a ``session.reserve()`` block (units) not yet consumed by charges."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, amount: int) -> None:
+        self.left = amount
+
+    def take(self, cost: int) -> int:
+        """Consume up to ``cost`` (under LOCK); what was taken."""
+        taken = min(cost, self.left)
+        self.left -= taken
+        return taken
+
+    def take_all(self) -> int:
+        """Consume what is left."""
+        with LOCK:
+            left, self.left = self.left, 0
+        return left
+
+
+#: The innermost open ``session.reserve()`` block of this context.
+reservation: ContextVar[Reservation | None] = ContextVar("budgetkit_reservation", default=None)
+
+_ZERO = Counters()
