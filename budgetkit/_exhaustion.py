@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from ._boundary import Boundary
     from ._values import SessionResult, SessionUsage
 
-__all__ = ["Exhaustion", "exhaust", "exhaustion_of", "only_exhaustions_of", "refusal"]
+__all__ = [
+    "Exhaustion",
+    "exhaust",
+    "exhaustion_of",
+    "only_exhaustions_of",
+    "refusal",
+    "result_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +168,30 @@ def write_done(b: Boundary, result: SessionResult) -> None:
             BudgetWarning,
             stacklevel=4,
         )
+
+
+def result_of(b: Boundary, exc: BaseException | None) -> SessionResult:
+    """How session ``b`` ended, its block having raised ``exc`` (or not)."""
+    from ._values import SessionResult
+
+    snap = b.snapshot()  # first: with a ledger, it reads a latch set by another worker
+    exhausted = exhaustion_of(exc)
+    if snap.reason is not None:
+        stop_reason, stopped_by = snap.reason, b.budget.session_id
+    elif exhausted is not None:
+        stop_reason, stopped_by = exhausted.reason, exhausted.session_id
+    elif exc is not None:
+        stop_reason, stopped_by = "error", None
+    else:
+        stop_reason, stopped_by = "completed", None
+    exhaustion = b.exhaustion
+    return SessionResult(
+        session_id=b.budget.session_id,
+        stop_reason=stop_reason,
+        usage=b.usage(),
+        handoff_path=exhaustion.path if exhaustion else None,
+        stopped_by=stopped_by,
+    )
 
 
 def exhaustion_of(exc: BaseException | None) -> BudgetExhausted | None:

@@ -6,9 +6,11 @@ from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from . import _attributes as names
 from ._files import check_session_id
 from ._limits import LIMIT_NAMES
 from ._lineage import Lineage, Place
+from ._settings import SETTINGS
 from ._values import SessionUsage
 from .exceptions import BudgetConfigError, BudgetTypeError
 from .ledgers import check_ledger
@@ -17,23 +19,10 @@ if TYPE_CHECKING:
     from .ledgers import Ledger, LedgerSession
 
 #: The W3C baggage entry that carries a session id to other processes.
-BAGGAGE_KEY = "budgetkit.session.id"
+BAGGAGE_KEY = names.SESSION_ID
 
-#: What ``join()`` accepts: the limits and the chain come from the ledger.
-JOIN_KEYWORDS = frozenset(
-    {
-        "handoff_dir",
-        "raise_on_exhausted",
-        "prices",
-        "on_unknown_cost",
-        "thresholds",
-        "on_threshold",
-        "on_phase_change",
-        "phases",
-        "session_log",
-        "on_ledger_error",
-    }
-)
+#: What ``join()`` accepts: the limits, the name and the chain come from the ledger.
+JOIN_KEYWORDS = frozenset(SETTINGS) - {"name", "reserve_for_wrapup"}
 
 
 def open_joined(

@@ -15,28 +15,27 @@ from typing import TYPE_CHECKING, Any, Literal, Never, Self
 from . import _config, _otel
 from ._agent_view import (
     DEFAULT_PHASE_BOUNDS,
-    check_callback,
-    check_fraction,
-    check_fractions,
     phase_of,
     status_line,
 )
 from ._boundary import Boundary, Reservation, active, reservation
+from ._constructors import Constructors
 from ._events import emit
 from ._events import listeners as _listeners
-from ._exhaustion import exhaustion_of, only_exhaustions_of, refusal, write_done
+from ._exhaustion import only_exhaustions_of, refusal, result_of, write_done
 from ._files import check_session_id
-from ._limits import LIMIT_NAMES, Limits, non_negative_int, to_usd
-from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, Place
+from ._limits import Limits, non_negative_int, to_usd
+from ._lineage import ChainCaps, Lineage, Place
 from ._money import to_units
 from ._policy import fractions, remaining
+from ._settings import DEFAULT_DIR, check_settings
 from ._usage import Usage, usage_counts
 from ._values import HandoffNotes, Remaining, SessionResult, SessionUsage
-from .exceptions import BudgetConfigError, BudgetError, BudgetTypeError
+from .exceptions import BudgetError, BudgetTypeError
 from .ledgers import check_ledger
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from decimal import Decimal
     from pathlib import Path
     from types import TracebackType
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionBudget", "current"]
 
-_DEFAULT_DIR: Any = object()
-
 
 def current() -> SessionBudget | None:
     """The innermost active :class:`SessionBudget` of this context, or ``None``."""
@@ -55,29 +52,7 @@ def current() -> SessionBudget | None:
     return None if b is None else b.budget
 
 
-_KEYWORDS = frozenset(
-    {
-        *LIMIT_NAMES,
-        *CHAIN_CAPS,
-        "session_id",
-        "name",
-        "handoff_dir",
-        "raise_on_exhausted",
-        "prices",
-        "on_unknown_cost",
-        "thresholds",
-        "on_threshold",
-        "on_phase_change",
-        "phases",
-        "reserve_for_wrapup",
-        "session_log",
-        "ledger",
-        "on_ledger_error",
-    }
-)
-
-
-class SessionBudget:
+class SessionBudget(Constructors):
     """Hard limits on the agent code run inside it, as ``with`` or ``async with``.
 
     Every ``@budget.step`` / ``@budget.llm_call`` entered inside the block is a *step boundary*:
@@ -138,7 +113,7 @@ class SessionBudget:
         max_consecutive_errors: int | None = None,
         session_id: str | None = None,
         name: str | None = None,
-        handoff_dir: str | os.PathLike[str] | None = _DEFAULT_DIR,
+        handoff_dir: str | os.PathLike[str] | None = DEFAULT_DIR,
         raise_on_exhausted: bool = True,
         prices: Mapping[str, tuple[float | Decimal, float | Decimal]] | None = None,
         on_unknown_cost: Literal["warn", "error"] = "warn",
@@ -173,41 +148,34 @@ class SessionBudget:
         self.session_id = (
             os.urandom(16).hex() if session_id is None else check_session_id(session_id)
         )
-        if name is not None and not isinstance(name, str):
-            raise BudgetTypeError(f"name must be a str or None, got {name!r}")
-        self.name = name
-        self.handoff_dir = _handoff_dir(handoff_dir)
-        if not isinstance(raise_on_exhausted, bool):
-            raise BudgetTypeError(f"raise_on_exhausted must be a bool, got {raise_on_exhausted!r}")
-        self.raise_on_exhausted = raise_on_exhausted
-        if on_unknown_cost not in ("warn", "error"):
-            raise BudgetConfigError(
-                f"on_unknown_cost must be 'warn' or 'error', got {on_unknown_cost!r}"
-            )
-        self.on_unknown_cost = on_unknown_cost
-        self.prices = _validated_prices(prices)
-        self.thresholds = check_fractions(thresholds, "thresholds")
-        self.on_threshold = check_callback(on_threshold, "on_threshold")
-        self.on_phase_change = check_callback(on_phase_change, "on_phase_change")
-        bounds = check_fractions(phases, "phases", upper_inclusive=True)
-        if len(bounds) != 2:
-            raise BudgetConfigError(
-                f"phases must be two fractions (converge, deliver), got {phases!r}"
-            )
-        self.phases: tuple[float, float] = (bounds[0], bounds[1])
-        self.reserve_for_wrapup = (
-            None
-            if reserve_for_wrapup is None
-            else check_fraction(reserve_for_wrapup, "reserve_for_wrapup")
+        checked = check_settings(
+            name=name,
+            handoff_dir=handoff_dir,
+            raise_on_exhausted=raise_on_exhausted,
+            prices=prices,
+            on_unknown_cost=on_unknown_cost,
+            thresholds=thresholds,
+            on_threshold=on_threshold,
+            on_phase_change=on_phase_change,
+            phases=phases,
+            reserve_for_wrapup=reserve_for_wrapup,
+            session_log=session_log,
+            on_ledger_error=on_ledger_error,
         )
-        if session_log is not None and not isinstance(session_log, str | os.PathLike):
-            raise BudgetTypeError(f"session_log must be a path or None, got {session_log!r}")
-        self.session_log = session_log
-        if on_ledger_error not in ("closed", "open"):
-            raise BudgetConfigError(
-                f"on_ledger_error must be 'closed' or 'open', got {on_ledger_error!r}"
-            )
-        self.on_ledger_error = on_ledger_error
+        self.name: str | None = checked["name"]
+        self.handoff_dir: Path | None = checked["handoff_dir"]
+        self.raise_on_exhausted: bool = checked["raise_on_exhausted"]
+        self.prices: dict[str, tuple[Decimal, Decimal]] = checked["prices"]
+        self.on_unknown_cost: Literal["warn", "error"] = checked["on_unknown_cost"]
+        self.thresholds: tuple[float, ...] = checked["thresholds"]
+        self.on_threshold: Callable[[SessionBudget, str], object] | None = checked["on_threshold"]
+        self.on_phase_change: Callable[[SessionBudget, str], object] | None = checked[
+            "on_phase_change"
+        ]
+        self.phases: tuple[float, float] = checked["phases"]
+        self.reserve_for_wrapup: float | None = checked["reserve_for_wrapup"]
+        self.session_log: str | os.PathLike[str] | None = checked["session_log"]
+        self.on_ledger_error: Literal["closed", "open"] = checked["on_ledger_error"]
         #: The handoff this session resumed from (set by :meth:`resume`).
         self.resumed_from: Handoff | None = None
         self.parent_session_id: str | None = None
@@ -258,28 +226,9 @@ class SessionBudget:
         except ValueError:  # exited in another context than it was entered in
             active.set(b.parent)
         b.close()
-        snap = b.snapshot()  # first: with a ledger, it reads a latch set by another worker
-        usage = b.usage()
-        exhausted = exhaustion_of(exc)
-        own = exhausted is not None and only_exhaustions_of(exc, self.session_id)
-        if snap.reason is not None:
-            stop_reason, stopped_by = snap.reason, self.session_id
-        elif exhausted is not None:
-            stop_reason, stopped_by = exhausted.reason, exhausted.session_id
-        elif exc is not None:
-            stop_reason, stopped_by = "error", None
-        else:
-            stop_reason, stopped_by = "completed", None
-        exhaustion = b.exhaustion
-        self._result = SessionResult(
-            session_id=self.session_id,
-            stop_reason=stop_reason,
-            usage=usage,
-            handoff_path=exhaustion.path if exhaustion else None,
-            stopped_by=stopped_by,
-        )
+        self._result = result_of(b, exc)
         if (
-            stop_reason == "completed"
+            self._result.stop_reason == "completed"
             and self.parent_session_id is not None
             and self.handoff_dir is not None
         ):
@@ -291,6 +240,7 @@ class SessionBudget:
             from ._session_log import log_session
 
             log_session(self, self.session_log)
+        own = only_exhaustions_of(exc, self.session_id)
         return own and not self.raise_on_exhausted
 
     async def __aenter__(self) -> Self:
@@ -461,145 +411,6 @@ class SessionBudget:
             message = give_up_message(n, left)
             raise refusal(self.boundary, "plan_exceeds_budget", message=message)
 
-    # ------------------------------------------------------------------ many processes
-    @classmethod
-    def join(
-        cls,
-        session_id_or_headers: str | Mapping[str, str] | None = None,
-        /,
-        *,
-        ledger: Ledger | None = None,
-        **overrides: Any,
-    ) -> Self:
-        """Enter, from another process or machine, a session that lives in a ledger.
-
-        Returns a new, not yet entered ``SessionBudget`` for session ``session_id_or_headers``:
-        an id, a mapping of headers whose W3C ``baggage`` carries ``budgetkit.session.id``
-        (see :meth:`inject`), or ``None`` for the current OpenTelemetry baggage. Its limits,
-        name and chain come from the ledger; keywords may set only what is local to this
-        process (``handoff_dir``, ``raise_on_exhausted``, ``prices``, ``on_unknown_cost``,
-        ``thresholds``, ``on_threshold``, ``on_phase_change``, ``phases``, ``session_log``,
-        ``on_ledger_error``).
-
-        Args:
-            ledger: the ledger holding the session; default ``$BUDGETKIT_LEDGER_URL``'s.
-
-        Raises:
-            SessionNotFoundError: the session is unknown to the ledger, or expired.
-            LedgerUnavailableError: the ledger is unreachable or timed out.
-            BudgetConfigError: no ledger, no session id in the headers, or a limit keyword.
-
-        .. versionadded:: 0.1.0
-        """
-        from ._joining import open_joined
-
-        found, handle, kwargs, place = open_joined(session_id_or_headers, ledger, overrides)
-        session = cls(**kwargs, ledger=found)
-        session.parent_session_id = handle.parent_session_id
-        if place is not None:
-            session.place = place
-        session.boundary.handle = handle
-        return session
-
-    def inject(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
-        """Write this session's id into ``headers`` as the W3C ``baggage`` entry
-        ``budgetkit.session.id`` (other baggage entries are kept); return ``headers``.
-
-        A worker that receives them enters the session with :meth:`join`.
-
-        .. versionadded:: 0.1.0
-        """
-        from ._joining import inject
-
-        return inject(self.session_id, headers)
-
-    # ------------------------------------------------------------------ resume
-    @classmethod
-    def resume(
-        cls,
-        handoff: Handoff | str | os.PathLike[str],
-        /,
-        *,
-        chain: str | None = None,
-        **overrides: Any,
-    ) -> Self:
-        """A new session that continues ``handoff`` with a fresh budget.
-
-        The old limits and chain caps apply unless overridden by keyword (the same keywords
-        as the constructor). ``parent_session_id`` is set, ``resumed_from`` holds the handoff,
-        and the session joins the handoff's chain (``root_session_id``, ``attempt``,
-        ``chain_usage``). When a path is given, the new session writes its handoff next to it
-        unless ``handoff_dir`` is overridden, and the handoff is *claimed* atomically (a
-        ``<name>.claim`` file beside it) once every check has passed, so it is resumed at
-        most once.
-
-        Args:
-            chain: the root session id of the chain you mean to continue; a handoff of
-                another chain raises :class:`~budgetkit.ChainError`.
-
-        Raises:
-            HandoffError: the handoff file is missing, corrupt or not a handoff.
-            ChainError: the handoff is of another chain than ``chain``, its parent's handoff
-                beside it belongs to another chain, or the new session id is already in it.
-            ChainCapError: the chain is at or over a chain cap (the caps given included).
-            HandoffClaimedError: the handoff file was already claimed by another resume.
-            BudgetTypeError: an unknown keyword.
-        """
-        unknown = sorted(set(overrides) - _KEYWORDS)
-        if unknown:
-            raise BudgetTypeError(
-                "SessionBudget.resume() got unknown keyword argument(s): "
-                + ", ".join(f"{key}={overrides[key]!r}" for key in unknown)
-            )
-        from ._chainfiles import claim, prepare_resume
-
-        plan = prepare_resume(handoff, chain=chain)
-        session = cls(**{**plan.kwargs, **overrides})
-        session.place = session.place.continued(plan.lineage, session.session_id)
-        plan.check_own_file(session.handoff_dir, session.session_id)
-        if plan.path is not None:
-            claim(plan.path, plan.handoff.session_id, session.session_id)
-        session.parent_session_id = plan.handoff.session_id
-        session.resumed_from = plan.handoff
-        return session
-
-    @classmethod
-    def from_config(
-        cls, tier: str, *, path: str | os.PathLike[str] | None = None, **overrides: Any
-    ) -> Self:
-        """A session with the limits of a configured tier.
-
-        Tiers come from ``[tool.budgetkit.tiers.<name>]`` in ``pyproject.toml`` or
-        ``[tiers.<name>]`` in ``budgetkit.toml``, over the built-in presets ``qa``,
-        ``research``, ``analysis`` and ``long``; ``BUDGETKIT_MAX_*`` variables override;
-        keywords override everything.
-        """
-        from ._tiers import load_tier
-
-        return cls(**{**load_tier(tier, path=path), **overrides})
-
     def __repr__(self) -> str:
         limits = ", ".join(f"{k}={v}" for k, v in self.limits.limited().items())
         return f"<SessionBudget {self.session_id} {limits or 'unlimited'}>"
-
-
-def _handoff_dir(value: object) -> Path | None:
-    if value is _DEFAULT_DIR:
-        return _config.default_handoff_dir()
-    if value is None:
-        return None
-    if isinstance(value, str | os.PathLike):
-        if str(value) == "":
-            raise BudgetConfigError("handoff_dir must be a directory path or None, got ''")
-        from pathlib import Path
-
-        return Path(value)
-    raise BudgetTypeError(f"handoff_dir must be a path or None, got {value!r}")
-
-
-def _validated_prices(prices: object) -> dict[str, tuple[Decimal, Decimal]]:
-    if prices is None:
-        return {}
-    from ._pricing import validate_prices
-
-    return validate_prices(prices)
