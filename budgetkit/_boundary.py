@@ -22,7 +22,7 @@ import warnings
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import _config, _exhaustion
+from . import _config
 from ._agent_view import phase_of
 from ._events import emit
 from ._events import listeners as _listeners
@@ -280,6 +280,8 @@ class Boundary:
 
     def stop(self, reason: str) -> NoReturn:
         """Raise the refusal of a call: the wrap-up reserve's (not latched), or exhaustion."""
+        from . import _exhaustion  # the rare path: loaded when a session first stops
+
         if reason == WRAPUP_RESERVE:
             raise _exhaustion.refusal(self, WRAPUP_RESERVE)
         _exhaustion.exhaust(self, reason)

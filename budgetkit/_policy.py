@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._money import from_units, to_float, to_units_floor
 from ._values import LLM, STEP, Remaining, SessionUsage
@@ -56,8 +56,7 @@ ERRORS = "errors"
 WRAPUP_RESERVE = "wrapup_reserve"
 
 
-@dataclass(frozen=True, slots=True)
-class Dimension:
+class Dimension(NamedTuple):
     """One limit of a session and every name it goes by."""
 
     limit: str
@@ -114,8 +113,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
 DIMENSION = {d.limit: d for d in DIMENSIONS}
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One rule a ledger applies, in the order of :data:`CHECKS`."""
 
     reason: str

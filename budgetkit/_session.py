@@ -22,7 +22,6 @@ from ._boundary import Boundary, Reservation, active, reservation
 from ._constructors import Constructors
 from ._events import emit
 from ._events import listeners as _listeners
-from ._exhaustion import only_exhaustions_of, refusal, result_of, write_done
 from ._files import check_session_id
 from ._limits import Limits, non_negative_int, to_usd
 from ._lineage import ChainCaps, Lineage, Place
@@ -226,6 +225,8 @@ class SessionBudget(Constructors):
         except ValueError:  # exited in another context than it was entered in
             active.set(b.parent)
         b.close()
+        from ._exhaustion import only_exhaustions_of, result_of, write_done
+
         self._result = result_of(b, exc)
         if (
             self._result.stop_reason == "completed"
@@ -406,6 +407,7 @@ class SessionBudget(Constructors):
         n = non_negative_int(n_steps, "n_steps")
         left = self.remaining.steps
         if left is not None and n > left:
+            from ._exhaustion import refusal
             from ._giveup import give_up_message
 
             message = give_up_message(n, left)
