@@ -10,6 +10,7 @@ from ._lineage import Lineage
 from ._session import SessionBudget
 from ._usage import Usage
 from ._values import Remaining, SessionResult, SessionUsage
+from ._version import VERSION
 from .exceptions import (
     BudgetConfigError,
     BudgetError,
@@ -62,7 +63,7 @@ __all__ = [
     "uninstrument",
 ]
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 if TYPE_CHECKING:
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._policy import DIMENSIONS as _POLICY_DIMENSIONS
+
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"
 INSTRUMENTATION_NAME: Final = "budgetkit"
 
@@ -77,18 +79,9 @@ COST_UNPRICED: Final = "unpriced"
 COST_UNMEASURED: Final = "unmeasured"
 LINK_RESUMED_FROM: Final = "budgetkit.link.resumed_from"
 
-#: Budget dimensions, keyed by the limit name. Each has ``budgetkit.<dim>.limit``,
-#: ``budgetkit.<dim>.used`` and ``budgetkit.<dim>.remaining``.
-DIMENSIONS: Final = {
-    "max_steps": "steps",
-    "max_llm_calls": "llm_calls",
-    "max_tokens": "tokens",
-    "max_input_tokens": "input_tokens",
-    "max_output_tokens": "output_tokens",
-    "max_usd": "usd",
-    "max_seconds": "seconds",
-    "max_consecutive_errors": "consecutive_errors",
-}
+#: Budget dimensions, keyed by the limit name (from the policy's one table). Each has
+#: ``budgetkit.<dim>.limit``, ``budgetkit.<dim>.used`` and ``budgetkit.<dim>.remaining``.
+DIMENSIONS: Final = {d.limit: d.attribute for d in _POLICY_DIMENSIONS}
 
 
 LIMIT_KEYS: Final = {k: f"budgetkit.{v}.limit" for k, v in DIMENSIONS.items()}

@@ -109,9 +109,9 @@ def _tracer(provider: object) -> Tracer | None:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import VERSION
 
-    return __version__
+    return VERSION
 
 
 def _failed(where: str) -> None:

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .. import __version__
+from .._version import VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="budgetkit",
         description="Hard, observable, resumable budgets for AI-agent code.",
     )
-    parser.add_argument("--version", action="version", version=f"budgetkit {__version__}")
+    parser.add_argument("--version", action="version", version=f"budgetkit {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMANDS:
         try:

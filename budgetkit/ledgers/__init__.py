@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ._snapshot import LedgerSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from decimal import Decimal
 
     from .._limits import Limits
     from .._policy import Counters
@@ -39,36 +40,6 @@ __all__ = [
 #: ``SessionBudget(ledger=None)`` uses a :class:`~budgetkit.ledgers.redis.RedisLedger` on this
 #: URL when the variable is set and not empty.
 LEDGER_URL_ENV = "BUDGETKIT_LEDGER_URL"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerSnapshot:
-    """One consistent read of a shared session's counters and state."""
-
-    steps: int = 0
-    llm_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    """Sum of the known costs."""
-    reserved_usd: Decimal = Decimal(0)
-    """USD held by live reservations (expired ones are already released)."""
-    unpriced_calls: int = 0
-    unmeasured_calls: int = 0
-    errors_in_a_row: int = 0
-    reason: str | None = None
-    """Latched: the session is exhausted for this reason."""
-    tripped: str | None = None
-    """A measured limit was crossed; the next boundary latches it."""
-    refused: str | None = None
-    """The name of the call that was refused when the session latched."""
-    elapsed_seconds: float = 0.0
-    """Seconds since the session was created, by the server's clock."""
-    handoff_writer: str | None = None
-    """The handle that won :meth:`LedgerSession.claim_handoff_writer`, if any."""
 
 
 class LedgerSession(Protocol):
@@ -180,31 +151,6 @@ class Ledger(Protocol):
     def join(self, session_id: str) -> LedgerSession:
         """A handle on an existing session; unknown or expired raises ``SessionNotFoundError``."""
         ...
-
-
-def snapshot_of(c: Counters, *, elapsed: float, writer: str | None = None) -> LedgerSnapshot:
-    """A :class:`LedgerSnapshot` of ``c``."""
-    from .._money import from_units
-
-    return LedgerSnapshot(
-        steps=c.steps,
-        llm_calls=c.llm_calls,
-        input_tokens=c.input_tokens,
-        output_tokens=c.output_tokens,
-        cache_read_tokens=c.cache_read_tokens,
-        cache_write_tokens=c.cache_write_tokens,
-        reasoning_tokens=c.reasoning_tokens,
-        cost_usd=from_units(c.cost),
-        reserved_usd=from_units(c.reserved),
-        unpriced_calls=c.unpriced_calls,
-        unmeasured_calls=c.unmeasured_calls,
-        errors_in_a_row=c.errors_in_a_row,
-        reason=c.reason,
-        tripped=c.tripped,
-        refused=c.refused,
-        elapsed_seconds=elapsed,
-        handoff_writer=writer,
-    )
 
 
 def check_ledger(ledger: object) -> Ledger | None:

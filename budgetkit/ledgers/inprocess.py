@@ -26,7 +26,7 @@ from .._policy import (
     record,
     uncount,
 )
-from . import LedgerSnapshot, snapshot_of
+from ._snapshot import LedgerSnapshot, snapshot_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -48,7 +48,7 @@ from ..exceptions import (
     LedgerUnavailableError,
     SessionNotFoundError,
 )
-from . import LedgerSnapshot
+from ._snapshot import LedgerSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
