@@ -27,6 +27,7 @@ from .exceptions import (
     LedgerUnavailableWarning,
     SessionNotFoundError,
     StepTimeoutError,
+    UnbudgetedCallWarning,
     UnmeasuredUsageWarning,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "SessionResult",
     "SessionUsage",
     "StepTimeoutError",
+    "UnbudgetedCallWarning",
     "UnmeasuredUsageWarning",
     "Usage",
     "budget",

@@ -18,7 +18,6 @@ The rules themselves live in ``_policy``; building and raising the exhaustion in
 from __future__ import annotations
 
 import threading
-import warnings
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -27,7 +26,9 @@ from ._agent_view import phase_of
 from ._events import emit
 from ._events import listeners as _listeners
 from ._policy import WRAPUP_RESERVE, Counters, Rules, fractions, live_value
+from ._threads import OPEN, install_inheritance
 from ._values import LLM, STEP, SessionUsage
+from ._warnings import warn
 from .exceptions import (
     BudgetConfigError,
     BudgetError,
@@ -90,6 +91,7 @@ class Boundary:
         "remote",
         "start",
         "telemetry",
+        "unknown_models",
         "warned",
         "warned_unmeasured",
         "watch",
@@ -119,6 +121,8 @@ class Boundary:
         self.exhaustion: Exhaustion | None = None
         self.warned: set[str] = set()
         self.warned_unmeasured: set[str] = set()
+        #: Models whose calls could not be priced, in order (named by the exhaustion).
+        self.unknown_models: dict[str, None] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, parent: Boundary | None, start: float) -> None:
@@ -134,6 +138,9 @@ class Boundary:
             )
         if self.handle is None:
             self.handle = self._create(shared)
+        OPEN.opened()
+        if budget.threads == "inherit":
+            install_inheritance(active)
         self.parent = parent
         self.start = start
         self.chain = (self,) if parent is None else (*parent.chain, self)
@@ -165,17 +172,17 @@ class Boundary:
         except LedgerUnavailableError as exc:
             if budget.on_ledger_error == "closed":
                 raise
-            warnings.warn(
+            warn(
                 f"budgetkit: {exc}; on_ledger_error='open' runs session "
                 f"{budget.session_id!r} in this process only",
                 LedgerUnavailableWarning,
-                stacklevel=5,
             )
             self.ledger = _IN_PROCESS
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
 
     def close(self) -> None:
         """The block exited: stop the ledger session's clock."""
+        OPEN.closed()
         if self.handle is not None:
             self.handle.close()
 
@@ -321,6 +328,8 @@ class Boundary:
         if own is not None:
             with LOCK:
                 own.add(counts, cost, release)
+            if self.watch:
+                self.notify()
             return
         record_together(self.local, counts, cost, release)
         remote = self.remote
@@ -328,6 +337,9 @@ class Boundary:
             handle = remote.handle
             op_id = handle.new_op_id()
             remote.send(lambda: handle.record(counts, cost, release=release, op_id=op_id))
+        for b in self.chain:
+            if b.watch:
+                b.notify()
 
     def release(self, amount: int) -> None:
         """Give ``amount`` units of reserved USD back to the chain."""
@@ -341,32 +353,32 @@ class Boundary:
             remote.send(lambda: handle.release(amount, op_id=op_id))
 
     def cost_unknown(self, model: str | None) -> None:
-        """An LLM call could not be priced: warn once per model, or stop (``on_unknown_cost``)."""
+        """A call's cost could not be priced (or measured): under a USD limit, stop at the
+        next boundary (``on_unknown_cost="error"``, the default there) or warn once per model
+        (``"warn"``). Without one, the call is only counted as unpriced."""
+        key = model or "<unknown model>"
         for b in reversed(self.chain):
             budget = b.budget
             if budget.limits.max_usd is None and budget.chain_caps.max_total_usd is None:
                 continue
-            if budget.on_unknown_cost == "error":
-                if b.handle is not None:
-                    handle = b.handle
+            with LOCK:
+                b.unknown_models[key] = None  # ordered, for the exhaustion's message
+            if (budget.on_unknown_cost or "error") == "error":
+                handle = b.handle
+                if handle is not None:
                     b.send(lambda h=handle: h.trip("cost_unknown"))  # type: ignore[misc]
                 continue
-            key = model or "<unknown model>"
             if key in b.warned:
                 continue
             b.warned.add(key)
-            limit = (
-                f"max_usd={budget.limits.max_usd}. "
-                if budget.limits.max_usd is not None
-                else f"max_total_usd={budget.chain_caps.max_total_usd}. "
-            )
-            warnings.warn(
+            from ._exhaustion import usd_limits
+
+            warn(
                 f"budgetkit: the cost of a call to model {key!r} is unknown, so session "
-                f"{budget.session_id!r} cannot count it against {limit}"
-                "Pass prices={model: (usd_per_million_input, usd_per_million_output)} "
-                "or on_unknown_cost='error'.",
+                f"{budget.session_id!r} cannot count it against {usd_limits(budget)}; "
+                "on_unknown_cost='warn' lets it go on. Pass prices={model: "
+                "(usd_per_million_input, usd_per_million_output)} to price it.",
                 CostUnknownWarning,
-                stacklevel=4,
             )
 
     def all_prices(self) -> dict[str, tuple[Decimal, Decimal]]:
@@ -413,11 +425,10 @@ class Boundary:
         budget = self.budget
         if budget.on_ledger_error == "closed":
             raise exc
-        warnings.warn(
+        warn(
             f"budgetkit: {exc}; on_ledger_error='open' lets the call run unchecked "
             f"(session {budget.session_id!r}); unsent charges are sent when it is back",
             LedgerUnavailableWarning,
-            stacklevel=5,
         )
 
     # ------------------------------------------------------------------ reading

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import warnings
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -15,6 +15,7 @@ from ._limits import to_usd
 from ._money import from_units, to_units
 from ._usage import Counts, Usage, usage_counts
 from ._values import LLM, CallSpec
+from ._warnings import warn
 from .exceptions import UnmeasuredUsageWarning
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ def exit_step(
         _otel.end_call(handle, session, spec, _real_error(error), result=result)
 
 
+#: What ends a call from outside while its request may be in flight or billed.
+_INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+
+
 def _real_error(error: BaseException | None) -> BaseException | None:
     """A generator closed early (``GeneratorExit``) finished, it did not fail."""
     return None if isinstance(error, GeneratorExit) else error
@@ -130,15 +135,24 @@ def settle(
     *,
     streamed: bool = False,
     release: int | None = None,
+    call: LLMCall | None = None,
 ) -> None:
     """Record a finished LLM call and close its span: the one settlement of every call.
 
     ``counts`` ``None`` is an unmeasured call, ``cost`` (units) ``None`` an unpriced one;
     ``usage`` (the general path's) is built from the counts only when a listener needs it.
+    Fail closed: an unmeasured call that held a reservation is charged the reservation; one
+    without is an unknown cost (``on_unknown_cost``), like an unpriced call.
     """
+    if counts is None and release:
+        cost = release  # what budgetkit knows it may have cost: the reservation
     session.record(counts, cost, release or 0)
+    if call is not None:
+        call.recorded = True
     if counts is None:
-        _warn_unmeasured(session, spec, streamed=streamed)
+        _warn_unmeasured(session, spec, streamed=streamed, charged=cost)
+        if cost is None:
+            session.cost_unknown(model)
     elif cost is None:
         session.cost_unknown(model)
     if session.errors_pending:
@@ -158,7 +172,7 @@ def settle(
 class LLMCall:
     """One admitted ``@budget.llm_call`` on the general path: reservation, span, settlement."""
 
-    __slots__ = ("_done", "handle", "model", "reserved", "session", "spec")
+    __slots__ = ("handle", "model", "recorded", "reserved", "session", "spec")
 
     def __init__(
         self,
@@ -173,7 +187,8 @@ class LLMCall:
         self.model = model
         self.reserved = reserved
         self.handle = handle
-        self._done = False
+        #: The call has been charged: settling it again, or failing it, does nothing.
+        self.recorded = False
 
     @classmethod
     def begin(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
@@ -184,14 +199,26 @@ class LLMCall:
         return cls(session, spec, model, reserved, _otel.start_call(session, spec, args, kwargs))
 
     def fail(self, error: BaseException) -> None:
-        """The call raised: release the reservation, count the error."""
-        if self._done:
+        """The call raised: release the reservation, count the error.
+
+        Interrupted instead (``KeyboardInterrupt``, ``SystemExit``, a cancelled task), the
+        request may have been billed: it is charged its reservation (without one, its cost
+        is unknown), never released as if unused.
+        """
+        if self.recorded:
             return
-        self._done = True
-        if self.reserved:
-            self.session.release(self.reserved)
-        self.session.call_failed(error)
-        _otel.end_call(self.handle, self.session, self.spec, _real_error(error))
+        session = self.session
+        if isinstance(error, _INTERRUPTS):
+            session.record(None, self.reserved or None, self.reserved or 0)
+            self.recorded = True
+            if not self.reserved:
+                session.cost_unknown(self.model)
+        else:
+            self.recorded = True
+            if self.reserved:
+                session.release(self.reserved)
+            session.call_failed(error)
+        _otel.end_call(self.handle, session, self.spec, _real_error(error))
 
     def finish(self, result: Any) -> Any:
         """The call returned: read usage now, or wrap a stream that settles when it ends."""
@@ -223,18 +250,16 @@ class LLMCall:
             else:
                 usage = extract_usage(raw, model=self.model, provider=spec.provider)
         except MalformedUsageError as exc:
-            warnings.warn(
+            warn(
                 f"budgetkit: ignoring malformed usage from {spec.name!r}: {exc}",
                 UnmeasuredUsageWarning,
-                stacklevel=5,
             )
             return None
         except Exception as exc:  # a user's usage= callable must not break the call
-            warnings.warn(
+            warn(
                 f"budgetkit: the usage= callable of {spec.name!r} raised {exc!r}; "
                 "the call is counted as unmeasured",
                 UnmeasuredUsageWarning,
-                stacklevel=5,
             )
             return None
         return self.fill(usage)
@@ -252,9 +277,8 @@ class LLMCall:
 
     def settle(self, usage: Usage | None, *, result: Any, streamed: bool) -> None:
         """Price the usage, then :func:`settle` the call (once)."""
-        if self._done:
+        if self.recorded:
             return
-        self._done = True
         session = self.session
         cost: int | None = None
         counts: Counts | None = None
@@ -276,6 +300,7 @@ class LLMCall:
             result,
             streamed=streamed,
             release=self.reserved,
+            call=self,
         )
 
 
@@ -299,7 +324,9 @@ def _estimate(
     return to_units(to_usd(value, f"the estimate of {spec.name!r}", allow_zero=True))
 
 
-def _warn_unmeasured(session: Boundary, spec: CallSpec, *, streamed: bool) -> None:
+def _warn_unmeasured(
+    session: Boundary, spec: CallSpec, *, streamed: bool, charged: int | None
+) -> None:
     key = "stream" if streamed else "response"
     if key in session.warned_unmeasured:
         return
@@ -310,10 +337,13 @@ def _warn_unmeasured(session: Boundary, spec: CallSpec, *, streamed: bool) -> No
         hint = STREAM_USAGE_HINT
     else:
         hint = "pass usage=callable to @budget.llm_call to read it from your return type"
-    warnings.warn(
+    counted = (
+        f"charges its reservation (${from_units(charged)})"
+        if charged is not None
+        else "counts the call but cannot measure it"
+    )
+    warn(
         f"budgetkit: {spec.name!r} returned no token usage, so session "
-        f"{session.budget.session_id!r} "
-        f"counts the call but cannot measure it; {hint}",
+        f"{session.budget.session_id!r} {counted}; {hint}",
         UnmeasuredUsageWarning,
-        stacklevel=7,
     )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._boundary import Boundary
+    from ._session import SessionBudget
     from ._values import SessionResult, SessionUsage
 
 __all__ = [
@@ -43,7 +44,11 @@ class Exhaustion:
     usage: SessionUsage
     handoff: Handoff
     path: Path | None
+    """Where the handoff was written (``None``: not written)."""
     error: BaseException | None
+    """Why the handoff could not be written to ``target``."""
+    target: Path | None = None
+    """Where the handoff was to be written."""
 
 
 def exhaust(b: Boundary, reason: str | None = None) -> NoReturn:
@@ -51,20 +56,7 @@ def exhaust(b: Boundary, reason: str | None = None) -> NoReturn:
 
     ``reason`` is the latched reason when the caller knows it (a ledger's answer).
     """
-    with b.exhaust_lock:
-        if b.exhaustion is None:
-            snap = b.snapshot()
-            found = reason or snap.reason or "unknown"
-            handle = b.handle
-            try:  # with a shared ledger, exactly one worker of the session writes the file
-                write = handle is None or handle.claim_handoff_writer()
-            except LedgerUnavailableError:
-                write = False  # another worker may have claimed it; never write two
-            b.exhaustion = _write_handoff(b, found, write=write)
-            if _listeners:
-                emit("exhausted", b.budget, reason=found, handoff_path=b.exhaustion.path)
-            _otel.exhausted(b, found, snap.refused)
-        ex = b.exhaustion
+    ex = record_exhaustion(b, reason)
     error = BudgetExhausted(
         ex.reason,
         session_id=b.budget.session_id,
@@ -72,11 +64,82 @@ def exhaust(b: Boundary, reason: str | None = None) -> NoReturn:
         handoff=ex.handoff,
         handoff_path=ex.path,
         handoff_error=ex.error,
-        message=_chain_message(b, ex.reason, ex.usage.steps),
+        message=message(b, ex),
     )
     if ex.error is not None:
         error.add_note(f"budgetkit: the handoff could not be written: {ex.error!r}")
     raise error
+
+
+def record_exhaustion(b: Boundary, reason: str | None = None) -> Exhaustion:
+    """Latch the session, write its handoff and tell listeners and spans, once; the record."""
+    with b.exhaust_lock:
+        if b.exhaustion is None:
+            snap = b.snapshot()
+            found = reason or snap.reason or snap.tripped or "unknown"
+            handle = b.handle
+            try:  # with a shared ledger, exactly one worker of the session writes the file
+                write = handle is None or handle.claim_handoff_writer()
+                if handle is not None and snap.reason is None:
+                    found = handle.latch(found)
+            except LedgerUnavailableError:
+                write = False  # another worker may have claimed it; never write two
+            b.exhaustion = _write_handoff(b, found, write=write)
+            if _listeners:
+                emit("exhausted", b.budget, reason=found, handoff_path=b.exhaustion.path)
+            _otel.exhausted(b, found, snap.refused)
+        return b.exhaustion
+
+
+def message(b: Boundary, ex: Exhaustion) -> str:
+    """What ran out (used of limit), and how to resume: the handoff path and the call."""
+    budget = b.budget
+    steps = ex.usage.steps
+    if ex.reason in CHAIN_CAPS:
+        head = (
+            f"Chain budget exhausted at step {steps} of session {budget.attempt} of chain "
+            f"{budget.root_session_id!r}. Reason: {ex.reason}. "
+            f"Resumable: only with a larger {ex.reason}."
+        )
+    else:
+        head = f"Session budget exhausted at step {steps}. Reason: {ex.reason} ({_ran_out(b, ex)})."
+    if ex.error is not None:
+        return (
+            f"{head} Resumable: false: the handoff could not be written to "
+            f"{str(ex.target)!r} ({type(ex.error).__name__}: {ex.error})."
+        )
+    where = (
+        "exc.handoff (handoff_dir=None wrote no file)" if ex.path is None else repr(str(ex.path))
+    )
+    if ex.reason in CHAIN_CAPS:
+        return f"{head} Handoff: {where}."
+    return f"{head} Resumable: true: budgetkit.SessionBudget.resume({where})."
+
+
+def _ran_out(b: Boundary, ex: Exhaustion) -> str:
+    """``3 of 3 steps used``, ``$0.0512 of $0.05 spent``, or the unknown models and fixes."""
+    from ._policy import DIMENSION
+
+    budget = b.budget
+    if ex.reason == "cost_unknown":
+        models = ", ".join(repr(m) for m in b.unknown_models) or "'<unknown model>'"
+        return (
+            f"the cost of calls to {models} is unknown under {usd_limits(budget)}; pass "
+            f"prices={{model: (usd_per_million_input, usd_per_million_output)}} to price "
+            "them, or on_unknown_cost='warn' to let the session go on"
+        )
+    d = DIMENSION.get(ex.reason)
+    limit = None if d is None else getattr(budget.limits, d.limit)
+    if d is None or limit is None:
+        return "limit reached"
+    if d.usage is None:  # consecutive errors
+        return f"{limit} failed calls in a row"
+    used = getattr(ex.usage, d.usage)
+    if d.limit == "max_usd":
+        return f"${used} of ${limit} spent"
+    if d.limit == "max_seconds":
+        return f"{used:.1f} s of {limit:g} s"
+    return f"{used} of {limit} {d.label} used"
 
 
 def refusal(b: Boundary, reason: str, *, message: str | None = None) -> BudgetExhausted:
@@ -97,23 +160,13 @@ def _write_handoff(b: Boundary, reason: str, *, write: bool) -> Exhaustion:
     path = None if directory is None else directory / f"{b.budget.session_id}.json"
     handoff = build_handoff(b, reason, usage, path)
     error: BaseException | None = None
+    target = path
     if path is not None:
         try:
             write_atomic(path, handoff.to_dict())
         except Exception as exc:  # never let a write failure hide the budget error
             error, path = exc, None
-    return Exhaustion(reason, usage, handoff, path, error)
-
-
-def _chain_message(b: Boundary, reason: str, steps: int) -> str | None:
-    """The exception text when a chain cap stopped the session (else the default)."""
-    if reason not in CHAIN_CAPS:
-        return None
-    budget = b.budget
-    return (
-        f"Chain budget exhausted at step {steps} of session {budget.attempt} of chain "
-        f"{budget.root_session_id!r}. Reason: {reason}. Resumable: only with a larger {reason}."
-    )
+    return Exhaustion(reason, usage, handoff, path, error, target)
 
 
 def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | None) -> Handoff:
@@ -176,6 +229,11 @@ def result_of(b: Boundary, exc: BaseException | None) -> SessionResult:
 
     snap = b.snapshot()  # first: with a ledger, it reads a latch set by another worker
     exhausted = exhaustion_of(exc)
+    if snap.reason is None and snap.tripped is not None:
+        # The last call crossed a measured limit and no boundary followed: the session is
+        # exhausted all the same (latched, handoff written), only nothing raises.
+        record_exhaustion(b, snap.tripped)
+        snap = b.snapshot()
     if snap.reason is not None:
         stop_reason, stopped_by = snap.reason, b.budget.session_id
     elif exhausted is not None:
@@ -216,3 +274,13 @@ def only_exhaustions_of(exc: BaseException | None, session_id: str) -> bool:
         _, rest = exc.split(lambda e: isinstance(e, BudgetExhausted) and e.session_id == session_id)
         return rest is None
     return isinstance(exc, BudgetExhausted) and exc.session_id == session_id
+
+
+def usd_limits(budget: SessionBudget) -> str:
+    """The USD limits that apply to ``budget``, as they are written (``max_usd=0.05``)."""
+    parts = []
+    if budget.limits.max_usd is not None:
+        parts.append(f"max_usd={budget.limits.max_usd}")
+    if budget.chain_caps.max_total_usd is not None:
+        parts.append(f"max_total_usd={budget.chain_caps.max_total_usd}")
+    return " and ".join(parts)

@@ -79,9 +79,12 @@ class SessionBudget(Constructors):
             raises); ``session.result.stop_reason`` then tells why it stopped.
         prices: your own prices, ``{"model": (usd_per_million_input, usd_per_million_output)}``,
             which win over the bundled price table.
-        on_unknown_cost: with ``max_usd`` set, what an unpriceable call does: ``"warn"``
-            (a :class:`~budgetkit.CostUnknownWarning` once per model) or ``"error"`` (the
-            session stops at the next boundary with reason ``cost_unknown``).
+        on_unknown_cost: when a USD limit applies (``max_usd``, or the chain's
+            ``max_total_usd``), what a call whose cost is unknown does: ``"error"`` (the
+            default there: the call returns, and the session stops at the next boundary with
+            reason ``cost_unknown``) or ``"warn"`` (the explicit opt-out: a
+            :class:`~budgetkit.CostUnknownWarning` once per model, and the session goes on).
+            Without a USD limit an unpriced call is only counted in ``unpriced_calls``.
         max_total_usd: US dollars for the whole chain of sessions (this one, the ones it
             resumed, and the ones resumed from it); kept across resumes.
         max_total_steps: ``@budget.step`` calls for the whole chain; kept across resumes.
@@ -95,6 +98,12 @@ class SessionBudget(Constructors):
             :class:`~budgetkit.LedgerUnavailableError` at the boundary; the call does not run)
             or ``"open"`` (the call runs with a :class:`~budgetkit.LedgerUnavailableWarning`;
             its charge is sent to the ledger at the next boundary that reaches it).
+        threads: ``"explicit"`` (the default): a plain ``threading.Thread`` does not copy the
+            context, so its decorated calls find no session (they run uncharged, with an
+            :class:`~budgetkit.UnbudgetedCallWarning`); run its target through
+            ``contextvars.copy_context().run``. ``"inherit"``: threads started and
+            ``concurrent.futures`` work submitted inside the block run in a copy of the
+            block's context, so they charge this session.
 
     .. versionadded:: 0.1.0
     """
@@ -115,7 +124,7 @@ class SessionBudget(Constructors):
         handoff_dir: str | os.PathLike[str] | None = DEFAULT_DIR,
         raise_on_exhausted: bool = True,
         prices: Mapping[str, tuple[float | Decimal, float | Decimal]] | None = None,
-        on_unknown_cost: Literal["warn", "error"] = "warn",
+        on_unknown_cost: Literal["warn", "error"] | None = None,
         thresholds: Sequence[float] = (),
         on_threshold: Callable[[SessionBudget, str], object] | None = None,
         on_phase_change: Callable[[SessionBudget, str], object] | None = None,
@@ -127,6 +136,7 @@ class SessionBudget(Constructors):
         max_sessions: int | None = None,
         ledger: Ledger | None = None,
         on_ledger_error: Literal["closed", "open"] = "closed",
+        threads: Literal["explicit", "inherit"] = "explicit",
         **unknown: Never,
     ) -> None:
         if unknown:
@@ -160,12 +170,13 @@ class SessionBudget(Constructors):
             reserve_for_wrapup=reserve_for_wrapup,
             session_log=session_log,
             on_ledger_error=on_ledger_error,
+            threads=threads,
         )
         self.name: str | None = checked["name"]
         self.handoff_dir: Path | None = checked["handoff_dir"]
         self.raise_on_exhausted: bool = checked["raise_on_exhausted"]
         self.prices: dict[str, tuple[Decimal, Decimal]] = checked["prices"]
-        self.on_unknown_cost: Literal["warn", "error"] = checked["on_unknown_cost"]
+        self.on_unknown_cost: Literal["warn", "error"] | None = checked["on_unknown_cost"]
         self.thresholds: tuple[float, ...] = checked["thresholds"]
         self.on_threshold: Callable[[SessionBudget, str], object] | None = checked["on_threshold"]
         self.on_phase_change: Callable[[SessionBudget, str], object] | None = checked[
@@ -175,6 +186,7 @@ class SessionBudget(Constructors):
         self.reserve_for_wrapup: float | None = checked["reserve_for_wrapup"]
         self.session_log: str | os.PathLike[str] | None = checked["session_log"]
         self.on_ledger_error: Literal["closed", "open"] = checked["on_ledger_error"]
+        self.threads: Literal["explicit", "inherit"] = checked["threads"]
         #: The handoff this session resumed from (set by :meth:`resume`).
         self.resumed_from: Handoff | None = None
         self.parent_session_id: str | None = None

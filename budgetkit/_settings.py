@@ -29,6 +29,7 @@ SETTINGS = (
     "reserve_for_wrapup",
     "session_log",
     "on_ledger_error",
+    "threads",
 )
 
 #: Every keyword of ``SessionBudget()`` (and so of ``resume()``).
@@ -44,10 +45,13 @@ def check_settings(**values: Any) -> dict[str, Any]:
     if not isinstance(raise_on_exhausted, bool):
         raise BudgetTypeError(f"raise_on_exhausted must be a bool, got {raise_on_exhausted!r}")
     on_unknown_cost = values["on_unknown_cost"]
-    if on_unknown_cost not in ("warn", "error"):
+    if on_unknown_cost not in ("warn", "error", None):
         raise BudgetConfigError(
-            f"on_unknown_cost must be 'warn' or 'error', got {on_unknown_cost!r}"
+            f"on_unknown_cost must be 'warn', 'error' or None, got {on_unknown_cost!r}"
         )
+    threads = values["threads"]
+    if threads not in ("explicit", "inherit"):
+        raise BudgetConfigError(f"threads must be 'explicit' or 'inherit', got {threads!r}")
     phases = values["phases"]
     bounds = check_fractions(phases, "phases", upper_inclusive=True)
     if len(bounds) != 2:
@@ -76,6 +80,7 @@ def check_settings(**values: Any) -> dict[str, Any]:
         else check_fraction(reserve, "reserve_for_wrapup"),
         "session_log": session_log,
         "on_ledger_error": on_ledger_error,
+        "threads": threads,
     }
 
 

@@ -115,6 +115,12 @@ class SessionResult:
     stopped_by: str | None = None
     """The session whose limit stopped this one (itself, or an enclosing session)."""
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether a limit stopped the session, whether or not a boundary raised (the last
+        call may have crossed a measured limit with no boundary after it)."""
+        return self.stop_reason not in ("completed", "error")
+
 
 @dataclass(frozen=True, slots=True)
 class CallSpec:

@@ -28,6 +28,7 @@ from ._calls import (
     run_marked,
 )
 from ._otel import start_call
+from ._threads import OPEN, unbudgeted
 from ._values import LLM, STEP, CallSpec
 from .exceptions import StepTimeoutError
 
@@ -83,6 +84,8 @@ def _sync_step(spec: CallSpec) -> Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return wrapped(*args, **kwargs)
         session.admit_step(name)
         handle = (
@@ -107,6 +110,8 @@ def _coro_step(spec: CallSpec) -> Wrapper:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return await wrapped(*args, **kwargs)
         session.admit_step(name)
         handle = (
@@ -130,6 +135,8 @@ def _sync_step_options(spec: CallSpec) -> Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = active.get()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return wrapped(*args, **kwargs)
         handle = _enter_with_options(session, spec, args, kwargs)
         started = time.monotonic()
@@ -154,6 +161,8 @@ def _coro_step_options(spec: CallSpec) -> Wrapper:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = active.get()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return await wrapped(*args, **kwargs)
         handle = _enter_with_options(session, spec, args, kwargs)
         try:
@@ -195,13 +204,17 @@ TRUNCATION_MARKER = "\n[... {n} more characters truncated by budgetkit]"
 
 # ---------------------------------------------------------------------------- LLM calls
 def llm_wrapper(spec: CallSpec, current: Callable[[], Boundary | None] = active.get) -> Wrapper:
-    """The sync LLM-call wrapper; ``current`` finds the session (``instrument()`` widens it)."""
+    """The sync LLM-call wrapper; ``current`` finds the session (``instrument()`` widens it,
+    and does its own finding: a call it leaves uncharged is not an unbudgeted one)."""
     name = spec.name
+    watch = current is active.get  # warn about calls that lost their session's context
     plain = spec.estimate is None and not spec.wrapup  # admitted without a reservation
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
+            if watch and OPEN.count:
+                unbudgeted(spec)
             return wrapped(*args, **kwargs)
         call: LLMCall | None = None
         if plain:
@@ -214,12 +227,12 @@ def llm_wrapper(spec: CallSpec, current: Callable[[], Boundary | None] = active.
             result = (
                 run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
             )
-        except BaseException as exc:
+            if call is not None:
+                return call.finish(result)
+            return llm_finished(session, spec, handle, kwargs, result)
+        except BaseException as exc:  # the body failed, or settling it was interrupted
             (call or LLMCall(session, spec, None, None, handle)).fail(exc)
             raise
-        if call is not None:
-            return call.finish(result)
-        return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
 
@@ -229,11 +242,14 @@ def llm_coroutine_wrapper(
 ) -> Wrapper:
     """The ``async def`` LLM-call wrapper; ``current`` as in :func:`llm_wrapper`."""
     name = spec.name
+    watch = current is active.get
     plain = spec.estimate is None and not spec.wrapup
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = current()
         if session is None:
+            if watch and OPEN.count:
+                unbudgeted(spec)
             return await wrapped(*args, **kwargs)
         call: LLMCall | None = None
         if plain:
@@ -247,12 +263,12 @@ def llm_coroutine_wrapper(
                 result = await await_marked(wrapped, args, kwargs)
             else:
                 result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
+            if call is not None:
+                return call.finish(result)
+            return llm_finished(session, spec, handle, kwargs, result)
+        except BaseException as exc:  # the body failed, or settling it was interrupted
             (call or LLMCall(session, spec, None, None, handle)).fail(exc)
             raise
-        if call is not None:
-            return call.finish(result)
-        return llm_finished(session, spec, handle, kwargs, result)
 
     return wrapper
 
@@ -264,6 +280,8 @@ def _gen_wrapper(spec: CallSpec) -> Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = active.get()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return wrapped(*args, **kwargs)
         return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
 
@@ -305,6 +323,8 @@ def _agen_wrapper(spec: CallSpec) -> Wrapper:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         session = active.get()
         if session is None:
+            if OPEN.count:
+                unbudgeted(spec)
             return wrapped(*args, **kwargs)
         return run(session, spec, wrapped(*args, **kwargs), args, kwargs)
 

@@ -226,6 +226,11 @@ class CostUnknownWarning(BudgetWarning):
     """A call's cost could not be priced while ``max_usd`` is set; it is not counted as zero."""
 
 
+class UnbudgetedCallWarning(BudgetWarning):
+    """A decorated call ran outside every session while a session was open in the process
+    (a thread that did not copy the context): it was not charged."""
+
+
 class UnmeasuredUsageWarning(BudgetWarning):
     """An LLM call returned no usable usage (no usage block, or malformed counts)."""
 

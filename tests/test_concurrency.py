@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from budgetkit import BudgetExhausted, SessionBudget, _config, _exhaustion, budget
+from budgetkit import (
+    BudgetExhausted,
+    SessionBudget,
+    UnbudgetedCallWarning,
+    _config,
+    _exhaustion,
+    budget,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -150,18 +157,21 @@ def test_64_threads_in_copied_context(handoff_dir: Path, write_count: list[Path]
 
 
 def test_threads_without_copied_context_are_not_charged(handoff_dir: Path) -> None:
-    """A plain thread does not inherit the session: its steps are pass-through."""
+    """A plain thread does not inherit the session: its steps are pass-through, and say so
+    (UnbudgetedCallWarning, once for the call site)."""
 
     @budget.step
     def tool() -> None:
         pass
 
-    with SessionBudget(max_steps=1, handoff_dir=handoff_dir) as s:
-        t = threading.Thread(target=lambda: [tool() for _ in range(5)])
-        t.start()
-        t.join()
-        tool()
+    with pytest.warns(UnbudgetedCallWarning) as warned:
+        with SessionBudget(max_steps=1, handoff_dir=handoff_dir) as s:
+            t = threading.Thread(target=lambda: [tool() for _ in range(5)])
+            t.start()
+            t.join()
+            tool()
     assert s.usage.steps == 1
+    assert len([w for w in warned if w.category is UnbudgetedCallWarning]) == 1
 
 
 @pytest.mark.asyncio

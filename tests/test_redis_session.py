@@ -210,7 +210,8 @@ def test_ledger_from_environment(
     monkeypatch.setenv(LEDGER_URL_ENV, redis_server.url)
     with SessionBudget(max_steps=2, handoff_dir=None) as main:
         assert isinstance(main.ledger, RedisLedger)
-        in_thread(lambda: SessionBudget.join(main.session_id, handoff_dir=None).__enter__())
+        joined = SessionBudget.join(main.session_id, handoff_dir=None)
+        in_thread(lambda: joined.__exit__(None, None, None) if joined.__enter__() else None)
         tool()
         assert main.usage.steps == 1
 

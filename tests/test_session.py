@@ -193,7 +193,11 @@ def test_max_steps_admits_exactly_n(n: int, handoff_dir: Path) -> None:
     assert exc.reason == "max_steps"
     assert exc.session_id == s.session_id
     assert exc.usage.steps == n
-    assert str(exc) == f"Session budget exhausted at step {n}. Reason: max_steps. Resumable: true."
+    path = handoff_dir / f"{s.session_id}.json"
+    assert str(exc) == (
+        f"Session budget exhausted at step {n}. Reason: max_steps ({n} of {n} steps used). "
+        f"Resumable: true: budgetkit.SessionBudget.resume({str(path)!r})."
+    )
     assert exc.handoff.stopped_at_step == n
     assert s.result is not None
     assert s.result.stop_reason == "max_steps"
@@ -217,15 +221,17 @@ async def test_max_steps_admits_exactly_n_async(handoff_dir: Path) -> None:
 
 
 def test_exhausted_message_is_exact(handoff_dir: Path) -> None:
-    """BudgetExhausted's message has the documented form."""
-    with SessionBudget(max_steps=50, handoff_dir=handoff_dir):
+    """BudgetExhausted's message has the documented form: what ran out (used of limit), the
+    handoff path and the call that resumes it."""
+    with SessionBudget(max_steps=50, handoff_dir=handoff_dir) as s:
         for _ in range(50):
             tool()
         with pytest.raises(BudgetExhausted) as info:
             tool()
-    assert (
-        str(info.value)
-        == "Session budget exhausted at step 50. Reason: max_steps. Resumable: true."
+    path = handoff_dir / f"{s.session_id}.json"
+    assert str(info.value) == (
+        "Session budget exhausted at step 50. Reason: max_steps (50 of 50 steps used). "
+        f"Resumable: true: budgetkit.SessionBudget.resume({str(path)!r})."
     )
 
 
@@ -329,13 +335,15 @@ async def test_measured_limit_async(limit, to_limit, over, handoff_dir: Path) ->
 
 
 def test_charge_over_limit_does_not_raise_itself(handoff_dir: Path) -> None:
-    """charge() never raises for exhaustion; only a boundary does."""
+    """charge() never raises for exhaustion; only a boundary does. With no boundary after
+    it, the session still ends exhausted for the limit (no exception)."""
     with SessionBudget(max_usd=1, handoff_dir=handoff_dir) as s:
         s.charge(usd=5)
         s.charge(usd=5)
         assert s.usage.cost_usd == 10
     assert s.result is not None
-    assert s.result.stop_reason == "completed"
+    assert s.result.stop_reason == "max_usd"
+    assert s.result.exhausted
 
 
 def test_max_seconds_judged_at_boundary(clock, handoff_dir: Path) -> None:
@@ -653,9 +661,10 @@ def test_max_llm_calls_admits_exactly_n(handoff_dir: Path) -> None:
     assert info.value.reason == "max_llm_calls"
     assert s.usage.llm_calls == 3
     assert s.usage.steps == 0
-    assert (
-        str(info.value)
-        == "Session budget exhausted at step 0. Reason: max_llm_calls. Resumable: true."
+    path = handoff_dir / f"{s.session_id}.json"
+    assert str(info.value) == (
+        "Session budget exhausted at step 0. Reason: max_llm_calls (3 of 3 LLM calls used). "
+        f"Resumable: true: budgetkit.SessionBudget.resume({str(path)!r})."
     )
 
 

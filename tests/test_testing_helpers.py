@@ -172,7 +172,7 @@ def test_fake_usage_unknown_model_is_unpriced() -> None:
     def homemade() -> dict[str, Any]:
         return fake_usage("homemade-7b", 100, 10)
 
-    session = SessionBudget(max_usd=1, handoff_dir=None)
+    session = SessionBudget(max_usd=1, on_unknown_cost="warn", handoff_dir=None)
 
     def run() -> None:
         with session:

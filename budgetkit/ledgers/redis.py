@@ -68,6 +68,11 @@ local function width(a, b)
   return n + (CH - n % CH) % CH
 end
 local function cmp(a, b)
+  if #a < 16 and #b < 16 then  -- below 10^15 < 2^53 a double is exact
+    local x, y = tonumber(a), tonumber(b)
+    if x < y then return -1 elseif x > y then return 1 end
+    return 0
+  end
   local n = width(a, b)
   a, b = pad(a, n), pad(b, n)
   for i = 1, n, CH do
@@ -227,20 +232,30 @@ def lua_rules() -> str:
         "end",
     ]
 
-    def value(check: Check) -> str:
-        parts = [f"num(v['{COUNTER_FIELDS[c]}'])" for c in check.counters]
-        return " + ".join(parts)
+    def exact(check: Check) -> str:
+        """The counter as a decimal string (a sum of fields, added exactly)."""
+        parts = [f"(v['{COUNTER_FIELDS[c]}'] or '0')" for c in check.counters]
+        value = parts[0]
+        for part in parts[1:]:
+            value = f"add({value}, {part})"
+        return value
+
+    def approximate(check: Check) -> str:
+        """The counter as a Lua number (for the wrap-up reserve's fractions)."""
+        return " + ".join(f"num(v['{COUNTER_FIELDS[c]}'])" for c in check.counters)
 
     def over(check: Check, strict: bool, scale: str = "") -> str:
+        """Whether the counter is over (or at) the limit: exact decimal-string arithmetic,
+        as the in-process ledger's integers; a ``scale``d limit (the wrap-up reserve) is a
+        fraction, compared as numbers there too (as Python floats in process)."""
         limit = f"v['{LIMIT_FIELDS[check.reason]}']"
-        if check.counters == ("cost",) and not scale:  # exact: decimal strings
+        if not scale:
             op = "> 0" if strict else ">= 0"
-            return f"{limit} and cmp(v['cost'] or '0', {limit}) {op}"
-        op = ">" if strict else ">="
+            return f"{limit} and cmp({exact(check)}, {limit}) {op}"
         bound = f"tonumber({limit}){scale}"
-        if check.rule == COUNT and scale:
+        if check.rule == COUNT:
             bound = f"math.floor({bound})"
-        return f"{limit} and {value(check)} {op} {bound}"
+        return f"{limit} and {approximate(check)} {'>' if strict else '>='} {bound}"
 
     def function(name: str, params: str, body: list[str], default: str = "false") -> None:
         lines.append(f"local function {name}({params})")
