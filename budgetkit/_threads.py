@@ -120,7 +120,8 @@ def install_inheritance(active: contextvars.ContextVar[Boundary | None]) -> None
     ) -> concurrent.futures.Future[Any]:
         if _inheriting(active.get()):
             fn = functools.partial(contextvars.copy_context().run, fn)
-        return submit(self, fn, *args, **kwargs)
+        future: concurrent.futures.Future[Any] = submit(self, fn, *args, **kwargs)
+        return future
 
     threading.Thread.start = inheriting_start  # type: ignore[method-assign]
     concurrent.futures.ThreadPoolExecutor.submit = inheriting_submit  # type: ignore[method-assign,assignment]

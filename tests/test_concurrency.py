@@ -164,12 +164,17 @@ def test_threads_without_copied_context_are_not_charged(handoff_dir: Path) -> No
     def tool() -> None:
         pass
 
-    with pytest.warns(UnbudgetedCallWarning) as warned:
-        with SessionBudget(max_steps=1, handoff_dir=handoff_dir) as s:
+    s = SessionBudget(max_steps=1, handoff_dir=handoff_dir)
+
+    def run() -> None:
+        with s:
             t = threading.Thread(target=lambda: [tool() for _ in range(5)])
             t.start()
             t.join()
             tool()
+
+    with pytest.warns(UnbudgetedCallWarning) as warned:
+        run()
     assert s.usage.steps == 1
     assert len([w for w in warned if w.category is UnbudgetedCallWarning]) == 1
 
