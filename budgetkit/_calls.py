@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import _otel
 from ._events import emit
 from ._events import listeners as _listeners
+from ._interrupts import deferred
 from ._limits import to_usd
 from ._money import from_units, to_units
 from ._usage import Counts, Usage, usage_counts
@@ -172,7 +173,7 @@ def settle(
 class LLMCall:
     """One admitted ``@budget.llm_call`` on the general path: reservation, span, settlement."""
 
-    __slots__ = ("handle", "model", "recorded", "reserved", "session", "spec")
+    __slots__ = ("admitted", "handle", "model", "recorded", "reserved", "session", "spec")
 
     def __init__(
         self,
@@ -187,16 +188,33 @@ class LLMCall:
         self.model = model
         self.reserved = reserved
         self.handle = handle
+        #: The session counted the call (and holds its reservation); see :meth:`prepare`.
+        self.admitted = True
         #: The call has been charged: settling it again, or failing it, does nothing.
         self.recorded = False
 
     @classmethod
-    def begin(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
-        """Admit a call (reserving its estimate; may raise ``BudgetExhausted``), open its span."""
+    def prepare(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
+        """A call not admitted yet, with its request model and reservation (``estimate=``)."""
         model = spec.request_model(kwargs)
-        reserved = _estimate(session, spec, model, args, kwargs)
-        session.admit(LLM, spec.name, reserved, wrapup=spec.wrapup)
-        return cls(session, spec, model, reserved, _otel.start_call(session, spec, args, kwargs))
+        call = cls(session, spec, model, _estimate(session, spec, model, args, kwargs), None)
+        call.admitted = False
+        return call
+
+    def admit(self, args: Any, kwargs: Any) -> None:
+        """Admit the call, reserving its estimate (may raise ``BudgetExhausted``); open its
+        span. Ctrl-C waits until the call is both admitted and known to be."""
+        with deferred():
+            self.session.admit(LLM, self.spec.name, self.reserved, wrapup=self.spec.wrapup)
+            self.admitted = True
+        self.handle = _otel.start_call(self.session, self.spec, args, kwargs)
+
+    @classmethod
+    def begin(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
+        """:meth:`prepare` and :meth:`admit` (for adapters that hold the call themselves)."""
+        call = cls.prepare(session, spec, args, kwargs)
+        call.admit(args, kwargs)
+        return call
 
     def fail(self, error: BaseException) -> None:
         """The call raised: release the reservation, count the error.
@@ -205,7 +223,7 @@ class LLMCall:
         request may have been billed: it is charged its reservation (without one, its cost
         is unknown), never released as if unused.
         """
-        if self.recorded:
+        if self.recorded or not self.admitted:
             return
         session = self.session
         if isinstance(error, _INTERRUPTS):
@@ -276,9 +294,14 @@ class LLMCall:
         return dataclasses.replace(usage, **changes) if changes else usage
 
     def settle(self, usage: Usage | None, *, result: Any, streamed: bool) -> None:
-        """Price the usage, then :func:`settle` the call (once)."""
+        """Price the usage, then :func:`settle` the call (once), with Ctrl-C held back until
+        the call is charged."""
         if self.recorded:
             return
+        with deferred():
+            self._settle(usage, result=result, streamed=streamed)
+
+    def _settle(self, usage: Usage | None, *, result: Any, streamed: bool) -> None:
         session = self.session
         cost: int | None = None
         counts: Counts | None = None

@@ -216,14 +216,14 @@ def llm_wrapper(spec: CallSpec, current: Callable[[], Boundary | None] = active.
             if watch and OPEN.count:
                 unbudgeted(spec)
             return wrapped(*args, **kwargs)
-        call: LLMCall | None = None
-        if plain:
-            session.admit_llm(name)
-            handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
-        else:
-            call = LLMCall.begin(session, spec, args, kwargs)
-            handle = call.handle
-        try:
+        call = None if plain else LLMCall.prepare(session, spec, args, kwargs)
+        handle = None
+        try:  # from admission on: an interrupted call is still charged (LLMCall.fail)
+            if call is None:
+                session.admit_llm(name)
+                handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+            else:
+                call.admit(args, kwargs)
             result = (
                 run_marked(wrapped, args, kwargs) if Nesting.guard else wrapped(*args, **kwargs)
             )
@@ -251,14 +251,14 @@ def llm_coroutine_wrapper(
             if watch and OPEN.count:
                 unbudgeted(spec)
             return await wrapped(*args, **kwargs)
-        call: LLMCall | None = None
-        if plain:
-            session.admit_llm(name)
-            handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
-        else:
-            call = LLMCall.begin(session, spec, args, kwargs)
-            handle = call.handle
-        try:
+        call = None if plain else LLMCall.prepare(session, spec, args, kwargs)
+        handle = None
+        try:  # from admission on: an interrupted call is still charged (LLMCall.fail)
+            if call is None:
+                session.admit_llm(name)
+                handle = None if _otel.quiet() else start_call(session, spec, args, kwargs)
+            else:
+                call.admit(args, kwargs)
             if Nesting.guard:
                 result = await await_marked(wrapped, args, kwargs)
             else:
