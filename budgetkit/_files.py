@@ -87,3 +87,37 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_writable_directory(path: Path, name: str) -> None:
+    """A directory budgetkit will write into later: it exists or can be created, and is
+    writable; world-writable without the sticky bit, it warns (others could replace files).
+
+    Raises:
+        BudgetConfigError: naming the first part of ``path`` that is in the way.
+    """
+    import stat
+
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BudgetConfigError(
+            f"{name}={str(path)!r} cannot be created: {str(probe)!r} is not a directory"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BudgetConfigError(
+            f"{name}={str(path)!r} is not writable: {str(probe)!r} does not let this user "
+            "create files"
+        )
+    if probe == path:
+        mode = path.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            from ._warnings import warn
+            from .exceptions import BudgetWarning
+
+            warn(
+                f"budgetkit: {name}={str(path)!r} is world-writable without the sticky bit: "
+                "any local user can replace or remove its files",
+                BudgetWarning,
+            )

@@ -22,7 +22,7 @@ from ._boundary import Boundary, Reservation, active, reservation
 from ._constructors import Constructors
 from ._events import emit
 from ._events import listeners as _listeners
-from ._files import check_session_id
+from ._files import check_session_id, check_writable_directory
 from ._limits import Limits, non_negative_int, to_usd
 from ._lineage import ChainCaps, Lineage, Place
 from ._money import to_units
@@ -215,6 +215,8 @@ class SessionBudget(Constructors):
                 f"session {self.session_id!r} was already entered; a SessionBudget runs once "
                 "(create a new one, or use SessionBudget.resume())"
             )
+        if self.handoff_dir is not None:  # found out now, not when the session stops
+            check_writable_directory(self.handoff_dir, "handoff_dir")
         parent = active.get()
         b = self.boundary
         b.open(parent, _config.clock())

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+import warnings
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 from budgetkit import (
+    BudgetConfigError,
     BudgetExhausted,
     BudgetTypeError,
+    BudgetWarning,
     Handoff,
     HandoffError,
     SessionBudget,
@@ -254,16 +257,66 @@ def test_reader_never_sees_partial_file(handoff_dir: Path) -> None:
 
 
 def test_write_failure_still_raises_budget_error(tmp_path: Path) -> None:
-    """A handoff that cannot be written still raises BudgetExhausted, with the failure attached."""
+    """A handoff that cannot be written still raises BudgetExhausted, with the failure attached,
+    and its message says it cannot be resumed from a file: the path and the OS error."""
     blocker = tmp_path / "not-a-dir"
-    blocker.write_text("I am a file")
-    _, exc = exhaust(blocker)
+    s = SessionBudget(handoff_dir=blocker, max_steps=2)
+
+    def run_blocked() -> None:
+        with s:
+            blocker.write_text("I am a file")  # the directory is taken after the start
+            while True:
+                tool()
+
+    with pytest.raises(BudgetExhausted) as info:
+        run_blocked()
+    exc = info.value
     assert exc.reason == "max_steps"
     assert exc.handoff_path is None
     assert isinstance(exc.handoff_error, OSError)
     assert any("handoff could not be written" in n for n in exc.__notes__)
     assert exc.handoff.stopped_at_step == 2
     assert blocker.read_text() == "I am a file"
+    target = blocker / f"{s.session_id}.json"
+    assert str(exc).endswith(
+        f"Resumable: false: the handoff could not be written to {str(target)!r} "
+        f"({type(exc.handoff_error).__name__}: {exc.handoff_error})."
+    )
+
+
+def test_an_unusable_handoff_dir_is_refused_when_the_session_starts(tmp_path: Path) -> None:
+    """handoff_dir is checked when the session starts, not when it ends: a path under a file
+    is a BudgetConfigError naming it, and no step runs."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("I am a file")
+    s = SessionBudget(handoff_dir=blocker / "handoffs", max_steps=2)
+    with pytest.raises(BudgetConfigError, match="not-a-dir"), s:
+        tool()
+    assert ran == []
+
+
+def test_a_world_writable_handoff_dir_warns(tmp_path: Path) -> None:
+    """A world-writable handoff_dir without the sticky bit is used, with a BudgetWarning."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.warns(BudgetWarning, match="world-writable"), SessionBudget(handoff_dir=shared):
+        pass
+    shared.chmod(0o1777)  # sticky: owners alone may remove their files
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with SessionBudget(handoff_dir=shared):
+            pass
+
+
+def test_the_message_without_a_handoff_dir_names_the_handoff_object() -> None:
+    """handoff_dir=None: the message says where the handoff is (on the exception)."""
+    _, exc = exhaust(None)
+    assert str(exc) == (
+        "Session budget exhausted at step 2. Reason: max_steps (2 of 2 steps used). "
+        "Resumable: true: budgetkit.SessionBudget.resume(exc.handoff "
+        "(handoff_dir=None wrote no file))."
+    )
 
 
 def test_write_failure_latches_without_retry(
