@@ -256,8 +256,8 @@ def test_exhausted_keeps_its_handoff_error_through_pickle(tmp_path: Path) -> Non
     """The error that prevented the handoff write travels with a pickled BudgetExhausted
     (to another process of a pool, say)."""
     blocked = tmp_path / "not-a-dir"
-    blocked.write_text("a file where the handoff directory should be")
     with SessionBudget(max_steps=1, handoff_dir=blocked):
+        blocked.write_text("a file where the handoff directory should be")  # after the start
         tool()
         with pytest.raises(BudgetExhausted) as info:
             tool()
