@@ -16,8 +16,8 @@ import pytest
 
 from budgetkit import Handoff, __version__
 from budgetkit._handoff import write_atomic
-from budgetkit._stubserver import StubServer
 from budgetkit.cli import EXIT_EXHAUSTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
