@@ -17,7 +17,7 @@ import math
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -123,19 +123,19 @@ class StubServer:
             raise BudgetTypeError(f"port must be an int, got {port!r}")
         if not 0 <= port <= 65_535:
             raise BudgetConfigError(f"port must be from 0 to 65535, got {port!r}")
-        self._reply = reply
-        self._usage = usage
-        self._cache_read_tokens = cache_read_tokens
-        self._cache_write_tokens = cache_write_tokens
-        self._reasoning_tokens = reasoning_tokens
-        self.error_after = error_after
-        self.cut_after = cut_after
         self.host = host
-        self.requests: list[tuple[str, Json]] = []
-        """Every request received, as ``(path, json_body)``, in order."""
         self._port = port
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
+        self._answers = _Answers(
+            reply,
+            usage,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            error_after,
+            cut_after,
+        )
+        self.requests: list[tuple[str, Json]] = self._answers.requests
+        """Every request received, as ``(path, json_body)``, in order."""
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -171,7 +171,7 @@ class StubServer:
         """
         if self._server is not None:
             raise RuntimeError("StubServer is already running")
-        handler = type("_BoundHandler", (_Handler,), {"stub": self})
+        handler = type("_BoundHandler", (_Handler,), {"answers": self._answers})
         server_class = _Server6 if ":" in self.host else _Server
         self._server = server_class((self.host, self._port), handler)
         self._server.daemon_threads = True
@@ -205,43 +205,57 @@ class StubServer:
     ) -> None:
         self.stop()
 
-    # -- answers -------------------------------------------------------------------------------
 
-    def _record(self, path: str, body: Json) -> None:
+@dataclass
+class _Answers:
+    """What a :class:`StubServer` answers: its settings and the requests so far."""
+
+    reply: Reply | None
+    usage: UsageSpec
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    error_after: int | None
+    cut_after: int | None
+    requests: list[tuple[str, Json]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def record(self, path: str, body: Json) -> None:
         """Remember one request."""
         with self._lock:
             self.requests.append((path, body))
 
-    def _next_id(self) -> int:
+    def next_id(self) -> int:
         """A fresh number for response ids."""
         with self._lock:
             return next(self._ids)
 
-    def _reply_for(self, body: Json) -> str | Json:
+    def reply_for(self, body: Json) -> str | Json:
         """The reply text (or verbatim body) for a request."""
-        if self._reply is None:
+        if self.reply is None:
             return f"Stub reply to: {_last_user_text(body)[:200]}"
-        if isinstance(self._reply, str):
-            return self._reply
-        return self._reply(body)
+        if isinstance(self.reply, str):
+            return self.reply
+        return self.reply(body)
 
-    def _usage_for(self, body: Json, text: str) -> StubUsage:
+    def usage_for(self, body: Json, text: str) -> StubUsage:
         """The usage to report for a request and its reply text."""
-        if self._usage is None:
+        if self.usage is None:
             input_tokens = max(1, math.ceil(len(json.dumps(body)) / 4))
             output_tokens = max(1, math.ceil(len(text) / 4))
-        elif callable(self._usage):
-            input_tokens, output_tokens = self._usage(body)
+        elif callable(self.usage):
+            input_tokens, output_tokens = self.usage(body)
         else:
-            input_tokens, output_tokens = self._usage
-        input_tokens = max(input_tokens, self._cache_read_tokens + self._cache_write_tokens)
-        output_tokens = max(output_tokens, self._reasoning_tokens)
+            input_tokens, output_tokens = self.usage
+        input_tokens = max(input_tokens, self.cache_read_tokens + self.cache_write_tokens)
+        output_tokens = max(output_tokens, self.reasoning_tokens)
         return StubUsage(
             input_tokens,
             output_tokens,
-            self._cache_read_tokens,
-            self._cache_write_tokens,
-            self._reasoning_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
         )
 
 
@@ -254,7 +268,7 @@ class _Server6(_Server):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    stub: StubServer
+    answers: _Answers
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -271,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_json(400, _error("the body must be a JSON object"))
             return
-        self.stub._record(path, body)
+        self.answers.record(path, body)
         route = _ROUTES.get(path)
         if route is None:
             self._send_json(404, _error(f"no stub route for POST {path}"))
@@ -306,15 +320,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
     def _reply(self, body: Json) -> tuple[str | Json, str]:
-        reply = self.stub._reply_for(body)
+        reply = self.answers.reply_for(body)
         return reply, reply if isinstance(reply, str) else ""
 
     def _content_events(self, pieces: list[str]) -> Iterator[tuple[int, str]]:
         """Yield the reply pieces; stop early for ``cut_after`` / ``error_after``."""
         for index, piece in enumerate(pieces):
-            if self.stub.cut_after is not None and index >= self.stub.cut_after:
+            if self.answers.cut_after is not None and index >= self.answers.cut_after:
                 raise _StreamCutError
-            if self.stub.error_after is not None and index >= self.stub.error_after:
+            if self.answers.error_after is not None and index >= self.answers.error_after:
                 raise _StreamFailedError
             yield index, piece
 
@@ -326,8 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "gpt-4o-mini"))
-        usage = self.stub._usage_for(body, text)
-        completion_id = f"chatcmpl-stub{self.stub._next_id()}"
+        usage = self.answers.usage_for(body, text)
+        completion_id = f"chatcmpl-stub{self.answers.next_id()}"
         if not body.get("stream"):
             self._send_json(200, _chat_completion(completion_id, model, text, usage))
             return
@@ -390,8 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "gpt-4o-mini"))
-        usage = self.stub._usage_for(body, text)
-        number = self.stub._next_id()
+        usage = self.answers.usage_for(body, text)
+        number = self.answers.next_id()
         response = _response(f"resp_stub{number}", f"msg_stub{number}", model, text, usage)
         if not body.get("stream"):
             self._send_json(200, response)
@@ -436,8 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "claude-haiku-4-5"))
-        usage = self.stub._usage_for(body, text)
-        message = _message(f"msg_stub{self.stub._next_id()}", model, text, usage)
+        usage = self.answers.usage_for(body, text)
+        message = _message(f"msg_stub{self.answers.next_id()}", model, text, usage)
         if not body.get("stream"):
             self._send_json(200, message)
             return
