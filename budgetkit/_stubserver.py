@@ -1,17 +1,8 @@
-"""A local stand-in for the OpenAI and Anthropic HTTP APIs (stdlib only).
+"""The stub server behind :class:`budgetkit.testing.StubServer` (stdlib only).
 
-Used by budgetkit's tests and demo: point the real SDK clients at it and they
-parse its answers exactly like the real services' ones, offline::
-
-    with StubServer(usage=(1200, 300)) as stub:
-        client = openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
-        client.chat.completions.create(model="gpt-4o-mini", messages=[...])
-        claude = anthropic.Anthropic(base_url=stub.anthropic_base_url, api_key="test")
-
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses`` and
-``POST /v1/messages``, as JSON or as server-sent events when the request has
-``"stream": true``. Like the real API, a chat completion stream carries a usage
-chunk only when the request sets ``stream_options={"include_usage": true}``.
+Import it from :mod:`budgetkit.testing`; this module is private. It answers like the OpenAI
+and Anthropic HTTP APIs, so the real SDK clients parse its answers exactly like the real
+services' ones, offline.
 
 Usage numbers are given as inclusive totals (input includes cache reads and
 writes, output includes reasoning) and written in each API's own convention:
@@ -23,11 +14,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final, Self
+
+from .exceptions import BudgetConfigError, BudgetTypeError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -58,7 +52,33 @@ class StubUsage:
 
 
 class StubServer:
-    """A threaded HTTP server on ``127.0.0.1`` (a free port) answering like OpenAI and Anthropic.
+    """A local stand-in for the OpenAI and Anthropic HTTP APIs, for offline tests and demos.
+
+    It serves, from a daemon thread, ``POST /v1/chat/completions`` (OpenAI Chat
+    Completions), ``POST /v1/responses`` (OpenAI Responses) and ``POST /v1/messages``
+    (Anthropic Messages), as JSON or, when the request has ``"stream": true``, as the
+    server-sent events the real APIs send. Like the real API, a chat completion stream
+    carries usage only when the request sets ``stream_options={"include_usage": True}``.
+    Any API key is accepted. Point the real clients at it::
+
+        import anthropic
+        import openai
+
+        from budgetkit.testing import StubServer
+
+        question = [{"role": "user", "content": "Capital of France?"}]
+        with StubServer(reply="Paris.", usage=(1_200, 300)) as stub:
+            client = openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
+            answer = client.chat.completions.create(model="gpt-4o-mini", messages=question)
+            claude = anthropic.Anthropic(base_url=stub.anthropic_base_url, api_key="test")
+            message = claude.messages.create(
+                model="claude-haiku-4-5", max_tokens=100, messages=question
+            )
+        assert answer.choices[0].message.content == message.content[0].text == "Paris."
+        assert answer.usage.prompt_tokens == 1_200
+        assert [path for path, _ in stub.requests] == ["/v1/chat/completions", "/v1/messages"]
+
+    From the command line, ``budgetkit stub --port N`` serves one until Ctrl-C.
 
     Args:
         reply: the assistant's text, or a callable receiving the request JSON and
@@ -76,9 +96,14 @@ class StubServer:
             content events, as the real APIs do when they fail mid-stream.
         cut_after: in streams, close the connection after this many content
             events, without usage (an interrupted stream).
+        host: the address to listen on (an IPv6 address works too).
+        port: the port to listen on; ``0`` picks a free one (read it from :attr:`port`).
 
-    Attributes:
-        requests: every request received, as ``(path, json_body)``.
+    Raises:
+        BudgetTypeError: ``port`` is not an int.
+        BudgetConfigError: ``port`` is not in 0-65535.
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -91,17 +116,26 @@ class StubServer:
         reasoning_tokens: int = 0,
         error_after: int | None = None,
         cut_after: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
-        self._reply = reply
-        self._usage = usage
-        self._cache_read_tokens = cache_read_tokens
-        self._cache_write_tokens = cache_write_tokens
-        self._reasoning_tokens = reasoning_tokens
-        self.error_after = error_after
-        self.cut_after = cut_after
-        self.requests: list[tuple[str, Json]] = []
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise BudgetTypeError(f"port must be an int, got {port!r}")
+        if not 0 <= port <= 65_535:
+            raise BudgetConfigError(f"port must be from 0 to 65535, got {port!r}")
+        self.host = host
+        self._port = port
+        self._answers = _Answers(
+            reply,
+            usage,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            error_after,
+            cut_after,
+        )
+        self.requests: list[tuple[str, Json]] = self._answers.requests
+        """Every request received, as ``(path, json_body)``, in order."""
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -114,19 +148,32 @@ class StubServer:
         return int(self._server.server_address[1])
 
     @property
+    def url(self) -> str:
+        """The server's root: ``http://HOST:PORT``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        """OpenAI ``base_url``: ``http://127.0.0.1:PORT/v1``."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        """OpenAI ``base_url`` (``$OPENAI_BASE_URL``): ``http://HOST:PORT/v1``."""
+        return f"{self.url}/v1"
 
     @property
     def anthropic_base_url(self) -> str:
-        """Anthropic ``base_url`` (the SDK appends ``/v1``): ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+        """Anthropic ``base_url`` (``$ANTHROPIC_BASE_URL``; the SDK appends ``/v1``)."""
+        return self.url
 
     def start(self) -> Self:
-        """Start serving in a daemon thread."""
-        handler = type("_BoundHandler", (_Handler,), {"stub": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
+        """Start serving in a daemon thread.
+
+        Raises:
+            OSError: the address cannot be listened on (the port is taken, say).
+        """
+        if self._server is not None:
+            raise RuntimeError("StubServer is already running")
+        handler = type("_BoundHandler", (_Handler,), {"answers": self._answers})
+        server_class = _Server6 if ":" in self.host else _Server
+        self._server = server_class((self.host, self._port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -158,7 +205,21 @@ class StubServer:
     ) -> None:
         self.stop()
 
-    # -- answers -------------------------------------------------------------------------------
+
+@dataclass
+class _Answers:
+    """What a :class:`StubServer` answers: its settings and the requests so far."""
+
+    reply: Reply | None
+    usage: UsageSpec
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    error_after: int | None
+    cut_after: int | None
+    requests: list[tuple[str, Json]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def record(self, path: str, body: Json) -> None:
         """Remember one request."""
@@ -172,29 +233,29 @@ class StubServer:
 
     def reply_for(self, body: Json) -> str | Json:
         """The reply text (or verbatim body) for a request."""
-        if self._reply is None:
+        if self.reply is None:
             return f"Stub reply to: {_last_user_text(body)[:200]}"
-        if isinstance(self._reply, str):
-            return self._reply
-        return self._reply(body)
+        if isinstance(self.reply, str):
+            return self.reply
+        return self.reply(body)
 
     def usage_for(self, body: Json, text: str) -> StubUsage:
         """The usage to report for a request and its reply text."""
-        if self._usage is None:
+        if self.usage is None:
             input_tokens = max(1, math.ceil(len(json.dumps(body)) / 4))
             output_tokens = max(1, math.ceil(len(text) / 4))
-        elif callable(self._usage):
-            input_tokens, output_tokens = self._usage(body)
+        elif callable(self.usage):
+            input_tokens, output_tokens = self.usage(body)
         else:
-            input_tokens, output_tokens = self._usage
-        input_tokens = max(input_tokens, self._cache_read_tokens + self._cache_write_tokens)
-        output_tokens = max(output_tokens, self._reasoning_tokens)
+            input_tokens, output_tokens = self.usage
+        input_tokens = max(input_tokens, self.cache_read_tokens + self.cache_write_tokens)
+        output_tokens = max(output_tokens, self.reasoning_tokens)
         return StubUsage(
             input_tokens,
             output_tokens,
-            self._cache_read_tokens,
-            self._cache_write_tokens,
-            self._reasoning_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
         )
 
 
@@ -202,8 +263,12 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # many concurrent clients connect at once in tests and demos
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
-    stub: StubServer
+    answers: _Answers
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -220,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_json(400, _error("the body must be a JSON object"))
             return
-        self.stub.record(path, body)
+        self.answers.record(path, body)
         route = _ROUTES.get(path)
         if route is None:
             self._send_json(404, _error(f"no stub route for POST {path}"))
@@ -255,15 +320,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
     def _reply(self, body: Json) -> tuple[str | Json, str]:
-        reply = self.stub.reply_for(body)
+        reply = self.answers.reply_for(body)
         return reply, reply if isinstance(reply, str) else ""
 
     def _content_events(self, pieces: list[str]) -> Iterator[tuple[int, str]]:
         """Yield the reply pieces; stop early for ``cut_after`` / ``error_after``."""
         for index, piece in enumerate(pieces):
-            if self.stub.cut_after is not None and index >= self.stub.cut_after:
+            if self.answers.cut_after is not None and index >= self.answers.cut_after:
                 raise _StreamCutError
-            if self.stub.error_after is not None and index >= self.stub.error_after:
+            if self.answers.error_after is not None and index >= self.answers.error_after:
                 raise _StreamFailedError
             yield index, piece
 
@@ -275,8 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "gpt-4o-mini"))
-        usage = self.stub.usage_for(body, text)
-        completion_id = f"chatcmpl-stub{self.stub.next_id()}"
+        usage = self.answers.usage_for(body, text)
+        completion_id = f"chatcmpl-stub{self.answers.next_id()}"
         if not body.get("stream"):
             self._send_json(200, _chat_completion(completion_id, model, text, usage))
             return
@@ -339,8 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "gpt-4o-mini"))
-        usage = self.stub.usage_for(body, text)
-        number = self.stub.next_id()
+        usage = self.answers.usage_for(body, text)
+        number = self.answers.next_id()
         response = _response(f"resp_stub{number}", f"msg_stub{number}", model, text, usage)
         if not body.get("stream"):
             self._send_json(200, response)
@@ -385,8 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         model = str(body.get("model", "claude-haiku-4-5"))
-        usage = self.stub.usage_for(body, text)
-        message = _message(f"msg_stub{self.stub.next_id()}", model, text, usage)
+        usage = self.answers.usage_for(body, text)
+        message = _message(f"msg_stub{self.answers.next_id()}", model, text, usage)
         if not body.get("stream"):
             self._send_json(200, message)
             return

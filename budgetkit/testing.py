@@ -5,6 +5,8 @@
 - :func:`fake_usage` builds an LLM response that budgetkit reads and prices like a real one.
 - :func:`record_spans` collects the spans of a block in memory (needs ``budgetkit[otel]``).
 - :func:`redis_server` runs a throwaway ``redis-server`` for the Redis ledger's examples.
+- :class:`StubServer` stands in for the OpenAI and Anthropic HTTP APIs, so the real clients
+  run offline (``budgetkit stub`` serves one from the command line).
 
 The pytest plugin (:mod:`budgetkit.pytest_plugin`) wraps these in fixtures.
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from . import _config, _events
 from ._events import BudgetEvent
+from ._stubserver import StubServer
 from .exceptions import BudgetConfigError, BudgetTypeError
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ __all__ = [
     "BudgetEvent",
     "FakeClock",
     "SpanRecorder",
+    "StubServer",
     "capture_budget",
     "fake_usage",
     "record_spans",

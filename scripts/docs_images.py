@@ -22,9 +22,8 @@ import openai
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit._session_log import log_session
-from budgetkit._stubserver import StubServer
 from budgetkit.cli._demo_agent import Notes, ResearchAgent, stub_reply
-from budgetkit.testing import FakeClock, fake_usage, record_spans
+from budgetkit.testing import FakeClock, StubServer, fake_usage, record_spans
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 

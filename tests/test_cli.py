@@ -1,27 +1,32 @@
-"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``; exit codes and bad input."""
+"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``, ``stub``; exit codes, bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import select
+import shlex
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from budgetkit import Handoff, __version__
 from budgetkit._files import write_atomic
-from budgetkit._stubserver import StubServer
 from budgetkit.cli import EXIT_EXHAUSTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -261,7 +266,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"budgetkit {__version__}\n"
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["show"], ["run"], ["stats"], ["chain"]])
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["show"], ["run"], ["stats"], ["chain"], ["stub"]]
+)
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
@@ -274,6 +281,9 @@ def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture
     if command == ["run"]:
         assert "exit codes:" in out
         assert "BUDGETKIT_MAX_" in out
+    if command == ["stub"]:
+        assert "exit codes: 0" in out
+        assert "--port N" in out
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -294,6 +304,9 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["demo", "--delay", "-1"], "expected zero or more seconds"),
         (["show"], "the following arguments are required: HANDOFF"),
         (["frobnicate"], "invalid choice"),
+        (["stub", "--port", "70000"], "expected a port number from 0 to 65535, got '70000'"),
+        (["stub", "--port", "-1"], "expected a port number from 0 to 65535"),
+        (["stub", "--port", "http"], "expected a port number from 0 to 65535, got 'http'"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -559,3 +572,135 @@ def test_run_reports_exhaustion_the_script_swallowed(tmp_path: Path) -> None:
     )
     result = _cli("run", "--max-steps", "3", "--", "python", str(script), cwd=tmp_path)
     assert _exhausted(result, tmp_path).reason == "max_steps"
+
+
+# ---------------------------------------------------------------------------- stub
+_STUB_VARIABLES = ["OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"]
+
+
+@contextlib.contextmanager
+def _stub_process(*args: str, cwd: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """``budgetkit stub ARGS`` in a fresh process, and the variables of the line it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budgetkit", "stub", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "budgetkit stub printed nothing in 30 s"
+        line = proc.stdout.readline()
+        assert line.endswith("\n"), line
+        variables = dict(item.split("=", 1) for item in shlex.split(line))
+        assert list(variables) == _STUB_VARIABLES, line
+        yield proc, variables
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
+    """Send ``signum``; the stub must exit 0 at once. Returns its remaining stdout and stderr."""
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == EXIT_OK, err
+    return out, err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stub_serves_the_real_clients_until_stopped(tmp_path: Path, signum: int) -> None:
+    import anthropic
+    import openai
+
+    with _stub_process("--port", "0", cwd=tmp_path) as (proc, variables):
+        match = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/v1", variables["OPENAI_BASE_URL"])
+        assert match is not None, variables
+        port = int(match.group(1))
+        assert port > 0  # port 0 picked a free port and the line names it
+        assert variables["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}"
+        question = [{"role": "user", "content": "Is this offline?"}]
+        with openai.OpenAI(
+            base_url=variables["OPENAI_BASE_URL"],
+            api_key=variables["OPENAI_API_KEY"],
+            max_retries=0,
+        ) as client:
+            chat = client.chat.completions.create(model="gpt-4o-mini", messages=question)
+            assert chat.choices[0].message.content == "Stub reply to: Is this offline?"
+            assert chat.usage is not None
+            assert chat.usage.prompt_tokens > 0
+            response = client.responses.create(model="gpt-4o-mini", input="Is this offline?")
+            assert response.output_text == "Stub reply to: Is this offline?"
+        with anthropic.Anthropic(
+            base_url=variables["ANTHROPIC_BASE_URL"],
+            api_key=variables["ANTHROPIC_API_KEY"],
+            max_retries=0,
+        ) as claude:
+            message = claude.messages.create(
+                model="claude-haiku-4-5", max_tokens=100, messages=question
+            )
+            assert message.content[0].type == "text"
+            assert message.content[0].text == "Stub reply to: Is this offline?"
+            assert message.usage.output_tokens > 0
+            with claude.messages.stream(
+                model="claude-haiku-4-5", max_tokens=100, messages=question
+            ) as stream:
+                assert "".join(stream.text_stream) == "Stub reply to: Is this offline?"
+        out, err = _stop(proc, signum)
+    assert out == ""  # one line on stdout, nothing after it
+    assert "Traceback" not in err
+    assert err.splitlines() == [
+        f"budgetkit stub: serving the OpenAI and Anthropic APIs on http://127.0.0.1:{port} "
+        "(any API key works); Ctrl-C stops it",
+        "budgetkit stub: stopped after 4 requests",
+    ]
+
+
+def _walkthrough_agent() -> str:
+    """``my_agent.py`` of the testing guide's ``budgetkit stub`` walk-through."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "how-to" / "testing.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    (agent,) = [block for block in blocks if "client = openai.OpenAI()" in block]
+    return agent
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_stub_walkthrough_budgetkit_run_offline(tmp_path: Path) -> None:
+    """The guide's walk-through: ``budgetkit stub --port N``, then ``budgetkit run`` against it."""
+    port = _free_port()
+    (tmp_path / "my_agent.py").write_text(_walkthrough_agent())
+    with _stub_process("--port", str(port), cwd=tmp_path) as (proc, variables):
+        assert variables["OPENAI_BASE_URL"] == f"http://127.0.0.1:{port}/v1"
+        result = _cli(
+            "run", "--max-llm-calls", "3", "--", "python", "my_agent.py",
+            cwd=tmp_path, env=_env(**variables),
+        )  # fmt: skip
+        _, err = _stop(proc, signal.SIGTERM)
+    handoff = _exhausted(result, tmp_path)
+    assert handoff.reason == "max_llm_calls"
+    assert handoff.usage["llm_calls"] == 3
+    assert Decimal(handoff.usage["cost_usd"]) > 0  # the stub's usage, priced as gpt-4o-mini
+    assert err.endswith("budgetkit stub: stopped after 3 requests\n")
+
+
+def test_stub_on_a_taken_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["stub", "--port", str(port)]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"budgetkit stub: error: cannot listen on 127.0.0.1 port {port}")
+    assert captured.err.count("\n") == 1

@@ -18,8 +18,8 @@ from openai.types.responses import Response, ResponseCompletedEvent
 
 from budgetkit._extract import MalformedUsageError, extract_usage
 from budgetkit._pricing import price_usage
-from budgetkit._stubserver import StubServer
 from budgetkit._usage import Usage
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -28,7 +28,7 @@ from budgetkit import (
     UnmeasuredUsageWarning,
     budget,
 )
-from budgetkit._stubserver import StubServer
+from budgetkit.testing import StubServer
 
 PACKAGE = str(Path(budget.__file__).parent)
 

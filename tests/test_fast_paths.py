@@ -21,9 +21,8 @@ from openai.types.chat import ChatCompletion
 from budgetkit import BudgetExhausted, SessionBudget, _calls, _money, budget
 from budgetkit._extract import direct_reader, extract_usage
 from budgetkit._pricing import price_units, price_usage
-from budgetkit._stubserver import StubServer
 from budgetkit._usage import Usage, usage_counts
-from budgetkit.testing import capture_budget
+from budgetkit.testing import StubServer, capture_budget
 
 MODEL = "gpt-4o-mini-2024-07-18"
 

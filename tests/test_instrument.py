@@ -20,8 +20,8 @@ import budgetkit
 from budgetkit import BudgetExhausted, SessionBudget
 from budgetkit._instrument import is_instrumented
 from budgetkit._pricing import price_usage
-from budgetkit._stubserver import StubServer
 from budgetkit._usage import Usage
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -275,7 +275,7 @@ async def test_budget_model_over_an_instrumented_sdk_charges_each_request_once(
     from pydantic_ai.providers.openai import OpenAIProvider
 
     import budgetkit
-    from budgetkit._stubserver import StubServer
+    from budgetkit.testing import StubServer
 
     budgetkit.instrument()
     try:

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
-from budgetkit._stubserver import StubServer
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -17,9 +17,9 @@ from openai.types.chat import ChatCompletion
 
 from budgetkit._pricing import price_usage
 from budgetkit._streams import STREAM_USAGE_HINT, wrap_stream
-from budgetkit._stubserver import StubServer
 from budgetkit._usage import Usage
 from budgetkit.exceptions import UnmeasuredUsageWarning
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

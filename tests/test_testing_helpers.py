@@ -1,16 +1,20 @@
-"""budgetkit.testing: FakeClock, capture_budget, fake_usage, record_spans."""
+"""budgetkit.testing: FakeClock, capture_budget, fake_usage, record_spans, StubServer."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import math
+import socket
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 from otel_fixtures import Otel, otel
 
+import budgetkit.testing
 from budgetkit import (
     BudgetConfigError,
     BudgetExhausted,
@@ -23,10 +27,14 @@ from budgetkit import (
 )
 from budgetkit._extract import extract_usage
 from budgetkit._pricing import price_usage
-from budgetkit.testing import BudgetCapture, FakeClock, capture_budget, fake_usage, record_spans
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from budgetkit.testing import (
+    BudgetCapture,
+    FakeClock,
+    StubServer,
+    capture_budget,
+    fake_usage,
+    record_spans,
+)
 
 __all__ = ["otel"]  # the fixture, imported for its side effect on pytest
 
@@ -326,3 +334,161 @@ def test_capture_budget_sees_steps_of_nested_sessions() -> None:
         with SessionBudget(handoff_dir=None), SessionBudget(handoff_dir=None):
             tool()
         assert len(captured.steps) == 1
+
+
+# ----------------------------------------------------------------------------- StubServer
+def test_stub_server_is_public_and_answers_the_real_openai_client() -> None:
+    import openai
+
+    assert "StubServer" in budgetkit.testing.__all__
+    question = [{"role": "user", "content": "How much?"}]
+    with (
+        StubServer(reply="Ten dollars.", usage=(2_000, 500), cache_read_tokens=500) as stub,
+        openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0) as client,
+        SessionBudget(handoff_dir=None) as session,
+    ):
+        assert stub.base_url == f"http://127.0.0.1:{stub.port}/v1"
+        assert stub.anthropic_base_url == stub.url == f"http://127.0.0.1:{stub.port}"
+
+        @budget.llm_call
+        def ask() -> Any:
+            return client.chat.completions.create(model="gpt-4o-mini", messages=question)
+
+        answer = ask()
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=question,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = ""
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+            if chunk.usage is not None:
+                streamed = chunk.usage
+        response = client.responses.create(model="gpt-4o-mini", input="How much?")
+    assert answer.choices[0].message.content == text == response.output_text == "Ten dollars."
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (2_000, 500)
+    assert streamed.prompt_tokens == 2_000
+    assert response.usage is not None
+    assert response.usage.input_tokens_details.cached_tokens == 500
+    # budgetkit read and priced the stub's answer like a real one.
+    assert session.usage.llm_calls == 1
+    assert (session.usage.input_tokens, session.usage.output_tokens) == (2_000, 500)
+    assert session.usage.cost_usd > 0
+    assert [path for path, _ in stub.requests] == [
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/responses",
+    ]
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = stub.port  # stopped at the end of the block
+
+
+def test_stub_server_listens_on_the_port_asked_for() -> None:
+    import openai
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with StubServer(port=port) as stub:
+        assert stub.port == port
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="test", max_retries=0
+        ) as client:
+            answer = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "echo"}]
+            )
+        assert answer.choices[0].message.content == "Stub reply to: echo"
+        with pytest.raises(RuntimeError, match="already running"):
+            stub.start()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_stub_server_on_an_ipv6_host() -> None:
+    import anthropic
+
+    with StubServer(host="::1", reply="six") as stub:
+        assert stub.anthropic_base_url == f"http://[::1]:{stub.port}"
+        with anthropic.Anthropic(
+            base_url=stub.anthropic_base_url, api_key="test", max_retries=0
+        ) as claude:
+            message = claude.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=10,
+                messages=[{"role": "user", "content": "v?"}],
+            )
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "six"
+
+
+@pytest.mark.parametrize(
+    ("port", "error", "message"),
+    [
+        ("8080", BudgetTypeError, "port must be an int"),
+        (True, BudgetTypeError, "port must be an int"),
+        (-1, BudgetConfigError, "from 0 to 65535"),
+        (65_536, BudgetConfigError, "from 0 to 65535"),
+    ],
+)
+def test_stub_server_rejects_a_bad_port(port: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        StubServer(port=port)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The absolute names a Python file imports (modules, and ``module.name`` of from-imports)."""
+    inside = ROOT / "budgetkit" in path.parents
+    package = path.parent.relative_to(ROOT).parts if inside else ()
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_budgetkit_testing_imports_the_private_stub_module() -> None:
+    """Everyone else, from the demo to the benchmarks, uses ``budgetkit.testing.StubServer``."""
+    sources = [
+        path
+        for folder in ("budgetkit", "tests", "scripts", "benchmarks")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if ".venv" not in path.parts
+    ]
+    importers = [
+        str(path.relative_to(ROOT))
+        for path in sources
+        if "budgetkit._stubserver" in _imports_of(path)
+    ]
+    assert importers == ["budgetkit/testing.py"]
+    # Relative imports are resolved: the demo's ``from ..testing import StubServer``.
+    assert "budgetkit.testing.StubServer" in _imports_of(ROOT / "budgetkit" / "cli" / "_demo.py")
+
+
+def test_docs_never_mention_the_private_stub_module() -> None:
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    mentions = [
+        str(page.relative_to(ROOT))
+        for page in pages
+        if "_stubserver" in page.read_text(encoding="utf-8")
+    ]
+    assert mentions == []

@@ -1,4 +1,4 @@
-"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``, ``stats``, ``chain``."""
+"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``, ``stats``, ``chain``, ``stub``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Subcommand modules; each has ``add_parser(subparsers)`` that sets ``func`` on its parser.
-_COMMANDS = ("_demo", "_show", "_run", "_stats", "_chain")
+_COMMANDS = ("_demo", "_show", "_run", "_stats", "_chain", "_stub")
 
 EXIT_OK = 0
 EXIT_INVALID = 1

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from .._stubserver import StubServer
+    from ..testing import StubServer
     from ._demo_agent import ResearchAgent, notes_from_handoff, stub_reply, stub_usage
 
     limits = limits_from_args(args)
