@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._lineage import Lineage
+from ._lineage import Lineage, usage_from_dict
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 SCHEMA_VERSION = 1
@@ -137,6 +137,7 @@ class Handoff:
             check_session_id(values["session_id"])
         except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{source}: {exc}") from None
+        usage_from_dict(values["usage"], source)
         lineage = values.get("extra", {}).get("lineage")
         if lineage is not None:
             Lineage.from_dict(

@@ -5,11 +5,13 @@ Stored in a handoff as ``extra["lineage"]``. Pure data and validation; no sessio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ._limits import _positive_int, to_usd
+from ._limits import MAX_USD, _positive_int, to_usd
+from ._money import SCALE
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 #: Chain-wide caps, kept across resumes. Also the ``reason`` when one stops a chain.
@@ -46,7 +48,7 @@ class ChainCaps:
             if value is None:
                 checked[name] = None
             elif name == "max_total_usd":
-                checked[name] = to_usd(value, name)
+                checked[name] = to_usd(value, name, limit=True)
             else:
                 checked[name] = _positive_int(value, name)
         return cls(**checked)
@@ -84,10 +86,24 @@ def usage_from_dict(doc: object, source: str) -> dict[str, Any]:
         amount = None
     if isinstance(cost, bool) or amount is None or not amount.is_finite() or amount < 0:
         raise HandoffError(f"{source}: usage cost_usd must be a decimal string, got {cost!r}")
+    exponent = amount.as_tuple().exponent
+    if amount > MAX_USD or (isinstance(exponent, int) and exponent < -SCALE):
+        raise HandoffError(
+            f"{source}: usage cost_usd must be at most 1E+15 US dollars with at most "
+            f"{SCALE} decimal places, got {cost!r}"
+        )
     out["cost_usd"] = amount
     seconds = doc.get("elapsed_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise HandoffError(f"{source}: usage elapsed_seconds must be a number, got {seconds!r}")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise HandoffError(
+            f"{source}: usage elapsed_seconds must be a non-negative, finite number, "
+            f"got {seconds!r}"
+        )
     out["elapsed_seconds"] = float(seconds)
     return out
 

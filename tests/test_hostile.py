@@ -1,0 +1,266 @@
+"""Hostile inputs, crashed workers and stranded work (issue #17).
+
+Every test here is bounded in time: code that used to hang runs in a child process with a
+``timeout=``, or in a thread joined with a timeout, so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+#: Seconds a child process may take before the test calls it a hang.
+HANG = 30
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This environment without settings that change budgetkit's behaviour."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BUDGETKIT_"))}
+    return {**env, **extra}
+
+
+def _python(code: str, *, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout. Fails the test when it hangs or fails."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=cwd,
+            env=env or _env(),
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {HANG} s (a hang):\n{textwrap.dedent(code)}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``budgetkit ARGS`` in a fresh process; fails the test when it hangs."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "budgetkit", *args],
+            cwd=cwd,
+            env=env or _env(),
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"budgetkit {' '.join(args)} still running after {HANG} s (a hang)")
+
+
+# --------------------------------------------------------------------------- 1. magnitudes
+
+_HUGE = "1E+200000000"
+_TINY = "1E-200000000"
+
+
+def test_usd_magnitudes_are_bounded_and_never_hang(tmp_path: Path) -> None:
+    """Huge and tiny Decimal exponents: a clear error or a rounded amount, within seconds."""
+    out = _python(
+        f"""
+        import json
+        from decimal import Decimal
+        from budgetkit import BudgetConfigError, SessionBudget, budget
+
+        found = {{}}
+
+        def attempt(label, make):
+            try:
+                value = make()
+            except BudgetConfigError as exc:
+                found[label] = ["BudgetConfigError", str(exc)]
+            except Exception as exc:
+                found[label] = [type(exc).__name__, str(exc)]
+            else:
+                found[label] = ["ok", str(value)]
+
+        attempt("huge limit", lambda: SessionBudget(max_usd=Decimal("{_HUGE}"), handoff_dir=None))
+        attempt("1e5000 limit", lambda: SessionBudget(max_usd=Decimal("1e5000"), handoff_dir=None))
+        attempt("tiny limit", lambda: SessionBudget(max_usd=Decimal("{_TINY}"), handoff_dir=None))
+        attempt(
+            "huge chain cap",
+            lambda: SessionBudget(max_total_usd=Decimal("{_HUGE}"), handoff_dir=None),
+        )
+
+        def charge(amount):
+            with SessionBudget(max_usd=1, handoff_dir=None) as session:
+                session.charge(usd=Decimal(amount))
+                return session.usage.cost_usd
+
+        attempt("tiny charge", lambda: charge("{_TINY}"))
+        attempt("huge charge", lambda: charge("{_HUGE}"))
+
+        def estimated(amount):
+            @budget.llm_call(estimate=lambda: Decimal(amount))
+            def ask():
+                return None
+
+            with SessionBudget(max_usd=1, handoff_dir=None, raise_on_exhausted=False) as s:
+                ask()
+            return s.usage.cost_usd
+
+        attempt("tiny estimate", lambda: estimated("{_TINY}"))
+        attempt("huge estimate", lambda: estimated("{_HUGE}"))
+        print(json.dumps(found))
+        """,
+        cwd=tmp_path,
+    )
+    found = json.loads(out)
+    for label in ("huge limit", "1e5000 limit", "huge chain cap", "huge charge", "huge estimate"):
+        kind, message = found[label]
+        assert kind == "BudgetConfigError", (label, found[label])
+        assert "at most 1E+15" in message, (label, message)
+    kind, message = found["tiny limit"]
+    assert kind == "BudgetConfigError", found["tiny limit"]
+    assert "at least 1E-30" in message
+    # A charge finer than a unit is rounded up to one unit (10^-18 USD), as for any amount.
+    assert found["tiny charge"] == ["ok", "1E-18"]
+    # The estimate is admitted (a reservation of one unit, released: the call measured nothing).
+    assert found["tiny estimate"][0] == "ok", found["tiny estimate"]
+
+
+@pytest.mark.parametrize("value", [_HUGE, _TINY])
+def test_cli_and_environment_usd_bounded(value: str, tmp_path: Path) -> None:
+    """``budgetkit run --max-usd`` and ``BUDGETKIT_MAX_USD`` with a huge or tiny exponent."""
+    script = tmp_path / "agent.py"
+    script.write_text("print('ran')\n")
+    flag = _cli("run", "--max-usd", value, "--", str(script), cwd=tmp_path)
+    assert flag.returncode == 2, flag
+    assert "ran" not in flag.stdout
+    assert "1E+15" in flag.stderr or "1E-30" in flag.stderr, flag.stderr
+    env = _cli("run", "--", str(script), cwd=tmp_path, env=_env(BUDGETKIT_MAX_USD=value))
+    assert env.returncode == 2, env
+    assert f"BUDGETKIT_MAX_USD={value!r}" in env.stderr, env.stderr
+    assert "1E+15" in env.stderr or "1E-30" in env.stderr, env.stderr
+
+
+def test_tier_file_usd_bounded(tmp_path: Path) -> None:
+    """A tier file's ``max_usd`` is held to the same bound, naming file, tier and key."""
+    (tmp_path / "budgetkit.toml").write_text("[tiers.big]\nmax_usd = 1e300\n")
+    out = _python(
+        """
+        from budgetkit import BudgetConfigError
+        from budgetkit._tiers import load_tier
+        try:
+            load_tier("big", environ={})
+        except BudgetConfigError as exc:
+            print(exc)
+        """,
+        cwd=tmp_path,
+    )
+    assert "max_usd" in out
+    assert "big" in out
+    assert "1E+15" in out
+
+
+def _handoff_doc(session_id: str = "s1", **changes: object) -> dict[str, object]:
+    """A valid handoff document, as budgetkit writes it, with ``changes`` applied."""
+    usage = {
+        "steps": 2,
+        "llm_calls": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "cost_usd": "0",
+        "elapsed_seconds": 0.5,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "unpriced_calls": 0,
+        "unmeasured_calls": 0,
+    }
+    doc: dict[str, object] = {
+        "kind": "budgetkit.handoff",
+        "session_id": session_id,
+        "parent_session_id": None,
+        "stopped_at_step": 2,
+        "reason": "max_steps",
+        "limits": {
+            "max_steps": 2,
+            "max_llm_calls": None,
+            "max_tokens": None,
+            "max_input_tokens": None,
+            "max_output_tokens": None,
+            "max_usd": "1.5",
+            "max_seconds": None,
+            "max_consecutive_errors": None,
+        },
+        "usage": usage,
+        "pending_tasks": ["next"],
+        "context_summary": "did two things",
+        "resume_instructions": "resume it",
+        "created_at": "2026-01-01T12:00:00.000+00:00",
+        "name": "agent",
+        "trace_id": None,
+        "span_id": None,
+        "extra": {
+            "lineage": {
+                "root_session_id": session_id,
+                "attempt": 1,
+                "session_ids": [session_id],
+                "caps": {"max_total_usd": None, "max_total_steps": None, "max_sessions": None},
+                "cumulative_usage": dict(usage),
+            }
+        },
+        "schema_version": 1,
+    }
+    doc.update(changes)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("limits.max_usd", _HUGE),
+        ("limits.max_usd", _TINY),
+        ("usage.cost_usd", _HUGE),
+        ("usage.cost_usd", _TINY),
+        ("caps.max_total_usd", _HUGE),
+        ("cumulative.cost_usd", _TINY),
+    ],
+)
+def test_crafted_handoff_usd_bounded(where: str, value: str, tmp_path: Path) -> None:
+    """A handoff with a huge or tiny USD amount: ``HandoffError`` naming the bound, no hang."""
+    doc = _handoff_doc()
+    lineage = doc["extra"]["lineage"]  # type: ignore[index]
+    if where == "limits.max_usd":
+        doc["limits"]["max_usd"] = value  # type: ignore[index]
+    elif where == "usage.cost_usd":
+        doc["usage"]["cost_usd"] = value  # type: ignore[index]
+    elif where == "caps.max_total_usd":
+        lineage["caps"]["max_total_usd"] = value
+    else:
+        lineage["cumulative_usage"]["cost_usd"] = value
+        lineage["caps"]["max_total_usd"] = "5"
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(doc))
+    out = _python(
+        f"""
+        from budgetkit import HandoffError, SessionBudget
+        try:
+            with SessionBudget.resume({str(path)!r}, session_id="s2") as session:
+                print("resumed", session.remaining.cost_usd)
+        except HandoffError as exc:
+            print("HandoffError", exc)
+        """,
+        cwd=tmp_path,
+    )
+    assert out.startswith("HandoffError"), out
+    assert "1E+15" in out or "1E-30" in out or "18 decimal places" in out, out
+    assert not (tmp_path / "s1.claim").exists()
