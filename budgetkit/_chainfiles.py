@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic, write_temp
+from ._files import read_document
+from ._handoff import (
+    Handoff,
+    _fsync_dir,
+    check_session_id,
+    utc_now,
+    write_atomic,
+    write_temp,
+)
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
 from .exceptions import (
     BudgetConfigError,
@@ -134,16 +142,11 @@ def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pra
 
 def read_claim(handoff_path: Path) -> dict[str, Any] | None:
     """The claim of a handoff, ``{}`` when claimed but unreadable, ``None`` when unclaimed."""
+    path = claim_path(handoff_path)
     try:
-        text = claim_path(handoff_path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError):
-        return {}
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return {}
+        doc = read_document(path, "claim")
+    except HandoffError as exc:
+        return None if isinstance(exc.__cause__, FileNotFoundError) else {}
     return doc if isinstance(doc, dict) else {}
 
 
@@ -271,10 +274,7 @@ class DirectoryScan:
 
 def _load_done(path: Path) -> ChainSession:
     source = f"completion record {str(path)!r}"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HandoffError(f"cannot read {source}: {exc}") from None
+    doc = read_document(path, "completion record")
     if not isinstance(doc, dict) or doc.get("kind") != DONE_KIND:
         raise HandoffError(f'{source} is not a budgetkit record (no "kind": "{DONE_KIND}")')
     session_id, parent = doc.get("session_id"), doc.get("parent_session_id")

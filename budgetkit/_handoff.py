@@ -156,19 +156,9 @@ class Handoff:
             HandoffError: the file is missing, unreadable, truncated, not JSON or not a handoff.
         """
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise HandoffError(f"cannot read handoff {str(p)!r}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise HandoffError(f"handoff {str(p)!r} is not UTF-8 text ({exc})") from None
-        try:
-            import json
+        from ._files import read_document
 
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise HandoffError(f"handoff {str(p)!r} is not valid JSON ({exc})") from None
-        return cls.from_dict(doc, source=f"handoff {str(p)!r}")
+        return cls.from_dict(read_document(p, "handoff"), source=f"handoff {str(p)!r}")
 
 
 def _expect(values: dict[str, Any], key: str, kind: type, source: str) -> None:

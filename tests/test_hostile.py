@@ -6,17 +6,31 @@ Every test here is bounded in time: code that used to hang runs in a child proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from typing import TYPE_CHECKING
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
+from budgetkit import (
+    Handoff,
+    HandoffClaimedError,
+    HandoffError,
+    SessionBudget,
+    budget,
+    pending_handoffs,
+)
+
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 #: Seconds a child process may take before the test calls it a hang.
 HANG = 30
@@ -264,3 +278,118 @@ def test_crafted_handoff_usd_bounded(where: str, value: str, tmp_path: Path) -> 
     assert out.startswith("HandoffError"), out
     assert "1E+15" in out or "1E-30" in out or "18 decimal places" in out, out
     assert not (tmp_path / "s1.claim").exists()
+
+
+# --------------------------------------------------------------------------- 2. special files
+
+
+def _bounded(fn: Callable[[], T], *fifos: Path, timeout: float = 15) -> T:
+    """``fn()`` in a thread joined with a timeout; a hang fails the test (and is released by
+    opening each FIFO for writing, so the thread ends)."""
+    outcome: list[object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(("value", fn()))
+        except BaseException as exc:
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"{fn!r} still running after {timeout} s (a hang)")
+    kind, value = outcome[0]  # type: ignore[misc]
+    if kind == "error":
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[no-any-return]
+
+
+def _limit_memory() -> None:  # pragma: no cover - runs in the child
+    """A child process that reads /dev/zero whole fails fast instead of eating the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def _stopped_handoff(directory: Path, session_id: str = "s1") -> Path:
+    """A real handoff: a session that stopped at max_steps=1."""
+    with SessionBudget(
+        max_steps=1, session_id=session_id, handoff_dir=directory, raise_on_exhausted=False
+    ) as session:
+        session.update_handoff(pending_tasks=["b"], context_summary="did a")
+        _work()
+        _work()
+    assert session.result is not None
+    path = session.result.handoff_path
+    assert path is not None
+    return path
+
+
+@budget.step
+def _work() -> None:
+    return None
+
+
+def test_show_refuses_fifo_and_devices(tmp_path: Path) -> None:
+    """``budgetkit show`` of a FIFO or /dev/zero: exit 1 at once, naming the file type."""
+    fifo = tmp_path / "h.json"
+    os.mkfifo(fifo)
+    for target, kind in ((fifo, "FIFO"), (Path("/dev/zero"), "character device")):
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "budgetkit", "show", str(target)],
+                cwd=tmp_path,
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=HANG,
+                check=False,
+                preexec_fn=_limit_memory,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"budgetkit show {target} still running after {HANG} s (a hang)")
+        assert result.returncode == 1, result
+        assert "not a regular file" in result.stderr, result.stderr
+        assert kind in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_load_and_resume_refuse_fifo(tmp_path: Path) -> None:
+    """``Handoff.load`` and ``SessionBudget.resume`` of a FIFO raise ``HandoffError``."""
+    fifo = tmp_path / "h.json"
+    os.mkfifo(fifo)
+    with pytest.raises(HandoffError, match="not a regular file"):
+        _bounded(lambda: Handoff.load(fifo), fifo)
+    with pytest.raises(HandoffError, match="not a regular file"):
+        _bounded(lambda: SessionBudget.resume(fifo), fifo)
+
+
+def test_fifo_claim_reads_as_claimed(tmp_path: Path) -> None:
+    """A ``<id>.claim`` that is a FIFO: claimed (unreadable), never a hang, in every reader."""
+    path = _stopped_handoff(tmp_path)
+    fifo = tmp_path / "s1.claim"
+    os.mkfifo(fifo)
+    assert _bounded(lambda: pending_handoffs(tmp_path), fifo) == []
+    with pytest.raises(HandoffClaimedError):
+        _bounded(lambda: SessionBudget.resume(path), fifo)
+    result = _cli("chain", str(tmp_path), cwd=tmp_path)
+    assert "running" in result.stdout, result
+    assert "Traceback" not in result.stderr
+
+
+def test_handoff_over_the_size_cap(tmp_path: Path) -> None:
+    """A handoff larger than 16 MiB is a ``HandoffError`` naming the cap; one just under loads."""
+    doc = _handoff_doc()
+    big = tmp_path / "s1.json"
+    doc["context_summary"] = "x" * (16 * 1024 * 1024)
+    big.write_text(json.dumps(doc))
+    with pytest.raises(HandoffError, match="16 MiB"):
+        Handoff.load(big)
+    doc["context_summary"] = "x" * (16 * 1024 * 1024 - 4096)
+    big.write_text(json.dumps(doc))
+    assert Handoff.load(big).session_id == "s1"
