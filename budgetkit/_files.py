@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: The largest file budgetkit reads from a handoff directory (handoffs, claims, records).
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 _CAP_TEXT: Final = "16 MiB"
+#: How deeply a document read from a handoff directory may nest objects and arrays.
+MAX_DEPTH: Final = 100
 
 _FLAGS: Final = (
     os.O_RDONLY
@@ -91,6 +93,31 @@ def read_document(path: Path, what: str) -> object:
     except UnicodeDecodeError as exc:
         raise HandoffError(f"{what} {str(path)!r} is not UTF-8 text ({exc})") from None
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except ValueError as exc:
         raise HandoffError(f"{what} {str(path)!r} is not valid JSON ({exc})") from None
+    except RecursionError:
+        doc = None
+        problem: str | None = _NESTED
+    else:
+        problem = document_problem(doc)
+    if problem is not None:
+        raise HandoffError(f"{what} {str(path)!r} is {problem}")
+    return doc
+
+
+_NESTED: Final = f"nested more than {MAX_DEPTH} levels deep (objects and arrays)"
+
+
+def document_problem(doc: object) -> str | None:
+    """Why a decoded JSON document is refused (nested more than :data:`MAX_DEPTH` levels),
+    or ``None``. Iterative, so it is safe on any document."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_DEPTH:
+                return _NESTED
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return None

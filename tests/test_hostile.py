@@ -393,3 +393,53 @@ def test_handoff_over_the_size_cap(tmp_path: Path) -> None:
     doc["context_summary"] = "x" * (16 * 1024 * 1024 - 4096)
     big.write_text(json.dumps(doc))
     assert Handoff.load(big).session_id == "s1"
+
+
+# --------------------------------------------------------------------------- 3. nesting
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_deeply_nested_json_is_a_handoff_error(depth: int, tmp_path: Path) -> None:
+    """Nesting past the documented 100 levels: ``HandoffError`` (never ``RecursionError``)."""
+    text = json.dumps(_handoff_doc(pending_tasks=["PLACEHOLDER"]))
+    path = tmp_path / "s1.json"
+    path.write_text(text.replace('"PLACEHOLDER"', _nested(depth)))
+    with pytest.raises(HandoffError, match="nested"):
+        Handoff.load(path)
+    with pytest.raises(HandoffError, match="nested"):
+        SessionBudget.resume(path, session_id="s2")
+    show = _cli("show", str(path), cwd=tmp_path)
+    assert show.returncode == 1, show
+    assert "nested" in show.stderr
+    assert "Traceback" not in show.stderr
+    chain = _cli("chain", str(tmp_path), cwd=tmp_path)
+    assert chain.returncode == 1, chain
+    assert "s1.json" in chain.stderr
+    assert "Traceback" not in chain.stderr
+
+
+def test_nesting_within_the_bound_loads(tmp_path: Path) -> None:
+    """A pending task nested 90 levels deep is a valid handoff, shown by ``budgetkit show``."""
+    text = json.dumps(_handoff_doc(pending_tasks=["PLACEHOLDER"]))
+    path = tmp_path / "s1.json"
+    path.write_text(text.replace('"PLACEHOLDER"', _nested(90)))
+    assert Handoff.load(path).session_id == "s1"
+    show = _cli("show", str(path), cwd=tmp_path)
+    assert show.returncode == 0, show
+
+
+def test_deeply_nested_claim_and_record(tmp_path: Path) -> None:
+    """A nested claim counts as a claim; a nested completion record is a problem, not a crash."""
+    _stopped_handoff(tmp_path)
+    (tmp_path / "s1.claim").write_text(_nested(100_000))
+    (tmp_path / "s9.done").write_text(_nested(100_000))
+    assert _bounded(lambda: pending_handoffs(tmp_path)) == []
+    chain = _cli("chain", str(tmp_path), cwd=tmp_path)
+    assert chain.returncode == 1, chain
+    assert "s9.done" in chain.stderr
+    assert "running" in chain.stdout
+    assert "Traceback" not in chain.stderr
