@@ -142,12 +142,21 @@ def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pra
 
 def read_claim(handoff_path: Path) -> dict[str, Any] | None:
     """The claim of a handoff, ``{}`` when claimed but unreadable, ``None`` when unclaimed."""
+    return _read_claim(handoff_path)[0]
+
+
+def _read_claim(handoff_path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`read_claim`, and why the claim file is unreadable (``None`` when it is fine)."""
     path = claim_path(handoff_path)
     try:
         doc = read_document(path, "claim")
     except HandoffError as exc:
-        return None if isinstance(exc.__cause__, FileNotFoundError) else {}
-    return doc if isinstance(doc, dict) else {}
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None, None
+        return {}, str(exc)
+    if not isinstance(doc, dict) or doc.get("kind") != CLAIM_KIND:
+        return {}, f'claim {str(path)!r} is not a budgetkit claim (no "kind": "{CLAIM_KIND}")'
+    return doc, None
 
 
 def _claimed(target: Path, session_id: str) -> HandoffClaimedError:
@@ -218,6 +227,8 @@ class ChainSession:
     """The handoff; ``None`` for a completion record."""
     claimed_by: str | None = None
     claimed: bool = False
+    claim_problem: str | None = None
+    """Why the claim file is unreadable (it still counts as a claim), or ``None``."""
 
 
 @dataclass(slots=True)
@@ -270,6 +281,12 @@ class DirectoryScan:
 
     chains: list[ChainView] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    """The files that could not be read, and why (also in ``problems``)."""
+
+    def _unreadable(self, path: Path, reason: str, *, consequence: str) -> None:
+        self.unreadable.append((path, reason))
+        self.problems.append(f"unreadable file {consequence}: {reason}")
 
 
 def _load_done(path: Path) -> ChainSession:
@@ -303,7 +320,7 @@ def _load_done(path: Path) -> ChainSession:
 
 def _load_handoff(path: Path) -> ChainSession:
     handoff = Handoff.load(path)
-    claim = read_claim(path)
+    claim, problem = _read_claim(path)
     by = claim.get("claimed_by") if claim else None
     return ChainSession(
         session_id=handoff.session_id,
@@ -315,14 +332,16 @@ def _load_handoff(path: Path) -> ChainSession:
         handoff=handoff,
         claimed_by=by if isinstance(by, str) else None,
         claimed=claim is not None,
+        claim_problem=problem,
     )
 
 
 def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
     """Read every handoff and completion record of ``directory`` into chains.
 
-    Files that cannot be read, and records whose parent's file contradicts them (another
-    chain, a cycle), are left out of the chains and listed in ``problems``.
+    Files that cannot be read (also listed in ``unreadable``), and records whose parent's file
+    contradicts them (another chain, a cycle), are left out of the chains and listed in
+    ``problems``. An unreadable claim is listed too, and still counts as a claim.
     """
     base = Path(directory)
     result = DirectoryScan()
@@ -331,15 +350,20 @@ def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
         return result
     records: list[ChainSession] = []
     for path in sorted(base.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        # Hidden files are temporary files of writers; anything else named like ours is read
+        # (a FIFO or a directory among them is reported as unreadable, never opened to wait).
+        if path.name.startswith(".") or path.suffix not in (".json", ".done"):
             continue
         try:
-            if path.suffix == ".json":
-                records.append(_load_handoff(path))
-            elif path.suffix == ".done":
-                records.append(_load_done(path))
+            record = _load_handoff(path) if path.suffix == ".json" else _load_done(path)
         except HandoffError as exc:
-            result.problems.append(str(exc))
+            result._unreadable(path, str(exc), consequence="skipped")
+            continue
+        records.append(record)
+        if record.claim_problem is not None:
+            result._unreadable(
+                claim_path(path), record.claim_problem, consequence="counted as a claim"
+            )
     by_id = {r.session_id: r for r in records if r.handoff is not None}
     chains: dict[str, ChainView] = {}
     for record in records:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 
 from budgetkit import (
+    BudgetWarning,
     Handoff,
     HandoffClaimedError,
     HandoffError,
@@ -374,7 +375,8 @@ def test_fifo_claim_reads_as_claimed(tmp_path: Path) -> None:
     path = _stopped_handoff(tmp_path)
     fifo = tmp_path / "s1.claim"
     os.mkfifo(fifo)
-    assert _bounded(lambda: pending_handoffs(tmp_path), fifo) == []
+    with pytest.warns(BudgetWarning, match=r"s1\.claim.*not a regular file: a FIFO"):
+        assert _bounded(lambda: pending_handoffs(tmp_path), fifo) == []
     with pytest.raises(HandoffClaimedError):
         _bounded(lambda: SessionBudget.resume(path), fifo)
     result = _cli("chain", str(tmp_path), cwd=tmp_path)
@@ -437,9 +439,42 @@ def test_deeply_nested_claim_and_record(tmp_path: Path) -> None:
     _stopped_handoff(tmp_path)
     (tmp_path / "s1.claim").write_text(_nested(100_000))
     (tmp_path / "s9.done").write_text(_nested(100_000))
-    assert _bounded(lambda: pending_handoffs(tmp_path)) == []
+    with pytest.warns(BudgetWarning) as caught:
+        assert _bounded(lambda: pending_handoffs(tmp_path)) == []
+    assert sorted(str(w.message).count("levels deep") for w in caught) == [1, 1]
     chain = _cli("chain", str(tmp_path), cwd=tmp_path)
     assert chain.returncode == 1, chain
     assert "s9.done" in chain.stderr
     assert "running" in chain.stdout
     assert "Traceback" not in chain.stderr
+
+
+# --------------------------------------------------------------------------- 4. bad files
+
+
+def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> None:
+    """A malformed handoff, claim or record: skipped with a ``BudgetWarning`` naming it; every
+    other chain of the directory is still found, and ``budgetkit chain`` lists it as unreadable."""
+    _stopped_handoff(tmp_path, "good")
+    _stopped_handoff(tmp_path, "claimed")
+    (tmp_path / "claimed.claim").write_text("{not json")
+    (tmp_path / "bad.json").write_text('{"kind": "budgetkit.handoff", "session_id": ')
+    (tmp_path / "old.done").write_bytes(b"\xff\xfe garbage")
+    os.mkfifo(tmp_path / "pipe.json")
+    bad = ["bad.json", "claimed.claim", "old.done", "pipe.json"]
+    with pytest.warns(BudgetWarning) as caught:
+        found = _bounded(lambda: pending_handoffs(tmp_path), tmp_path / "pipe.json")
+    assert [p.session_id for p in found] == ["good"]
+    messages = [str(w.message) for w in caught if issubclass(w.category, BudgetWarning)]
+    for name in bad:
+        assert sum(name in m for m in messages) == 1, (name, messages)
+    result = _cli("chain", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert "chain good: pending" in result.stdout
+    assert "chain claimed: running" in result.stdout
+    for name in bad:
+        line = next(x for x in result.stderr.splitlines() if name in x)
+        assert "unreadable" in line, line
+    assert "Traceback" not in result.stderr
+    doc = json.loads(_cli("chain", "--json", str(tmp_path), cwd=tmp_path).stdout)
+    assert sorted(Path(u["file"]).name for u in doc["unreadable"]) == sorted(bad)
