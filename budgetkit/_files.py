@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from typing import TYPE_CHECKING, Final
 
@@ -107,17 +108,31 @@ def read_document(path: Path, what: str) -> object:
 
 
 _NESTED: Final = f"nested more than {MAX_DEPTH} levels deep (objects and arrays)"
+#: A UTF-16 surrogate code point: in decoded JSON, only a lone one (a "\ud800" escape that
+#: does not pair) can remain, and it is not text (it cannot be encoded, printed or written).
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def document_problem(doc: object) -> str | None:
-    """Why a decoded JSON document is refused (nested more than :data:`MAX_DEPTH` levels),
-    or ``None``. Iterative, so it is safe on any document."""
+    """Why a decoded JSON document is refused, or ``None``: nested more than
+    :data:`MAX_DEPTH` levels, or a string (a key or a value) holding a lone surrogate.
+    Iterative, so it is safe on any document."""
     stack: list[tuple[object, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
+        if isinstance(node, str):
+            found = _SURROGATE.search(node)
+            if found is not None:
+                return (
+                    f"not valid Unicode text: a string holds the lone surrogate "
+                    f"{found.group()!r} ({node[:40]!r})"
+                )
+        elif isinstance(node, dict | list):
             if depth > MAX_DEPTH:
                 return _NESTED
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
+                stack.extend((value, depth + 1) for value in node.values())
+            else:
+                stack.extend((item, depth + 1) for item in node)
     return None

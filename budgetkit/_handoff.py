@@ -110,6 +110,11 @@ class Handoff:
         """Validate a decoded document; raises :class:`HandoffError` naming what is wrong."""
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             raise HandoffError(f'{source} is not a budgetkit handoff (no "kind": "{KIND}")')
+        from ._files import document_problem
+
+        problem = document_problem(doc)
+        if problem is not None:
+            raise HandoffError(f"{source} is {problem}")
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise HandoffError(f"{source} is missing {', '.join(missing)}")

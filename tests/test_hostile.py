@@ -478,3 +478,40 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
     doc = json.loads(_cli("chain", "--json", str(tmp_path), cwd=tmp_path).stdout)
     assert sorted(Path(u["file"]).name for u in doc["unreadable"]) == sorted(bad)
+
+
+# --------------------------------------------------------------------------- 5. surrogates
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "agent \ud800"},
+        {"pending_tasks": ["fine", "bad \udfff"]},
+        {"pending_tasks": [{"key \ud83d": "value"}]},
+    ],
+    ids=["name", "pending_tasks", "key"],
+)
+def test_lone_surrogate_is_refused(change: dict[str, object], tmp_path: Path) -> None:
+    """A lone surrogate anywhere in a handoff: ``HandoffError`` from load, resume and show."""
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(_handoff_doc(**change)))  # ensure_ascii: written as \\ud800
+    with pytest.raises(HandoffError, match="surrogate"):
+        Handoff.load(path)
+    with pytest.raises(HandoffError, match="surrogate"):
+        SessionBudget.resume(path, session_id="s2")
+    assert not (tmp_path / "s1.claim").exists()
+    show = _cli("show", str(path), cwd=tmp_path)
+    assert show.returncode == 1, show
+    assert "surrogate" in show.stderr
+    assert "Traceback" not in show.stderr
+
+
+def test_paired_surrogates_are_text(tmp_path: Path) -> None:
+    """A surrogate pair in JSON is one character (an emoji): accepted and shown."""
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(_handoff_doc(name="agent \U0001f600")))
+    assert Handoff.load(path).name == "agent \U0001f600"
+    show = _cli("show", str(path), cwd=tmp_path, env=_env(PYTHONIOENCODING="utf-8"))
+    assert show.returncode == 0, show
+    assert "agent \U0001f600" in show.stdout
