@@ -195,7 +195,11 @@ class Lineage:
             if isinstance(raw["max_total_usd"], str):  # written as an exact string
                 raw["max_total_usd"] = Decimal(raw["max_total_usd"])
             checked = ChainCaps.build(**raw)
-        except (BudgetConfigError, BudgetTypeError, InvalidOperation) as exc:
+        except InvalidOperation:
+            raise HandoffError(
+                f"{where}: max_total_usd must be a decimal string, got {raw['max_total_usd']!r}"
+            ) from None
+        except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{where}: {exc}") from None
         usage = usage_from_dict(doc.get("cumulative_usage"), f"{where} cumulative")
         return cls(

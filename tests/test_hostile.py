@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -515,3 +516,91 @@ def test_paired_surrogates_are_text(tmp_path: Path) -> None:
     show = _cli("show", str(path), cwd=tmp_path, env=_env(PYTHONIOENCODING="utf-8"))
     assert show.returncode == 0, show
     assert "agent \U0001f600" in show.stdout
+
+
+# --------------------------------------------------------------------------- 6. the schema
+
+
+def _set(doc: dict[str, object], where: str, value: object) -> None:
+    """``doc[a][b]... = value`` for ``where`` = ``"a.b..."``."""
+    *parents, last = where.split(".")
+    node: object = doc
+    for key in parents:
+        node = node[key]  # type: ignore[index]
+    node[last] = value  # type: ignore[index]
+
+
+BAD_FIELDS = [
+    ("usage.cost_usd", "lots"),
+    ("usage.cost_usd", "-1"),
+    ("usage.input_tokens", -1),
+    ("usage.llm_calls", 1.5),
+    ("usage.elapsed_seconds", "soon"),
+    ("limits.max_steps", "ten"),
+    ("limits.max_steps", 0),
+    ("limits.max_llm_calls", True),
+    ("limits.max_usd", "lots"),
+    ("limits.max_usd", -2),
+    ("limits.max_seconds", -1),
+    ("stopped_at_step", -1),
+    ("stopped_at_step", True),
+    ("schema_version", True),
+    ("schema_version", 1.0),
+    ("reason", ""),
+    ("reason", "max steps; rm -rf"),
+    ("created_at", "yesterday"),
+    ("trace_id", "xyz"),
+    ("trace_id", 5),
+    ("span_id", "0123"),
+    ("name", 7),
+    ("context_summary", ["a"]),
+    ("resume_instructions", None),
+    ("pending_tasks", "a"),
+    ("extra", []),
+    ("extra.lineage.attempt", True),
+    ("extra.lineage.cumulative_usage.steps", "many"),
+    ("extra.lineage.cumulative_usage.cost_usd", "lots"),
+    ("extra.lineage.caps.max_sessions", 0),
+    ("extra.lineage.caps.max_total_usd", "lots"),
+]
+
+
+@pytest.mark.parametrize(("where", "value"), BAD_FIELDS, ids=[f"{w}={v!r}" for w, v in BAD_FIELDS])
+def test_every_field_is_validated_on_load(where: str, value: object, tmp_path: Path) -> None:
+    """A field of the wrong type or value: ``HandoffError`` naming it, from load and resume."""
+    doc = _handoff_doc()
+    _set(doc, where, value)
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(doc))
+    field = where.rsplit(".", 1)[-1]
+    with pytest.raises(HandoffError, match=field):
+        Handoff.load(path)
+    with pytest.raises(HandoffError, match=field):
+        SessionBudget.resume(path, session_id="s2")
+    assert not (tmp_path / "s1.claim").exists()
+
+
+def test_show_refuses_a_cost_of_lots(tmp_path: Path) -> None:
+    """``budgetkit show`` of a handoff whose ``cost_usd`` is ``"lots"``: exit 1, naming it."""
+    doc = _handoff_doc()
+    _set(doc, "usage.cost_usd", "lots")
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(doc))
+    result = _cli("show", str(path), cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert "cost_usd" in result.stderr
+
+
+def test_the_valid_document_loads(tmp_path: Path) -> None:
+    """The document the tests above spoil is valid, with or without the optional fields."""
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(_handoff_doc(trace_id="0" * 31 + "a", span_id="0" * 15 + "b")))
+    loaded = Handoff.load(path)
+    assert loaded.trace_id == "0" * 31 + "a"
+    doc = _handoff_doc()
+    for key in ("name", "trace_id", "span_id", "extra"):
+        del doc[key]
+    path.write_text(json.dumps(doc))
+    assert Handoff.load(path).lineage is None
+    with SessionBudget.resume(path, session_id="s2") as session:
+        assert session.limits.max_usd == Decimal("1.5")
