@@ -156,6 +156,12 @@ def _read_claim(handoff_path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return {}, str(exc)
     if not isinstance(doc, dict) or doc.get("kind") != CLAIM_KIND:
         return {}, f'claim {str(path)!r} is not a budgetkit claim (no "kind": "{CLAIM_KIND}")'
+    try:
+        for key in ("session_id", "claimed_by"):
+            if doc.get(key) is not None:
+                check_session_id(doc[key], key)
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        return {}, f"claim {str(path)!r}: {exc}"
     return doc, None
 
 
@@ -297,10 +303,10 @@ def _load_done(path: Path) -> ChainSession:
     session_id, parent = doc.get("session_id"), doc.get("parent_session_id")
     try:
         check_session_id(session_id)
+        if parent is not None:
+            check_session_id(parent, "parent_session_id")
     except (BudgetConfigError, BudgetTypeError) as exc:
         raise HandoffError(f"{source}: {exc}") from None
-    if parent is not None and not isinstance(parent, str):
-        raise HandoffError(f"{source}: parent_session_id must be str, got {parent!r}")
     extra = doc.get("extra")
     lineage_doc = extra.get("lineage") if isinstance(extra, dict) else None
     assert isinstance(session_id, str)

@@ -142,6 +142,8 @@ class Handoff:
             _expect(values, "extra", dict, source)
         try:
             check_session_id(values["session_id"])
+            if values.get("parent_session_id") is not None:  # it names a file: ../ is refused
+                check_session_id(values["parent_session_id"], "parent_session_id")
         except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{source}: {exc}") from None
         _check_fields(values, source)

@@ -169,6 +169,14 @@ class Lineage:
             raise HandoffError(f"{where}: attempt must be a positive int, got {attempt!r}")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise HandoffError(f"{where}: session_ids must be a list of str, got {ids!r}")
+        from ._handoff import check_session_id
+
+        try:  # ids name files: each is checked like a session id
+            check_session_id(root, "root_session_id")
+            for i in ids:
+                check_session_id(i, "each of session_ids")
+        except (BudgetConfigError, BudgetTypeError) as exc:
+            raise HandoffError(f"{where}: {exc}") from None
         chain = " -> ".join(ids)
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:

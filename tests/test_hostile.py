@@ -28,6 +28,7 @@ from budgetkit import (
     budget,
     pending_handoffs,
 )
+from budgetkit._lineage import Lineage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -604,3 +605,80 @@ def test_the_valid_document_loads(tmp_path: Path) -> None:
     assert Handoff.load(path).lineage is None
     with SessionBudget.resume(path, session_id="s2") as session:
         assert session.limits.max_usd == Decimal("1.5")
+
+
+# --------------------------------------------------------------------------- 7. ids in paths
+
+
+def test_crafted_parent_id_never_opens_a_file_outside_the_directory(tmp_path: Path) -> None:
+    """``parent_session_id="../evil_target"``: ``HandoffError`` before any path is built."""
+    directory = tmp_path / "handoffs"
+    directory.mkdir()
+    # A handoff outside the directory, of another chain: resume would read it as the parent.
+    (tmp_path / "evil_target.json").write_text(json.dumps(_handoff_doc("other")))
+    doc = _handoff_doc("s1", parent_session_id="../evil_target")
+    lineage = doc["extra"]["lineage"]  # type: ignore[index]
+    lineage.update(
+        root_session_id="../evil_target", attempt=2, session_ids=["../evil_target", "s1"]
+    )
+    path = directory / "s1.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(HandoffError, match="parent_session_id"):
+        Handoff.load(path)
+    with pytest.raises(HandoffError, match="parent_session_id"):
+        SessionBudget.resume(path, session_id="s2")
+    assert not (directory / "s1.claim").exists()
+
+
+def test_lineage_ids_are_session_ids(tmp_path: Path) -> None:
+    """Every id of a lineage is checked like a session id: the root and each of the chain."""
+    doc = _handoff_doc()
+    _set(doc, "extra.lineage.root_session_id", "../x")
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(HandoffError, match="root_session_id must be 1-128 characters"):
+        Handoff.load(path)
+    lineage = {
+        "root_session_id": "r",
+        "attempt": 3,
+        "session_ids": ["r", "a/b", "s1"],
+        "caps": {},
+        "cumulative_usage": {},
+    }
+    with pytest.raises(HandoffError, match="session_ids must be 1-128 characters"):
+        Lineage.from_dict(lineage, session_id="s1", parent_session_id="a/b", source="test")
+
+
+def test_ids_in_records_and_claims_are_session_ids(tmp_path: Path) -> None:
+    """A completion record with a crafted parent id is unreadable; so is a claim's claimer."""
+    handoff = _stopped_handoff(tmp_path)
+    claim = {"kind": "budgetkit.claim", "session_id": "s1", "claimed_by": "../../x"}
+    (tmp_path / "s1.claim").write_text(json.dumps(claim))
+    record = {
+        "kind": "budgetkit.done",
+        "schema_version": 1,
+        "session_id": "d2",
+        "parent_session_id": "../d1",
+        "stop_reason": "completed",
+        "name": None,
+        "usage": {},
+        "created_at": "2026-01-01T12:00:00.000+00:00",
+        "extra": {
+            "lineage": {
+                "root_session_id": "../d1",
+                "attempt": 2,
+                "session_ids": ["../d1", "d2"],
+                "caps": {},
+                "cumulative_usage": {},
+            }
+        },
+    }
+    (tmp_path / "d2.done").write_text(json.dumps(record))
+    with pytest.warns(BudgetWarning) as caught:
+        assert pending_handoffs(tmp_path) == []
+    messages = " ".join(str(w.message) for w in caught)
+    assert "d2.done" in messages
+    assert "s1.claim" in messages
+    with pytest.raises(HandoffClaimedError) as info:
+        SessionBudget.resume(handoff)
+    assert info.value.claimed_by is None
