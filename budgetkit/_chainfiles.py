@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._files import read_document
+from ._files import read_document, remove_stale_temps
 from ._handoff import (
     Handoff,
     _fsync_dir,
@@ -354,6 +354,7 @@ def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
     if not base.is_dir():
         result.problems.append(f"{str(base)!r} is not a directory")
         return result
+    remove_stale_temps(base)  # those of writers killed mid-write
     records: list[ChainSession] = []
     for path in sorted(base.iterdir()):
         # Hidden files are temporary files of writers; anything else named like ours is read

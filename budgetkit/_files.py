@@ -1,22 +1,25 @@
-"""Reading the files of a handoff directory safely: regular files only, bounded in size.
+"""The files of a handoff directory, read safely and kept tidy.
 
 A reader never blocks on a FIFO, never reads a device without end, and never loads more than
 :data:`MAX_FILE_BYTES`; what it reads is strict UTF-8 JSON (see :func:`read_document`).
+A writer's temporary file is named for its host and process, so the temporary files of a
+writer killed mid-write are removed later (see :func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import socket
 import stat
-from typing import TYPE_CHECKING, Final
+import time
+from pathlib import Path
+from typing import Final
 
 from .exceptions import HandoffError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 #: The largest file budgetkit reads from a handoff directory (handoffs, claims, records).
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
@@ -136,3 +139,69 @@ def document_problem(doc: object) -> str | None:
             else:
                 stack.extend((item, depth + 1) for item in node)
     return None
+
+
+# --------------------------------------------------------------------------- temporary files
+
+#: A temporary file of a writer of this host whose process is gone is removed once it is this
+#: many seconds old (a live write takes milliseconds; the margin covers pid namespaces).
+STALE_TEMP_SECONDS: Final = 30.0
+#: This host, as it appears in temporary file names (letters, digits and ``-`` only).
+_HOST: Final = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+#: ``.<target name>.<host>.<pid>.<random>.tmp``
+_TEMP_NAME: Final = re.compile(
+    r"\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]{1,10})\.[a-z0-9_]+\.tmp"
+)
+
+
+def temp_prefix(target: Path) -> str:
+    """The start of the name of a temporary file written for ``target``: it names the target,
+    this host and this process, so a later cleaner can tell when its writer is gone."""
+    return f".{target.name}.{_HOST}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (a process of another user does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # EPERM: someone else's; anything odd: assume alive
+        return True
+    return True
+
+
+def remove_stale_temps(
+    directory: str | os.PathLike[str], *, older_than: float = STALE_TEMP_SECONDS
+) -> list[Path]:
+    """Remove the temporary files that writers of this host left in ``directory`` when they
+    died mid-write (killed, crashed): the writer's process is gone and the file is older than
+    ``older_than`` seconds. Files of other hosts, of live processes, and anything else are
+    left alone. Returns what was removed; never raises for an unreadable directory.
+    """
+    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) is not a probe elsewhere
+        return []
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = os.scandir(directory)
+    except OSError:
+        return removed
+    with entries:
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if match is None or match["host"] != _HOST:
+                continue
+            pid = int(match["pid"])
+            if pid <= 0 or pid == os.getpid() or _alive(pid):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < older_than:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

@@ -248,11 +248,15 @@ def write_temp(path: Path, data: bytes) -> str:
     """Write ``data`` whole to a new 0600 temporary file beside ``path``, fsynced; its name.
 
     The caller moves it into place (``os.replace``, or ``os.link`` to refuse an existing
-    name) and removes it when that fails.
+    name) and removes it when that fails. Its name, ``.<name>.<host>.<pid>.<random>.tmp``,
+    lets a later write or scan remove it if this process dies first.
     """
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from ._files import remove_stale_temps, temp_prefix
+
+    remove_stale_temps(path.parent)  # those of writers killed mid-write
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -682,3 +684,78 @@ def test_ids_in_records_and_claims_are_session_ids(tmp_path: Path) -> None:
     with pytest.raises(HandoffClaimedError) as info:
         SessionBudget.resume(handoff)
     assert info.value.claimed_by is None
+
+
+# --------------------------------------------------------------------------- 8. orphan temps
+
+_KILLED_MID_WRITE = """
+import os, sys, time
+from pathlib import Path
+from budgetkit import _handoff
+
+def stall(fd):  # the data is written; the writer dies before it is renamed into place
+    print("writing", flush=True)
+    time.sleep(600)
+
+os.fsync = stall
+_handoff.write_atomic(Path(sys.argv[1]) / f"{sys.argv[2]}.json", {"kind": "budgetkit.handoff"})
+"""
+
+
+def _kill_mid_write(directory: Path, name: str) -> int:
+    """A real writer killed with SIGKILL while its temporary file exists; its pid (reaped)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_WRITE, str(directory), name],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(HANG)
+        if child.stdout is not None:
+            child.stdout.close()
+    return child.pid
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _temps(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    """Writers SIGKILLed mid-write leave temp files; the next write in the directory removes
+    them once they are old enough, and keeps the rest."""
+    pids = [_kill_mid_write(tmp_path, f"w{i}") for i in range(3)]
+    orphans = _temps(tmp_path)
+    assert len(orphans) == 3
+    for orphan in orphans[:2]:
+        _age(orphan, 3600)
+    host = orphans[0].name.split(".")[-4]  # .w0.json.<host>.<pid>.<random>.tmp
+    assert orphans[0].name.split(".")[-3] == str(pids[0])
+    # However old: the temp file of a live writer, and one of another host, are kept.
+    live = tmp_path / f".x.json.{host}.{os.getpid()}.abcdefgh.tmp"
+    elsewhere = tmp_path / f".x.json.other-host.{pids[0]}.abcdefgh.tmp"
+    for kept in (live, elsewhere):
+        kept.write_text("{}")
+        _age(kept, 3600)
+    _stopped_handoff(tmp_path, "next")  # writes next.json
+    # The orphan younger than 30 s stays for now: its writer might be in another pid namespace.
+    assert _temps(tmp_path) == sorted([orphans[2], live, elsewhere])
+
+
+def test_temp_files_of_killed_writers_are_removed_by_a_scan(tmp_path: Path) -> None:
+    """``pending_handoffs`` (a scan of the directory) removes old temp files of dead writers."""
+    _stopped_handoff(tmp_path, "s1")
+    _kill_mid_write(tmp_path, "w0")
+    (orphan,) = _temps(tmp_path)
+    _age(orphan, 3600)
+    assert [p.session_id for p in pending_handoffs(tmp_path)] == ["s1"]
+    assert _temps(tmp_path) == []
