@@ -209,7 +209,8 @@ class _SessionSpan:
         self.capture = capture
         self.span: Span | None = None
         self.token: Any = None
-        self.recorded_error = 0
+        # The exception last recorded on a step span (not its id: a freed one's id is reused).
+        self.recorded_error: BaseException | None = None
 
 
 def start_session(session: SessionBudget) -> Any:
@@ -297,7 +298,7 @@ def _close_session_span(
         span.set_attribute(names.ERROR_TYPE, names.EXHAUSTED_ERROR_TYPE)
         span.set_status(Status(StatusCode.ERROR, f"budget exhausted: {result.stop_reason}"))
     elif exc is not None:
-        _mark_error(span, exc, record=id(exc) != handle.recorded_error)
+        _mark_error(span, exc, record=exc is not handle.recorded_error, capture=handle.capture)
     span.end()
 
 
@@ -546,18 +547,41 @@ def _provider_name(provider: str) -> str:
 
 
 def _mark_step_error(span: Span, session: SessionBudget, error: BaseException) -> None:
-    _mark_error(span, error, record=True)
     handle = _session_handle(session)
+    capture = handle.capture if handle is not None else _capture_enabled()
+    _mark_error(span, error, record=True, capture=capture)
     if handle is not None:
-        handle.recorded_error = id(error)
+        handle.recorded_error = error
 
 
-def _mark_error(span: Span, error: BaseException, *, record: bool) -> None:
-    """Error status and ``error.type``; the exception event once, on the span that saw it."""
+def _mark_error(span: Span, error: BaseException, *, record: bool, capture: bool) -> None:
+    """Error status and ``error.type``; the exception event once, on the span that saw it.
+
+    An exception's message and stack trace often hold the call's arguments, so they are
+    content: recorded only with content capture on. Without it, the status and the event say
+    the exception's type, and budgetkit's ``reason`` for its own errors.
+    """
+    from .exceptions import BudgetError  # here: this module imports nothing of the core
+
     span.set_attribute(names.ERROR_TYPE, _error_type(error))
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    if record:
+    kind = type(error).__name__
+    reason = getattr(error, "reason", None) if isinstance(error, BudgetError) else None
+    if capture:
+        description = f"{kind}: {error}"
+    elif isinstance(reason, str):
+        description = f"{kind} (reason: {reason})"
+    else:
+        description = kind
+    span.set_status(Status(StatusCode.ERROR, description))
+    if not record:
+        return
+    if capture:
         span.record_exception(error, escaped=True)
+        return
+    attrs: _Attrs = {"exception.type": kind, "exception.escaped": "True"}
+    if isinstance(reason, str):
+        attrs[names.EXHAUSTED_REASON] = reason
+    span.add_event("exception", attrs)
 
 
 def _error_type(error: BaseException) -> str:
