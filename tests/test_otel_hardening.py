@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,6 +17,8 @@ from budgetkit import _attributes as names
 from budgetkit import otel as bk_otel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["otel"]  # the fixture
@@ -120,3 +125,60 @@ def test_budget_exhausted_records_the_budgetkit_reason(otel: Otel) -> None:
     assert event.attributes[names.EXHAUSTED_REASON] == "max_steps"
     assert "exception.message" not in event.attributes
     assert "exception.stacktrace" not in event.attributes
+
+
+# ----------------------------------------------------------------------------- a dead collector
+
+_DEAD_COLLECTOR = """
+import json, socket, sys, time, warnings
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from budgetkit import BudgetWarning, SessionBudget, otel
+
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()  # nothing listens there any more: every export is refused
+endpoint = f"http://127.0.0.1:{port}/v1/traces"
+
+out = {}
+for label, kwargs in (("default", {}), ("short", {"timeout": 0.3})):
+    telemetry = otel.configure(service_name="dead", exporter=OTLPSpanExporter(endpoint=endpoint))
+    with SessionBudget(handoff_dir=None):
+        pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.monotonic()
+        telemetry.shutdown(**kwargs)
+        out[label] = {
+            "seconds": time.monotonic() - started,
+            "warnings": [
+                str(w.message) for w in caught if issubclass(w.category, BudgetWarning)
+            ],
+        }
+print(json.dumps(out))
+"""
+
+
+def test_shutdown_is_bounded_when_the_collector_is_down(tmp_path: Path) -> None:
+    """A real OTLP/HTTP exporter at a closed loopback port: shutdown returns within its timeout
+    (2 s by default, or the ``timeout=`` given) and says once that spans were dropped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _DEAD_COLLECTOR],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("shutdown with a dead collector still running after 120 s")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["default"]["seconds"] < 2 + 1, out
+    assert out["short"]["seconds"] < 0.3 + 1, out
+    for label in ("default", "short"):
+        [warning] = out[label]["warnings"]
+        assert "dropped" in warning, warning
