@@ -18,14 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._files import read_document, remove_stale_temps
-from ._handoff import (
-    Handoff,
-    _fsync_dir,
-    check_session_id,
-    utc_now,
-    write_atomic,
-    write_temp,
-)
+from ._handoff import Handoff, _fsync_dir, check_session_id, utc_now, write_atomic, write_temp
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
 from .exceptions import (
     BudgetConfigError,

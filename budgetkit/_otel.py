@@ -561,7 +561,7 @@ def _mark_error(span: Span, error: BaseException, *, record: bool, capture: bool
     content: recorded only with content capture on. Without it, the status and the event say
     the exception's type, and budgetkit's ``reason`` for its own errors.
     """
-    from .exceptions import BudgetError  # here: this module imports nothing of the core
+    from .exceptions import BudgetError
 
     span.set_attribute(names.ERROR_TYPE, _error_type(error))
     kind = type(error).__name__
