@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,7 +13,13 @@ from . import _chainfiles
 from ._handoff import Handoff
 from ._lineage import CHAIN_CAPS
 from ._session import SessionBudget
-from .exceptions import BudgetConfigError, BudgetExhausted, BudgetTypeError, ChainCapError
+from .exceptions import (
+    BudgetConfigError,
+    BudgetExhausted,
+    BudgetTypeError,
+    BudgetWarning,
+    ChainCapError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -68,8 +75,11 @@ def pending_handoffs(directory: str | os.PathLike[str]) -> list[PendingHandoff]:
     its caps (a chain over its caps is not pending: ``budgetkit chain DIR`` shows it). Resume
     one with :meth:`PendingHandoff.resume`, which claims it atomically: of two workers that
     resume the same handoff, exactly one gets a session and the other a
-    :class:`~budgetkit.HandoffClaimedError`. Files that are not handoffs are skipped. A
-    directory that does not exist has no pending handoffs.
+    :class:`~budgetkit.HandoffClaimedError`. A file that cannot be read (corrupt, foreign,
+    not a regular file) or contradicts its parent is skipped with a
+    :class:`~budgetkit.BudgetWarning` naming it, and the other chains are still found; an
+    unreadable claim counts as a claim. A directory that does not exist has no pending
+    handoffs.
 
     .. versionadded:: 0.1.0
     """
@@ -81,7 +91,10 @@ def pending_handoffs(directory: str | os.PathLike[str]) -> list[PendingHandoff]:
     if not base.is_dir():
         raise BudgetConfigError(f"{str(base)!r} is not a directory")
     found: list[PendingHandoff] = []
-    for view in _chainfiles.scan(base).chains:
+    scanned = _chainfiles.scan(base)
+    for problem in scanned.problems:
+        warnings.warn(f"budgetkit: {problem}", BudgetWarning, stacklevel=2)
+    for view in scanned.chains:
         newest = view.newest
         if view.status == "pending" and newest.handoff is not None:
             found.append(PendingHandoff(newest.path, newest.handoff, newest.lineage))

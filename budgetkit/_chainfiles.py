@@ -18,7 +18,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._files import check_session_id, fsync_dir, utc_now, write_atomic, write_temp
+from ._files import (
+    check_session_id,
+    fsync_dir,
+    read_document,
+    remove_stale_temps,
+    utc_now,
+    write_atomic,
+    write_temp,
+)
 from ._handoff import Handoff
 from ._limits import LIMIT_NAMES, Limits
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
@@ -137,17 +145,27 @@ def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pra
 
 def read_claim(handoff_path: Path) -> dict[str, Any] | None:
     """The claim of a handoff, ``{}`` when claimed but unreadable, ``None`` when unclaimed."""
+    return _read_claim(handoff_path)[0]
+
+
+def _read_claim(handoff_path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`read_claim`, and why the claim file is unreadable (``None`` when it is fine)."""
+    path = claim_path(handoff_path)
     try:
-        text = claim_path(handoff_path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError):
-        return {}
+        doc = read_document(path, "claim")
+    except HandoffError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None, None
+        return {}, str(exc)
+    if not isinstance(doc, dict) or doc.get("kind") != CLAIM_KIND:
+        return {}, f'claim {str(path)!r} is not a budgetkit claim (no "kind": "{CLAIM_KIND}")'
     try:
-        doc = json.loads(text)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        for key in ("session_id", "claimed_by"):
+            if doc.get(key) is not None:
+                check_session_id(doc[key], key)
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        return {}, f"claim {str(path)!r}: {exc}"
+    return doc, None
 
 
 def _claimed(target: Path, session_id: str) -> HandoffClaimedError:
@@ -218,6 +236,8 @@ class ChainSession:
     """The handoff; ``None`` for a completion record."""
     claimed_by: str | None = None
     claimed: bool = False
+    claim_problem: str | None = None
+    """Why the claim file is unreadable (it still counts as a claim), or ``None``."""
 
 
 @dataclass(slots=True)
@@ -270,23 +290,27 @@ class DirectoryScan:
 
     chains: list[ChainView] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    """The files that could not be read, and why (also in ``problems``)."""
+
+    def note_unreadable(self, path: Path, reason: str, *, consequence: str) -> None:
+        """Record a file that could not be read, and what was done about it."""
+        self.unreadable.append((path, reason))
+        self.problems.append(f"unreadable file {consequence}: {reason}")
 
 
 def _load_done(path: Path) -> ChainSession:
     source = f"completion record {str(path)!r}"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HandoffError(f"cannot read {source}: {exc}") from None
+    doc = read_document(path, "completion record")
     if not isinstance(doc, dict) or doc.get("kind") != DONE_KIND:
         raise HandoffError(f'{source} is not a budgetkit record (no "kind": "{DONE_KIND}")')
     session_id, parent = doc.get("session_id"), doc.get("parent_session_id")
     try:
         check_session_id(session_id)
+        if parent is not None:
+            check_session_id(parent, "parent_session_id")
     except (BudgetConfigError, BudgetTypeError) as exc:
         raise HandoffError(f"{source}: {exc}") from None
-    if parent is not None and not isinstance(parent, str):
-        raise HandoffError(f"{source}: parent_session_id must be str, got {parent!r}")
     extra = doc.get("extra")
     lineage_doc = extra.get("lineage") if isinstance(extra, dict) else None
     assert isinstance(session_id, str)
@@ -306,7 +330,7 @@ def _load_done(path: Path) -> ChainSession:
 
 def _load_handoff(path: Path) -> ChainSession:
     handoff = Handoff.load(path)
-    claim = read_claim(path)
+    claim, problem = _read_claim(path)
     by = claim.get("claimed_by") if claim else None
     return ChainSession(
         session_id=handoff.session_id,
@@ -318,31 +342,39 @@ def _load_handoff(path: Path) -> ChainSession:
         handoff=handoff,
         claimed_by=by if isinstance(by, str) else None,
         claimed=claim is not None,
+        claim_problem=problem,
     )
 
 
 def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
     """Read every handoff and completion record of ``directory`` into chains.
 
-    Files that cannot be read, and records whose parent's file contradicts them (another
-    chain, a cycle), are left out of the chains and listed in ``problems``.
+    Files that cannot be read (also listed in ``unreadable``), and records whose parent's file
+    contradicts them (another chain, a cycle), are left out of the chains and listed in
+    ``problems``. An unreadable claim is listed too, and still counts as a claim.
     """
     base = Path(directory)
     result = DirectoryScan()
     if not base.is_dir():
         result.problems.append(f"{str(base)!r} is not a directory")
         return result
+    remove_stale_temps(base)  # those of writers killed mid-write
     records: list[ChainSession] = []
     for path in sorted(base.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        # Hidden files are temporary files of writers; anything else named like ours is read
+        # (a FIFO or a directory among them is reported as unreadable, never opened to wait).
+        if path.name.startswith(".") or path.suffix not in (".json", ".done"):
             continue
         try:
-            if path.suffix == ".json":
-                records.append(_load_handoff(path))
-            elif path.suffix == ".done":
-                records.append(_load_done(path))
+            record = _load_handoff(path) if path.suffix == ".json" else _load_done(path)
         except HandoffError as exc:
-            result.problems.append(str(exc))
+            result.note_unreadable(path, str(exc), consequence="skipped")
+            continue
+        records.append(record)
+        if record.claim_problem is not None:
+            result.note_unreadable(
+                claim_path(path), record.claim_problem, consequence="counted as a claim"
+            )
     by_id = {r.session_id: r for r in records if r.handoff is not None}
     chains: dict[str, ChainView] = {}
     for record in records:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._files import check_session_id
-from ._lineage import Lineage
+from ._lineage import Lineage, usage_from_dict
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 if TYPE_CHECKING:
@@ -97,10 +100,16 @@ class Handoff:
         """Validate a decoded document; raises :class:`HandoffError` naming what is wrong."""
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             raise HandoffError(f'{source} is not a budgetkit handoff (no "kind": "{KIND}")')
+        from ._files import document_problem
+
+        problem = document_problem(doc)
+        if problem is not None:
+            raise HandoffError(f"{source} is {problem}")
         missing = [key for key in _REQUIRED if key not in doc]
         if missing:
             raise HandoffError(f"{source} is missing {', '.join(missing)}")
-        if doc["schema_version"] != SCHEMA_VERSION:
+        version = doc["schema_version"]
+        if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
             raise HandoffError(
                 f"{source} has schema_version {doc['schema_version']!r}; "
                 f"this budgetkit reads {SCHEMA_VERSION}"
@@ -122,8 +131,12 @@ class Handoff:
             _expect(values, "extra", dict, source)
         try:
             check_session_id(values["session_id"])
+            if values.get("parent_session_id") is not None:  # it names a file: ../ is refused
+                check_session_id(values["parent_session_id"], "parent_session_id")
         except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{source}: {exc}") from None
+        _check_fields(values, source)
+        usage_from_dict(values["usage"], source)
         lineage = values.get("extra", {}).get("lineage")
         if lineage is not None:
             Lineage.from_dict(
@@ -142,19 +155,52 @@ class Handoff:
             HandoffError: the file is missing, unreadable, truncated, not JSON or not a handoff.
         """
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise HandoffError(f"cannot read handoff {str(p)!r}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise HandoffError(f"handoff {str(p)!r} is not UTF-8 text ({exc})") from None
-        try:
-            import json
+        from ._files import read_document
 
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise HandoffError(f"handoff {str(p)!r} is not valid JSON ({exc})") from None
-        return cls.from_dict(doc, source=f"handoff {str(p)!r}")
+        return cls.from_dict(read_document(p, "handoff"), source=f"handoff {str(p)!r}")
+
+
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_HEX_IDS = {"trace_id": re.compile(r"[0-9a-fA-F]{32}"), "span_id": re.compile(r"[0-9a-fA-F]{16}")}
+
+
+def _check_fields(values: dict[str, Any], source: str) -> None:
+    """The values of the fields whose types ``from_dict`` has checked (see the schema in
+    docs/concepts/handoff.md); raises :class:`HandoffError` naming the field."""
+    step = values["stopped_at_step"]
+    if step < 0:
+        raise HandoffError(f"{source}: stopped_at_step must be a non-negative int, got {step!r}")
+    reason = values["reason"]
+    if not _REASON.fullmatch(reason):
+        raise HandoffError(
+            f"{source}: reason must be the name of a limit (such as 'max_steps'), got {reason!r}"
+        )
+    try:
+        datetime.fromisoformat(values["created_at"])
+    except ValueError:
+        raise HandoffError(
+            f"{source}: created_at must be an ISO 8601 timestamp, got {values['created_at']!r}"
+        ) from None
+    for key, pattern in _HEX_IDS.items():
+        value = values.get(key)
+        if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+            digits = 32 if key == "trace_id" else 16
+            raise HandoffError(
+                f"{source}: {key} must be {digits} hex digits or null, got {value!r}"
+            )
+    from ._limits import LIMIT_NAMES, Limits
+
+    raw = {key: values["limits"].get(key) for key in LIMIT_NAMES}
+    try:
+        if isinstance(raw["max_usd"], str):  # written as an exact string
+            raw["max_usd"] = Decimal(raw["max_usd"])
+        Limits.build(**raw)
+    except InvalidOperation:
+        raise HandoffError(
+            f"{source} has invalid limits: max_usd must be a decimal string, got {raw['max_usd']!r}"
+        ) from None
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        raise HandoffError(f"{source} has invalid limits: {exc}") from None
 
 
 def _expect(values: dict[str, Any], key: str, kind: type, source: str) -> None:

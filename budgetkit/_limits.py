@@ -5,13 +5,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation
+from typing import Any, Final
 
 from .exceptions import BudgetConfigError, BudgetTypeError
 
 #: Count limits admit exactly N calls; the rest are measured and tripped when strictly exceeded.
 COUNT_LIMITS = ("max_steps", "max_llm_calls")
+
+#: The largest USD amount budgetkit takes: a limit, a charge, an estimate, a reservation, or an
+#: amount read from a handoff. Larger ones raise ``BudgetConfigError`` (``HandoffError`` in a file).
+MAX_USD: Final = Decimal("1E+15")
+#: Decimal places kept of a USD amount given to budgetkit. Finer digits are rounded away when the
+#: amount enters (up for charges, estimates and reservations; down for limits), which changes no
+#: count: one unit of money is 10^-18 USD. It bounds the work on a crafted tiny exponent.
+USD_PLACES: Final = 30
+_PLACE: Final = Decimal(1).scaleb(-USD_PLACES)
+#: Room for every digit of an amount within the bounds (15 + 30 places, and some).
+_ROUNDING: Final = Context(prec=USD_PLACES + 30)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +46,7 @@ class Limits:
             if value is None:
                 checked[name] = None
             elif name == "max_usd":
-                checked[name] = to_usd(value, name)
+                checked[name] = to_usd(value, name, limit=True)
             elif name == "max_seconds":
                 checked[name] = seconds(value, name)
             else:
@@ -84,8 +95,12 @@ def seconds(value: object, name: str) -> float:
     return seconds
 
 
-def to_usd(value: object, name: str, *, allow_zero: bool = False) -> Decimal:
-    """Turn an int, float or Decimal into an exact, finite, positive Decimal."""
+def to_usd(value: object, name: str, *, allow_zero: bool = False, limit: bool = False) -> Decimal:
+    """Turn an int, float or Decimal into an exact, finite, positive Decimal.
+
+    At most :data:`MAX_USD`; digits past :data:`USD_PLACES` decimal places are rounded up, or
+    down for a ``limit`` (which must stay positive: at least 10^-30 USD).
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise BudgetTypeError(f"{name} must be a number of US dollars, got {value!r}")
     try:
@@ -95,7 +110,31 @@ def to_usd(value: object, name: str, *, allow_zero: bool = False) -> Decimal:
     if not amount.is_finite() or amount < 0 or (amount == 0 and not allow_zero):
         qualifier = "non-negative" if allow_zero else "positive"
         raise BudgetConfigError(f"{name} must be a {qualifier}, finite number, got {value!r}")
+    if amount > MAX_USD:
+        raise BudgetConfigError(
+            f"{name} must be at most 1E+15 US dollars (budgetkit's bound on any amount), "
+            f"got {value!r}"
+        )
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -USD_PLACES:
+        amount = _round_places(amount, ROUND_FLOOR if limit else ROUND_CEILING)
+        if amount == 0 and not allow_zero:
+            raise BudgetConfigError(
+                f"{name} must be a positive, finite number of at least 1E-30 US dollars, "
+                f"got {value!r}"
+            )
     return amount
+
+
+def _round_places(amount: Decimal, rounding: str) -> Decimal:
+    """``amount`` rounded to :data:`USD_PLACES` places, without trailing zeros; cheap for any
+    exponent (no digit is expanded)."""
+    rounded = amount.quantize(_PLACE, rounding=rounding, context=_ROUNDING)
+    rounded = rounded.normalize(_ROUNDING)
+    exponent = rounded.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:  # 1E+3: back to 1000
+        rounded = rounded.quantize(Decimal(1), context=_ROUNDING)
+    return rounded
 
 
 def non_negative_int(value: object, name: str) -> int:

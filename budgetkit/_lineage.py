@@ -5,11 +5,13 @@ Stored in a handoff as ``extra["lineage"]``. Pure data and validation; no sessio
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ._limits import positive_int, to_usd
+from ._limits import MAX_USD, positive_int, to_usd
+from ._money import SCALE
 from ._values import SessionUsage
 from .exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
@@ -47,7 +49,7 @@ class ChainCaps:
             if value is None:
                 checked[name] = None
             elif name == "max_total_usd":
-                checked[name] = to_usd(value, name)
+                checked[name] = to_usd(value, name, limit=True)
             else:
                 checked[name] = positive_int(value, name)
         return cls(**checked)
@@ -85,10 +87,24 @@ def usage_from_dict(doc: object, source: str) -> dict[str, Any]:
         amount = None
     if isinstance(cost, bool) or amount is None or not amount.is_finite() or amount < 0:
         raise HandoffError(f"{source}: usage cost_usd must be a decimal string, got {cost!r}")
+    exponent = amount.as_tuple().exponent
+    if amount > MAX_USD or (isinstance(exponent, int) and exponent < -SCALE):
+        raise HandoffError(
+            f"{source}: usage cost_usd must be at most 1E+15 US dollars with at most "
+            f"{SCALE} decimal places, got {cost!r}"
+        )
     out["cost_usd"] = amount
     seconds = doc.get("elapsed_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise HandoffError(f"{source}: usage elapsed_seconds must be a number, got {seconds!r}")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise HandoffError(
+            f"{source}: usage elapsed_seconds must be a non-negative, finite number, "
+            f"got {seconds!r}"
+        )
     out["elapsed_seconds"] = float(seconds)
     return out
 
@@ -146,6 +162,14 @@ class Lineage:
             raise HandoffError(f"{where}: attempt must be a positive int, got {attempt!r}")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise HandoffError(f"{where}: session_ids must be a list of str, got {ids!r}")
+        from ._files import check_session_id
+
+        try:  # ids name files: each is checked like a session id
+            check_session_id(root, "root_session_id")
+            for i in ids:
+                check_session_id(i, "each of session_ids")
+        except (BudgetConfigError, BudgetTypeError) as exc:
+            raise HandoffError(f"{where}: {exc}") from None
         chain = " -> ".join(ids)
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
@@ -172,7 +196,11 @@ class Lineage:
             if isinstance(raw["max_total_usd"], str):  # written as an exact string
                 raw["max_total_usd"] = Decimal(raw["max_total_usd"])
             checked = ChainCaps.build(**raw)
-        except (BudgetConfigError, BudgetTypeError, InvalidOperation) as exc:
+        except InvalidOperation:
+            raise HandoffError(
+                f"{where}: max_total_usd must be a decimal string, got {raw['max_total_usd']!r}"
+            ) from None
+        except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{where}: {exc}") from None
         usage = usage_from_dict(doc.get("cumulative_usage"), f"{where} cumulative")
         return cls(

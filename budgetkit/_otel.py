@@ -114,7 +114,7 @@ def _version() -> str:
     return VERSION
 
 
-def _failed(where: str) -> None:
+def failed(where: str) -> None:
     """OpenTelemetry raised: note it for debugging, never re-raise."""
     _log.debug("budgetkit: OpenTelemetry raised in %s; ignored", where, exc_info=True)
 
@@ -197,7 +197,8 @@ class _SessionSpan:
         self.capture = capture
         self.span: Span | None = None
         self.token: Any = None
-        self.recorded_error = 0
+        # The exception last recorded on a step span (not its id: a freed one's id is reused).
+        self.recorded_error: BaseException | None = None
 
 
 def start_session(b: Boundary) -> Any:
@@ -210,7 +211,7 @@ def start_session(b: Boundary) -> Any:
             handle.span = _open_session_span(tracer, b)
             handle.token = otel_context.attach(trace.set_span_in_context(handle.span))
     except Exception:  # telemetry never breaks the agent
-        _failed("start_session")
+        failed("start_session")
     return handle
 
 
@@ -264,7 +265,7 @@ def end_session(
         if handle.span is not None:
             _close_session_span(handle, session, result, exc)
     except Exception:  # telemetry never breaks the agent
-        _failed("end_session")
+        failed("end_session")
     finally:
         _detach(handle.token)
         handle.token = None
@@ -286,7 +287,7 @@ def _close_session_span(
         span.set_attribute(names.ERROR_TYPE, names.EXHAUSTED_ERROR_TYPE)
         span.set_status(Status(StatusCode.ERROR, f"budget exhausted: {result.stop_reason}"))
     elif exc is not None:
-        _mark_error(span, exc, record=id(exc) != handle.recorded_error)
+        _mark_error(span, exc, record=exc is not handle.recorded_error, capture=handle.capture)
     span.end()
 
 
@@ -329,7 +330,7 @@ def exhausted(session: Boundary, reason: str, refused: str | None) -> None:
         if meters is not None:
             meters.exhaustions.add(1, {names.EXHAUSTED_REASON: reason})
     except Exception:  # telemetry never breaks the agent
-        _failed("exhausted")
+        failed("exhausted")
 
 
 def _exhaustion_attrs(session: Boundary, reason: str, refused: str | None) -> _Attrs:
@@ -374,7 +375,7 @@ def start_call(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any
             return None
         return _start_step(tracer, session, spec, args, kwargs)
     except Exception:  # telemetry never breaks the agent
-        _failed("start_call")
+        failed("start_call")
         return None
 
 
@@ -443,7 +444,7 @@ def end_call(
         else:
             _end_step(handle, session, error, result)
     except Exception:  # telemetry never breaks the agent
-        _failed("end_call")
+        failed("end_call")
 
 
 def _end_step(span: Span, session: Boundary, error: BaseException | None, result: Any) -> None:
@@ -533,18 +534,41 @@ def _provider_name(provider: str) -> str:
 
 
 def _mark_step_error(span: Span, session: Boundary, error: BaseException) -> None:
-    _mark_error(span, error, record=True)
     handle = _session_handle(session)
+    capture = handle.capture if handle is not None else _capture_enabled()
+    _mark_error(span, error, record=True, capture=capture)
     if handle is not None:
-        handle.recorded_error = id(error)
+        handle.recorded_error = error
 
 
-def _mark_error(span: Span, error: BaseException, *, record: bool) -> None:
-    """Error status and ``error.type``; the exception event once, on the span that saw it."""
+def _mark_error(span: Span, error: BaseException, *, record: bool, capture: bool) -> None:
+    """Error status and ``error.type``; the exception event once, on the span that saw it.
+
+    An exception's message and stack trace often hold the call's arguments, so they are
+    content: recorded only with content capture on. Without it, the status and the event say
+    the exception's type, and budgetkit's ``reason`` for its own errors.
+    """
+    from .exceptions import BudgetError
+
     span.set_attribute(names.ERROR_TYPE, _error_type(error))
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    if record:
+    kind = type(error).__name__
+    reason = getattr(error, "reason", None) if isinstance(error, BudgetError) else None
+    if capture:
+        description = f"{kind}: {error}"
+    elif isinstance(reason, str):
+        description = f"{kind} (reason: {reason})"
+    else:
+        description = kind
+    span.set_status(Status(StatusCode.ERROR, description))
+    if not record:
+        return
+    if capture:
         span.record_exception(error, escaped=True)
+        return
+    attrs: _Attrs = {"exception.type": kind, "exception.escaped": "True"}
+    if isinstance(reason, str):
+        attrs[names.EXHAUSTED_REASON] = reason
+    span.add_event("exception", attrs)
 
 
 def _error_type(error: BaseException) -> str:

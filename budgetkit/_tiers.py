@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._limits import LIMIT_NAMES
+from ._limits import LIMIT_NAMES, to_usd
 from .exceptions import BudgetConfigError, BudgetTypeError
 
 if TYPE_CHECKING:
@@ -162,6 +162,13 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             if value is not None and (not value.is_finite() or value <= 0):
                 value = None
             what = "a positive number of US dollars"
+            if value is not None:
+                try:
+                    value = to_usd(value, var, limit=True)
+                except BudgetConfigError as exc:  # out of bounds: at most 1E+15, at least 1E-30
+                    raise BudgetConfigError(
+                        f"environment variable {var}={raw!r} is out of bounds: {exc}"
+                    ) from None
         elif key == "max_seconds":
             try:
                 value = float(text)
@@ -304,7 +311,12 @@ def _check_value(where: str, key: str, value: object) -> Any:
             raise BudgetConfigError(
                 f"{where}: must be a positive, finite number of {unit}, got {value!r}"
             )
-        return Decimal(str(value)) if key == "max_usd" else float(value)
+        if key == "max_seconds":
+            return float(value)
+        try:
+            return to_usd(Decimal(str(value)), "max_usd", limit=True)
+        except BudgetConfigError as exc:  # out of bounds: at most 1E+15, at least 1E-30
+            raise BudgetConfigError(f"{where}: {exc}") from None
     if key == "thresholds":
         if not isinstance(value, list):
             raise BudgetTypeError(

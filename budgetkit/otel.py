@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, cast
+import warnings
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import trace
 
 from . import _otel
-from .exceptions import BudgetConfigError
+from .exceptions import BudgetConfigError, BudgetWarning
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -41,6 +42,8 @@ __all__ = ["OtelSetupError", "Telemetry", "capture_content", "configure", "trace
 capture_content = _otel.capture_content
 
 _INSTALL_HINT = "pip install 'budgetkit[otel]'"
+#: Seconds :meth:`Telemetry.shutdown` waits for the exporter by default.
+SHUTDOWN_TIMEOUT: Final = 2.0
 _LOCK = threading.Lock()
 
 
@@ -51,8 +54,9 @@ class OtelSetupError(BudgetConfigError):
 class Telemetry:
     """What :func:`configure` set up; call it (or use it as a context manager) to shut down.
 
-    Shutting down flushes the spans still queued, then stops the exporter. A later
-    :func:`configure` in the same process installs a fresh exporter on the same provider.
+    Shutting down flushes the spans still queued, then stops the exporter, waiting at most
+    2 seconds (``shutdown(timeout=...)``). A later :func:`configure` in the same process
+    installs a fresh exporter on the same provider.
     """
 
     def __init__(self, tracer_provider: TracerProvider, processor: SpanProcessor | None) -> None:
@@ -65,13 +69,46 @@ class Telemetry:
             return True
         return self._processor.force_flush(timeout_millis)
 
-    def shutdown(self) -> None:
-        """Flush and stop this set-up's exporter (idempotent)."""
+    def shutdown(self, *, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
+        """Flush and stop this set-up's exporter (idempotent), waiting at most ``timeout``
+        seconds.
+
+        An exporter whose endpoint is down retries for a while; shutdown does not wait for it
+        past ``timeout``: it says once, with a :class:`~budgetkit.BudgetWarning`, that the
+        spans not exported yet are dropped, and returns ``False``. The export goes on in a
+        daemon thread until the exporter gives up, or the process exits.
+
+        Returns:
+            ``True`` when the exporter finished within ``timeout``.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise BudgetConfigError(
+                f"timeout must be a non-negative number of seconds, got {timeout!r}"
+            )
         processor, self._processor = self._processor, None
-        if processor is not None:
-            _SLOT.release(processor)
-            processor.force_flush()
-            processor.shutdown()
+        if processor is None:
+            return True
+        _SLOT.release(processor)
+        finished = threading.Event()
+
+        def stop() -> None:
+            try:  # the batch processor exports what is queued, then stops its exporter
+                processor.shutdown()
+            except Exception:  # telemetry never breaks the agent
+                _otel.failed("Telemetry.shutdown")
+            finally:
+                finished.set()
+
+        threading.Thread(target=stop, name="budgetkit-otel-shutdown", daemon=True).start()
+        if finished.wait(timeout):
+            return True
+        warnings.warn(
+            f"budgetkit.otel: the span exporter did not finish within {timeout:g} s (is the "
+            "endpoint down?); the spans it had not exported yet are dropped",
+            BudgetWarning,
+            stacklevel=2,
+        )
+        return False
 
     __call__ = shutdown
 

@@ -331,6 +331,8 @@ def test_swallowed_usd_exhaustion_is_still_an_error(otel: Otel) -> None:
 
 
 def test_step_error_marks_the_step_and_is_recorded_once(otel: Otel) -> None:
+    # The message is content: recorded with content capture on (tests/test_otel_hardening.py).
+    bk_otel.capture_content(True)  # the fixture resets it afterwards
     with pytest.raises(ValueError, match="bad input"), SessionBudget(handoff_dir=None):
         broken(3)
 

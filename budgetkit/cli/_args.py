@@ -7,6 +7,9 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .._limits import to_usd
+from ..exceptions import BudgetError
+
 #: Whole-number limits: SessionBudget keyword -> help text.
 _INT_LIMITS = {
     "max_steps": "stop before step N+1 (@budget.step calls)",
@@ -39,7 +42,10 @@ def _positive_usd(text: str) -> Decimal:
         ) from None
     if not value.is_finite() or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive amount in US dollars, got {text!r}")
-    return value
+    try:
+        return to_usd(value, "--max-usd", limit=True)
+    except BudgetError as exc:  # out of bounds: at most 1E+15, at least 1E-30
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(text: str) -> float:

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
             "directory": args.directory,
             "chains": [_chain_doc(view) for view in found.chains],
             "problems": found.problems,
+            "unreadable": [{"file": str(path), "error": why} for path, why in found.unreadable],
         }
         print(json.dumps(doc, indent=2))
     else:
