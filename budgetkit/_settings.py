@@ -41,6 +41,12 @@ def check_settings(**values: Any) -> dict[str, Any]:
     name = values["name"]
     if name is not None and not isinstance(name, str):
         raise BudgetTypeError(f"name must be a str or None, got {name!r}")
+    if name is not None:
+        from ._files import document_problem
+
+        problem = document_problem(name)  # the handoff records it; its loader would refuse it
+        if problem is not None:
+            raise BudgetConfigError(f"name is {problem}")
     raise_on_exhausted = values["raise_on_exhausted"]
     if not isinstance(raise_on_exhausted, bool):
         raise BudgetTypeError(f"raise_on_exhausted must be a bool, got {raise_on_exhausted!r}")

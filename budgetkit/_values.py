@@ -173,17 +173,31 @@ class HandoffNotes:
                 raise BudgetTypeError(
                     f"pending_tasks must be JSON-serialisable, got {pending_tasks!r} ({exc})"
                 ) from None
+            _loadable(list(pending_tasks), "pending_tasks")
             self.pending_tasks = list(pending_tasks)
         if context_summary is not None:
             if not isinstance(context_summary, str):
                 raise BudgetTypeError(f"context_summary must be a str, got {context_summary!r}")
+            _loadable(context_summary, "context_summary")
             self.context_summary = context_summary
         if resume_instructions is not None:
             if not isinstance(resume_instructions, str):
                 raise BudgetTypeError(
                     f"resume_instructions must be a str, got {resume_instructions!r}"
                 )
+            _loadable(resume_instructions, "resume_instructions")
             self.resume_instructions = resume_instructions
+
+
+def _loadable(value: object, name: str) -> None:
+    """Refuse what a handoff could hold but its loader refuses (lone surrogates, deep
+    nesting): a session never writes a handoff that cannot be resumed."""
+    from ._files import document_problem
+    from .exceptions import BudgetConfigError
+
+    problem = document_problem(value)
+    if problem is not None:
+        raise BudgetConfigError(f"{name} is {problem}")
 
 
 _FIELDS = tuple(f.name for f in fields(SessionUsage))

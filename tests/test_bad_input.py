@@ -239,3 +239,37 @@ def test_resume_bad_handoff_paths_are_value_errors(tmp_path: Path) -> None:
     for name in ("missing.json", "trunc.json", "foreign.json"):
         with pytest.raises(HandoffError, match=name):
             SessionBudget.resume(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pending_tasks": ["\ud800"]}, "pending_tasks is not valid Unicode"),
+        ({"context_summary": "x\udc00"}, "context_summary is not valid Unicode"),
+        ({"resume_instructions": "\ud800"}, "resume_instructions is not valid Unicode"),
+    ],
+)
+def test_update_handoff_refuses_what_the_loader_would_refuse(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    """A session never writes a handoff its loader refuses: lone surrogates are refused when
+    they are given."""
+    with SessionBudget(handoff_dir=None) as s, pytest.raises(BudgetConfigError, match=match):
+        s.update_handoff(**kwargs)
+
+
+def test_update_handoff_refuses_deep_nesting() -> None:
+    """Nesting deeper than the loader's bound (100 levels) is refused when given."""
+    nested: list[Any] = []
+    inner = nested
+    for _ in range(150):
+        inner.append([])
+        inner = inner[0]
+    with SessionBudget(handoff_dir=None) as s, pytest.raises(BudgetConfigError, match="nested"):
+        s.update_handoff(pending_tasks=nested)
+
+
+def test_a_name_with_a_lone_surrogate_is_refused() -> None:
+    """The session's name is written into its handoff: a lone surrogate is refused up front."""
+    with pytest.raises(BudgetConfigError, match="name is not valid Unicode"):
+        SessionBudget(name="agent \ud800", handoff_dir=None)
