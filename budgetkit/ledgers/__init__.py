@@ -4,7 +4,7 @@ A :class:`~budgetkit.SessionBudget` holds exactly one ledger session. By default
 :class:`InProcessLedger`'s (the fast path: a few integer adds under one lock). A server ledger
 keeps the counters there instead, so worker processes and machines can join one session and
 share one budget: :class:`budgetkit.ledgers.redis.RedisLedger` (Redis or Valkey,
-``pip install 'budgetkit[redis]'``). Both apply the same rules (``budgetkit._policy``).
+``install budgetkit's [redis] extra``). Both apply the same rules (``budgetkit._policy``).
 
 A ledger hands out :class:`LedgerSession` handles (``create`` for a new session, ``join`` for an
 existing one). Every operation of a handle is one atomic operation on the server.

@@ -644,7 +644,7 @@ class RedisLedger:
             from redis.retry import Retry
         except ImportError:  # pragma: no cover - the extra is installed in the tests
             raise BudgetConfigError(
-                "RedisLedger needs redis-py: pip install 'budgetkit[redis]'"
+                "RedisLedger needs redis-py: install budgetkit's [redis] extra"
             ) from None
         if not isinstance(key_prefix, str):
             raise BudgetTypeError(f"key_prefix must be a str, got {key_prefix!r}")
