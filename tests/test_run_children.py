@@ -320,7 +320,7 @@ def test_a_multiprocessing_pool_charges_the_run_budget(
 
 
         if __name__ == "__main__":
-            with multiprocessing.get_context({method!r}).Pool(3) as pool:
+            with multiprocessing.get_context({method!r}).Pool(2) as pool:
                 results = pool.map(work, range(4))
             report("made", sum(n for n, _ in results))
             parent_calls()
@@ -350,7 +350,7 @@ def test_a_spawn_pool_shares_a_usd_budget(
 
 
         if __name__ == "__main__":
-            with multiprocessing.get_context("spawn").Pool(4) as pool:
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
                 results = pool.map(work, range(4))
             report("made", sum(n for n, _ in results))
             parent_calls()

@@ -456,8 +456,13 @@ class EmbeddedLedger:
         return f"<EmbeddedLedger {self.url}>"
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._drop()
+        # Also at interpreter exit, when module globals may be gone: no contextlib here.
+        for closable in (getattr(self, "_stream", None), getattr(self, "_sock", None)):
+            if closable is not None:
+                try:  # noqa: SIM105
+                    closable.close()
+                except (OSError, ValueError):
+                    pass
 
     # ------------------------------------------------------------------ plumbing
     def after_fork_in_child(self) -> None:
