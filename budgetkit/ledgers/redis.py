@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -808,9 +809,16 @@ class RedisLedgerSession:
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._last = Counters()
+        _HANDLES.add(self)
 
     def __repr__(self) -> str:
         return f"<RedisLedgerSession {self.session_id} at {self.url}>"
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a holder of its own, so its operation ids (and reservations)
+        are never taken for the parent's (a repeated id is answered, not applied)."""
+        self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
+        self._lock = threading.Lock()
 
     def new_op_id(self) -> str:
         """A fresh operation id. Pass it again to retry an operation without applying it twice."""
@@ -975,3 +983,15 @@ class RedisLedgerSession:
 
     def close(self) -> None:
         """Nothing to release: reservations are given back as calls settle."""
+
+
+_HANDLES: weakref.WeakSet[RedisLedgerSession] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_HANDLES):
+        handle.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
