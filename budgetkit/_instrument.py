@@ -364,6 +364,11 @@ def _session() -> Boundary | None:
     found = active.get()
     if found is not None:
         return found
+    return _fallback()
+
+
+def _fallback() -> Boundary | None:
+    """The session given to :func:`instrument`, while it is running."""
     fallback = _state.fallback
     if fallback is not None and fallback.boundary.handle is not None and fallback.result is None:
         return fallback.boundary
@@ -377,9 +382,11 @@ class _Route(NamedTuple):
     spec: CallSpec
     endpoint: str | None  # the model endpoint's kind; None for a paid request
     include_usage: bool  # an OpenAI stream that reports usage only when asked
+    watch: frozenset[str]  # body keys that need more than the fast path (stream, caps ...)
 
 
 _EMPTY: Final[Mapping[str, Any]] = {}
+_MISSING: Final[Any] = object()
 _ROUTE_CACHE_LIMIT: Final = 4096
 _RAW_HEADER: Final = "X-Stainless-Raw-Response"
 _OUTPUT_CAPS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -387,113 +394,182 @@ _PROMPT_KEYS: Final = ("messages", "input", "prompt", "system", "instructions", 
 _STORED_KEYS: Final = ("previous_response_id", "conversation")
 
 
-def _router(provider: str) -> Callable[[Any], _Route | None]:
-    """Classify a request's options, cached per (method, URL): the hot path is one lookup."""
-    cache: dict[tuple[str, str], _Route | None] = {}
-    specs: dict[str, CallSpec] = {}
+class _Router:
+    """Classifies a request's options, cached per (method, URL): one dict lookup a call."""
 
-    def route(options: Any) -> _Route | None:
-        key = (options.method, options.url)
-        try:
-            return cache[key]
-        except KeyError:
-            pass
-        decision = classify(provider, *key)
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.cache: dict[tuple[str, str], _Route | None] = {}
+        self._specs: dict[str, CallSpec] = {}
+
+    def route(self, key: tuple[str, str]) -> _Route | None:
+        decision = classify(self.provider, *key)
         found: _Route | None = None
         if decision.kind != "free":
+            provider = self.provider
             name = decision.endpoint or "/".join(decision.segments[:1]) or "request"
-            spec = specs.get(name)
+            spec = self._specs.get(name)
             if spec is None:
-                spec = specs[name] = CallSpec(LLM, f"{provider}.{name}", provider=provider)
+                spec = self._specs[name] = CallSpec(LLM, f"{provider}.{name}", provider=provider)
             stream_usage = provider == "openai" and decision.endpoint in {"chat", "completions"}
-            found = _Route(spec, decision.endpoint, stream_usage)
-        if len(cache) < _ROUTE_CACHE_LIMIT:
-            cache[key] = found
+            watch = {*_OUTPUT_CAPS}
+            if stream_usage:
+                watch.add("stream")
+            if decision.endpoint == "responses":
+                watch.update(_STORED_KEYS)
+            found = _Route(spec, decision.endpoint, stream_usage, frozenset(watch))
+        if len(self.cache) < _ROUTE_CACHE_LIMIT:
+            self.cache[key] = found
         return found
-
-    return route
 
 
 def _sync_request(provider: str) -> Callable[..., Any]:
-    router = _router(provider)
+    """The wrapper of a sync client's request method. Its fast path (a request with nothing
+    to reserve or add) does what ``@budget.llm_call``'s does, plus one lookup of the route."""
+    router = _Router(provider)
+    cache = router.cache
+    state = _state
+    inside = Nesting.inside.get
+    current = active.get
+    loaded = Loaded
+    quiet = _otel.quiet
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _session()
+        if not state.active or inside():  # re-wrapped by someone else; or a decorated call's
+            return wrapped(*args, **kwargs)
+        session = current() or _fallback()
         if session is None:
             return wrapped(*args, **kwargs)
         options = args[1] if len(args) > 1 else kwargs["options"]
-        route = router(options)
-        if route is None:
+        key = (options.method, options.url)
+        route = cache.get(key, _MISSING)
+        if route is _MISSING:
+            route = router.route(key)
+        if route is None:  # free
             return wrapped(*args, **kwargs)
-        if Loaded.abandoned:  # streams dropped since the last boundary are charged first
+        if loaded.abandoned:  # streams dropped since the last boundary are charged first
             settle_abandoned()
+        body = options.json_data
+        if type(body) is not dict or not route.watch.isdisjoint(body):
+            return _sync_general(session, route, wrapped, options, args, kwargs)
         spec = route.spec
-        body, hide, args, kwargs = _prepare(route, options, args, kwargs)
-        tokens = _reservation(route, body)
-        if tokens is None:  # the decorator's fast path: nothing to reserve
-            session.admit_llm(spec.name)
-            handle = None if _otel.quiet() else start_call(session, spec, (), body)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                LLMCall(session, spec, None, None, handle).fail(exc)
-                raise
-            if not hide and route.endpoint != "responses":
-                return llm_finished(session, spec, handle, body, result)
-            call = LLMCall(session, spec, spec.request_model(body), None, handle)
-        else:
-            call = LLMCall.reserving(session, spec, tokens, body)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-        if route.endpoint == "responses":
-            call.observer = _remembering(body)
-        return call.finish(result, hide_usage_chunks=hide)
+        session.admit_llm(spec.name)
+        handle = None if quiet() else start_call(session, spec, (), body)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            LLMCall(session, spec, None, None, handle).fail(exc)
+            raise
+        if route.endpoint != "responses":
+            return llm_finished(session, spec, handle, body, result)
+        call = LLMCall(session, spec, spec.request_model(body), None, handle)
+        call.observer = _remembering(body)
+        return call.finish(result)
 
     return wrapper
+
+
+def _sync_general(
+    session: Boundary,
+    route: _Route,
+    wrapped: Callable[..., Any],
+    options: Any,
+    args: Any,
+    kwargs: Any,
+) -> Any:
+    """A request that reserves, or whose stream budgetkit asks for its usage."""
+    spec = route.spec
+    body, hide, args, kwargs = _prepare(route, options, args, kwargs)
+    tokens = _reservation(route, body)
+    if tokens is None:
+        session.admit_llm(spec.name)
+        call = LLMCall(session, spec, spec.request_model(body), None, _start(session, spec, body))
+    else:
+        call = LLMCall.reserving(session, spec, tokens, body)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    if route.endpoint == "responses":
+        call.observer = _remembering(body)
+    return call.finish(result, hide_usage_chunks=hide)
 
 
 def _async_request(provider: str) -> Callable[..., Any]:
-    router = _router(provider)
+    """The wrapper of an async client's request method (as :func:`_sync_request`)."""
+    router = _Router(provider)
+    cache = router.cache
+    state = _state
+    inside = Nesting.inside.get
+    current = active.get
+    loaded = Loaded
+    quiet = _otel.quiet
 
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        session = _session()
+        if not state.active or inside():
+            return await wrapped(*args, **kwargs)
+        session = current() or _fallback()
         if session is None:
             return await wrapped(*args, **kwargs)
         options = args[1] if len(args) > 1 else kwargs["options"]
-        route = router(options)
+        key = (options.method, options.url)
+        route = cache.get(key, _MISSING)
+        if route is _MISSING:
+            route = router.route(key)
         if route is None:
             return await wrapped(*args, **kwargs)
-        if Loaded.abandoned:
+        if loaded.abandoned:
             settle_abandoned()
+        body = options.json_data
+        if type(body) is not dict or not route.watch.isdisjoint(body):
+            return await _async_general(session, route, wrapped, options, args, kwargs)
         spec = route.spec
-        body, hide, args, kwargs = _prepare(route, options, args, kwargs)
-        tokens = _reservation(route, body)
-        if tokens is None:
-            session.admit_llm(spec.name)
-            handle = None if _otel.quiet() else start_call(session, spec, (), body)
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                LLMCall(session, spec, None, None, handle).fail(exc)
-                raise
-            if not hide and route.endpoint != "responses":
-                return llm_finished(session, spec, handle, body, result)
-            call = LLMCall(session, spec, spec.request_model(body), None, handle)
-        else:
-            call = LLMCall.reserving(session, spec, tokens, body)
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-        if route.endpoint == "responses":
-            call.observer = _remembering(body)
-        return call.finish(result, hide_usage_chunks=hide)
+        session.admit_llm(spec.name)
+        handle = None if quiet() else start_call(session, spec, (), body)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            LLMCall(session, spec, None, None, handle).fail(exc)
+            raise
+        if route.endpoint != "responses":
+            return llm_finished(session, spec, handle, body, result)
+        call = LLMCall(session, spec, spec.request_model(body), None, handle)
+        call.observer = _remembering(body)
+        return call.finish(result)
 
     return wrapper
+
+
+async def _async_general(
+    session: Boundary,
+    route: _Route,
+    wrapped: Callable[..., Any],
+    options: Any,
+    args: Any,
+    kwargs: Any,
+) -> Any:
+    """:func:`_sync_general` for an async client."""
+    spec = route.spec
+    body, hide, args, kwargs = _prepare(route, options, args, kwargs)
+    tokens = _reservation(route, body)
+    if tokens is None:
+        session.admit_llm(spec.name)
+        call = LLMCall(session, spec, spec.request_model(body), None, _start(session, spec, body))
+    else:
+        call = LLMCall.reserving(session, spec, tokens, body)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    if route.endpoint == "responses":
+        call.observer = _remembering(body)
+    return call.finish(result, hide_usage_chunks=hide)
+
+
+def _start(session: Boundary, spec: CallSpec, body: Mapping[str, Any]) -> Any:
+    return None if _otel.quiet() else start_call(session, spec, (), body)
 
 
 def _prepare(
