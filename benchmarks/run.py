@@ -220,6 +220,68 @@ def decorator_cases(quick: bool) -> list[Row]:
     return rows
 
 
+def instrument_case(quick: bool) -> Row:
+    """``instrument()`` against ``@budget.llm_call`` on the same stubbed client method.
+
+    The stub replaces the OpenAI client's request method (the one ``instrument()`` patches)
+    and returns the canned ChatCompletion at once, so both rows time budgetkit's work only:
+    the decorated stub called directly, and the instrumented ``client.request`` (which also
+    classifies the endpoint and reads the request body). Timed in alternating rounds, with
+    ``instrument()`` switched on only for its own.
+    """
+    import openai
+    from openai._base_client import SyncAPIClient
+    from openai._models import FinalRequestOptions
+    from openai.types.chat import ChatCompletion
+
+    import budgetkit
+
+    def stub_request(
+        self: Any, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        return RESPONSE
+
+    original = SyncAPIClient.__dict__["request"]
+    SyncAPIClient.request = stub_request  # type: ignore[assignment]
+    client = openai.OpenAI(api_key="sk-bench", base_url="http://127.0.0.1:9/v1")
+    options = FinalRequestOptions.construct(
+        method="post",
+        url="/chat/completions",
+        json_data={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    decorated = budget.llm_call(stub_request)
+
+    def by_decorator(i: int) -> Any:
+        return decorated(client, ChatCompletion, options)
+
+    def instrumented(i: int) -> Any:
+        return client.request(ChatCompletion, options)
+
+    calls, rounds = (CALLS // 4, 5) if quick else (CALLS, ROUNDS)
+    samples: dict[str, list[float]] = {"decorated": [], "instrumented": []}
+    try:
+        with big_session():
+            for round_ in range(rounds + 1):  # the first round warms up
+                budgetkit.uninstrument()
+                decorated_us = per_call_us(by_decorator, calls)
+                budgetkit.instrument()
+                instrumented_us = per_call_us(instrumented, calls)
+                if round_:
+                    samples["decorated"].append(decorated_us)
+                    samples["instrumented"].append(instrumented_us)
+    finally:
+        budgetkit.uninstrument()
+        SyncAPIClient.request = original  # type: ignore[method-assign]
+        client.close()
+    return Row(
+        "instrumented call",
+        "decorated call, same stubbed client method",
+        statistics.median(samples["instrumented"]),
+        statistics.median(samples["decorated"]),
+        1.5,
+    )
+
+
 def sdk_cases(quick: bool) -> list[Row]:
     """With the SDK: batch processor and in-memory exporter, against a hand-written span."""
     from opentelemetry import trace
@@ -421,6 +483,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds (smoke run)")
     args = parser.parse_args()
     rows = decorator_cases(args.quick)
+    rows.append(instrument_case(args.quick))
     rows.append(import_case(args.quick))
     rows.append(memory_case(args.quick))
     rows.extend(contention_cases(args.quick))

@@ -22,6 +22,7 @@ from .exceptions import UnmeasuredUsageWarning
 if TYPE_CHECKING:
     from ._boundary import Boundary
     from ._extract import DirectRead
+    from ._streams import OnResponse
 
 
 class Nesting:
@@ -114,6 +115,33 @@ _direct: dict[type, tuple[Callable[[Any], DirectRead | None], PriceUnits] | None
 _DIRECT_TYPES_LIMIT = 256
 
 
+class Loaded:
+    """Functions of modules loaded on first use, bound once (an import statement on every
+    call would cost more than the fast path): ``_streams``, ``_extract``, ``_pricing``."""
+
+    wrap_stream: Callable[..., Any] | None = None
+    abandoned: Any = ()  # ``_streams.ABANDONED.queue`` once a stream was wrapped
+    settle_abandoned: Callable[[], None] | None = None
+    extract_usage: Callable[..., Usage | None] | None = None
+    malformed: type[Exception] = Exception
+    price_usage: Callable[..., Any] | None = None
+    price_estimate: Callable[..., Any] | None = None
+
+
+def _streams() -> Callable[..., Any]:
+    from ._streams import ABANDONED, settle_abandoned, wrap_stream
+
+    Loaded.abandoned, Loaded.settle_abandoned = ABANDONED.queue, settle_abandoned
+    Loaded.wrap_stream = wrap_stream
+    return wrap_stream
+
+
+def settle_abandoned() -> None:
+    """Report the streams abandoned so far (a boundary's first duty; cheap when none)."""
+    if Loaded.abandoned and Loaded.settle_abandoned is not None:
+        Loaded.settle_abandoned()
+
+
 def _learn(cls: type) -> None:
     """Remember whether responses of type ``cls`` have a direct reader."""
     from ._extract import direct_reader
@@ -173,7 +201,16 @@ def settle(
 class LLMCall:
     """One admitted ``@budget.llm_call`` on the general path: reservation, span, settlement."""
 
-    __slots__ = ("admitted", "handle", "model", "recorded", "reserved", "session", "spec")
+    __slots__ = (
+        "admitted",
+        "handle",
+        "model",
+        "observer",
+        "recorded",
+        "reserved",
+        "session",
+        "spec",
+    )
 
     def __init__(
         self,
@@ -192,10 +229,14 @@ class LLMCall:
         self.admitted = True
         #: The call has been charged: settling it again, or failing it, does nothing.
         self.recorded = False
+        self.observer: OnResponse | None = None
+        """Told the id and usage of an OpenAI Responses response (``instrument()``)."""
 
     @classmethod
     def prepare(cls, session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> LLMCall:
         """A call not admitted yet, with its request model and reservation (``estimate=``)."""
+        if Loaded.abandoned:  # streams dropped since the last boundary are charged first
+            settle_abandoned()
         model = spec.request_model(kwargs)
         call = cls(session, spec, model, _estimate(session, spec, model, args, kwargs), None)
         call.admitted = False
@@ -214,6 +255,17 @@ class LLMCall:
         """:meth:`prepare` and :meth:`admit` (for adapters that hold the call themselves)."""
         call = cls.prepare(session, spec, args, kwargs)
         call.admit(args, kwargs)
+        return call
+
+    @classmethod
+    def reserving(
+        cls, session: Boundary, spec: CallSpec, tokens: Mapping[str, int], kwargs: Any
+    ) -> LLMCall:
+        """:meth:`begin` for a reservation given as token counts (``instrument()``)."""
+        model = spec.request_model(kwargs)
+        call = cls(session, spec, model, reserve_units(session, spec, model, tokens), None)
+        call.admitted = False
+        call.admit((), kwargs)
         return call
 
     def fail(self, error: BaseException) -> None:
@@ -238,16 +290,26 @@ class LLMCall:
             session.call_failed(error)
         _otel.end_call(self.handle, session, self.spec, _real_error(error))
 
-    def finish(self, result: Any) -> Any:
-        """The call returned: read usage now, or wrap a stream that settles when it ends."""
-        from ._streams import wrap_stream
-
+    def finish(self, result: Any, *, hide_usage_chunks: bool = False) -> Any:
+        """The call returned: read usage now, or wrap a stream that settles when it ends
+        (exhausted, closed, or dropped: see ``_streams``)."""
+        wrap_stream = Loaded.wrap_stream or _streams()
         proxy = wrap_stream(
-            result, self.stream_ended, model=self.model, provider=self.spec.provider
+            result,
+            self.stream_ended,
+            model=self.model,
+            provider=self.spec.provider,
+            hide_usage_chunks=hide_usage_chunks,
+            on_response=self.observer,
         )
         if proxy is not None:
             return proxy
-        self.settle(self.read_usage(result), result=result, streamed=False)
+        usage = self.read_usage(result)
+        if self.observer is not None and usage is not None:
+            response_id = getattr(result, "id", None)
+            if isinstance(response_id, str):
+                self.observer(response_id, usage)
+        self.settle(usage, result=result, streamed=False)
         if type(result) not in _direct:
             _learn(type(result))
         return result
@@ -258,8 +320,7 @@ class LLMCall:
 
     def read_usage(self, result: Any) -> Usage | None:
         """Usage of a non-streamed result; malformed usage warns and counts as unmeasured."""
-        from ._extract import MalformedUsageError, extract_usage
-
+        extract_usage = Loaded.extract_usage or _extractor()
         spec = self.spec
         try:
             raw = result if spec.usage is None else spec.usage(result)
@@ -267,7 +328,7 @@ class LLMCall:
                 usage = raw
             else:
                 usage = extract_usage(raw, model=self.model, provider=spec.provider)
-        except MalformedUsageError as exc:
+        except Loaded.malformed as exc:
             warn(
                 f"budgetkit: ignoring malformed usage from {spec.name!r}: {exc}",
                 UnmeasuredUsageWarning,
@@ -307,8 +368,7 @@ class LLMCall:
         counts: Counts | None = None
         model = self.model
         if usage is not None:
-            from ._pricing import price_usage
-
+            price_usage = Loaded.price_usage or _pricer()
             usd = price_usage(usage, prices=session.all_prices())
             cost = None if usd is None else to_units(usd)
             counts, model = usage_counts(usage), usage.model
@@ -337,14 +397,36 @@ def _estimate(
     if value is None:  # the estimator has no bound for this call
         return None
     if isinstance(value, Mapping):
-        from ._pricing import price_estimate
-
-        cost = price_estimate(value, model, spec.provider, session.all_prices())
-        if cost is None:
-            session.cost_unknown(model)
-            return None
-        return to_units(cost)
+        return reserve_units(session, spec, model, value)
     return to_units(to_usd(value, f"the estimate of {spec.name!r}", allow_zero=True))
+
+
+def reserve_units(
+    session: Boundary, spec: CallSpec, model: str | None, tokens: Mapping[str, int]
+) -> int | None:
+    """Token counts priced with the call's model, in units; ``None`` (and the unknown cost
+    noted) when the model has no price."""
+    price_estimate = Loaded.price_estimate or _pricer(estimate=True)
+    cost = price_estimate(tokens, model, spec.provider, session.all_prices())
+    if cost is None:
+        session.cost_unknown(model)
+        return None
+    return int(to_units(cost))
+
+
+def _extractor() -> Callable[..., Usage | None]:
+    from ._extract import MalformedUsageError, extract_usage
+
+    Loaded.malformed = MalformedUsageError
+    Loaded.extract_usage = extract_usage
+    return extract_usage
+
+
+def _pricer(*, estimate: bool = False) -> Callable[..., Any]:
+    from ._pricing import price_estimate, price_usage
+
+    Loaded.price_usage, Loaded.price_estimate = price_usage, price_estimate
+    return price_estimate if estimate else price_usage
 
 
 def _warn_unmeasured(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-__all__ = ["price_estimate", "price_units", "price_usage", "validate_prices"]
+__all__ = ["context_window", "price_estimate", "price_units", "price_usage", "validate_prices"]
 
 _PER_MILLION: Final = 1_000_000
 _ESTIMATE_KEYS: Final = frozenset(
@@ -231,6 +231,18 @@ def price_estimate(
         provider=provider,
     )
     return price_usage(usage, prices=prices, when=when)
+
+
+def context_window(model: str | None, provider: str | None = None) -> int | None:
+    """The model's context window in tokens as genai-prices knows it, or ``None``."""
+    if not model:
+        return None
+    try:
+        found = _lookup(provider, model)
+    except (LookupError, ValueError, TypeError):
+        return None
+    window = None if found is None else found.model.context_window
+    return window if isinstance(window, int) and window > 0 else None
 
 
 def validate_prices(prices: object) -> dict[str, tuple[Decimal, Decimal]]:

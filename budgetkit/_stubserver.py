@@ -494,11 +494,72 @@ class _Handler(BaseHTTPRequestHandler):
         )
         yield "message_stop", {"type": "message_stop"}
 
+    # -- OpenAI legacy completions, embeddings; Anthropic token counting ----------------------
+
+    def handle_completions(self, body: Json) -> None:
+        """``POST /v1/completions`` (legacy text completions), JSON or events."""
+        reply, text = self._reply(body)
+        if not isinstance(reply, str):
+            self._send_json(200, reply)
+            return
+        model = str(body.get("model", "gpt-3.5-turbo-instruct"))
+        usage = _chat_usage(self.answers.usage_for(body, text))
+        completion_id = f"cmpl-stub{self.answers.next_id()}"
+
+        def completion(piece: str, finish_reason: str | None) -> Json:
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": _CREATED,
+                "model": model,
+                "choices": [choice],
+            }
+
+        if not body.get("stream"):
+            self._send_json(200, {**completion(text, "stop"), "usage": usage})
+            return
+        options = body.get("stream_options")
+        include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+        events: list[tuple[str | None, Json | str]] = [
+            (None, completion(piece, None)) for piece in _pieces(text)
+        ]
+        events.append((None, completion("", "stop")))
+        if include_usage:
+            events.append((None, {**completion("", None), "choices": [], "usage": usage}))
+        events.append((None, "[DONE]"))
+        self._send_events(iter(events))
+
+    def handle_embeddings(self, body: Json) -> None:
+        """``POST /v1/embeddings``: one small vector per input; usage counts the input only."""
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        input_tokens = self.answers.usage_for(body, "").input_tokens
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "model": str(body.get("model", "text-embedding-3-small")),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.0, 0.5, 1.0]}
+                    for i in range(count)
+                ],
+                "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
+            },
+        )
+
+    def handle_count_tokens(self, body: Json) -> None:
+        """``POST /v1/messages/count_tokens`` (Anthropic): the input tokens a request would use."""
+        self._send_json(200, {"input_tokens": self.answers.usage_for(body, "").input_tokens})
+
 
 _ROUTES: Final[dict[str, Callable[[_Handler, Json], None]]] = {
     "/v1/chat/completions": _Handler.handle_chat_completions,
     "/v1/responses": _Handler.handle_responses,
     "/v1/messages": _Handler.handle_messages,
+    "/v1/completions": _Handler.handle_completions,
+    "/v1/embeddings": _Handler.handle_embeddings,
+    "/v1/messages/count_tokens": _Handler.handle_count_tokens,
 }
 
 

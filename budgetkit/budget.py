@@ -93,6 +93,7 @@ def llm_call(
     usage: Callable[[Any], Any] | None = None,
     estimate: Callable[..., Any] | None = None,
     wrapup: bool = False,
+    stream_usage: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def llm_call(
     func: Any = None,
@@ -104,6 +105,7 @@ def llm_call(
     usage: Callable[[Any], Any] | None = None,
     estimate: Callable[..., Any] | None = None,
     wrapup: bool = False,
+    stream_usage: bool = False,
 ) -> Any:
     """Mark an LLM call: checked at entry, its usage read from the response and priced.
 
@@ -122,6 +124,17 @@ def llm_call(
             priced with the model. The amount is reserved before the call; a call whose
             reservation does not fit the remaining ``max_usd`` is refused before it runs.
         wrapup: the call may use the session's ``reserve_for_wrapup``.
+        stream_usage: for a function that passes its keyword arguments to OpenAI's
+            ``chat.completions.create`` (or is that method): a call with ``stream=True``
+            and ``messages=`` gets ``stream_options={"include_usage": True}`` added
+            (merged into the caller's ``stream_options``; an explicit
+            ``include_usage=False`` is kept), so the stream reports its usage in a last
+            chunk with no choices. The function must accept ``stream_options`` (or
+            ``**kwargs``).
+
+    Raises:
+        BudgetConfigError: ``stream_usage=True`` on a function that cannot take
+            ``stream_options``.
 
     .. versionadded:: 0.1.0
     """
@@ -129,6 +142,7 @@ def llm_call(
     _check_name(model, "model")
     _check_name(provider, "provider")
     _check_bool(wrapup, "wrapup")
+    _check_bool(stream_usage, "stream_usage")
     for label, fn_option in (("usage", usage), ("estimate", estimate)):
         if fn_option is not None and not callable(fn_option):
             from .exceptions import BudgetTypeError
@@ -137,9 +151,41 @@ def llm_call(
 
     def decorate(fn: Any) -> Any:
         spec = CallSpec(LLM, name or _name_of(fn), model, provider, usage, estimate, wrapup)
-        return wrap(fn, spec)
+        return wrap(_asking_for_stream_usage(fn) if stream_usage else fn, spec)
 
     return decorate if func is None else decorate(func)
+
+
+def _asking_for_stream_usage(fn: Any) -> Any:
+    """``fn`` with ``stream_options={"include_usage": True}`` added to its OpenAI chat
+    streams (``llm_call(stream_usage=True)``)."""
+    import inspect
+
+    import wrapt
+
+    target = getattr(fn, "__func__", fn)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: trust the caller
+        parameters = None
+    if parameters is not None and not any(
+        p.name == "stream_options" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    ):
+        from .exceptions import BudgetConfigError
+
+        raise BudgetConfigError(
+            f"stream_usage=True needs a function that accepts stream_options (or **kwargs) and "
+            f"passes it to client.chat.completions.create; {_name_of(fn)!r} does not"
+        )
+
+    def add(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if kwargs.get("stream") is True and "messages" in kwargs:
+            options = kwargs.get("stream_options")
+            if options is None or (isinstance(options, dict) and "include_usage" not in options):
+                kwargs = {**kwargs, "stream_options": {**(options or {}), "include_usage": True}}
+        return wrapped(*args, **kwargs)
+
+    return wrapt.FunctionWrapper(fn, add)
 
 
 def _check_name(value: object, label: str = "name") -> None:

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 import wrapt
-from openai.resources.chat.completions import AsyncCompletions, Completions
+from openai._base_client import AsyncAPIClient, SyncAPIClient
 
 import budgetkit
 from budgetkit import BudgetExhausted, SessionBudget
@@ -87,19 +87,20 @@ def test_calls_outside_a_session_pass_through(client: openai.OpenAI, stub: StubS
 
 
 def test_uninstrument_restores_the_original_methods() -> None:
-    original = Completions.__dict__["create"]
+    # instrument() patches the request method every SDK method goes through.
+    original = SyncAPIClient.__dict__["request"]
     budgetkit.instrument()
     assert is_instrumented()
-    assert isinstance(Completions.__dict__["create"], wrapt.FunctionWrapper)
-    assert isinstance(AsyncCompletions.__dict__["create"], wrapt.FunctionWrapper)
+    assert isinstance(SyncAPIClient.__dict__["request"], wrapt.FunctionWrapper)
+    assert isinstance(AsyncAPIClient.__dict__["request"], wrapt.FunctionWrapper)
     budgetkit.instrument()  # idempotent: not wrapped twice
-    assert Completions.__dict__["create"].__wrapped__ is original
+    assert SyncAPIClient.__dict__["request"].__wrapped__ is original
     budgetkit.uninstrument()
     budgetkit.uninstrument()
     assert not is_instrumented()
-    assert Completions.__dict__["create"] is original
+    assert SyncAPIClient.__dict__["request"] is original
     budgetkit.instrument()  # again after uninstrument: modules already imported are patched
-    assert isinstance(Completions.__dict__["create"], wrapt.FunctionWrapper)
+    assert isinstance(SyncAPIClient.__dict__["request"], wrapt.FunctionWrapper)
 
 
 def test_uninstrumented_calls_are_not_charged(client: openai.OpenAI, handoff_dir: Path) -> None:
@@ -257,11 +258,14 @@ def test_patches_an_sdk_imported_after_instrument() -> None:
         "assert 'openai' not in sys.modules\n"
         "budgetkit.instrument()\n"
         "import openai, wrapt\n"
+        "from openai._base_client import AsyncAPIClient, SyncAPIClient\n"
         "from openai.resources.responses import AsyncResponses\n"
-        "for cls in (openai.resources.chat.completions.Completions, AsyncResponses):\n"
-        "    assert isinstance(cls.__dict__['create'], wrapt.FunctionWrapper), cls\n"
+        "for cls in (SyncAPIClient, AsyncAPIClient):\n"
+        "    assert isinstance(cls.__dict__['request'], wrapt.FunctionWrapper), cls\n"
+        "assert isinstance(AsyncResponses.__dict__['connect'], wrapt.FunctionWrapper)\n"
         "budgetkit.uninstrument()\n"
-        "assert not isinstance(AsyncResponses.__dict__['create'], wrapt.FunctionWrapper)\n"
+        "assert not isinstance(AsyncAPIClient.__dict__['request'], wrapt.FunctionWrapper)\n"
+        "assert not isinstance(AsyncResponses.__dict__['connect'], wrapt.FunctionWrapper)\n"
         "print('ok')\n"
     )
     out = subprocess.run(

@@ -59,15 +59,17 @@ def add_parser(sub: Any) -> None:
         description=(
             "Runs `python SCRIPT ARGS` (or `python -m MODULE ARGS`) in this interpreter "
             "under a session whose limits come from the flags or BUDGETKIT_MAX_* variables "
-            "(BUDGETKIT_MAX_STEPS, BUDGETKIT_MAX_USD ...). Every openai chat.completions / "
-            "responses create call and every anthropic messages create call (sync, async, "
-            "streaming) is charged without the script importing budgetkit; a request that "
-            "names max_tokens (max_completion_tokens, max_output_tokens) reserves its "
-            "worst-case cost first, so spend does not pass --max-usd. Streams are measured "
-            'when they report usage (for chat completions: stream_options={"include_usage": '
-            "true}). Child processes charge the same budget: os.fork children, Python "
-            "subprocesses and multiprocessing workers (spawn, forkserver, fork). A line on "
-            "stderr sums up the spend when the script ends."
+            "(BUDGETKIT_MAX_STEPS, BUDGETKIT_MAX_USD ...). Every request of the openai and "
+            "anthropic clients (create, parse, stream, raw responses, beta; sync, async, "
+            "streaming) is charged without the script importing budgetkit: model calls are "
+            "priced from their usage, reads, token counting, files and stored state are free, "
+            "other paid requests count as calls budgetkit cannot price. A request that names "
+            "max_tokens (max_completion_tokens, max_output_tokens) or a stored Responses "
+            "conversation reserves its worst-case cost first, so spend does not pass "
+            "--max-usd. Chat completion streams are asked for their usage. Child processes "
+            "charge the same budget: os.fork children, Python subprocesses and "
+            "multiprocessing workers (spawn, forkserver, fork). A line on stderr sums up the "
+            "spend when the script ends."
         ),
         epilog=(
             "exit codes: the script's own exit code; 3 the budget was exhausted (the "
