@@ -12,14 +12,19 @@ costs tens of microseconds. The model lookup is cached here per
 ``(provider, model)``, and for the common price shapes (flat or tiered input,
 output, cache-read and cache-write rates) the price is computed directly with
 exactly genai-prices' arithmetic; every other shape goes through ``calc_price``.
+
+All decimal arithmetic runs in budgetkit's own context (:data:`CONTEXT`), never
+the caller's: a program that lowers ``decimal.getcontext().prec`` or traps
+``Inexact`` gets the same prices as any other.
 """
 
 from __future__ import annotations
 
+import decimal
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ._money import UNITS_PER_USD, to_units
@@ -30,7 +35,21 @@ if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-__all__ = ["price_estimate", "price_units", "price_usage", "validate_prices"]
+__all__ = ["CONTEXT", "price_estimate", "price_units", "price_usage", "validate_prices"]
+
+CONTEXT: Final = decimal.Context(
+    prec=60,
+    rounding=decimal.ROUND_CEILING,
+    Emin=decimal.MIN_EMIN,
+    Emax=decimal.MAX_EMAX,
+    capitals=1,
+    clamp=0,
+    flags=[],
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+"""The decimal context of every price: 60 digits, enough for any price times any count to
+be exact (so prices equal genai-prices' digit for digit), rounding up should a result ever
+need more, so a charge is never lowered."""
 
 _PER_MILLION: Final = 1_000_000
 _ESTIMATE_KEYS: Final = frozenset(
@@ -150,9 +169,10 @@ def price_usage(
     model = usage.model
     if not model:
         return None
-    if prices is not None and (rates := prices.get(model)) is not None:
-        return _price_with_rates(usage, rates)
-    return _price_with_genai_prices(usage, model, when)
+    with localcontext(CONTEXT):
+        if prices is not None and (rates := prices.get(model)) is not None:
+            return _price_with_rates(usage, rates)
+        return _price_with_genai_prices(usage, model, when)
 
 
 def price_units(
@@ -368,7 +388,8 @@ def _lookup(provider: str | None, model: str) -> _Found | None:
             return _cache[key]
         except KeyError:
             pass
-    found = _find(snapshot, provider, model)
+    with localcontext(CONTEXT):  # the cached rates are computed once, in budgetkit's context
+        found = _find(snapshot, provider, model)
     with _lock:
         if snapshot is not _cache_snapshot:
             _cache.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -9,11 +10,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import genai_prices
+import openai
 import pytest
 from genai_prices.data_snapshot import DataSnapshot
 
-from budgetkit import _pricing
-from budgetkit._pricing import price_estimate, price_usage, validate_prices
+from budgetkit import SessionBudget, _money, _pricing, budget
+from budgetkit._pricing import price_estimate, price_units, price_usage, validate_prices
+from budgetkit._stubserver import StubServer
 from budgetkit._usage import Usage
 from budgetkit.exceptions import BudgetConfigError, BudgetTypeError
 
@@ -336,3 +339,68 @@ def test_importing_budgetkit_does_not_import_pricing_dependencies() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+# -- the caller's decimal context ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "configure",
+    [
+        pytest.param({"prec": 3, "rounding": decimal.ROUND_DOWN}, id="3-digits-rounding-down"),
+        pytest.param(
+            {"prec": 4, "rounding": decimal.ROUND_UP, "traps": [decimal.Inexact]},
+            id="4-digits-trapping-inexact",
+        ),
+    ],
+)
+def test_pricing_ignores_the_callers_decimal_context(configure: dict[str, Any]) -> None:
+    """Prices are computed in budgetkit's own decimal context: a caller's precision, rounding
+    or traps change neither the price nor the integer rates cached on the first call."""
+    haiku = Usage(1200, 300, 200, 100, model="claude-haiku-4-5")  # 0.002545
+    sonnet = Usage(101_000, 500, 0, 100_000, model="claude-sonnet-4-5")  # 0.3855
+    bedrock_counts = (1110, 20, 1000, 100, 0)  # 1.375 per million: 0.0003685
+    bedrock = "anthropic.claude-haiku-4-5-20251001-v1:0"
+    table = validate_prices({"my-llama": (Decimal("0.123"), Decimal("0.456"))})
+    llama = Usage(1234, 567, model="my-llama")  # (1234 x 0.123 + 567 x 0.456) / 1e6
+
+    with decimal.localcontext() as context:
+        context.prec = configure["prec"]
+        context.rounding = configure["rounding"]
+        for trap in configure.get("traps", []):
+            context.traps[trap] = True
+        inside = (
+            price_usage(haiku),
+            price_usage(sonnet),
+            price_units(bedrock, "aws", bedrock_counts),
+            price_usage(llama, prices=table),
+            price_estimate({"input_tokens": 1234, "output_tokens": 567}, "my-llama", None, table),
+        )
+
+    assert inside == (
+        Decimal("0.002545"),
+        Decimal("0.3855"),
+        _money.to_units(Decimal("0.0003685")),
+        Decimal("0.000410334"),
+        Decimal("0.000410334"),
+    )
+    # The rates cached while the caller's context was active are right, too.
+    assert price_units(bedrock, "aws", bedrock_counts) == _money.to_units(Decimal("0.0003685"))
+
+
+def test_session_cost_ignores_the_callers_decimal_context() -> None:
+    """A whole session, the real openai client on the fast path, under a 3-digit context."""
+    with (
+        StubServer(usage=(1234, 567), cache_read_tokens=200) as stub,
+        openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0) as client,
+        decimal.localcontext() as context,
+    ):
+        context.prec = 3
+        context.rounding = decimal.ROUND_FLOOR
+        with SessionBudget(max_usd=1, handoff_dir=None) as session:
+            budget.llm_call(client.chat.completions.create)(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+
+    # (1034 x 0.15 + 200 x 0.075 + 567 x 0.6) / 1e6
+    assert session.usage.cost_usd == Decimal("0.0005103")
