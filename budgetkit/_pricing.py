@@ -5,7 +5,8 @@ then genai-prices. genai-prices (and with it pydantic and httpx2) is imported
 lazily on the first call that needs it, so ``import budgetkit`` stays light.
 
 Each call is priced on its own, because tiered prices depend on the size of the
-request. An unknown model is ``None`` (cost unknown), never zero.
+request. An unknown model is ``None`` (cost unknown), never zero; so is a
+reported cost of zero for a call that used tokens of a model no table knows.
 
 genai-prices' ``calc_price`` re-validates its price table on every call, which
 costs tens of microseconds. The model lookup is cached here per
@@ -154,6 +155,10 @@ def price_usage(
 ) -> Decimal | None:
     """Return the USD cost of one call, or ``None`` when it cannot be priced.
 
+    A cost the provider or gateway reported wins, except a reported cost of zero for a
+    call that used tokens: that is priced from the tables like an unreported one, and is
+    unknown (``None``) when no table knows the model.
+
     Args:
         usage: the call's usage; ``usage.model`` names the model.
         prices: a validated user price table (see :func:`validate_prices`):
@@ -164,8 +169,9 @@ def price_usage(
     Returns:
         The cost as a ``Decimal``, or ``None`` when the model is unknown.
     """
-    if usage.reported_cost_usd is not None:
-        return usage.reported_cost_usd
+    reported = usage.reported_cost_usd
+    if reported is not None and (reported or not _used_anything(usage)):
+        return reported
     model = usage.model
     if not model:
         return None
@@ -173,6 +179,10 @@ def price_usage(
         if prices is not None and (rates := prices.get(model)) is not None:
             return _price_with_rates(usage, rates)
         return _price_with_genai_prices(usage, model, when)
+
+
+def _used_anything(usage: Usage) -> bool:
+    return bool(usage.input_tokens or usage.output_tokens)
 
 
 def price_units(

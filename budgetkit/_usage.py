@@ -34,7 +34,8 @@ class Usage:
     provider: str | None = None
     """Provider id hint for pricing (``openai``, ``anthropic``, ``google``, ``aws`` ...)."""
     reported_cost_usd: Decimal | None = None
-    """A cost the provider or gateway reported (LiteLLM, OpenRouter); wins over the price table."""
+    """A cost the provider or gateway reported (LiteLLM, OpenRouter); wins over the price
+    table, except a cost of zero for a call that used tokens (see the money concepts page)."""
 
     @property
     def total_tokens(self) -> int:

@@ -404,3 +404,51 @@ def test_session_cost_ignores_the_callers_decimal_context() -> None:
 
     # (1034 x 0.15 + 200 x 0.075 + 567 x 0.6) / 1e6
     assert session.usage.cost_usd == Decimal("0.0005103")
+
+
+# -- a reported cost of zero -----------------------------------------------------------------
+
+
+def test_reported_zero_cost_for_a_known_model_is_priced_from_the_table() -> None:
+    """A gateway's ``cost: 0`` for a call that used tokens of a model the table knows is
+    not believed: the table prices it. (1000 x 0.15 + 500 x 0.6) / 1e6."""
+    usage = Usage(1000, 500, model="gpt-4o-mini", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) == Decimal("0.00045")
+    prices = validate_prices({"my-llama": (1, 2)})
+    local = Usage(1000, 500, model="my-llama", reported_cost_usd=Decimal("0.0"))
+    assert price_usage(local, prices=prices) == Decimal("0.002")
+
+
+def test_reported_zero_cost_for_an_unknown_model_is_unknown() -> None:
+    """Fail closed: ``cost: 0`` with tokens of a model no table knows is an unknown cost."""
+    usage = Usage(1000, 500, model="my-local-llama", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) is None
+    assert price_usage(Usage(1000, 500, reported_cost_usd=Decimal(0))) is None
+
+
+def test_reported_zero_cost_without_tokens_is_zero() -> None:
+    """Nothing used, nothing charged: a zero cost for zero tokens stands."""
+    usage = Usage(0, 0, model="my-local-llama", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) == Decimal(0)
+
+
+def test_reported_zero_cost_in_a_session() -> None:
+    """OpenRouter-style ``usage.cost: 0``: charged from the table for a known model, counted
+    as unpriced for an unknown one."""
+
+    @budget.llm_call
+    def ask(model: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "cost": 0},
+        }
+
+    with SessionBudget(handoff_dir=None) as session:
+        ask("openai/gpt-4o-mini")
+        ask("someone/home-made-7b")
+
+    assert session.usage.cost_usd == Decimal("0.00045")
+    assert session.usage.unpriced_calls == 1
