@@ -11,8 +11,9 @@ reported cost of zero for a call that used tokens of a model no table knows.
 genai-prices' ``calc_price`` re-validates its price table on every call, which
 costs tens of microseconds. The model lookup is cached here per
 ``(provider, model)``, and for the common price shapes (flat or tiered input,
-output, cache-read and cache-write rates) the price is computed directly with
-exactly genai-prices' arithmetic; every other shape goes through ``calc_price``.
+output, cache-read, cache-write and 1-hour cache-write rates, web searches) the
+price is computed directly with exactly genai-prices' arithmetic; every other
+shape goes through ``calc_price``, with every count the call reported.
 
 All decimal arithmetic runs in budgetkit's own context (:data:`CONTEXT`), never
 the caller's: a program that lowers ``decimal.getcontext().prec`` or traps
@@ -58,7 +59,7 @@ _ESTIMATE_KEYS: Final = frozenset(
 )
 
 # Price keys the direct computation handles, with the usage key each one prices.
-# Keys whose usage budgetkit never reports (1h cache writes, searches) price a
+# Storage searches are never reported by the shapes budgetkit reads: they price a
 # count of zero, exactly as in genai-prices.
 _DIRECT_PRICE_KEYS: Final = {
     "input_mtok": "input_tokens",
@@ -70,7 +71,31 @@ _DIRECT_PRICE_KEYS: Final = {
     "storage_searches_kcount": "storage_searches",
 }
 _COUNTED_USAGE_KEYS: Final = frozenset(
-    {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"}
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "web_searches",
+    }
+)
+# The counts of ``Counts`` (what ``price_units`` is given), by usage key.
+_UNIT_RATE_KEYS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
+# budgetkit's own fields, by genai-prices usage key: ``details`` never overrides them.
+_MAIN_USAGE_KEYS: Final = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_reasoning_tokens",
+    }
 )
 
 
@@ -97,30 +122,45 @@ class _DirectPrice(NamedTuple):
     """A genai-prices ``ModelPrice`` whose arithmetic budgetkit reproduces exactly."""
 
     terms: tuple[_Term, ...]
-    """The token prices (input, output, cache read, cache write)."""
+    """The prices of the units budgetkit counts (input, output, cache read, cache write,
+    1-hour cache write, web searches)."""
     zero: Decimal
-    """``Decimal(0)`` plus the zero terms of the units budgetkit never counts (searches,
-    1h cache writes): they change only the exponent of genai-prices' result, and
-    adding them keeps the result identical, digit for digit."""
+    """``Decimal(0)`` plus the zero terms of the units budgetkit never counts (storage
+    searches): they change only the exponent of genai-prices' result, and adding them
+    keeps the result identical, digit for digit."""
     prices_cache_read: bool
     prices_cache_write: bool
+    prices_cache_write_1h: bool
     units: _UnitRates | None
     """The same price in integers, when every rate is flat and a whole number of units."""
 
     def price(self, usage: Usage) -> Decimal | None:
-        """Price ``usage``; ``None`` when genai-prices would reject it (it then decides)."""
-        input_leaf = usage.input_tokens
+        """Price ``usage`` (in :data:`CONTEXT`); ``None`` when genai-prices would reject it
+        (it then decides).
+
+        As genai-prices' ``compute_leaf_values``: each priced unit is charged for the
+        count it reports less its priced parts (1-hour writes are part of the cache
+        writes, cache reads and writes part of the input); a part without a price of
+        its own stays in its parent.
+        """
+        details = usage.details
+        write_1h = details.get("cache_write_1h_tokens", 0) if details else 0
+        input_leaf, write_leaf = usage.input_tokens, usage.cache_write_tokens
         if self.prices_cache_read:
             input_leaf -= usage.cache_read_tokens
         if self.prices_cache_write:
-            input_leaf -= usage.cache_write_tokens
-        if input_leaf < 0 or usage.reasoning_tokens > usage.output_tokens:
+            input_leaf -= write_leaf
+            if self.prices_cache_write_1h:
+                write_leaf -= write_1h
+        if input_leaf < 0 or write_leaf < 0 or usage.reasoning_tokens > usage.output_tokens:
             return None
         counts = {
             "input_tokens": input_leaf,
             "output_tokens": usage.output_tokens,
             "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
+            "cache_write_tokens": write_leaf,
+            "cache_write_1h_tokens": write_1h,
+            "web_searches": details.get("web_searches", 0) if details else 0,
         }
         total = self.zero
         for term in self.terms:
@@ -182,7 +222,7 @@ def price_usage(
 
 
 def _used_anything(usage: Usage) -> bool:
-    return bool(usage.input_tokens or usage.output_tokens)
+    return bool(usage.input_tokens or usage.output_tokens or any(usage.details.values()))
 
 
 def price_units(
@@ -372,15 +412,25 @@ def _price_with_genai_prices(usage: Usage, model: str, when: datetime | None) ->
 
 def _calc_price(found: _Found, usage: Usage, when: datetime | None) -> Decimal:
     from genai_prices import Usage as GenaiUsage
+    from genai_prices.units import _get_registry  # not exported
 
-    genai_usage = GenaiUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        output_reasoning_tokens=usage.reasoning_tokens,
+    counts: dict[str, int] = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_reasoning_tokens": usage.reasoning_tokens,
+    }
+    if usage.details:
+        units = _get_registry().units
+        counts.update(
+            (key, count)
+            for key, count in usage.details.items()
+            if key in units and key not in _MAIN_USAGE_KEYS and key != "requests"
+        )
+    calculation = found.model.calc_price(
+        GenaiUsage(**counts), found.provider, genai_request_timestamp=when
     )
-    calculation = found.model.calc_price(genai_usage, found.provider, genai_request_timestamp=when)
     return calculation.total_price
 
 
@@ -458,15 +508,26 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
             zero += price * Decimal(0) / unit.per
     priced = {term.usage_key for term in terms}
     cache_read, cache_write = "cache_read_tokens" in priced, "cache_write_tokens" in priced
+    cache_write_1h = "cache_write_1h_tokens" in priced
+    if cache_write_1h and not cache_write:  # genai-prices rejects this price: let it say so
+        return None
     return _DirectPrice(
-        tuple(terms), zero, cache_read, cache_write, _unit_rates(terms, cache_read, cache_write)
+        tuple(terms),
+        zero,
+        cache_read,
+        cache_write,
+        cache_write_1h,
+        _unit_rates(terms, cache_read, cache_write),
     )
 
 
 def _unit_rates(terms: list[_Term], cache_read: bool, cache_write: bool) -> _UnitRates | None:
-    """Whole units per token for each term, or ``None`` (a tier, or a finer rate)."""
+    """Whole units per token for each term of :data:`Counts`, or ``None`` (a tier, or a
+    finer rate). The other terms (1-hour writes, web searches) count zero in ``Counts``."""
     rates: dict[str, int] = {}
     for term in terms:
+        if term.usage_key not in _UNIT_RATE_KEYS:
+            continue
         if not isinstance(term.price, Decimal):
             return None
         per_token = term.price * UNITS_PER_USD / term.per

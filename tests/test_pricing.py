@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import genai_prices
 import openai
 import pytest
 from genai_prices.data_snapshot import DataSnapshot
+from genai_prices.types import ModelPrice
 
 from budgetkit import SessionBudget, _money, _pricing, budget
 from budgetkit._pricing import price_estimate, price_units, price_usage, validate_prices
@@ -339,6 +341,100 @@ def test_importing_budgetkit_does_not_import_pricing_dependencies() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+# -- 1-hour cache writes ---------------------------------------------------------------------
+
+SONNET_1H_BODY: dict[str, Any] = {
+    "id": "msg_1h",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "cached for an hour"}],
+    "stop_reason": "end_turn",
+    "usage": {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "cache_creation_input_tokens": 100_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100_000},
+    },
+}
+
+
+def test_anthropic_one_hour_cache_writes_cost_the_one_hour_rate() -> None:
+    """100k tokens written to the 1-hour cache of claude-sonnet-4-5 cost $6 per million, not
+    the 5-minute $3.75: (1000 x 3 + 100000 x 6 + 500 x 15) / 1e6 = 0.6105 (it was 0.3855)."""
+
+    @budget.llm_call
+    def ask(client: anthropic.Anthropic) -> Any:
+        return client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=512,
+            messages=[{"role": "user", "content": "Cache the context for an hour."}],
+        )
+
+    with (
+        StubServer(reply=lambda _request: SONNET_1H_BODY) as stub,
+        anthropic.Anthropic(
+            base_url=stub.anthropic_base_url, api_key="test", max_retries=0
+        ) as client,
+        SessionBudget(max_usd=10, handoff_dir=None) as session,
+    ):
+        message = ask(client)
+
+    assert message.usage.cache_creation is not None
+    assert message.usage.cache_creation.ephemeral_1h_input_tokens == 100_000
+    assert session.usage.cost_usd == Decimal("0.6105")
+    expected = genai_prices.extract_usage(SONNET_1H_BODY, provider_id="anthropic").calc_price()
+    assert expected.total_price == Decimal("0.6105")
+
+
+def _models_pricing(price_key: str) -> list[tuple[str, str]]:
+    from genai_prices.data_snapshot import get_snapshot
+
+    return [
+        (provider.id, model.id)
+        for provider in get_snapshot().providers
+        for model in provider.models
+        if isinstance(model.prices, ModelPrice) and getattr(model.prices, price_key) is not None
+    ]
+
+
+def test_one_hour_cache_writes_equal_calc_price_for_every_model_that_prices_them() -> None:
+    """Every model with a 1-hour cache-write price: 5-minute and 1-hour writes, cache reads
+    and web searches priced exactly as genai-prices prices them."""
+    models = _models_pricing("cache_write_1h_mtok")
+    checked = 0
+    for provider, model in models:
+        for write_1h in (0, 30_000, 100_000):
+            usage = Usage(
+                151_000,
+                500,
+                20_000,
+                100_000,
+                model=model,
+                provider=provider,
+                details={"cache_write_1h_tokens": write_1h, "web_searches": 3},
+            )
+            try:
+                reference: Decimal | None = genai_prices.calc_price(
+                    genai_prices.Usage(
+                        input_tokens=151_000,
+                        output_tokens=500,
+                        cache_read_tokens=20_000,
+                        cache_write_tokens=100_000,
+                        cache_write_1h_tokens=write_1h,
+                        web_searches=3,
+                    ),
+                    model,
+                    provider_id=provider,
+                ).total_price
+            except LookupError:  # an id its own match rules do not match
+                reference = None
+            assert price_usage(usage) == reference, (provider, model, write_1h)
+            checked += reference is not None
+    assert checked > 150
 
 
 # -- the caller's decimal context ------------------------------------------------------------
