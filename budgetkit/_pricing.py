@@ -182,6 +182,7 @@ class _Found(NamedTuple):
 
 _lock = threading.Lock()
 _cache: dict[tuple[str | None, str], _Found | None] = {}
+_unit_cache: dict[tuple[str | None, str], _UnitRates] = {}  # the models of _cache with them
 _cache_snapshot: object = None
 _direct_cache: dict[int, tuple[ModelPrice, _DirectPrice | None]] = {}
 _get_snapshot: Callable[[], DataSnapshot] | None = None
@@ -240,13 +241,20 @@ def price_units(
     if not model:
         return None
     if not (prices and model in prices):
-        try:
-            found = _lookup(provider, model)
-        except (LookupError, ValueError, TypeError):
-            return None
-        if found is None:
-            return None
-        rates = None if found.direct is None else found.direct.units
+        get_snapshot = _get_snapshot  # the hot path: a cached model with integer rates
+        rates = (
+            _unit_cache.get((provider, model))
+            if get_snapshot is not None and get_snapshot() is _cache_snapshot
+            else None
+        )
+        if rates is None:
+            try:
+                found = _lookup(provider, model)
+            except (LookupError, ValueError, TypeError):
+                return None
+            if found is None:
+                return None
+            rates = None if found.direct is None else found.direct.units
         if rates is not None:
             inp, out, cache_read, cache_write, reasoning = counts
             input_rate, output_rate, read_rate, write_rate, prices_read, prices_write = rates
@@ -453,9 +461,12 @@ def _lookup(provider: str | None, model: str) -> _Found | None:
     with _lock:
         if snapshot is not _cache_snapshot:
             _cache.clear()
+            _unit_cache.clear()
             _direct_cache.clear()
             _cache_snapshot = snapshot
         _cache[key] = found
+        if found is not None and found.direct is not None and found.direct.units is not None:
+            _unit_cache[key] = found.direct.units
     return found
 
 

@@ -33,9 +33,11 @@ AFTER_SONNET_PRICE_CHANGE = datetime(2026, 6, 1, tzinfo=UTC)
 def _empty_price_cache() -> Iterator[None]:
     """Each test starts with budgetkit's model lookup cache empty."""
     _pricing._cache.clear()
+    _pricing._unit_cache.clear()
     _pricing._direct_cache.clear()
     yield
     _pricing._cache.clear()
+    _pricing._unit_cache.clear()
     _pricing._direct_cache.clear()
 
 
