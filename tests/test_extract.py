@@ -15,7 +15,7 @@ import pydantic
 import pytest
 from anthropic.types import Message, RawMessageStartEvent, RawMessageStreamEvent
 from google.genai import types as gemini
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseCompletedEvent
 
@@ -1118,3 +1118,38 @@ def test_anthropic_stream_with_one_hour_cache_writes() -> None:
     expected = genai_prices.extract_usage(body, provider_id="anthropic").calc_price().total_price
     assert session.usage.cost_usd == expected
     assert session.usage.cache_write_tokens == 100_000
+
+
+def test_langchain_stream_chunks_keep_the_one_hour_writes() -> None:
+    """LangChain chunks are added up; the 1-hour writes of the first chunk stay in the sum.
+    (This checks ``Usage.__add__``, which sums ``details``.)"""
+    body = anthropic_body("claude-haiku-4-5", (30_000, 70_000))
+    body["usage"]["server_tool_use"]["web_search_requests"] = 0  # LangChain drops them
+    whole = langchain_from_anthropic(body).usage_metadata
+    assert whole is not None
+    first = AIMessageChunk(
+        content="",
+        usage_metadata={**whole, "output_tokens": 0, "total_tokens": whole["input_tokens"]},
+        response_metadata={"model_name": "claude-haiku-4-5"},
+    )
+    last = AIMessageChunk(
+        content="hi",
+        usage_metadata={
+            "input_tokens": 0,
+            "output_tokens": whole["output_tokens"],
+            "total_tokens": whole["output_tokens"],
+        },
+    )
+
+    @budget.llm_call
+    def stream() -> Iterator[AIMessageChunk]:
+        yield first
+        yield last
+
+    with SessionBudget(handoff_dir=None) as session:
+        for _chunk in stream():
+            pass
+
+    expected = genai_prices.extract_usage(body, provider_id="anthropic").calc_price().total_price
+    assert session.usage.cost_usd == expected
+    assert (session.usage.input_tokens, session.usage.output_tokens) == (121_000, 500)
