@@ -16,6 +16,11 @@ plain dicts:
 Counts are normalised to be inclusive: Anthropic and Bedrock report input
 tokens without cache reads and writes, so those are added; OpenAI, Gemini and
 LangChain counts already include them.
+
+The finer counts some models price apart (1-hour cache writes, audio, image and
+video tokens, web searches) go to ``Usage.details`` under genai-prices' usage
+keys, read as genai-prices' own extractors read each provider's body, so a call
+is priced exactly as genai-prices prices that body.
 """
 
 from __future__ import annotations
@@ -49,18 +54,74 @@ ANTHROPIC_USAGE_FIELDS: Final = (
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
+    "cache_creation",
+    "server_tool_use",
     "output_tokens_details",
 )
 """Fields of an Anthropic usage block; each overwrites on ``message_delta``."""
 
-GEMINI_USAGE_FIELDS: Final = {
+_GEMINI_COUNT_FIELDS: Final = {
     "prompt_token_count": "promptTokenCount",
     "candidates_token_count": "candidatesTokenCount",
     "thoughts_token_count": "thoughtsTokenCount",
     "cached_content_token_count": "cachedContentTokenCount",
     "tool_use_prompt_token_count": "toolUsePromptTokenCount",
 }
+
+# Gemini's per-modality breakdowns, as genai-prices' extractor reads them: the first entry
+# of each modality, DOCUMENT counted as IMAGE, tool-use prompt tokens both as input of their
+# modality and as tool input.
+_GEMINI_MODALITY_FIELDS: Final[dict[str, tuple[str, dict[str, tuple[str, ...]]]]] = {
+    "prompt_tokens_details": (
+        "promptTokensDetails",
+        {
+            "TEXT": ("input_text_tokens",),
+            "AUDIO": ("input_audio_tokens",),
+            "IMAGE": ("input_image_tokens",),
+            "DOCUMENT": ("input_image_tokens",),
+            "VIDEO": ("input_video_tokens",),
+        },
+    ),
+    "cache_tokens_details": (
+        "cacheTokensDetails",
+        {
+            "TEXT": ("cache_text_read_tokens",),
+            "AUDIO": ("cache_audio_read_tokens",),
+            "IMAGE": ("cache_image_read_tokens",),
+            "DOCUMENT": ("cache_image_read_tokens",),
+            "VIDEO": ("cache_video_read_tokens",),
+        },
+    ),
+    "candidates_tokens_details": (
+        "candidatesTokensDetails",
+        {
+            "TEXT": ("output_text_tokens",),
+            "AUDIO": ("output_audio_tokens",),
+            "IMAGE": ("output_image_tokens",),
+            "DOCUMENT": ("output_image_tokens",),
+            "VIDEO": ("output_video_tokens",),
+        },
+    ),
+    "tool_use_prompt_tokens_details": (
+        "toolUsePromptTokensDetails",
+        {
+            "TEXT": ("input_text_tokens", "input_text_tool_tokens"),
+            "AUDIO": ("input_audio_tokens", "input_audio_tool_tokens"),
+            "IMAGE": ("input_image_tokens", "input_image_tool_tokens"),
+            "DOCUMENT": ("input_image_tokens", "input_image_tool_tokens"),
+            "VIDEO": ("input_video_tokens", "input_video_tool_tokens"),
+        },
+    ),
+}
+
+GEMINI_USAGE_FIELDS: Final = {
+    **_GEMINI_COUNT_FIELDS,
+    **{snake: camel for snake, (camel, _) in _GEMINI_MODALITY_FIELDS.items()},
+}
 """Gemini usage fields, snake_case name to the camelCase JSON name."""
+
+# Bedrock's cacheDetails: the first entry of each TTL, as genai-prices reads it.
+_BEDROCK_CACHE_TTLS: Final = {"5m": "cache_write_5m_tokens", "1h": "cache_write_1h_tokens"}
 
 _MISSING: Final = object()
 _CLASS_ATTRIBUTES: dict[tuple[type, str], bool] = {}
@@ -154,13 +215,18 @@ def _read_chat_completion(response: Any) -> DirectRead | None:
         details = usage.prompt_tokens_details
         if details is None:
             cache_read = cache_write = 0
-        elif details.__pydantic_extra__:
+        elif details.__pydantic_extra__ or details.audio_tokens:  # audio: priced apart
             return None
         else:  # cached_tokens None: the general reader looks for DeepSeek's field
             cache_read = details.cached_tokens
             cache_write = details.cache_write_tokens or 0
         details = usage.completion_tokens_details
-        reasoning = 0 if details is None else details.reasoning_tokens or 0
+        if details is None:
+            reasoning = 0
+        elif details.audio_tokens:
+            return None
+        else:
+            reasoning = details.reasoning_tokens or 0
         model = response.model
     except AttributeError:  # a field this SDK version does not declare
         return None
@@ -242,22 +308,62 @@ def _from_block(block: object, container: object, model: str | None) -> Usage | 
 def _openai_chat(container: object, usage: object, prompt: object, model: str | None) -> Usage:
     """OpenAI Chat Completions usage; ``prompt_tokens`` already includes cached tokens.
 
-    Also LiteLLM, whose usage carries Anthropic-style cache attributes next to an
-    inclusive ``prompt_tokens``: those are never added again.
+    Also the gateways built on it. LiteLLM's usage carries Anthropic-style cache
+    attributes next to an inclusive ``prompt_tokens``: they are never added again, and
+    its cache writes (``cache_write_tokens``, ``cache_creation_tokens`` in older
+    releases), their TTL split and web searches are read where LiteLLM puts them.
     """
+    details: dict[str, int] = {}
     prompt_details = _get(usage, "prompt_tokens_details")
     completion_details = _get(usage, "completion_tokens_details")
-    cache_read = _get(prompt_details, "cached_tokens") if prompt_details is not None else None
-    if cache_read is None:  # DeepSeek reports cache hits at the top level.
+    cache_read = cache_write = None
+    if prompt_details is not None:
+        cache_read = _get(prompt_details, "cached_tokens")
+        cache_write = _get(prompt_details, "cache_write_tokens")
+        if cache_write is None:  # older LiteLLM
+            cache_write = _get_rare(prompt_details, "cache_creation_tokens")
+        _put(
+            details,
+            "input_audio_tokens",
+            prompt_details,
+            "audio_tokens",
+            "usage.prompt_tokens_details",
+        )
+        split = _get_rare(prompt_details, "cache_creation_token_details")
+        if split is not None:  # LiteLLM on an Anthropic route
+            _cache_ttl_split(
+                details, split, "usage.prompt_tokens_details.cache_creation_token_details"
+            )
+    if cache_read is None:  # DeepSeek's; LiteLLM and Databricks name them Anthropic's way
         cache_read = _get_rare(usage, "prompt_cache_hit_tokens")
+        if cache_read is None:
+            cache_read = _get_rare(usage, "cache_read_input_tokens")
+    if cache_write is None:
+        cache_write = _get_rare(usage, "cache_creation_input_tokens")
+    if completion_details is not None:
+        _put(
+            details,
+            "output_audio_tokens",
+            completion_details,
+            "audio_tokens",
+            "usage.completion_tokens_details",
+        )
+    tools = _get_rare(usage, "server_tool_use")  # LiteLLM
+    if tools is not None:
+        _put(details, "web_searches", tools, "web_search_requests", "usage.server_tool_use")
+    elif prompt_details is not None:
+        _put(
+            details,
+            "web_searches",
+            _get_rare(prompt_details, "web_search_requests"),
+            None,
+            "usage.prompt_tokens_details.web_search_requests",
+        )
     return Usage(
         input_tokens=_count(prompt, "usage.prompt_tokens"),
         output_tokens=_count(_get(usage, "completion_tokens"), "usage.completion_tokens"),
         cache_read_tokens=_count(cache_read, "usage.prompt_tokens_details.cached_tokens"),
-        cache_write_tokens=_count(
-            _get(prompt_details, "cache_write_tokens") if prompt_details is not None else None,
-            "usage.prompt_tokens_details.cache_write_tokens",
-        ),
+        cache_write_tokens=_count(cache_write, "usage.prompt_tokens_details.cache_write_tokens"),
         reasoning_tokens=_count(
             _get(completion_details, "reasoning_tokens")
             if completion_details is not None
@@ -266,6 +372,7 @@ def _openai_chat(container: object, usage: object, prompt: object, model: str | 
         ),
         model=_model_of(container) or model,
         reported_cost_usd=_reported_cost(container, usage),
+        details=details,
     )
 
 
@@ -276,35 +383,36 @@ def _inclusive_input(block: object, model: str | None, cost: Decimal | None) -> 
     excludes ``cache_creation_input_tokens`` and ``cache_read_input_tokens``; only
     Anthropic reports those two fields, so adding them is always right.
     """
+    details: dict[str, int] = {}
     input_tokens = _count(_get(block, "input_tokens"), "usage.input_tokens")
     anthropic_write = _count(
         _get(block, "cache_creation_input_tokens"), "usage.cache_creation_input_tokens"
     )
     anthropic_read = _count(_get(block, "cache_read_input_tokens"), "usage.cache_read_input_tokens")
     cache_read, cache_write, reasoning = anthropic_read, anthropic_write, 0
-    if (details := _get(block, "input_tokens_details")) is not None:  # Responses API
+    if (split := _get(block, "cache_creation")) is not None:  # Anthropic's TTL split
+        _cache_ttl_split(details, split, "usage.cache_creation")
+    if (tools := _get(block, "server_tool_use")) is not None:  # Anthropic
+        _put(details, "web_searches", tools, "web_search_requests", "usage.server_tool_use")
+    if (found := _get(block, "input_tokens_details")) is not None:  # Responses API
         cache_read = _count(
-            _get(details, "cached_tokens"), "usage.input_tokens_details.cached_tokens"
+            _get(found, "cached_tokens"), "usage.input_tokens_details.cached_tokens"
         )
         cache_write = _count(
-            _get(details, "cache_write_tokens"), "usage.input_tokens_details.cache_write_tokens"
+            _get(found, "cache_write_tokens"), "usage.input_tokens_details.cache_write_tokens"
         )
-    elif (details := _get(block, "input_token_details")) is not None:  # LangChain
-        cache_read = _count(
-            _get(details, "cache_read"), "usage_metadata.input_token_details.cache_read"
-        )
-        cache_write = _count(
-            _get(details, "cache_creation"), "usage_metadata.input_token_details.cache_creation"
-        )
-    if (details := _get(block, "output_tokens_details")) is not None:  # Responses, Anthropic
-        reasoning_value = _get(details, "reasoning_tokens")
+    elif (found := _get(block, "input_token_details")) is not None:  # LangChain
+        cache_read, cache_write = _langchain_input_details(found, details)
+    if (found := _get(block, "output_tokens_details")) is not None:  # Responses, Anthropic
+        reasoning_value = _get(found, "reasoning_tokens")
         if reasoning_value is None:
-            reasoning_value = _get(details, "thinking_tokens")
+            reasoning_value = _get(found, "thinking_tokens")
         reasoning = _count(reasoning_value, "usage.output_tokens_details.reasoning_tokens")
-    elif (details := _get(block, "output_token_details")) is not None:  # LangChain
+    elif (found := _get(block, "output_token_details")) is not None:  # LangChain
         reasoning = _count(
-            _get(details, "reasoning"), "usage_metadata.output_token_details.reasoning"
+            _get(found, "reasoning"), "usage_metadata.output_token_details.reasoning"
         )
+        _put(details, "output_audio_tokens", found, "audio", "usage_metadata.output_token_details")
     return Usage(
         input_tokens=input_tokens + anthropic_read + anthropic_write,
         output_tokens=_count(_get(block, "output_tokens"), "usage.output_tokens"),
@@ -313,13 +421,68 @@ def _inclusive_input(block: object, model: str | None, cost: Decimal | None) -> 
         reasoning_tokens=reasoning,
         model=model,
         reported_cost_usd=cost,
+        details=details,
     )
+
+
+def _langchain_input_details(found: object, details: dict[str, int]) -> tuple[int, int]:
+    """LangChain ``input_token_details``: ``(cache read, cache write)``, the rest to ``details``.
+
+    langchain-anthropic reports the cache writes' TTL split as ``ephemeral_5m_input_tokens``
+    and ``ephemeral_1h_input_tokens``; its current releases then set ``cache_creation`` to 0,
+    older ones kept the total there too. The writes are the larger of the two readings.
+    """
+    where = "usage_metadata.input_token_details"
+    cache_read = _count(_get(found, "cache_read"), f"{where}.cache_read")
+    creation = _count(_get(found, "cache_creation"), f"{where}.cache_creation")
+    five = _count(_get(found, "ephemeral_5m_input_tokens"), f"{where}.ephemeral_5m_input_tokens")
+    hour = _count(_get(found, "ephemeral_1h_input_tokens"), f"{where}.ephemeral_1h_input_tokens")
+    _put(details, "cache_write_5m_tokens", five)
+    _put(details, "cache_write_1h_tokens", hour)
+    _put(details, "input_audio_tokens", found, "audio", where)
+    return cache_read, max(creation, five + hour)
+
+
+def _cache_ttl_split(details: dict[str, int], split: object, where: str) -> None:
+    """Anthropic's ``cache_creation``: the cache writes by time to live."""
+    _put(details, "cache_write_5m_tokens", split, "ephemeral_5m_input_tokens", where)
+    _put(details, "cache_write_1h_tokens", split, "ephemeral_1h_input_tokens", where)
+
+
+def _put(
+    details: dict[str, int],
+    key: str,
+    source: object,
+    name: str | None = None,
+    where: str = "",
+) -> None:
+    """Add a count to ``details`` (counts of zero are left out).
+
+    ``source`` is the count itself (``name`` ``None``), or the object holding it as ``name``;
+    ``where`` names its container in a :class:`MalformedUsageError`.
+    """
+    if name is None:
+        count = source if type(source) is int else _count(source, where)
+    else:
+        count = _count(_get(source, name), f"{where}.{name}")
+    if count:
+        details[key] = details.get(key, 0) + count
 
 
 def _bedrock(block: object, model: str | None) -> Usage:
     """Bedrock Converse: ``inputTokens`` excludes the cache counts, so add them."""
     cache_read = _count(_get(block, "cacheReadInputTokens"), "usage.cacheReadInputTokens")
     cache_write = _count(_get(block, "cacheWriteInputTokens"), "usage.cacheWriteInputTokens")
+    details: dict[str, int] = {}
+    entries = _get(block, "cacheDetails")
+    if isinstance(entries, (list, tuple)):
+        seen: set[str] = set()
+        for entry in entries:
+            ttl = _get(entry, "ttl")
+            key = _BEDROCK_CACHE_TTLS.get(ttl.lower()) if isinstance(ttl, str) else None
+            if key is not None and key not in seen:  # the first entry of each TTL
+                seen.add(key)
+                _put(details, key, entry, "inputTokens", "usage.cacheDetails[]")
     return Usage(
         input_tokens=_count(_get(block, "inputTokens"), "usage.inputTokens")
         + cache_read
@@ -329,6 +492,7 @@ def _bedrock(block: object, model: str | None) -> Usage:
         cache_write_tokens=cache_write,
         model=model,
         provider="aws",
+        details=details,
     )
 
 
@@ -336,13 +500,19 @@ def _gemini(metadata: object, model: str | None) -> Usage | None:
     """Gemini: input = prompt + tool-use prompt; output = candidates + thoughts."""
     counts = {
         snake: _count(_gemini_value(metadata, snake, camel), f"usage_metadata.{snake}")
-        for snake, camel in GEMINI_USAGE_FIELDS.items()
+        for snake, camel in _GEMINI_COUNT_FIELDS.items()
     }
     if (
         not any(counts.values())
         and _gemini_value(metadata, "prompt_token_count", "promptTokenCount") is None
     ):
         return None
+    details: dict[str, int] = {}
+    _put(details, "input_tool_tokens", counts["tool_use_prompt_token_count"])
+    for snake, (camel, keys_of) in _GEMINI_MODALITY_FIELDS.items():
+        entries = _gemini_value(metadata, snake, camel)
+        if isinstance(entries, (list, tuple)):
+            _gemini_modalities(details, entries, keys_of, f"usage_metadata.{snake}[]")
     thoughts = counts["thoughts_token_count"]
     return Usage(
         input_tokens=counts["prompt_token_count"] + counts["tool_use_prompt_token_count"],
@@ -350,7 +520,30 @@ def _gemini(metadata: object, model: str | None) -> Usage | None:
         cache_read_tokens=counts["cached_content_token_count"],
         reasoning_tokens=thoughts,
         model=_strip_models_prefix(model),
+        details=details,
     )
+
+
+def _gemini_modalities(
+    details: dict[str, int],
+    entries: list[object] | tuple[object, ...],
+    keys_of: Mapping[str, tuple[str, ...]],
+    where: str,
+) -> None:
+    """One breakdown (``[{modality, token_count}, ...]``): the first entry of each modality."""
+    seen: set[str] = set()
+    for entry in entries:
+        modality = _get(entry, "modality")
+        if not isinstance(modality, str):  # a MediaModality is a str enum
+            continue
+        modality = modality.upper()
+        keys = keys_of.get(modality)
+        if keys is None or modality in seen:
+            continue
+        seen.add(modality)
+        count = _count(_gemini_value(entry, "token_count", "tokenCount"), f"{where}.token_count")
+        for key in keys:
+            _put(details, key, count)
 
 
 def _gemini_value(metadata: object, snake: str, camel: str) -> object:

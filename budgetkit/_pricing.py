@@ -5,21 +5,28 @@ then genai-prices. genai-prices (and with it pydantic and httpx2) is imported
 lazily on the first call that needs it, so ``import budgetkit`` stays light.
 
 Each call is priced on its own, because tiered prices depend on the size of the
-request. An unknown model is ``None`` (cost unknown), never zero.
+request. An unknown model is ``None`` (cost unknown), never zero; so is a
+reported cost of zero for a call that used tokens of a model no table knows.
 
 genai-prices' ``calc_price`` re-validates its price table on every call, which
 costs tens of microseconds. The model lookup is cached here per
 ``(provider, model)``, and for the common price shapes (flat or tiered input,
-output, cache-read and cache-write rates) the price is computed directly with
-exactly genai-prices' arithmetic; every other shape goes through ``calc_price``.
+output, cache-read, cache-write and 1-hour cache-write rates, web searches) the
+price is computed directly with exactly genai-prices' arithmetic; every other
+shape goes through ``calc_price``, with every count the call reported.
+
+All decimal arithmetic runs in budgetkit's own context (:data:`CONTEXT`), never
+the caller's: a program that lowers ``decimal.getcontext().prec`` or traps
+``Inexact`` gets the same prices as any other.
 """
 
 from __future__ import annotations
 
+import decimal
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ._money import UNITS_PER_USD, to_units
@@ -30,7 +37,28 @@ if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-__all__ = ["context_window", "price_estimate", "price_units", "price_usage", "validate_prices"]
+__all__ = [
+    "CONTEXT",
+    "context_window",
+    "price_estimate",
+    "price_units",
+    "price_usage",
+    "validate_prices",
+]
+
+CONTEXT: Final = decimal.Context(
+    prec=60,
+    rounding=decimal.ROUND_CEILING,
+    Emin=decimal.MIN_EMIN,
+    Emax=decimal.MAX_EMAX,
+    capitals=1,
+    clamp=0,
+    flags=[],
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+"""The decimal context of every price: 60 digits, enough for any price times any count to
+be exact (so prices equal genai-prices' digit for digit), rounding up should a result ever
+need more, so a charge is never lowered."""
 
 _PER_MILLION: Final = 1_000_000
 _ESTIMATE_KEYS: Final = frozenset(
@@ -38,7 +66,7 @@ _ESTIMATE_KEYS: Final = frozenset(
 )
 
 # Price keys the direct computation handles, with the usage key each one prices.
-# Keys whose usage budgetkit never reports (1h cache writes, searches) price a
+# Storage searches are never reported by the shapes budgetkit reads: they price a
 # count of zero, exactly as in genai-prices.
 _DIRECT_PRICE_KEYS: Final = {
     "input_mtok": "input_tokens",
@@ -50,7 +78,31 @@ _DIRECT_PRICE_KEYS: Final = {
     "storage_searches_kcount": "storage_searches",
 }
 _COUNTED_USAGE_KEYS: Final = frozenset(
-    {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"}
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "web_searches",
+    }
+)
+# The counts of ``Counts`` (what ``price_units`` is given), by usage key.
+_UNIT_RATE_KEYS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
+# budgetkit's own fields, by genai-prices usage key: ``details`` never overrides them.
+_MAIN_USAGE_KEYS: Final = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_reasoning_tokens",
+    }
 )
 
 
@@ -77,30 +129,45 @@ class _DirectPrice(NamedTuple):
     """A genai-prices ``ModelPrice`` whose arithmetic budgetkit reproduces exactly."""
 
     terms: tuple[_Term, ...]
-    """The token prices (input, output, cache read, cache write)."""
+    """The prices of the units budgetkit counts (input, output, cache read, cache write,
+    1-hour cache write, web searches)."""
     zero: Decimal
-    """``Decimal(0)`` plus the zero terms of the units budgetkit never counts (searches,
-    1h cache writes): they change only the exponent of genai-prices' result, and
-    adding them keeps the result identical, digit for digit."""
+    """``Decimal(0)`` plus the zero terms of the units budgetkit never counts (storage
+    searches): they change only the exponent of genai-prices' result, and adding them
+    keeps the result identical, digit for digit."""
     prices_cache_read: bool
     prices_cache_write: bool
+    prices_cache_write_1h: bool
     units: _UnitRates | None
     """The same price in integers, when every rate is flat and a whole number of units."""
 
     def price(self, usage: Usage) -> Decimal | None:
-        """Price ``usage``; ``None`` when genai-prices would reject it (it then decides)."""
-        input_leaf = usage.input_tokens
+        """Price ``usage`` (in :data:`CONTEXT`); ``None`` when genai-prices would reject it
+        (it then decides).
+
+        As genai-prices' ``compute_leaf_values``: each priced unit is charged for the
+        count it reports less its priced parts (1-hour writes are part of the cache
+        writes, cache reads and writes part of the input); a part without a price of
+        its own stays in its parent.
+        """
+        details = usage.details
+        write_1h = details.get("cache_write_1h_tokens", 0) if details else 0
+        input_leaf, write_leaf = usage.input_tokens, usage.cache_write_tokens
         if self.prices_cache_read:
             input_leaf -= usage.cache_read_tokens
         if self.prices_cache_write:
-            input_leaf -= usage.cache_write_tokens
-        if input_leaf < 0 or usage.reasoning_tokens > usage.output_tokens:
+            input_leaf -= write_leaf
+            if self.prices_cache_write_1h:
+                write_leaf -= write_1h
+        if input_leaf < 0 or write_leaf < 0 or usage.reasoning_tokens > usage.output_tokens:
             return None
         counts = {
             "input_tokens": input_leaf,
             "output_tokens": usage.output_tokens,
             "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
+            "cache_write_tokens": write_leaf,
+            "cache_write_1h_tokens": write_1h,
+            "web_searches": details.get("web_searches", 0) if details else 0,
         }
         total = self.zero
         for term in self.terms:
@@ -122,6 +189,7 @@ class _Found(NamedTuple):
 
 _lock = threading.Lock()
 _cache: dict[tuple[str | None, str], _Found | None] = {}
+_unit_cache: dict[tuple[str | None, str], _UnitRates] = {}  # the models of _cache with them
 _cache_snapshot: object = None
 _direct_cache: dict[int, tuple[ModelPrice, _DirectPrice | None]] = {}
 _get_snapshot: Callable[[], DataSnapshot] | None = None
@@ -135,6 +203,10 @@ def price_usage(
 ) -> Decimal | None:
     """Return the USD cost of one call, or ``None`` when it cannot be priced.
 
+    A cost the provider or gateway reported wins, except a reported cost of zero for a
+    call that used tokens: that is priced from the tables like an unreported one, and is
+    unknown (``None``) when no table knows the model.
+
     Args:
         usage: the call's usage; ``usage.model`` names the model.
         prices: a validated user price table (see :func:`validate_prices`):
@@ -145,14 +217,20 @@ def price_usage(
     Returns:
         The cost as a ``Decimal``, or ``None`` when the model is unknown.
     """
-    if usage.reported_cost_usd is not None:
-        return usage.reported_cost_usd
+    reported = usage.reported_cost_usd
+    if reported is not None and (reported or not _used_anything(usage)):
+        return reported
     model = usage.model
     if not model:
         return None
-    if prices is not None and (rates := prices.get(model)) is not None:
-        return _price_with_rates(usage, rates)
-    return _price_with_genai_prices(usage, model, when)
+    with localcontext(CONTEXT):
+        if prices is not None and (rates := prices.get(model)) is not None:
+            return _price_with_rates(usage, rates)
+        return _price_with_genai_prices(usage, model, when)
+
+
+def _used_anything(usage: Usage) -> bool:
+    return bool(usage.input_tokens or usage.output_tokens or any(usage.details.values()))
 
 
 def price_units(
@@ -170,13 +248,20 @@ def price_units(
     if not model:
         return None
     if not (prices and model in prices):
-        try:
-            found = _lookup(provider, model)
-        except (LookupError, ValueError, TypeError):
-            return None
-        if found is None:
-            return None
-        rates = None if found.direct is None else found.direct.units
+        get_snapshot = _get_snapshot  # the hot path: a cached model with integer rates
+        rates = (
+            _unit_cache.get((provider, model))
+            if get_snapshot is not None and get_snapshot() is _cache_snapshot
+            else None
+        )
+        if rates is None:
+            try:
+                found = _lookup(provider, model)
+            except (LookupError, ValueError, TypeError):
+                return None
+            if found is None:
+                return None
+            rates = None if found.direct is None else found.direct.units
         if rates is not None:
             inp, out, cache_read, cache_write, reasoning = counts
             input_rate, output_rate, read_rate, write_rate, prices_read, prices_write = rates
@@ -354,15 +439,25 @@ def _price_with_genai_prices(usage: Usage, model: str, when: datetime | None) ->
 
 def _calc_price(found: _Found, usage: Usage, when: datetime | None) -> Decimal:
     from genai_prices import Usage as GenaiUsage
+    from genai_prices.units import _get_registry  # not exported
 
-    genai_usage = GenaiUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        output_reasoning_tokens=usage.reasoning_tokens,
+    counts: dict[str, int] = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_reasoning_tokens": usage.reasoning_tokens,
+    }
+    if usage.details:
+        units = _get_registry().units
+        counts.update(
+            (key, count)
+            for key, count in usage.details.items()
+            if key in units and key not in _MAIN_USAGE_KEYS and key != "requests"
+        )
+    calculation = found.model.calc_price(
+        GenaiUsage(**counts), found.provider, genai_request_timestamp=when
     )
-    calculation = found.model.calc_price(genai_usage, found.provider, genai_request_timestamp=when)
     return calculation.total_price
 
 
@@ -380,13 +475,17 @@ def _lookup(provider: str | None, model: str) -> _Found | None:
             return _cache[key]
         except KeyError:
             pass
-    found = _find(snapshot, provider, model)
+    with localcontext(CONTEXT):  # the cached rates are computed once, in budgetkit's context
+        found = _find(snapshot, provider, model)
     with _lock:
         if snapshot is not _cache_snapshot:
             _cache.clear()
+            _unit_cache.clear()
             _direct_cache.clear()
             _cache_snapshot = snapshot
         _cache[key] = found
+        if found is not None and found.direct is not None and found.direct.units is not None:
+            _unit_cache[key] = found.direct.units
     return found
 
 
@@ -439,15 +538,26 @@ def _build_direct_price(model_price: ModelPrice) -> _DirectPrice | None:
             zero += price * Decimal(0) / unit.per
     priced = {term.usage_key for term in terms}
     cache_read, cache_write = "cache_read_tokens" in priced, "cache_write_tokens" in priced
+    cache_write_1h = "cache_write_1h_tokens" in priced
+    if cache_write_1h and not cache_write:  # genai-prices rejects this price: let it say so
+        return None
     return _DirectPrice(
-        tuple(terms), zero, cache_read, cache_write, _unit_rates(terms, cache_read, cache_write)
+        tuple(terms),
+        zero,
+        cache_read,
+        cache_write,
+        cache_write_1h,
+        _unit_rates(terms, cache_read, cache_write),
     )
 
 
 def _unit_rates(terms: list[_Term], cache_read: bool, cache_write: bool) -> _UnitRates | None:
-    """Whole units per token for each term, or ``None`` (a tier, or a finer rate)."""
+    """Whole units per token for each term of :data:`Counts`, or ``None`` (a tier, or a
+    finer rate). The other terms (1-hour writes, web searches) count zero in ``Counts``."""
     rates: dict[str, int] = {}
     for term in terms:
+        if term.usage_key not in _UNIT_RATE_KEYS:
+            continue
         if not isinstance(term.price, Decimal):
             return None
         per_token = term.price * UNITS_PER_USD / term.per

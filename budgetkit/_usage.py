@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from decimal import Decimal
 
 
@@ -34,7 +35,14 @@ class Usage:
     provider: str | None = None
     """Provider id hint for pricing (``openai``, ``anthropic``, ``google``, ``aws`` ...)."""
     reported_cost_usd: Decimal | None = None
-    """A cost the provider or gateway reported (LiteLLM, OpenRouter); wins over the price table."""
+    """A cost the provider or gateway reported (LiteLLM, OpenRouter); wins over the price
+    table, except a cost of zero for a call that used tokens (see the money concepts page)."""
+    details: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """Finer counts that some models price apart, keyed by genai-prices usage key:
+    ``cache_write_1h_tokens`` (part of ``cache_write_tokens``), ``input_audio_tokens`` (part
+    of ``input_tokens``), ``output_audio_tokens``, ``cache_audio_read_tokens``,
+    ``web_searches`` (server-side searches, counted apart from tokens) ... Counts of zero are
+    left out. Read-only."""
 
     @property
     def total_tokens(self) -> int:
@@ -46,6 +54,9 @@ class Usage:
         ``other`` win where it names them. A reported cost is not carried."""
         if not isinstance(other, Usage):
             return NotImplemented
+        details = dict(self.details)
+        for key, count in other.details.items():
+            details[key] = details.get(key, 0) + count
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
@@ -54,6 +65,7 @@ class Usage:
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             model=other.model or self.model,
             provider=other.provider or self.provider,
+            details=details,
         )
 
 

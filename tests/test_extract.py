@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 from unittest.mock import MagicMock, Mock
 
 import anthropic
 import genai_prices
 import openai
+import pydantic
 import pytest
-from anthropic.types import Message, RawMessageStartEvent
+from anthropic.types import Message, RawMessageStartEvent, RawMessageStreamEvent
 from google.genai import types as gemini
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseCompletedEvent
 
+from budgetkit import SessionBudget, budget
 from budgetkit._extract import MalformedUsageError, extract_usage
 from budgetkit._pricing import price_usage
 from budgetkit._usage import Usage
 from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # Inclusive counts the stub reports for every provider: 1200 input (200 cache reads,
 # 100 cache writes), 300 output (50 reasoning).
@@ -266,7 +270,7 @@ def test_gemini_tool_use_prompt_counts_as_input() -> None:
 
     usage = extract_usage(gemini.GenerateContentResponse.model_validate(body))
 
-    assert usage == Usage(130, 0, model="gemini-2.5-pro")
+    assert usage == Usage(130, 0, model="gemini-2.5-pro", details={"input_tool_tokens": 30})
 
 
 def test_gemini_models_prefix_is_stripped() -> None:
@@ -563,3 +567,589 @@ def test_malformed_usage_raises(response: object, field: str, value: str) -> Non
 def test_malformed_usage_error_is_a_value_error() -> None:
     """Callers may catch it as ValueError."""
     assert issubclass(MalformedUsageError, ValueError)
+
+
+# -- every shape priced exactly as genai-prices prices it -------------------------------------
+#
+# For each response shape budgetkit reads, the reference price is genai-prices' own: its
+# extractor reads the provider's JSON body (for LangChain and LiteLLM, the provider body those
+# libraries were given) and ``genai_prices.calc_price`` prices it. budgetkit reads its shape of
+# the same answer and prices it with ``price_usage``; the two must be equal, digit for digit.
+
+
+def openai_chat_body(
+    model: str,
+    *,
+    cached: int = 200,
+    cache_write: int = 100,
+    input_audio: int = 0,
+    reasoning: int = 50,
+    output_audio: int = 0,
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {
+                "cached_tokens": cached,
+                "cache_write_tokens": cache_write,
+                "audio_tokens": input_audio,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": output_audio,
+            },
+        },
+    }
+
+
+def responses_body(model: str) -> dict[str, Any]:
+    return {
+        **RESPONSE_BODY,
+        "model": model,
+        "usage": {
+            "input_tokens": 1200,
+            "input_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 100},
+            "output_tokens": 300,
+            "output_tokens_details": {"reasoning_tokens": 50},
+            "total_tokens": 1500,
+        },
+    }
+
+
+#: Anthropic cache-write splits: (5-minute, 1-hour) tokens, or None for no split reported.
+TTL_SPLITS: dict[str, tuple[int, int] | None] = {
+    "1h": (0, 100_000),
+    "5m+1h": (30_000, 70_000),
+    "5m": (100_000, 0),
+    "no-split": None,
+}
+
+
+def anthropic_usage(split: tuple[int, int] | None, web_searches: int = 3) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "cache_creation_input_tokens": 100_000,
+        "cache_read_input_tokens": 20_000,
+        "server_tool_use": {"web_search_requests": web_searches, "web_fetch_requests": 0},
+    }
+    if split is not None:
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": split[0],
+            "ephemeral_1h_input_tokens": split[1],
+        }
+    return usage
+
+
+def anthropic_body(model: str, split: tuple[int, int] | None) -> dict[str, Any]:
+    return {**ANTHROPIC_BODY, "model": model, "usage": anthropic_usage(split)}
+
+
+def gemini_body(model: str, *, prompt: int = 1000) -> dict[str, Any]:
+    """camelCase JSON with every modality breakdown the API reports."""
+    return {
+        "modelVersion": model,
+        "usageMetadata": {
+            "promptTokenCount": prompt,
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": prompt - 400},
+                {"modality": "AUDIO", "tokenCount": 300},
+                {"modality": "IMAGE", "tokenCount": 60},
+                {"modality": "DOCUMENT", "tokenCount": 40},
+            ],
+            "cachedContentTokenCount": 200,
+            "cacheTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 120},
+                {"modality": "AUDIO", "tokenCount": 80},
+            ],
+            "candidatesTokenCount": 250,
+            "candidatesTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 200},
+                {"modality": "IMAGE", "tokenCount": 50},
+            ],
+            "thoughtsTokenCount": 50,
+            "toolUsePromptTokenCount": 30,
+            "toolUsePromptTokensDetails": [{"modality": "TEXT", "tokenCount": 30}],
+            "totalTokenCount": prompt + 330,
+        },
+    }
+
+
+def gemini_snake(body: dict[str, Any]) -> dict[str, Any]:
+    """The same body in the snake_case the google-genai SDK dumps by default."""
+    return gemini.GenerateContentResponse.model_validate(body).model_dump(exclude_none=True)
+
+
+def bedrock_body(split: tuple[int, int] | None) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "inputTokens": 1000,
+        "outputTokens": 500,
+        "totalTokens": 121_500,
+        "cacheReadInputTokens": 20_000,
+        "cacheWriteInputTokens": 100_000,
+    }
+    if split is not None:
+        usage["cacheDetails"] = [
+            {"ttl": "5m", "inputTokens": split[0]},
+            {"ttl": "1h", "inputTokens": split[1]},
+        ]
+    return {**BEDROCK_CONVERSE, "usage": usage}
+
+
+def langchain_from_anthropic(body: dict[str, Any], *, legacy: bool = False) -> AIMessage:
+    """The AIMessage langchain-anthropic builds from an Anthropic message (its
+    ``_create_usage_metadata``): input made inclusive; when the TTL split is reported the
+    current release zeroes ``cache_creation`` and reports the two splits instead, the
+    older ones (``legacy``) kept the total next to the splits."""
+    usage = body["usage"]
+    details: dict[str, Any] = {
+        "cache_read": usage["cache_read_input_tokens"],
+        "cache_creation": usage["cache_creation_input_tokens"],
+    }
+    split = usage.get("cache_creation")
+    if split:
+        details.update(split)
+        if not legacy and sum(split.values()) > 0:
+            details["cache_creation"] = 0
+    input_tokens = (
+        usage["input_tokens"]
+        + usage["cache_read_input_tokens"]
+        + usage["cache_creation_input_tokens"]
+    )
+    return AIMessage(
+        content="hi",
+        usage_metadata={
+            "input_tokens": input_tokens,
+            "output_tokens": usage["output_tokens"],
+            "total_tokens": input_tokens + usage["output_tokens"],
+            "input_token_details": details,  # type: ignore[typeddict-item]
+        },
+        response_metadata={"model_name": body["model"], "model_provider": "anthropic"},
+    )
+
+
+def langchain_from_openai(body: dict[str, Any]) -> AIMessage:
+    """The AIMessage langchain-openai builds from a chat completion."""
+    usage = body["usage"]
+    prompt, completion = usage["prompt_tokens_details"], usage["completion_tokens_details"]
+    return AIMessage(
+        content="hi",
+        usage_metadata={
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_token_details": {
+                "audio": prompt["audio_tokens"],
+                "cache_read": prompt["cached_tokens"],
+            },
+            "output_token_details": {
+                "audio": completion["audio_tokens"],
+                "reasoning": completion["reasoning_tokens"],
+            },
+        },
+        response_metadata={"model_name": body["model"]},
+    )
+
+
+def litellm_from_anthropic(
+    body: dict[str, Any], *, cost: float | None = None, legacy: bool = False
+) -> SimpleNamespace:
+    """The shape of litellm.ModelResponse on an Anthropic route (litellm is not installable
+    here): inclusive prompt_tokens, the cache counts in prompt_tokens_details (newer releases
+    name the writes ``cache_write_tokens``, older ones ``cache_creation_tokens``), the TTL
+    split in ``cache_creation_token_details``, web searches in ``server_tool_use``."""
+    usage = body["usage"]
+    details = SimpleNamespace(
+        cached_tokens=usage["cache_read_input_tokens"],
+        audio_tokens=None,
+        cache_creation_tokens=usage["cache_creation_input_tokens"],
+        cache_creation_token_details=(
+            SimpleNamespace(**usage["cache_creation"]) if "cache_creation" in usage else None
+        ),
+        web_search_requests=usage["server_tool_use"]["web_search_requests"],
+    )
+    if not legacy:
+        details.cache_write_tokens = usage["cache_creation_input_tokens"]
+    prompt = (
+        usage["input_tokens"]
+        + usage["cache_read_input_tokens"]
+        + usage["cache_creation_input_tokens"]
+    )
+    return SimpleNamespace(
+        model=body["model"],
+        usage=SimpleNamespace(
+            prompt_tokens=prompt,
+            completion_tokens=usage["output_tokens"],
+            total_tokens=prompt + usage["output_tokens"],
+            prompt_tokens_details=details,
+            completion_tokens_details=None,
+            server_tool_use=SimpleNamespace(**usage["server_tool_use"]),
+            cache_creation_input_tokens=usage["cache_creation_input_tokens"],
+            cache_read_input_tokens=usage["cache_read_input_tokens"],
+        ),
+        _hidden_params={"custom_llm_provider": "anthropic", "response_cost": cost},
+    )
+
+
+def litellm_from_openai(body: dict[str, Any]) -> SimpleNamespace:
+    """litellm.ModelResponse on an OpenAI route: the OpenAI usage, as objects."""
+    usage = body["usage"]
+    return SimpleNamespace(
+        model=body["model"],
+        usage=SimpleNamespace(
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            total_tokens=usage["total_tokens"],
+            prompt_tokens_details=SimpleNamespace(**usage["prompt_tokens_details"]),
+            completion_tokens_details=SimpleNamespace(**usage["completion_tokens_details"]),
+        ),
+        _hidden_params={"custom_llm_provider": "openai"},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One answer: what budgetkit reads, and the provider body genai-prices reads."""
+
+    response: Callable[[], object]
+    body: dict[str, Any]
+    provider_id: str
+    api_flavor: str = "default"
+    model: str | None = None  # the model kwarg (Bedrock bodies name none)
+    details_matter: bool = False  # the finer counts change the price
+
+
+def shapes() -> Iterator[Any]:
+    for model in ("gpt-4o-mini", "gpt-5-mini", "o4-mini", "gpt-5.6-luna"):
+        body = openai_chat_body(model)
+        yield pytest.param(
+            Shape(lambda b=body: ChatCompletion.model_validate(b), body, "openai", "chat"),
+            id=f"openai-chat-{model}",
+        )
+    for model in ("gpt-audio", "gpt-audio-mini"):
+        body = openai_chat_body(model, cached=0, cache_write=0, input_audio=400, output_audio=120)
+        yield pytest.param(
+            Shape(
+                lambda b=body: ChatCompletion.model_validate(b), body, "openai", "chat", None, True
+            ),
+            id=f"openai-chat-audio-{model}",
+        )
+        yield pytest.param(
+            Shape(lambda b=body: b, body, "openai", "chat", None, True),
+            id=f"openai-chat-audio-dict-{model}",
+        )
+    for model in ("gpt-4o", "gpt-5-mini", "o3", "gpt-5.6-sol"):
+        body = responses_body(model)
+        yield pytest.param(
+            Shape(lambda b=body: Response.model_validate(b), body, "openai", "responses"),
+            id=f"responses-{model}",
+        )
+    for model in (
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-3-5-haiku-latest",
+    ):
+        for name, split in TTL_SPLITS.items():
+            body = anthropic_body(model, split)
+            yield pytest.param(
+                Shape(
+                    lambda b=body: Message.model_validate(b), body, "anthropic", details_matter=True
+                ),
+                id=f"anthropic-{name}-{model}",
+            )
+    for model in (
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash-image",
+    ):
+        body = gemini_body(model)
+        matter = model != "gemini-2.5-pro"  # the others price audio or image tokens apart
+        yield pytest.param(
+            Shape(
+                lambda b=body: gemini.GenerateContentResponse.model_validate(b),
+                body,
+                "google",
+                details_matter=matter,
+            ),
+            id=f"gemini-object-{model}",
+        )
+        yield pytest.param(
+            Shape(lambda b=body: b, body, "google", details_matter=matter),
+            id=f"gemini-camel-dict-{model}",
+        )
+        yield pytest.param(
+            Shape(lambda b=body: gemini_snake(b), body, "google", details_matter=matter),
+            id=f"gemini-snake-dict-{model}",
+        )
+    big = gemini_body("gemini-2.5-pro", prompt=250_000)  # over the 200k tier
+    yield pytest.param(
+        Shape(lambda b=big: gemini.GenerateContentResponse.model_validate(b), big, "google"),
+        id="gemini-object-over-200k-tier",
+    )
+    for model in (
+        BEDROCK_MODEL,
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "amazon.nova-pro-v1:0",
+    ):
+        for name, split in TTL_SPLITS.items():
+            body = bedrock_body(split)
+            matter = split is not None and split[1] > 0 and "claude" in model
+            yield pytest.param(
+                Shape(lambda b=body: b, body, "aws", model=model, details_matter=matter),
+                id=f"bedrock-{name}-{model}",
+            )
+    body = bedrock_body((30_000, 70_000))
+    yield pytest.param(
+        Shape(
+            lambda b=body: {"metadata": {"usage": b["usage"]}},
+            body,
+            "aws",
+            model=BEDROCK_MODEL,
+            details_matter=True,
+        ),
+        id="bedrock-stream-metadata-event",
+    )
+    for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+        for name, split in TTL_SPLITS.items():
+            body = anthropic_body(model, split)
+            body["usage"]["server_tool_use"]["web_search_requests"] = 0  # LangChain drops them
+            matter = split is not None and split[1] > 0
+            yield pytest.param(
+                Shape(
+                    lambda b=body: langchain_from_anthropic(b),
+                    body,
+                    "anthropic",
+                    details_matter=matter,
+                ),
+                id=f"langchain-anthropic-{name}-{model}",
+            )
+            if split is not None:
+                yield pytest.param(
+                    Shape(
+                        lambda b=body: langchain_from_anthropic(b, legacy=True),
+                        body,
+                        "anthropic",
+                        details_matter=matter,
+                    ),
+                    id=f"langchain-anthropic-legacy-{name}-{model}",
+                )
+    for model in ("gpt-4o-mini", "o4-mini", "gpt-audio"):
+        body = openai_chat_body(model, cache_write=0, input_audio=400, output_audio=120)
+        if model == "gpt-audio":
+            body = openai_chat_body(
+                model, cached=0, cache_write=0, input_audio=400, output_audio=120
+            )
+        yield pytest.param(
+            Shape(
+                lambda b=body: langchain_from_openai(b),
+                body,
+                "openai",
+                "chat",
+                details_matter=model == "gpt-audio",
+            ),
+            id=f"langchain-openai-{model}",
+        )
+    for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+        for name, split in TTL_SPLITS.items():
+            body = anthropic_body(model, split)
+            yield pytest.param(
+                Shape(
+                    lambda b=body: litellm_from_anthropic(b), body, "anthropic", details_matter=True
+                ),
+                id=f"litellm-anthropic-{name}-{model}",
+            )
+        body = anthropic_body(model, TTL_SPLITS["5m+1h"])
+        yield pytest.param(
+            Shape(
+                lambda b=body: litellm_from_anthropic(b, cost=0.0, legacy=True),
+                body,
+                "anthropic",
+                details_matter=True,
+            ),
+            id=f"litellm-anthropic-legacy-reported-zero-{model}",
+        )
+    for model in ("gpt-4o-mini", "gpt-audio"):
+        body = openai_chat_body(model, cached=0, cache_write=0, input_audio=400, output_audio=120)
+        yield pytest.param(
+            Shape(
+                lambda b=body: litellm_from_openai(b),
+                body,
+                "openai",
+                "chat",
+                details_matter=model == "gpt-audio",
+            ),
+            id=f"litellm-openai-{model}",
+        )
+
+
+@pytest.mark.parametrize("shape", list(shapes()))
+def test_every_shape_is_priced_exactly_as_genai_prices(shape: Shape) -> None:
+    """budgetkit's price of each shape equals genai-prices' price of the provider body."""
+    usage = extract_usage(shape.response(), model=shape.model)
+    assert usage is not None
+    assert usage.model is not None
+    reference = genai_prices.extract_usage(
+        shape.body, provider_id=shape.provider_id, api_flavor=shape.api_flavor
+    )
+
+    expected = genai_prices.calc_price(
+        reference.usage, usage.model, provider_id=usage.provider
+    ).total_price
+
+    assert price_usage(usage) == expected
+    without_details = dataclasses.replace(usage, details={})  # MARK
+    assert (price_usage(without_details) != expected) is shape.details_matter
+
+
+def test_anthropic_cache_ttl_split_and_web_searches_are_read() -> None:
+    """The 1-hour share of the cache writes and the web searches are carried in ``details``."""
+    usage = extract_usage(
+        Message.model_validate(anthropic_body("claude-sonnet-4-5", (30_000, 70_000)))
+    )
+
+    assert usage == Usage(
+        121_000,
+        500,
+        20_000,
+        100_000,
+        model="claude-sonnet-4-5",
+        details={
+            "cache_write_5m_tokens": 30_000,
+            "cache_write_1h_tokens": 70_000,
+            "web_searches": 3,
+        },
+    )
+
+
+def test_langchain_anthropic_zeroed_cache_creation_still_counts_the_writes() -> None:
+    """Current langchain-anthropic reports ``cache_creation: 0`` next to the TTL split; the
+    writes are the split's sum, not zero (they were priced as plain input)."""
+    message = langchain_from_anthropic(anthropic_body("claude-haiku-4-5", (30_000, 70_000)))
+    assert message.usage_metadata is not None
+    assert message.usage_metadata["input_token_details"]["cache_creation"] == 0
+
+    usage = extract_usage(message)
+
+    assert usage is not None
+    assert (usage.cache_write_tokens, usage.details["cache_write_1h_tokens"]) == (100_000, 70_000)
+
+
+def test_litellm_older_cache_creation_tokens_are_cache_writes() -> None:
+    """Older LiteLLM releases name the cache writes ``cache_creation_tokens``."""
+    response = litellm_from_anthropic(anthropic_body("claude-haiku-4-5", None), legacy=True)
+
+    usage = extract_usage(response)
+
+    assert usage is not None
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
+        121_000,
+        20_000,
+        100_000,
+    )
+
+
+def test_gemini_modalities_are_read() -> None:
+    """Gemini's per-modality breakdowns, as genai-prices names them."""
+    usage = extract_usage(
+        gemini.GenerateContentResponse.model_validate(gemini_body("gemini-2.5-flash"))
+    )
+
+    assert usage == Usage(
+        1030,
+        300,
+        200,
+        0,
+        50,
+        model="gemini-2.5-flash",
+        details={
+            "input_text_tokens": 630,
+            "input_audio_tokens": 300,
+            "input_image_tokens": 100,
+            "cache_text_read_tokens": 120,
+            "cache_audio_read_tokens": 80,
+            "output_text_tokens": 200,
+            "output_image_tokens": 50,
+            "input_tool_tokens": 30,
+            "input_text_tool_tokens": 30,
+        },
+    )
+
+
+def test_anthropic_stream_with_one_hour_cache_writes() -> None:
+    """A streamed Anthropic message keeps the TTL split and the web searches of its events."""
+    body = anthropic_body("claude-sonnet-4-5", (30_000, 70_000))
+    start_usage = {**body["usage"], "output_tokens": 1}
+    events = [
+        {"type": "message_start", "message": {**body, "usage": start_usage}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {
+                "output_tokens": 500,
+                "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 0},
+            },
+        },
+        {"type": "message_stop"},
+    ]
+
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RawMessageStreamEvent)
+
+    @budget.llm_call
+    def stream() -> Iterator[Any]:
+        for event in events:
+            yield adapter.validate_python(event)
+
+    with SessionBudget(handoff_dir=None) as session:
+        for _event in stream():
+            pass
+
+    expected = genai_prices.extract_usage(body, provider_id="anthropic").calc_price().total_price
+    assert session.usage.cost_usd == expected
+    assert session.usage.cache_write_tokens == 100_000
+
+
+def test_langchain_stream_chunks_keep_the_one_hour_writes() -> None:
+    """LangChain chunks are added up; the 1-hour writes of the first chunk stay in the sum.
+    (This checks ``Usage.__add__``, which sums ``details``.)"""
+    body = anthropic_body("claude-haiku-4-5", (30_000, 70_000))
+    body["usage"]["server_tool_use"]["web_search_requests"] = 0  # LangChain drops them
+    whole = langchain_from_anthropic(body).usage_metadata
+    assert whole is not None
+    first = AIMessageChunk(
+        content="",
+        usage_metadata={**whole, "output_tokens": 0, "total_tokens": whole["input_tokens"]},
+        response_metadata={"model_name": "claude-haiku-4-5"},
+    )
+    last = AIMessageChunk(
+        content="hi",
+        usage_metadata={
+            "input_tokens": 0,
+            "output_tokens": whole["output_tokens"],
+            "total_tokens": whole["output_tokens"],
+        },
+    )
+
+    @budget.llm_call
+    def stream() -> Iterator[AIMessageChunk]:
+        yield first
+        yield last
+
+    with SessionBudget(handoff_dir=None) as session:
+        for _chunk in stream():
+            pass
+
+    expected = genai_prices.extract_usage(body, provider_id="anthropic").calc_price().total_price
+    assert session.usage.cost_usd == expected
+    assert (session.usage.input_tokens, session.usage.output_tokens) == (121_000, 500)

@@ -253,8 +253,10 @@ def test_real_openai_responses_take_the_fast_path_and_charge_like_the_general_on
     """The first response of a type takes the general path and teaches the fast one;
     later responses, read directly, are charged exactly the same."""
     _calls._direct.pop(ChatCompletion, None)
-    with StubServer(usage=(1200, 300), cache_read_tokens=200, reasoning_tokens=50) as stub:
-        client = _client(stub)
+    with (
+        StubServer(usage=(1200, 300), cache_read_tokens=200, reasoning_tokens=50) as stub,
+        _client(stub) as client,
+    ):
 
         @budget.llm_call
         def ask(prompt: str) -> ChatCompletion:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import decimal
 import subprocess
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import genai_prices
+import openai
 import pytest
 from genai_prices.data_snapshot import DataSnapshot
+from genai_prices.types import ModelPrice
 
-from budgetkit import _pricing
-from budgetkit._pricing import price_estimate, price_usage, validate_prices
+from budgetkit import SessionBudget, _money, _pricing, budget
+from budgetkit._pricing import price_estimate, price_units, price_usage, validate_prices
 from budgetkit._usage import Usage
 from budgetkit.exceptions import BudgetConfigError, BudgetTypeError
+from budgetkit.testing import StubServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,9 +33,11 @@ AFTER_SONNET_PRICE_CHANGE = datetime(2026, 6, 1, tzinfo=UTC)
 def _empty_price_cache() -> Iterator[None]:
     """Each test starts with budgetkit's model lookup cache empty."""
     _pricing._cache.clear()
+    _pricing._unit_cache.clear()
     _pricing._direct_cache.clear()
     yield
     _pricing._cache.clear()
+    _pricing._unit_cache.clear()
     _pricing._direct_cache.clear()
 
 
@@ -336,3 +343,210 @@ def test_importing_budgetkit_does_not_import_pricing_dependencies() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+# -- 1-hour cache writes ---------------------------------------------------------------------
+
+SONNET_1H_BODY: dict[str, Any] = {
+    "id": "msg_1h",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "cached for an hour"}],
+    "stop_reason": "end_turn",
+    "usage": {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "cache_creation_input_tokens": 100_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100_000},
+    },
+}
+
+
+def test_anthropic_one_hour_cache_writes_cost_the_one_hour_rate() -> None:
+    """100k tokens written to the 1-hour cache of claude-sonnet-4-5 cost $6 per million, not
+    the 5-minute $3.75: (1000 x 3 + 100000 x 6 + 500 x 15) / 1e6 = 0.6105 (it was 0.3855)."""
+
+    @budget.llm_call
+    def ask(client: anthropic.Anthropic) -> Any:
+        return client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=512,
+            messages=[{"role": "user", "content": "Cache the context for an hour."}],
+        )
+
+    with (
+        StubServer(reply=lambda _request: SONNET_1H_BODY) as stub,
+        anthropic.Anthropic(
+            base_url=stub.anthropic_base_url, api_key="test", max_retries=0
+        ) as client,
+        SessionBudget(max_usd=10, handoff_dir=None) as session,
+    ):
+        message = ask(client)
+
+    assert message.usage.cache_creation is not None
+    assert message.usage.cache_creation.ephemeral_1h_input_tokens == 100_000
+    assert session.usage.cost_usd == Decimal("0.6105")
+    expected = genai_prices.extract_usage(SONNET_1H_BODY, provider_id="anthropic").calc_price()
+    assert expected.total_price == Decimal("0.6105")
+
+
+def _models_pricing(price_key: str) -> list[tuple[str, str]]:
+    from genai_prices.data_snapshot import get_snapshot
+
+    return [
+        (provider.id, model.id)
+        for provider in get_snapshot().providers
+        for model in provider.models
+        if isinstance(model.prices, ModelPrice) and getattr(model.prices, price_key) is not None
+    ]
+
+
+def test_one_hour_cache_writes_equal_calc_price_for_every_model_that_prices_them() -> None:
+    """Every model with a 1-hour cache-write price: 5-minute and 1-hour writes, cache reads
+    and web searches priced exactly as genai-prices prices them."""
+    models = _models_pricing("cache_write_1h_mtok")
+    checked = 0
+    for provider, model in models:
+        for write_1h in (0, 30_000, 100_000):
+            usage = Usage(
+                151_000,
+                500,
+                20_000,
+                100_000,
+                model=model,
+                provider=provider,
+                details={"cache_write_1h_tokens": write_1h, "web_searches": 3},
+            )
+            try:
+                reference: Decimal | None = genai_prices.calc_price(
+                    genai_prices.Usage(
+                        input_tokens=151_000,
+                        output_tokens=500,
+                        cache_read_tokens=20_000,
+                        cache_write_tokens=100_000,
+                        cache_write_1h_tokens=write_1h,
+                        web_searches=3,
+                    ),
+                    model,
+                    provider_id=provider,
+                ).total_price
+            except LookupError:  # an id its own match rules do not match
+                reference = None
+            assert price_usage(usage) == reference, (provider, model, write_1h)
+            checked += reference is not None
+    assert checked > 150
+
+
+# -- the caller's decimal context ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "configure",
+    [
+        pytest.param({"prec": 3, "rounding": decimal.ROUND_DOWN}, id="3-digits-rounding-down"),
+        pytest.param(
+            {"prec": 4, "rounding": decimal.ROUND_UP, "traps": [decimal.Inexact]},
+            id="4-digits-trapping-inexact",
+        ),
+    ],
+)
+def test_pricing_ignores_the_callers_decimal_context(configure: dict[str, Any]) -> None:
+    """Prices are computed in budgetkit's own decimal context: a caller's precision, rounding
+    or traps change neither the price nor the integer rates cached on the first call."""
+    haiku = Usage(1200, 300, 200, 100, model="claude-haiku-4-5")  # 0.002545
+    sonnet = Usage(101_000, 500, 0, 100_000, model="claude-sonnet-4-5")  # 0.3855
+    bedrock_counts = (1110, 20, 1000, 100, 0)  # 1.375 per million: 0.0003685
+    bedrock = "anthropic.claude-haiku-4-5-20251001-v1:0"
+    table = validate_prices({"my-llama": (Decimal("0.123"), Decimal("0.456"))})
+    llama = Usage(1234, 567, model="my-llama")  # (1234 x 0.123 + 567 x 0.456) / 1e6
+
+    with decimal.localcontext() as context:
+        context.prec = configure["prec"]
+        context.rounding = configure["rounding"]
+        for trap in configure.get("traps", []):
+            context.traps[trap] = True
+        inside = (
+            price_usage(haiku),
+            price_usage(sonnet),
+            price_units(bedrock, "aws", bedrock_counts),
+            price_usage(llama, prices=table),
+            price_estimate({"input_tokens": 1234, "output_tokens": 567}, "my-llama", None, table),
+        )
+
+    assert inside == (
+        Decimal("0.002545"),
+        Decimal("0.3855"),
+        _money.to_units(Decimal("0.0003685")),
+        Decimal("0.000410334"),
+        Decimal("0.000410334"),
+    )
+    # The rates cached while the caller's context was active are right, too.
+    assert price_units(bedrock, "aws", bedrock_counts) == _money.to_units(Decimal("0.0003685"))
+
+
+def test_session_cost_ignores_the_callers_decimal_context() -> None:
+    """A whole session, the real openai client on the fast path, under a 3-digit context."""
+    with (
+        StubServer(usage=(1234, 567), cache_read_tokens=200) as stub,
+        openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0) as client,
+        decimal.localcontext() as context,
+    ):
+        context.prec = 3
+        context.rounding = decimal.ROUND_FLOOR
+        with SessionBudget(max_usd=1, handoff_dir=None) as session:
+            budget.llm_call(client.chat.completions.create)(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+
+    # (1034 x 0.15 + 200 x 0.075 + 567 x 0.6) / 1e6
+    assert session.usage.cost_usd == Decimal("0.0005103")
+
+
+# -- a reported cost of zero -----------------------------------------------------------------
+
+
+def test_reported_zero_cost_for_a_known_model_is_priced_from_the_table() -> None:
+    """A gateway's ``cost: 0`` for a call that used tokens of a model the table knows is
+    not believed: the table prices it. (1000 x 0.15 + 500 x 0.6) / 1e6."""
+    usage = Usage(1000, 500, model="gpt-4o-mini", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) == Decimal("0.00045")
+    prices = validate_prices({"my-llama": (1, 2)})
+    local = Usage(1000, 500, model="my-llama", reported_cost_usd=Decimal("0.0"))
+    assert price_usage(local, prices=prices) == Decimal("0.002")
+
+
+def test_reported_zero_cost_for_an_unknown_model_is_unknown() -> None:
+    """Fail closed: ``cost: 0`` with tokens of a model no table knows is an unknown cost."""
+    usage = Usage(1000, 500, model="my-local-llama", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) is None
+    assert price_usage(Usage(1000, 500, reported_cost_usd=Decimal(0))) is None
+
+
+def test_reported_zero_cost_without_tokens_is_zero() -> None:
+    """Nothing used, nothing charged: a zero cost for zero tokens stands."""
+    usage = Usage(0, 0, model="my-local-llama", reported_cost_usd=Decimal(0))
+
+    assert price_usage(usage) == Decimal(0)
+
+
+def test_reported_zero_cost_in_a_session() -> None:
+    """OpenRouter-style ``usage.cost: 0``: charged from the table for a known model, counted
+    as unpriced for an unknown one."""
+
+    @budget.llm_call
+    def ask(model: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "cost": 0},
+        }
+
+    with SessionBudget(handoff_dir=None) as session:
+        ask("openai/gpt-4o-mini")
+        ask("someone/home-made-7b")
+
+    assert session.usage.cost_usd == Decimal("0.00045")
+    assert session.usage.unpriced_calls == 1
