@@ -40,6 +40,11 @@ GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.i
 GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+"""The chain's root session id, on every span of a session and of its resumes."""
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"  # noqa: S105 - not a secret
 ERROR_TYPE: Final = "error.type"
 
@@ -71,6 +76,9 @@ SESSION_STOP_REASON: Final = "budgetkit.session.stop_reason"
 SESSION_STOPPED_BY: Final = "budgetkit.session.stopped_by"
 SESSION_UNPRICED_CALLS: Final = "budgetkit.session.unpriced_calls"
 SESSION_UNMEASURED_CALLS: Final = "budgetkit.session.unmeasured_calls"
+BUDGET_STATUS: Final = "budgetkit.status"
+"""The status line (``Budget: 2 of 5 steps left, ...``) on the session span and the exhausted
+event: where the budget stood, readable in a span header."""
 CALL_COST_USD: Final = "budgetkit.call.cost_usd"
 CALL_COST_STATUS: Final = "budgetkit.call.cost_status"
 """``priced``, ``unpriced`` (usage but no known price) or ``unmeasured`` (no usage)."""

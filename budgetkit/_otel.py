@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import _attributes as names
+from . import _messages
 from ._money import to_float
 from ._policy import DIMENSION
 
@@ -128,15 +129,41 @@ def _left(limit: Any, used: Any) -> int | float:
     return _num(max(limit - used, 0))
 
 
+#: Seconds attributes are rounded to microseconds (``round(x, 6)``): a clock's float noise
+#: (``0.24812715699954424``) says nothing a viewer should show.
+SECONDS_PLACES = 6
+_SECONDS = "max_seconds"
+
+
+def _tidy(name: str, value: int | float | Decimal) -> int | float:
+    """An attribute value of limit ``name``: seconds to microseconds, USD as the nearest
+    float to its exact decimal amount (never the result of float arithmetic)."""
+    if name == _SECONDS:
+        return round(float(value), SECONDS_PLACES)
+    return _num(value)
+
+
+def _usd_left(limit: Any, used: float) -> float:
+    """USD remaining, computed in decimal: ``used`` is the float nearest an exact amount of
+    18 places at most, so its shortest repr is that amount (to float precision), and the
+    difference converts to the float nearest the exact remainder (``0.04988405``, not
+    ``0.049884050000000006``)."""
+    left = Decimal(str(limit)) - Decimal(repr(used))
+    return float(left) if left > 0 else 0.0
+
+
 def _live_pair(name: str) -> _Pair:
     """(used, remaining) of limit ``name``, from the live counters."""
     dimension = DIMENSION[name]
     usd = dimension.counters == ("cost",)
+    seconds = name == _SECONDS
 
     def pair(b: Boundary, limit: Any) -> tuple[int | float, int | float]:
         value = b.live(dimension)
         if usd:
-            return value, max(float(limit) - value, 0.0)
+            return value, _usd_left(limit, value)
+        if seconds:
+            return round(value, SECONDS_PLACES), _tidy(name, max(limit - value, 0))
         return value, (limit - value if limit > value else 0)
 
     return pair
@@ -177,9 +204,9 @@ def _final(b: Boundary, result: SessionResult) -> _Attrs:
     limits = b.budget.limits.limited()
     attrs: _Attrs = {}
     for name, value in used.items():
-        attrs[names.USED_KEYS[name]] = _num(value)
+        attrs[names.USED_KEYS[name]] = _tidy(name, value)
         if name in limits:
-            attrs[names.REMAINING_KEYS[name]] = _left(limits[name], value)
+            attrs[names.REMAINING_KEYS[name]] = _tidy(name, _left(limits[name], value))
     return attrs
 
 
@@ -217,7 +244,10 @@ def start_session(b: Boundary) -> Any:
 
 def _open_session_span(tracer: Tracer, b: Boundary) -> Span:
     session = b.budget
-    attrs: _Attrs = {names.SESSION_ID: session.session_id}
+    attrs: _Attrs = {
+        names.SESSION_ID: session.session_id,
+        names.GEN_AI_CONVERSATION_ID: session.root_session_id,
+    }
     if session.name:
         name = names.INVOKE_AGENT_SPAN.format(name=session.name)
         attrs[names.GEN_AI_OPERATION_NAME] = names.OP_INVOKE_AGENT
@@ -228,9 +258,9 @@ def _open_session_span(tracer: Tracer, b: Boundary) -> Span:
     if session.parent_session_id is not None:
         attrs[names.SESSION_RESUMED_FROM] = session.parent_session_id
     for limit_name, limit in session.limits.limited().items():
-        attrs[names.LIMIT_KEYS[limit_name]] = _num(limit)
+        attrs[names.LIMIT_KEYS[limit_name]] = _tidy(limit_name, limit)
         attrs[names.USED_KEYS[limit_name]] = 0
-        attrs[names.REMAINING_KEYS[limit_name]] = _num(limit)
+        attrs[names.REMAINING_KEYS[limit_name]] = _tidy(limit_name, limit)
     return tracer.start_span(
         name, kind=SpanKind.INTERNAL, attributes=attrs, links=_resume_links(session)
     )
@@ -282,13 +312,28 @@ def _close_session_span(
         attrs[names.SESSION_STOPPED_BY] = result.stopped_by
     attrs[names.SESSION_UNPRICED_CALLS] = result.usage.unpriced_calls
     attrs[names.SESSION_UNMEASURED_CALLS] = result.usage.unmeasured_calls
+    status = _status_line(session)
+    if status is not None:
+        attrs[names.BUDGET_STATUS] = status
     span.set_attributes(attrs)
     if result.stop_reason not in ("completed", "error"):
         span.set_attribute(names.ERROR_TYPE, names.EXHAUSTED_ERROR_TYPE)
         span.set_status(Status(StatusCode.ERROR, f"budget exhausted: {result.stop_reason}"))
     elif exc is not None:
         _mark_error(span, exc, record=exc is not handle.recorded_error, capture=handle.capture)
+    elif result.stop_reason == "completed":
+        span.set_status(Status(StatusCode.OK))
     span.end()
+
+
+def _status_line(session: Boundary) -> str | None:
+    """The session's one-line budget status (``Budget: 3 of 5 steps left, ...``)."""
+    try:
+        line = session.budget.status_line()
+    except Exception:  # a status line is a nicety: never fail the span for it
+        failed("status_line")
+        return None
+    return line if isinstance(line, str) else None
 
 
 def _detach(token: Any) -> None:
@@ -338,8 +383,11 @@ def _exhaustion_attrs(session: Boundary, reason: str, refused: str | None) -> _A
     limit = session.budget.limits.limited().get(reason)
     if limit is not None:
         used, _ = _LIVE[reason](session, limit)
-        attrs[names.EXHAUSTED_LIMIT] = _num(limit)
+        attrs[names.EXHAUSTED_LIMIT] = _tidy(reason, limit)
         attrs[names.EXHAUSTED_USED] = used
+    status = _status_line(session)
+    if status is not None:
+        attrs[names.BUDGET_STATUS] = status
     if refused is not None:
         attrs[names.EXHAUSTED_REFUSED_STEP] = refused
     return attrs
@@ -390,6 +438,7 @@ def _start_step(tracer: Tracer, session: Boundary, spec: CallSpec, args: Any, kw
         names.GEN_AI_TOOL_NAME: spec.name,
         names.GEN_AI_TOOL_TYPE: names.TOOL_TYPE_FUNCTION,
         names.SESSION_ID: session.budget.session_id,
+        names.GEN_AI_CONVERSATION_ID: session.budget.root_session_id,
     }
     handle = _session_handle(session)
     if handle is not None:
@@ -408,6 +457,7 @@ def _start_llm(
     attrs: _Attrs = {
         names.GEN_AI_OPERATION_NAME: names.OP_CHAT,
         names.SESSION_ID: session.budget.session_id,
+        names.GEN_AI_CONVERSATION_ID: session.budget.root_session_id,
     }
     if spec.provider is not None:
         attrs[names.GEN_AI_PROVIDER_NAME] = _provider_name(spec.provider)
@@ -417,9 +467,7 @@ def _start_llm(
     if handle is not None:
         _add_live(attrs, session, handle.counted)
         if handle.capture:
-            messages = kwargs.get("messages") if "messages" in kwargs else None
-            value = messages if messages is not None else _arguments(args, kwargs)
-            attrs[names.GEN_AI_INPUT_MESSAGES] = _content(value)
+            _add_input(attrs, args, kwargs)
     name = names.CHAT_SPAN_NO_MODEL if model is None else names.CHAT_SPAN.format(model=model)
     span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
     return _LLMSpan(span, model)
@@ -450,10 +498,12 @@ def end_call(
 def _end_step(span: Span, session: Boundary, error: BaseException | None, result: Any) -> None:
     if error is not None:
         _mark_step_error(span, session, error)
-    elif result is not None:
-        handle = _session_handle(session)
-        if handle is not None and handle.capture:
-            span.set_attribute(names.GEN_AI_TOOL_CALL_RESULT, _content(result))
+    else:
+        if result is not None:
+            handle = _session_handle(session)
+            if handle is not None and handle.capture:
+                span.set_attribute(names.GEN_AI_TOOL_CALL_RESULT, _content(result))
+        span.set_status(Status(StatusCode.OK))
     span.end()
 
 
@@ -492,15 +542,59 @@ def _close_llm_span(
     result: Any,
 ) -> None:
     attrs = _usage_attrs(spec, usage, cost)
+    response_model = _add_response(attrs, result)
+    if spec.provider is None and names.GEN_AI_PROVIDER_NAME not in attrs and result is not None:
+        provider = _messages.provider_of(result)
+        if provider is not None:
+            attrs[names.GEN_AI_PROVIDER_NAME] = provider
     handle = _session_handle(session)
     if handle is not None:
         _add_live(attrs, session, handle.measured)
         if handle.capture and result is not None:
-            attrs[names.GEN_AI_OUTPUT_MESSAGES] = _content(result)
+            _add_output(attrs, result)
+    if model is None:
+        # The decorator did not see the request's model: the model that answered stands in.
+        answered = usage[0] if usage is not None and usage[0] else response_model
+        if answered:
+            attrs[names.GEN_AI_REQUEST_MODEL] = answered
+            span.update_name(names.CHAT_SPAN.format(model=answered))
     span.set_attributes(attrs)
-    if model is None and usage is not None and usage[0]:
-        span.update_name(names.CHAT_SPAN.format(model=usage[0]))
+    span.set_status(Status(StatusCode.OK))
     span.end()
+
+
+def _add_response(attrs: _Attrs, result: Any) -> str | None:
+    """``gen_ai.response.id`` / ``.model`` / ``.finish_reasons`` (no content); the model."""
+    if result is None:
+        return None
+    response_id, model, reasons = _messages.response_info(result)
+    if response_id:
+        attrs[names.GEN_AI_RESPONSE_ID] = response_id
+    if model and names.GEN_AI_RESPONSE_MODEL not in attrs:
+        attrs[names.GEN_AI_RESPONSE_MODEL] = model
+    if reasons:
+        attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
+    return model
+
+
+def _add_input(attrs: _Attrs, args: Any, kwargs: Any) -> None:
+    """The request's system instructions and input messages in the conventional shape;
+    the call's arguments as they are when the shape is unknown."""
+    shaped = _messages.request_messages(args, kwargs)
+    if shaped is None:
+        attrs[names.GEN_AI_INPUT_MESSAGES] = _content(_arguments(args, kwargs))
+        return
+    system, messages = shaped
+    if system:
+        attrs[names.GEN_AI_SYSTEM_INSTRUCTIONS] = _shaped_content(system)
+    attrs[names.GEN_AI_INPUT_MESSAGES] = _shaped_content(messages)
+
+
+def _add_output(attrs: _Attrs, result: Any) -> None:
+    messages = _messages.response_messages(result)
+    attrs[names.GEN_AI_OUTPUT_MESSAGES] = (
+        _content(result) if messages is None else _shaped_content(messages)
+    )
 
 
 def _usage_attrs(spec: CallSpec, usage: Charged | None, cost: int | None) -> _Attrs:
@@ -617,6 +711,30 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     return repr(value)
+
+
+def _shaped_content(value: Any) -> str:
+    """Conventional messages or parts as JSON, still valid JSON when too long: the longest
+    strings are shortened (ending with an ellipsis) until it fits :data:`MAX_CONTENT_CHARS`."""
+    import json
+
+    text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+    cap = MAX_CONTENT_CHARS
+    while len(text) > MAX_CONTENT_CHARS and cap > 16:
+        cap //= 2
+        value = _shorten(value, cap)
+        text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+    return text if len(text) <= MAX_CONTENT_CHARS else _content(text)
+
+
+def _shorten(value: Any, cap: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= cap else value[: cap - 1] + "…"
+    if isinstance(value, dict):
+        return {k: _shorten(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v, cap) for v in value]
+    return value
 
 
 # ----------------------------------------------------------------------------- metrics

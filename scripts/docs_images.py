@@ -5,14 +5,24 @@
 - ``span-tree.svg``: the spans of the demo agent stopped by its budget, drawn as a trace
   viewer shows them (one bar per span on a time axis, nested by parent).
 - ``stats-plot.png``: ``budgetkit stats --plot`` on a log of 1,000 simulated sessions.
+- ``phoenix-trace.png``: a screenshot of the demo's trace in a real Arize Phoenix UI, taken by
+  headless Chromium. Needs ``chromium`` (Debian: ``apt-get install chromium``) and an
+  interpreter with ``arize-phoenix`` (``$BUDGETKIT_PHOENIX_PYTHON``, e.g. ``.venv-phoenix/bin/
+  python``, which ``scripts/test.sh`` sets up); skipped with a note when either is missing.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from decimal import Decimal
 from html import escape
 from pathlib import Path
@@ -134,11 +144,136 @@ def stats_plot(out: Path) -> None:
         )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+        return json.load(response)
+
+
+def _healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310
+        return bool(response.status == 200)
+
+
+def _wait(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.5)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def _demo(endpoint: str, *args: str) -> None:
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true",
+        "NO_COLOR": "1",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "budgetkit", "demo", *args],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+#: Where Phoenix puts an LLM span's first input message (from ``gen_ai.input.messages``).
+_PROMPT = "llm.input_messages.0.message.content"
+
+
+def phoenix_trace(out: Path, phoenix_python: str, chromium: str) -> None:
+    """Export the demo and its resume to a local Phoenix; screenshot the stopped run's trace."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "PHOENIX_HOST": "127.0.0.1",
+            "PHOENIX_PORT": str(port),
+            "PHOENIX_GRPC_PORT": str(_free_port()),
+            "PHOENIX_WORKING_DIR": str(Path(tmp) / "phoenix"),
+        }
+        url = f"http://127.0.0.1:{port}"
+        with (Path(tmp) / "phoenix.log").open("w") as log:
+            server = subprocess.Popen(
+                [phoenix_python, "-m", "phoenix.server.main", "serve"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                _wait(lambda: server.poll() is None and _healthy(url), 120, "phoenix serve")
+                handoffs = Path(tmp) / "handoffs"
+                _demo(url, "--handoff-dir", str(handoffs))
+                [handoff] = handoffs.glob("*.json")
+                _demo(url, "--resume", str(handoff))
+                spans_url = f"{url}/v1/projects/default/spans?limit=1000"
+
+                def both() -> list[dict[str, Any]]:
+                    data: list[dict[str, Any]] = _get_json(spans_url)["data"]
+                    return data if sum(s["parent_id"] is None for s in data) >= 2 else []
+
+                spans = _wait(both, 60, "the demo's spans in Phoenix")
+                time.sleep(1)
+                first = min(
+                    (s for s in spans if s["parent_id"] is None), key=lambda s: s["start_time"]
+                )
+                trace_id = first["context"]["trace_id"]
+                summary = next(
+                    s
+                    for s in spans
+                    if s["context"]["trace_id"] == trace_id
+                    and s["span_kind"] == "LLM"
+                    and str(s["attributes"].get(_PROMPT, "")).startswith("SUMMARISE")
+                )
+                page = f"{url}/redirects/spans/{summary['context']['span_id']}"
+                subprocess.run(
+                    [
+                        chromium,
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--hide-scrollbars",
+                        "--window-size=1440,900",
+                        "--virtual-time-budget=20000",
+                        f"--screenshot={out}",
+                        page,
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=120,
+                )
+            finally:
+                server.terminate()
+                server.wait(30)
+
+
 def main() -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     span_tree(IMG / "span-tree.svg")
     stats_plot(IMG / "stats-plot.png")
     print(f"wrote {IMG / 'span-tree.svg'} and {IMG / 'stats-plot.png'}")
+    phoenix = os.environ.get("BUDGETKIT_PHOENIX_PYTHON")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if phoenix and chromium:
+        phoenix_trace(IMG / "phoenix-trace.png", phoenix, chromium)
+        print(f"wrote {IMG / 'phoenix-trace.png'}")
+    else:
+        print("phoenix-trace.png not redrawn: needs $BUDGETKIT_PHOENIX_PYTHON and chromium")
 
 
 if __name__ == "__main__":

@@ -282,3 +282,83 @@ def test_phoenix_receives_the_session_and_its_children(phoenix: str) -> None:
         "chat gpt-4o-mini": "LLM",
         "execute_tool search": "TOOL",
     }
+
+
+def run_demo(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``budgetkit demo`` exporting to ``endpoint``, with content capture on."""
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true",
+        "NO_COLOR": "1",
+    }
+    for key in ("OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "budgetkit", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(phoenix_python() is None, reason="arize-phoenix is not installed")
+def test_phoenix_shows_the_demo_and_its_resume_as_one_session(phoenix: str, tmp_path: Path) -> None:
+    handoffs = tmp_path / "handoffs"
+    run_demo(phoenix, "--handoff-dir", str(handoffs))
+    [handoff] = handoffs.glob("*.json")
+    first_session = json.loads(handoff.read_text())["session_id"]
+    run_demo(phoenix, "--resume", str(handoff))
+
+    def spans() -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = get_json(f"{phoenix}/v1/projects/default/spans?limit=1000")[
+            "data"
+        ]
+        roots = [s for s in data if s["parent_id"] is None]
+        return data if len(roots) >= 2 else []
+
+    received = wait_for(spans, 60, "both traces in Phoenix")
+    time.sleep(1)  # the last spans of a batch may land just after the roots
+    received = spans()
+    roots = {s["context"]["trace_id"]: s for s in received if s["parent_id"] is None}
+    assert len(roots) == 2
+    first, resumed = sorted(roots.values(), key=lambda s: str(s["start_time"]))
+
+    # One conversation: Phoenix maps gen_ai.conversation.id to its session.id.
+    for span in received:
+        assert span["attributes"]["gen_ai.conversation.id"] == first_session, span["name"]
+        assert span["attributes"]["session.id"] == first_session, span["name"]
+    session = get_json(f"{phoenix}/v1/sessions/{first_session}")["data"]
+    assert {t["trace_id"] for t in session["traces"]} == set(roots)
+
+    # The LLM spans show the prompt and the reply, the response id and finish reason.
+    llm = [s for s in received if s["span_kind"] == "LLM"]
+    assert len(llm) >= 4
+    for span in llm:
+        a = span["attributes"]
+        assert a["llm.input_messages.0.message.role"] == "user"
+        assert a["llm.input_messages.0.message.content"].split()[0] in (
+            "PLAN",
+            "SUMMARISE",
+            "REPORT",
+        )
+        assert a["llm.output_messages.0.message.role"] == "assistant"
+        assert a["llm.output_messages.0.message.content"]
+        assert a["gen_ai.response.id"].startswith("chatcmpl-")
+        assert a["gen_ai.response.finish_reasons"] == ["stop"]
+        assert a["llm.finish_reason"] == "stop"
+
+    # Normal spans are OK; the run the budget stopped is the one error.
+    tools = [s for s in received if s["span_kind"] == "TOOL"]
+    assert tools
+    assert {s["status_code"] for s in llm + tools} == {"OK"}
+    assert first["status_code"] == "ERROR"
+    assert first["attributes"]["budgetkit.status"].startswith("Budget: ")
+    assert resumed["status_code"] == "OK"
+    assert resumed["attributes"]["budgetkit.session.resumed_from"] == first_session

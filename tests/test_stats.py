@@ -372,3 +372,42 @@ def test_end_to_end_with_real_sessions(tmp_path: Path, capsys: pytest.CaptureFix
     assert doc["dimensions"]["steps"]["recommended"] == 4  # ceil(3 * 1.2)
     assert doc["dimensions"]["steps"]["limits"] == [5]
     assert doc["stop_reasons"] == {"completed": 3}
+
+
+def plot_records() -> list[dict[str, Any]]:
+    """Sessions making one LLM call per step, costing cents under a $0.50 limit."""
+    out = []
+    for v in range(1, 201):
+        record = make_record(v, max_steps=250, max_usd="0.50")
+        record["usage"]["llm_calls"] = v  # identical to steps
+        record["usage"]["cost_usd"] = str(Decimal(v) / 10_000)  # at most $0.02
+        out.append(record)
+    return out
+
+
+def test_plot_labels_axes_merges_identical_panels_and_scales_cost() -> None:
+    pytest.importorskip("matplotlib")
+    stats = compute_stats(plot_records())
+    fig = cli_stats.stats_figure(stats)
+    axes = fig.get_axes()
+    titles = [ax.get_title() for ax in axes]
+    # steps and llm_calls are identical: one panel, not two.
+    assert [t.split(":")[0] for t in titles] == [
+        "steps = llm_calls",
+        "total_tokens",
+        "cost_usd",
+        "elapsed_seconds",
+    ]
+    for ax in axes:
+        assert ax.get_xlabel()
+        assert ax.get_ylabel() == "sessions"
+    cost = axes[2]
+    assert cost.get_xlabel() == "cost per session (USD)"
+    # Scaled to the data (max $0.02, recommended $0.03), not stretched to the $0.50 limit ...
+    assert cost.get_xlim()[1] < 0.05
+    # ... which the legend still names.
+    legend = [t.get_text() for t in cost.get_legend().get_texts()]
+    assert "max_usd = $0.50 (off the scale)" in legend
+    # A limit near the data is drawn as a line.
+    steps_legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert "max_steps = 250" in steps_legend

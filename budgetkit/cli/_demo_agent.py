@@ -50,6 +50,10 @@ _PARAGRAPHS = (
     "tasks; its trace links to the trace of the run it continues.",
 )
 
+#: What each tool takes, in seconds, on top of ``--delay``: a search API and a page fetch are
+#: tens of milliseconds, so their spans have a visible bar in a trace viewer.
+TOOL_LATENCY = {"web_search": 0.03, "read_page": 0.06}
+
 #: Output tokens of each kind of answer: a short plan, a summary, a longer report.
 _OUTPUT_TOKENS = {"PLAN": 180, "SUMMARISE": 420, "REPORT": 760}
 
@@ -124,13 +128,13 @@ class ResearchAgent:
     @budget.step(name="web_search")
     def search(self, question: str) -> str:
         """Find a source for a question (a canned corpus, offline)."""
-        time.sleep(self.delay)
+        time.sleep(self.delay + TOOL_LATENCY["web_search"])
         return _CORPUS.get(question, "https://example.org/notes/0")
 
     @budget.step(name="read_page")
     def read(self, url: str) -> str:
         """Read a source: a page of a few thousand tokens."""
-        time.sleep(self.delay)
+        time.sleep(self.delay + TOOL_LATENCY["read_page"])
         return f"Contents of {url}:\n" + "\n\n".join(_PARAGRAPHS * 18)
 
     def run(self, session: SessionBudget, notes: Notes) -> Notes:

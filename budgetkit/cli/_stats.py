@@ -227,51 +227,100 @@ def _print_rich(
 
 
 # ---------------------------------------------------------------------------- plot
+#: The x axis label of each dimension's panel.
+_AXIS_LABELS = {
+    "steps": "steps per session",
+    "llm_calls": "LLM calls per session",
+    "total_tokens": "tokens per session",
+    "cost_usd": "cost per session (USD)",
+    "elapsed_seconds": "seconds per session",
+}
+
+#: A panel's x axis reaches 10% past the data, p95, recommendation and the limits drawn; a
+#: configured limit more than twice as far out as the rest is named in the legend rather than
+#: drawn (it would squash the histogram into a sliver).
+_AXIS_MARGIN = 1.1
+_OFF_SCALE = 2.0
+
+
 def plot_stats(stats: Stats, path: str | Path) -> None:
     """Draw one histogram per dimension to a PNG, with configured limits marked.
 
     Configured limits are red dashed lines, the p95 a grey dotted line and the recommended
-    limit a green dash-dot line. matplotlib is imported here (``budgetkit[stats]``) and used
-    without ``pyplot``, so no GUI backend or global state is involved.
+    limit a green dash-dot line. Dimensions with identical values (steps and LLM calls when
+    each step makes one call) share a panel. Each x axis is scaled to the data: a limit far
+    beyond it is named in the legend, not drawn. matplotlib is imported here
+    (``budgetkit[stats]``) and used without ``pyplot``, so no GUI backend or global state is
+    involved.
 
     Raises:
         ImportError: matplotlib is not installed.
         OSError: the file cannot be written.
     """
+    stats_figure(stats).savefig(path, format="png", dpi=100)
+
+
+def _panels(stats: Stats) -> list[list[DimensionStats]]:
+    """Dimensions with data, those with identical values grouped into one panel."""
+    panels: list[list[DimensionStats]] = []
+    for dim in stats.dimensions:
+        if not dim.count:
+            continue
+        for panel in panels:
+            if panel[0].values == dim.values:
+                panel.append(dim)
+                break
+        else:
+            panels.append([dim])
+    return panels
+
+
+def stats_figure(stats: Stats) -> Any:
+    """The figure :func:`plot_stats` saves (a ``matplotlib.figure.Figure``)."""
     from matplotlib.figure import Figure
 
-    dims = [d for d in stats.dimensions if d.count]
-    fig = Figure(figsize=(9, 2.8 * max(len(dims), 1)), layout="constrained")
-    axes = fig.subplots(nrows=max(len(dims), 1), ncols=1, squeeze=False)[:, 0]
-    for ax, dim in zip(axes, dims, strict=False):
-        values = [float(v) for v in dim.values]
-        bins = max(1, min(40, len(set(values))))
-        ax.hist(values, bins=bins, color="#4C72B0", alpha=0.85)
-        for limit in dim.limits:
-            ax.axvline(
-                float(limit),
-                color="#C44E52",
-                linestyle="--",
-                linewidth=1.5,
-                label=f"{dim.limit_name} = {_fmt(dim.name, limit)}",
-            )
-        if dim.p95 is not None:
-            ax.axvline(float(dim.p95), color="0.4", linestyle=":", label="p95")
-        if dim.recommended is not None:
-            ax.axvline(
-                float(dim.recommended),
-                color="#55A868",
-                linestyle="-.",
-                label=f"recommended = {_fmt(dim.name, dim.recommended)}",
-            )
-        ax.set_title(
-            f"{dim.name}: n={dim.count}, p50={_fmt(dim.name, dim.p50)}, "
-            f"p95={_fmt(dim.name, dim.p95)}, max={_fmt(dim.name, dim.max)}",
-            fontsize=10,
-        )
-        ax.set_ylabel("sessions")
-        ax.legend(fontsize=8, loc="best")
-    if not dims:
+    panels = _panels(stats)
+    fig = Figure(figsize=(9, 2.9 * max(len(panels), 1)), layout="constrained")
+    axes = fig.subplots(nrows=max(len(panels), 1), ncols=1, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=False):
+        _draw_panel(ax, panel)
+    if not panels:
         axes[0].set_title("no sessions")
     fig.suptitle(f"budgetkit: {stats.sessions} sessions")
-    fig.savefig(path, format="png", dpi=100)
+    return fig
+
+
+def _draw_panel(ax: Any, panel: list[DimensionStats]) -> None:
+    dim = panel[0]
+    values = [float(v) for v in dim.values]
+    bins = max(1, min(40, len(set(values))))
+    ax.hist(values, bins=bins, color="#4C72B0", alpha=0.85)
+    extent = max(float(v) for v in (*values, dim.p95, dim.recommended) if v is not None)
+    right = extent
+    for member in panel:
+        for limit in member.limits:
+            label = f"{member.limit_name} = {_fmt(member.name, limit)}"
+            if extent > 0 and float(limit) > _OFF_SCALE * extent:
+                ax.plot([], [], " ", label=f"{label} (off the scale)")
+                continue
+            right = max(right, float(limit))
+            ax.axvline(float(limit), color="#C44E52", linestyle="--", linewidth=1.5, label=label)
+    if dim.p95 is not None:
+        ax.axvline(float(dim.p95), color="0.4", linestyle=":", label="p95")
+    if dim.recommended is not None:
+        ax.axvline(
+            float(dim.recommended),
+            color="#55A868",
+            linestyle="-.",
+            label=f"recommended = {_fmt(dim.name, dim.recommended)}",
+        )
+    ax.set_xlim(left=min(0.0, min(values)), right=right * _AXIS_MARGIN or 1.0)
+    names = " = ".join(member.name for member in panel)
+    ax.set_title(
+        f"{names}: n={dim.count}, p50={_fmt(dim.name, dim.p50)}, "
+        f"p95={_fmt(dim.name, dim.p95)}, max={_fmt(dim.name, dim.max)}",
+        fontsize=10,
+    )
+    ax.set_xlabel(" = ".join(_AXIS_LABELS.get(m.name, m.name) for m in panel))
+    ax.set_ylabel("sessions")
+    ax.legend(fontsize=8, loc="best")
