@@ -295,3 +295,65 @@ async def test_budget_model_over_an_instrumented_sdk_charges_each_request_once(
         assert session.usage.input_tokens == 1200
     finally:
         budgetkit.uninstrument()
+
+
+# ----------------------------------------------------------------------------- swallowed errors
+def always_retry(q: str) -> str:
+    """Look something up; always asks the model to try again."""
+    from pydantic_ai import ModelRetry
+
+    raise ModelRetry(f"backend down for {q}")
+
+
+@pytest.mark.asyncio
+async def test_model_retry_counts_toward_consecutive_errors(handoff_dir: Path) -> None:
+    """20 tool calls in a row that raise ModelRetry trip max_consecutive_errors (#19)."""
+    script = Script(20, tool="always_retry")
+    agent: Agent[None, str] = Agent(FunctionModel(script, model_name="house-model"))
+    agent.tool_plain(retries=100)(always_retry)
+    session = SessionBudget(max_consecutive_errors=3, max_llm_calls=100, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info, session:
+        await agent.run("go", capabilities=[BudgetCapability()])
+    assert info.value.reason == "max_consecutive_errors"
+    assert script.served <= 4
+
+
+# ----------------------------------------------------------------------------- the budget in view
+@pytest.mark.asyncio
+async def test_show_budget_puts_the_status_line_in_every_request(handoff_dir: Path) -> None:
+    """The instructions the model receives carry session.status_line(), turn by turn (#19)."""
+    seen: list[tuple[str | None, list[ModelMessage]]] = []
+    script = Script(2)
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append((info.instructions, list(messages)))
+        return script(messages, info)
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"), instructions="Be brief.")
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir) as session:
+        result = await agent.run("research this", capabilities=[BudgetCapability(show_budget=True)])
+        final_line = session.status_line()
+    assert result.output == "all done"
+    instructions = [text or "" for text, _ in seen]
+    assert "Budget: 5 of 5 steps left. Phase: explore." in instructions[0]
+    assert "Budget: 4 of 5 steps left. Phase: explore." in instructions[1]
+    assert final_line in instructions[2]
+    assert all("Be brief." in text for text in instructions)
+    # The user's prompt is unchanged.
+    first = seen[0][1][0]
+    prompts = [p.content for p in getattr(first, "parts", ()) if p.part_kind == "user-prompt"]
+    assert prompts == ["research this"]
+
+
+@pytest.mark.asyncio
+async def test_without_show_budget_the_model_sees_no_budget(handoff_dir: Path) -> None:
+    seen: list[str | None] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(info.instructions)
+        return ModelResponse(parts=[TextPart("done")])
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"))
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir):
+        await agent.run("go", capabilities=[BudgetCapability()])
+    assert not any("Budget:" in (text or "") for text in seen)

@@ -19,7 +19,26 @@ from .._session import SessionBudget
 from .._values import LLM, STEP, CallSpec
 from ..exceptions import BudgetTypeError
 
-__all__ = ["Step", "check_session", "pricing_provider", "session_for", "start_llm_call"]
+__all__ = [
+    "Step",
+    "ToolErrorReported",
+    "budget_text",
+    "check_session",
+    "pricing_provider",
+    "session_for",
+    "settle_llm_call",
+    "start_llm_call",
+]
+
+
+class ToolErrorReported(Exception):  # noqa: N818 - names what happened, like StopIteration
+    """A tool call failed and the framework turned the failure into a message for the model.
+
+    Frameworks catch a tool's exception and hand its text back to the model (LangChain's
+    ``ToolMessage(status="error")``, OpenAI Agents' tool failure output, Pydantic AI's
+    ``ModelRetry``). The adapter closes the step with this error, so it counts toward
+    ``max_consecutive_errors`` and marks the tool's span as failed.
+    """
 
 
 def check_session(session: object) -> SessionBudget | None:
@@ -60,6 +79,31 @@ def start_llm_call(
     """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span."""
     spec = CallSpec(LLM, name or "llm", model or None, provider or None)
     return LLMCall.begin(session, spec, (), {} if messages is None else {"messages": messages})
+
+
+def budget_text(explicit: SessionBudget | None) -> str:
+    """What the model is shown of its budget: the session's ``status_line()``; empty outside
+    a session."""
+    session = session_for(explicit)
+    return "" if session is None else session.budget.status_line()
+
+
+def settle_llm_call(call: LLMCall, usage: Any, *, result: object, streamed: bool) -> None:
+    """Charge a framework's model call *without* ending a run of tool errors.
+
+    In a framework loop every failed tool call is followed by a model call that reads the
+    error; if that call counted as a success, ``max_consecutive_errors`` could never trip on
+    tool failures. So in an adapter only a tool that returns normally ends the run of errors
+    (a model call that raises still adds to it).
+    """
+    session = call.session
+    pending = session.errors_pending
+    session.errors_pending = False  # settle() resets the run only when errors are pending
+    try:
+        call.settle(call.fill(usage), result=result, streamed=streamed)
+    finally:
+        if pending:
+            session.errors_pending = True
 
 
 def _arguments(arguments: object) -> dict[str, Any]:

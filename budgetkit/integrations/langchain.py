@@ -18,20 +18,37 @@ Install with ``install budgetkit's [langchain] extra``.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
-    from langchain_core.messages import AIMessage
+    from langchain_core.messages import AIMessage, ToolMessage
     from langchain_core.outputs import ChatGeneration, LLMResult
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "budgetkit.integrations.langchain needs langchain-core: budgetkit's [langchain] extra"
     ) from exc
 
+try:  # LangChain v1 agents (the ``langchain`` package); the handler needs only langchain-core
+    from langchain.agents.middleware import AgentMiddleware
+except ImportError:  # pragma: no cover - depends on the environment
+    AgentMiddleware = None  # type: ignore[assignment,misc]
+
 from .._usage import Usage
-from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
+from ..exceptions import BudgetExhausted
+from ._common import (
+    Step,
+    ToolErrorReported,
+    budget_text,
+    check_session,
+    pricing_provider,
+    session_for,
+    settle_llm_call,
+    start_llm_call,
+)
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -41,7 +58,47 @@ if TYPE_CHECKING:
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["BudgetCallbackHandler"]
+__all__ = ["BudgetCallbackHandler", "BudgetMiddleware"]
+
+#: LangChain's callback manager logs every callback error at WARNING before re-raising it.
+_MANAGER_LOG = "Error in %s.%s callback: %s"
+_quiet_lock = threading.Lock()
+#: ``repr()`` of the budgetkit stops being raised through the manager, not yet logged.
+_quiet: dict[str, int] = {}
+
+
+class _QuietStops(logging.Filter):
+    """Drops the manager's "Error in BudgetCallbackHandler..." line for budgetkit's own stop
+    (the exception propagates; it is not an error of the handler). Other lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg != _MANAGER_LOG or not isinstance(args, tuple) or len(args) != 3:
+            return True
+        text = args[2]
+        if not isinstance(text, str):
+            return True
+        with _quiet_lock:
+            left = _quiet.get(text)
+            if not left:
+                return True
+            if left == 1:
+                del _quiet[text]
+            else:
+                _quiet[text] = left - 1
+        return False
+
+
+def _stopping(exc: BudgetExhausted) -> None:
+    """Note that LangChain's manager is about to log ``exc``: the filter drops that line."""
+    with _quiet_lock:
+        if len(_quiet) > 1_000:  # lines never logged (a caller without the manager)
+            _quiet.clear()
+        text = repr(exc)
+        _quiet[text] = _quiet.get(text, 0) + 1
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietStops())
 
 
 class BudgetCallbackHandler(BaseCallbackHandler):
@@ -57,7 +114,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     call or tool run is refused propagates out of ``invoke``/``ainvoke``/``stream``, after
     the handoff is written. A tool that catches it and returns text does not keep the run
     going: exhaustion is latched, so the next model call raises again. (LangChain logs the
-    refusal at WARNING, "Error in BudgetCallbackHandler...", before re-raising it.)
+    refusal at WARNING, "Error in BudgetCallbackHandler...", before re-raising it; a logging
+    filter on ``langchain_core.callbacks.manager`` drops that line for budgetkit's own stop.)
 
     The handler is synchronous and runs inline (``run_inline``), also in async runs: its work
     is a few counter updates, and LangChain drops the errors of async handlers called from
@@ -132,9 +190,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         model = _first_str(params.get("model"), params.get("model_name"), meta.get("ls_model_name"))
         provider = _first_str(meta.get("ls_provider"))
         name = _first_str(kwargs.get("name"), _serialized_name(serialized), model) or "llm"
-        self._llm_calls[run_id] = start_llm_call(
-            session, name, model=model, provider=pricing_provider(provider), messages=prompt
-        )
+        try:
+            self._llm_calls[run_id] = start_llm_call(
+                session, name, model=model, provider=pricing_provider(provider), messages=prompt
+            )
+        except BudgetExhausted as exc:
+            _stopping(exc)
+            raise
 
     def on_llm_end(
         self,
@@ -150,7 +212,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         usage, output = _usage_of(response, call.spec.provider)
-        call.settle(call.fill(usage), result=output, streamed=False)
+        settle_llm_call(call, usage, result=output, streamed=False)
 
     def on_llm_error(
         self,
@@ -184,7 +246,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if session is None:
             return
         name = _first_str(kwargs.get("name"), _serialized_name(serialized)) or "tool"
-        self._steps[run_id] = Step(session, name, inputs if inputs is not None else input_str)
+        try:
+            self._steps[run_id] = Step(session, name, inputs if inputs is not None else input_str)
+        except BudgetExhausted as exc:
+            _stopping(exc)
+            raise
 
     def on_tool_end(
         self,
@@ -194,10 +260,10 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """The tool run returned."""
+        """The tool run returned; an error ``ToolMessage`` (``handle_tool_error``) is a failure."""
         step = self._steps.pop(run_id, None)
         if step is not None:
-            step.close()
+            step.close(_reported_error(output))
 
     def on_tool_error(
         self,
@@ -215,6 +281,48 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def __repr__(self) -> str:
         bound = "current session" if self.session is None else repr(self.session)
         return f"<BudgetCallbackHandler charging {bound}>"
+
+
+def _with_status(request: Any, session: SessionBudget | None) -> Any:
+    """The model request with the budget's status line appended to its system message."""
+    from langchain_core.messages import SystemMessage
+
+    status = budget_text(session)
+    if not status:
+        return request
+    current = request.system_message
+    text = current.text if current is not None else ""
+    content = f"{text}\n\n{status}" if text else status
+    return request.override(system_message=SystemMessage(content=content))
+
+
+if AgentMiddleware is not None:
+
+    class BudgetMiddleware(AgentMiddleware):
+        """LangChain v1 agent middleware that shows the model its budget on every call.
+
+        ``create_agent(model, tools, middleware=[BudgetMiddleware()])``: before each model
+        call, the session's ``status_line()`` (what is left, and the phase) is appended to the
+        system message the model receives; the user's messages and the agent's state are not
+        changed. Charging is still the :class:`BudgetCallbackHandler`'s job.
+
+        Args:
+            session: show this session; by default the innermost active one.
+
+        .. versionadded:: 0.1.0
+        """
+
+        def __init__(self, session: SessionBudget | None = None) -> None:
+            super().__init__()
+            self.session = check_session(session)
+
+        def wrap_model_call(self, request: Any, handler: Any) -> Any:
+            """Call the model with the status line in its system message."""
+            return handler(_with_status(request, self.session))
+
+        async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+            """Call the model with the status line in its system message (async)."""
+            return await handler(_with_status(request, self.session))
 
 
 def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, object]:
@@ -259,6 +367,14 @@ def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, 
         except MalformedUsageError:  # counted as unmeasured (and warned about) when settled
             return None, output
     return None, output
+
+
+def _reported_error(output: Any) -> ToolErrorReported | None:
+    """The failure a tool's handled error left in its output: ``ToolMessage(status="error")``."""
+    if isinstance(output, ToolMessage) and output.status == "error":
+        text = output.content if isinstance(output.content, str) else str(output.content)
+        return ToolErrorReported(text)
+    return None
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:

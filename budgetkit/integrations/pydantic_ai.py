@@ -32,7 +32,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._calls import Nesting, await_marked
 from .._usage import Usage
-from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
+from ._common import (
+    Step,
+    budget_text,
+    check_session,
+    pricing_provider,
+    session_for,
+    settle_llm_call,
+    start_llm_call,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -98,7 +106,7 @@ class BudgetModel(WrapperModel):
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.settle(call.fill(_usage_of(response.usage, response)), result=response, streamed=False)
+        settle_llm_call(call, _usage_of(response.usage, response), result=response, streamed=False)
         return response
 
     @asynccontextmanager
@@ -138,7 +146,7 @@ class BudgetModel(WrapperModel):
 
 def _settle_stream(call: LLMCall, stream: StreamedResponse) -> None:
     response = stream.get()
-    call.settle(call.fill(_usage_of(stream.usage, response)), result=response, streamed=True)
+    settle_llm_call(call, _usage_of(stream.usage, response), result=response, streamed=True)
 
 
 @dataclass
@@ -160,14 +168,35 @@ class BudgetCapability(AbstractCapability[Any]):
     Args:
         session: charge this session; by default the innermost session active where each
             request or tool call starts.
+        show_budget: add the session's ``status_line()`` to the instructions of every model
+            request, so the model sees what is left.
 
     .. versionadded:: 0.1.0
     """
 
     session: SessionBudget | None = None
+    show_budget: bool = False
+    """Show the model its budget: ``session.status_line()`` (what is left, and the phase) is
+    added to the instructions of every request, computed when the request is made. The
+    user's prompt is not changed."""
 
     def __post_init__(self) -> None:
         check_session(self.session)
+        if not isinstance(self.show_budget, bool):
+            from ..exceptions import BudgetTypeError
+
+            raise BudgetTypeError(f"show_budget must be a bool, got {self.show_budget!r}")
+
+    def get_instructions(self) -> Any:
+        """With ``show_budget``, a dynamic instruction: the session's status line."""
+        if not self.show_budget:
+            return None
+        explicit = self.session
+
+        def budget_status(ctx: RunContext[Any]) -> str:
+            return budget_text(explicit)
+
+        return budget_status
 
     @classmethod
     def get_serialization_name(cls) -> str | None:
