@@ -357,3 +357,56 @@ async def test_without_show_budget_the_model_sees_no_budget(handoff_dir: Path) -
     with SessionBudget(max_steps=5, handoff_dir=handoff_dir):
         await agent.run("go", capabilities=[BudgetCapability()])
     assert not any("Budget:" in (text or "") for text in seen)
+
+
+# ----------------------------------------------------------------------------- wind-down
+@pytest.mark.asyncio
+async def test_finish_winds_down_to_a_final_answer_marked_budget_limited(
+    handoff_dir: Path,
+) -> None:
+    """on_exhausted="finish": in the wrap-up reserve the next request offers no tools, and the
+    run returns the model's final answer, marked with the stop reason (#19)."""
+    from budgetkit.integrations.pydantic_ai import budget_stop_reason
+
+    offered: list[list[str]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        offered.append([t.name for t in info.function_tools])
+        i = len(offered)
+        if not info.function_tools:
+            return ModelResponse(parts=[TextPart(f"final answer after {i - 1} turns")])
+        return ModelResponse(parts=[ToolCallPart("lookup", {"q": f"q{i}"}, tool_call_id=f"c{i}")])
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"))
+    capability = BudgetCapability(on_exhausted="finish")
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        result = await agent.run("research this", capabilities=[capability])
+    assert ran == ["q1", "q2", "q3", "q4"]  # the fifth tool call would eat the reserve
+    assert offered[:5] == [["lookup"]] * 5
+    assert offered[5] == []  # the final request offers no tools
+    assert result.output == "final answer after 5 turns"
+    assert budget_stop_reason(result) == "wrapup_reserve"
+    assert session.usage.steps == 4
+    assert session.usage.llm_calls == 6
+
+
+@pytest.mark.asyncio
+async def test_without_finish_the_reserve_still_raises(handoff_dir: Path) -> None:
+    agent = agent_for(FunctionModel(Script(10), model_name="house-model"))
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir),
+    ):
+        await agent.run("research this", capabilities=[BudgetCapability()])
+    assert info.value.reason == "wrapup_reserve"
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_finishes_by_itself_is_not_marked(handoff_dir: Path) -> None:
+    from budgetkit.integrations.pydantic_ai import budget_stop_reason
+
+    agent = agent_for(FunctionModel(Script(1), model_name="house-model"))
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir):
+        result = await agent.run("go", capabilities=[BudgetCapability(on_exhausted="finish")])
+    assert result.output == "all done"
+    assert budget_stop_reason(result) is None

@@ -75,9 +75,11 @@ def start_llm_call(
     model: str | None = None,
     provider: str | None = None,
     messages: object = None,
+    wrapup: bool = False,
 ) -> LLMCall:
-    """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span."""
-    spec = CallSpec(LLM, name or "llm", model or None, provider or None)
+    """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span;
+    ``wrapup`` lets it use the session's wrap-up reserve."""
+    spec = CallSpec(LLM, name or "llm", model or None, provider or None, wrapup=wrapup)
     return LLMCall.begin(session, spec, (), {} if messages is None else {"messages": messages})
 
 

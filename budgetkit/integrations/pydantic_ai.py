@@ -18,9 +18,10 @@ Install with ``install budgetkit's [pydantic-ai] extra``.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from pydantic_ai.capabilities import AbstractCapability
@@ -31,7 +32,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._calls import Nesting, await_marked
+from .._policy import WRAPUP_RESERVE
 from .._usage import Usage
+from ..exceptions import BudgetExhausted
 from ._common import (
     Step,
     budget_text,
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["BudgetCapability", "BudgetModel"]
+__all__ = ["BudgetCapability", "BudgetModel", "budget_stop_reason"]
 
 
 class BudgetModel(WrapperModel):
@@ -73,21 +76,47 @@ class BudgetModel(WrapperModel):
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, wrapped: Model | str, *, session: SessionBudget | None = None) -> None:
+    def __init__(
+        self,
+        wrapped: Model | str,
+        *,
+        session: SessionBudget | None = None,
+        on_exhausted: Literal["raise", "finish"] = "raise",
+    ) -> None:
         super().__init__(wrapped)
         self.budget_session = check_session(session)
+        self.on_exhausted = _check_on_exhausted(on_exhausted)
 
-    def _admit(self, messages: list[ModelMessage]) -> LLMCall | None:
+    def _admit(self, messages: list[ModelMessage]) -> tuple[LLMCall | None, bool]:
+        """The admitted call, and whether it is the wind-down's final request."""
         session = session_for(self.budget_session)
         if session is None:
-            return None
-        return start_llm_call(
-            session,
-            self.wrapped.model_name,
-            model=self.wrapped.model_name,
-            provider=pricing_provider(self.wrapped.system),
-            messages=messages,
-        )
+            return None, False
+        finish = self.on_exhausted == "finish"
+        winding = finish and session.budget in _winding_down
+        try:
+            call = start_llm_call(
+                session,
+                self.wrapped.model_name,
+                model=self.wrapped.model_name,
+                provider=pricing_provider(self.wrapped.system),
+                messages=messages,
+                wrapup=winding,
+            )
+        except BudgetExhausted as exc:
+            if not finish or exc.reason != WRAPUP_RESERVE:
+                raise
+            _winding_down.add(session.budget)
+            winding = True
+            call = start_llm_call(
+                session,
+                self.wrapped.model_name,
+                model=self.wrapped.model_name,
+                provider=pricing_provider(self.wrapped.system),
+                messages=messages,
+                wrapup=True,
+            )
+        return call, winding
 
     async def request(
         self,
@@ -96,9 +125,11 @@ class BudgetModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """Admit the request (or raise ``BudgetExhausted``), send it, charge its usage."""
-        call = self._admit(messages)
+        call, winding = self._admit(messages)
         if call is None:
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
+        if winding:  # the final answer: no function tools offered
+            model_request_parameters = replace(model_request_parameters, function_tools=[])
         try:
             response: ModelResponse = await await_marked(
                 self.wrapped.request, (messages, model_settings, model_request_parameters), {}
@@ -107,6 +138,10 @@ class BudgetModel(WrapperModel):
             call.fail(exc)
             raise
         settle_llm_call(call, _usage_of(response.usage, response), result=response, streamed=False)
+        if winding:
+            metadata = dict(response.metadata or {})
+            metadata[STOP_KEY] = WRAPUP_RESERVE
+            response = replace(response, metadata=metadata)
         return response
 
     @asynccontextmanager
@@ -118,7 +153,9 @@ class BudgetModel(WrapperModel):
         run_context: RunContext[Any] | None = None,
     ) -> AsyncIterator[StreamedResponse]:
         """Admit the streamed request; charge the usage received when the stream closes."""
-        call = self._admit(messages)
+        call, winding = self._admit(messages)
+        if winding:  # the final answer: no function tools offered
+            model_request_parameters = replace(model_request_parameters, function_tools=[])
         stream_cm = self.wrapped.request_stream(
             messages, model_settings, model_request_parameters, run_context
         )
@@ -176,12 +213,19 @@ class BudgetCapability(AbstractCapability[Any]):
 
     session: SessionBudget | None = None
     show_budget: bool = False
+    on_exhausted: Literal["raise", "finish"] = "raise"
+    """``"finish"``: when the session reaches its wrap-up reserve (``reserve_for_wrapup``),
+    the tool call that would use it is not run (the model is told to answer), and the next
+    request is sent without function tools, so the run *returns* a final answer marked with
+    the stop reason (:func:`budget_stop_reason`). ``"raise"`` (the default): the run raises
+    ``BudgetExhausted``. A hard limit always raises."""
     """Show the model its budget: ``session.status_line()`` (what is left, and the phase) is
     added to the instructions of every request, computed when the request is made. The
     user's prompt is not changed."""
 
     def __post_init__(self) -> None:
         check_session(self.session)
+        _check_on_exhausted(self.on_exhausted)
         if not isinstance(self.show_budget, bool):
             from ..exceptions import BudgetTypeError
 
@@ -204,7 +248,7 @@ class BudgetCapability(AbstractCapability[Any]):
 
     def get_wrapper_model(self, model: Model) -> Model | None:
         """Charge every model request, whichever model serves it."""
-        return BudgetModel(model, session=self.session)
+        return BudgetModel(model, session=self.session, on_exhausted=self.on_exhausted)
 
     async def wrap_tool_execute(
         self,
@@ -219,7 +263,13 @@ class BudgetCapability(AbstractCapability[Any]):
         session = session_for(self.session)
         if session is None:
             return await handler(args)
-        step = Step(session, call.tool_name, args)
+        try:
+            step = Step(session, call.tool_name, args)
+        except BudgetExhausted as exc:
+            if self.on_exhausted != "finish" or exc.reason != WRAPUP_RESERVE:
+                raise
+            _winding_down.add(session.budget)  # the next request is the final answer, without tools
+            return WIND_DOWN_TEXT
         try:
             result = await handler(args)
         except BaseException as exc:
@@ -227,6 +277,38 @@ class BudgetCapability(AbstractCapability[Any]):
             raise
         step.close()
         return result
+
+
+#: Where a wind-down's final response records why the run stopped (``ModelResponse.metadata``).
+STOP_KEY = "budgetkit_stop_reason"
+#: What the model reads instead of a tool result once the wrap-up reserve is reached.
+WIND_DOWN_TEXT = (
+    "Not run: the budget's wrap-up reserve is reached. Do not call tools; give your final "
+    "answer now from what you have."
+)
+#: Sessions whose wrap-up reserve was reached under ``on_exhausted="finish"``.
+_winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
+
+
+def budget_stop_reason(result: Any) -> str | None:
+    """Why a run with ``on_exhausted="finish"`` wound down (``"wrapup_reserve"``), or ``None``
+    for a run that finished by itself.
+
+    Args:
+        result: the ``AgentRunResult`` (or a ``ModelResponse``).
+    """
+    response = getattr(result, "response", result)
+    metadata = getattr(response, "metadata", None)
+    reason = metadata.get(STOP_KEY) if isinstance(metadata, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+def _check_on_exhausted(value: object) -> Literal["raise", "finish"]:
+    if value not in ("raise", "finish"):
+        from ..exceptions import BudgetConfigError
+
+        raise BudgetConfigError(f"on_exhausted must be 'raise' or 'finish', got {value!r}")
+    return value
 
 
 def _usage_of(usage: RequestUsage, response: ModelResponse) -> Usage | None:
