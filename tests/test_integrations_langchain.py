@@ -491,3 +491,61 @@ def test_middleware_puts_the_status_line_in_every_request(
     assert first[1].content == "research this"  # the user's message is unchanged
     # The agent's state keeps no budget text.
     assert not any("Budget:" in str(m.content) for m in out["messages"])
+
+
+# ----------------------------------------------------------------------------- wind-down
+class WindDownModel(RecordingChatModel):
+    """Calls ``lookup`` while it is offered tools; answers once it is offered none."""
+
+    offered: list[int] = Field(default_factory=list)
+    tool_count: int = 0
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.model_copy(update={"tool_count": len(tools)})
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.offered.append(self.tool_count)
+        i = len(self.offered)
+        if self.tool_count:
+            message = reply(i)
+        else:
+            message = reply(i, tool_name=None).model_copy(
+                update={"content": f"final answer after {i - 1} turns"}
+            )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_finish_winds_down_to_a_final_answer_marked_budget_limited(handoff_dir: Path) -> None:
+    """on_exhausted="finish": the tool call that would use the wrap-up reserve is not run,
+    the next model call is offered no tools, and the run returns the answer, marked (#19)."""
+    from budgetkit.integrations.langchain import BudgetMiddleware, budget_stop_reason
+
+    model = WindDownModel(messages=iter(()))
+    agent = create_agent(model, [lookup], middleware=[BudgetMiddleware(on_exhausted="finish")])
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        out = agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    assert model.offered == [1, 1, 1, 1, 1, 0]  # tools offered, until the final call
+    assert out["messages"][-1].content == "final answer after 5 turns"
+    assert budget_stop_reason(out) == "wrapup_reserve"
+    assert session.usage.steps == 4
+    assert [m.content for m in tool_messages(out["messages"])][-1].startswith("Not run")
+
+
+def test_middleware_without_finish_still_raises_at_the_reserve(handoff_dir: Path) -> None:
+    from budgetkit.integrations.langchain import BudgetMiddleware
+
+    model = WindDownModel(messages=iter(()))
+    agent = create_agent(model, [lookup], middleware=[BudgetMiddleware()])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir),
+    ):
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+    assert info.value.reason == "wrapup_reserve"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +82,29 @@ def start_llm_call(
     ``wrapup`` lets it use the session's wrap-up reserve."""
     spec = CallSpec(LLM, name or "llm", model or None, provider or None, wrapup=wrapup)
     return LLMCall.begin(session, spec, (), {} if messages is None else {"messages": messages})
+
+
+#: Sessions whose wrap-up reserve was reached under ``on_exhausted="finish"``: their model
+#: calls may use the reserve, and are offered no tools.
+winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
+
+#: Where a wind-down's final answer records why the run stopped.
+STOP_KEY = "budgetkit_stop_reason"
+
+#: What the model reads instead of a tool result once the wrap-up reserve is reached.
+WIND_DOWN_TEXT = (
+    "Not run: the budget's wrap-up reserve is reached. Do not call tools; give your final "
+    "answer now from what you have."
+)
+
+
+def check_on_exhausted(value: object) -> str:
+    """Validate an adapter's ``on_exhausted=`` argument."""
+    if value not in ("raise", "finish"):
+        from ..exceptions import BudgetConfigError
+
+        raise BudgetConfigError(f"on_exhausted must be 'raise' or 'finish', got {value!r}")
+    return str(value)
 
 
 def budget_text(explicit: SessionBudget | None) -> str:

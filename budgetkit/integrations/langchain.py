@@ -18,10 +18,11 @@ Install with ``install budgetkit's [langchain] extra``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -40,14 +41,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
 from ._common import (
+    STOP_KEY,
+    WIND_DOWN_TEXT,
     Step,
     ToolErrorReported,
     budget_text,
+    check_on_exhausted,
     check_session,
     pricing_provider,
     session_for,
     settle_llm_call,
     start_llm_call,
+    winding_down,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +63,7 @@ if TYPE_CHECKING:
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["BudgetCallbackHandler", "BudgetMiddleware"]
+__all__ = ["BudgetCallbackHandler", "BudgetMiddleware", "budget_stop_reason"]
 
 #: LangChain's callback manager logs every callback error at WARNING before re-raising it.
 _MANAGER_LOG = "Error in %s.%s callback: %s"
@@ -192,7 +197,12 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         name = _first_str(kwargs.get("name"), _serialized_name(serialized), model) or "llm"
         try:
             self._llm_calls[run_id] = start_llm_call(
-                session, name, model=model, provider=pricing_provider(provider), messages=prompt
+                session,
+                name,
+                model=model,
+                provider=pricing_provider(provider),
+                messages=prompt,
+                wrapup=session.budget in winding_down,
             )
         except BudgetExhausted as exc:
             _stopping(exc)
@@ -306,23 +316,136 @@ if AgentMiddleware is not None:
         system message the model receives; the user's messages and the agent's state are not
         changed. Charging is still the :class:`BudgetCallbackHandler`'s job.
 
+        With ``on_exhausted="finish"`` and a session ``reserve_for_wrapup``, the wrap-up
+        reserve ends the run with an answer instead of an exception: the tool call that would
+        use the reserve is not run (the model reads that it should answer now), the next
+        model call is made with no tools, and ``invoke`` returns; the answer's
+        ``response_metadata`` carries the stop reason (:func:`budget_stop_reason`).
+
         Args:
             session: show this session; by default the innermost active one.
+            show_budget: append the status line to the system message (default ``True``).
+            on_exhausted: ``"raise"`` (the default) or ``"finish"`` (above). A hard limit
+                always raises.
 
         .. versionadded:: 0.1.0
         """
 
-        def __init__(self, session: SessionBudget | None = None) -> None:
+        def __init__(
+            self,
+            session: SessionBudget | None = None,
+            *,
+            show_budget: bool = True,
+            on_exhausted: Literal["raise", "finish"] = "raise",
+        ) -> None:
             super().__init__()
             self.session = check_session(session)
+            self.show_budget = show_budget
+            check_on_exhausted(on_exhausted)
+            self.on_exhausted = on_exhausted
+
+        def _request(self, request: Any) -> tuple[Any, bool]:
+            winding = self._winding()
+            if self.show_budget:
+                request = _with_status(request, self.session)
+            if winding:
+                request = request.override(tools=[])
+            return request, winding
+
+        def _winding(self) -> bool:
+            session = session_for(self.session)
+            return (
+                self.on_exhausted == "finish"
+                and session is not None
+                and session.budget in winding_down
+            )
+
+        def _stop(self, exc: BudgetExhausted) -> bool:
+            """Whether ``exc`` starts the wind-down (else it is raised)."""
+            session = session_for(self.session)
+            if self.on_exhausted != "finish" or exc.reason != "wrapup_reserve" or not session:
+                return False
+            winding_down.add(session.budget)
+            return True
 
         def wrap_model_call(self, request: Any, handler: Any) -> Any:
-            """Call the model with the status line in its system message."""
-            return handler(_with_status(request, self.session))
+            """Call the model with the status line in its system message; while winding
+            down, with no tools, and mark the answer."""
+            changed, winding = self._request(request)
+            try:
+                response = handler(changed)
+            except BudgetExhausted as exc:
+                if winding or not self._stop(exc):
+                    raise
+                changed, winding = self._request(request)
+                response = handler(changed)
+            return _marked(response) if winding else response
 
         async def awrap_model_call(self, request: Any, handler: Any) -> Any:
-            """Call the model with the status line in its system message (async)."""
-            return await handler(_with_status(request, self.session))
+            """Async :meth:`wrap_model_call`."""
+            changed, winding = self._request(request)
+            try:
+                response = await handler(changed)
+            except BudgetExhausted as exc:
+                if winding or not self._stop(exc):
+                    raise
+                changed, winding = self._request(request)
+                response = await handler(changed)
+            return _marked(response) if winding else response
+
+        def wrap_tool_call(self, request: Any, handler: Any) -> Any:
+            """Run the tool; a call refused by the wrap-up reserve starts the wind-down."""
+            try:
+                return handler(request)
+            except BudgetExhausted as exc:
+                if not self._stop(exc):
+                    raise
+                return _wind_down_message(request)
+
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            """Async :meth:`wrap_tool_call`."""
+            try:
+                return await handler(request)
+            except BudgetExhausted as exc:
+                if not self._stop(exc):
+                    raise
+                return _wind_down_message(request)
+
+
+def _wind_down_message(request: Any) -> ToolMessage:
+    call = request.tool_call
+    return ToolMessage(content=WIND_DOWN_TEXT, tool_call_id=call["id"], name=call["name"])
+
+
+def _marked(response: Any) -> Any:
+    """The model's answer with ``response_metadata["budgetkit_stop_reason"]`` set."""
+    messages = list(getattr(response, "result", None) or [])
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, AIMessage):
+            metadata = {**message.response_metadata, STOP_KEY: "wrapup_reserve"}
+            messages[i] = message.model_copy(update={"response_metadata": metadata})
+            return dataclasses.replace(response, result=messages)
+    if isinstance(response, AIMessage):
+        metadata = {**response.response_metadata, STOP_KEY: "wrapup_reserve"}
+        return response.model_copy(update={"response_metadata": metadata})
+    return response
+
+
+def budget_stop_reason(state: Any) -> str | None:
+    """Why an agent run with ``BudgetMiddleware(on_exhausted="finish")`` wound down
+    (``"wrapup_reserve"``), or ``None`` for a run that finished by itself.
+
+    Args:
+        state: the agent's result (``{"messages": [...]}``) or its last message.
+    """
+    message = state
+    if isinstance(state, Mapping):
+        messages = state.get("messages") or []
+        message = messages[-1] if messages else None
+    metadata = getattr(message, "response_metadata", None)
+    reason = metadata.get(STOP_KEY) if isinstance(metadata, Mapping) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, object]:

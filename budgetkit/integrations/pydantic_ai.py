@@ -18,7 +18,6 @@ Install with ``install budgetkit's [pydantic-ai] extra``.
 
 from __future__ import annotations
 
-import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,13 +35,17 @@ from .._policy import WRAPUP_RESERVE
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
 from ._common import (
+    STOP_KEY,
+    WIND_DOWN_TEXT,
     Step,
     budget_text,
+    check_on_exhausted,
     check_session,
     pricing_provider,
     session_for,
     settle_llm_call,
     start_llm_call,
+    winding_down,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +88,8 @@ class BudgetModel(WrapperModel):
     ) -> None:
         super().__init__(wrapped)
         self.budget_session = check_session(session)
-        self.on_exhausted = _check_on_exhausted(on_exhausted)
+        self.on_exhausted: Literal["raise", "finish"] = on_exhausted
+        check_on_exhausted(on_exhausted)
 
     def _admit(self, messages: list[ModelMessage]) -> tuple[LLMCall | None, bool]:
         """The admitted call, and whether it is the wind-down's final request."""
@@ -93,7 +97,7 @@ class BudgetModel(WrapperModel):
         if session is None:
             return None, False
         finish = self.on_exhausted == "finish"
-        winding = finish and session.budget in _winding_down
+        winding = finish and session.budget in winding_down
         try:
             call = start_llm_call(
                 session,
@@ -106,7 +110,7 @@ class BudgetModel(WrapperModel):
         except BudgetExhausted as exc:
             if not finish or exc.reason != WRAPUP_RESERVE:
                 raise
-            _winding_down.add(session.budget)
+            winding_down.add(session.budget)
             winding = True
             call = start_llm_call(
                 session,
@@ -225,7 +229,7 @@ class BudgetCapability(AbstractCapability[Any]):
 
     def __post_init__(self) -> None:
         check_session(self.session)
-        _check_on_exhausted(self.on_exhausted)
+        check_on_exhausted(self.on_exhausted)
         if not isinstance(self.show_budget, bool):
             from ..exceptions import BudgetTypeError
 
@@ -268,7 +272,7 @@ class BudgetCapability(AbstractCapability[Any]):
         except BudgetExhausted as exc:
             if self.on_exhausted != "finish" or exc.reason != WRAPUP_RESERVE:
                 raise
-            _winding_down.add(session.budget)  # the next request is the final answer, without tools
+            winding_down.add(session.budget)  # the next request is the final answer, without tools
             return WIND_DOWN_TEXT
         try:
             result = await handler(args)
@@ -277,17 +281,6 @@ class BudgetCapability(AbstractCapability[Any]):
             raise
         step.close()
         return result
-
-
-#: Where a wind-down's final response records why the run stopped (``ModelResponse.metadata``).
-STOP_KEY = "budgetkit_stop_reason"
-#: What the model reads instead of a tool result once the wrap-up reserve is reached.
-WIND_DOWN_TEXT = (
-    "Not run: the budget's wrap-up reserve is reached. Do not call tools; give your final "
-    "answer now from what you have."
-)
-#: Sessions whose wrap-up reserve was reached under ``on_exhausted="finish"``.
-_winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
 
 
 def budget_stop_reason(result: Any) -> str | None:
@@ -301,14 +294,6 @@ def budget_stop_reason(result: Any) -> str | None:
     metadata = getattr(response, "metadata", None)
     reason = metadata.get(STOP_KEY) if isinstance(metadata, dict) else None
     return reason if isinstance(reason, str) else None
-
-
-def _check_on_exhausted(value: object) -> Literal["raise", "finish"]:
-    if value not in ("raise", "finish"):
-        from ..exceptions import BudgetConfigError
-
-        raise BudgetConfigError(f"on_exhausted must be 'raise' or 'finish', got {value!r}")
-    return value
 
 
 def _usage_of(usage: RequestUsage, response: ModelResponse) -> Usage | None:
