@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
+from ._giveup import GiveUp, parse_give_up
 from ._handoff import Handoff
 from ._lineage import Lineage
 from ._session import SessionBudget
@@ -40,6 +41,7 @@ __all__ = [
     "ChainCapError",
     "ChainError",
     "CostUnknownWarning",
+    "GiveUp",
     "Handoff",
     "HandoffClaimedError",
     "HandoffError",
@@ -59,6 +61,7 @@ __all__ = [
     "Usage",
     "budget",
     "instrument",
+    "parse_give_up",
     "pending_handoffs",
     "run_chain",
     "run_chain_async",

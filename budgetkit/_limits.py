@@ -102,6 +102,12 @@ def to_usd(value: object, name: str, *, allow_zero: bool = False, limit: bool = 
     down for a ``limit`` (which must stay positive: at least 10^-30 USD).
     """
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        if isinstance(value, str):  # strings are for configuration files and env variables
+            raise BudgetTypeError(
+                f"{name} must be a number of US dollars, got the string {value!r}: in Python, "
+                f"Decimal({value!r}) is the exact form (decimal strings are read from "
+                "budgetkit.toml and BUDGETKIT_* environment variables)"
+            )
         raise BudgetTypeError(f"{name} must be a number of US dollars, got {value!r}")
     try:
         amount = value if isinstance(value, Decimal) else Decimal(str(value))

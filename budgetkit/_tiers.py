@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ._agent_view import check_fraction, check_fractions
 from ._limits import LIMIT_NAMES, to_usd
 from .exceptions import BudgetConfigError, BudgetTypeError
 
@@ -59,10 +60,16 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
     {f"BUDGETKIT_{name.upper()}": name for name in LIMIT_NAMES}
 )
 
-_INT_KEYS = frozenset(LIMIT_NAMES) - {"max_usd", "max_seconds"}
+#: The chain caps a tier may set (kept across resumes; see ``SessionBudget``).
+CHAIN_KEYS = ("max_total_usd", "max_total_steps", "max_sessions")
+
+_USD_KEYS = frozenset({"max_usd", "max_total_usd"})
+_INT_KEYS = frozenset({*LIMIT_NAMES, *CHAIN_KEYS}) - _USD_KEYS - {"max_seconds"}
 
 #: Keys a tier may set.
-TIER_KEYS = frozenset({*LIMIT_NAMES, "thresholds", "reserve_for_wrapup", "on_unknown_cost"})
+TIER_KEYS = frozenset(
+    {*LIMIT_NAMES, *CHAIN_KEYS, "thresholds", "reserve_for_wrapup", "on_unknown_cost"}
+)
 
 
 def load_tier(
@@ -85,8 +92,11 @@ def load_tier(
 
     Returns:
         The keyword arguments that are set: ``max_*`` limits (ints, ``Decimal`` for
-        ``max_usd``, ``float`` for ``max_seconds``), ``thresholds`` (list of floats),
-        ``reserve_for_wrapup`` (float) and ``on_unknown_cost``.
+        ``max_usd``, ``float`` for ``max_seconds``), the chain caps ``max_total_usd``
+        (``Decimal``), ``max_total_steps`` and ``max_sessions``, ``thresholds`` (list of
+        floats), ``reserve_for_wrapup`` (float) and ``on_unknown_cost``. USD amounts may be
+        written as decimal strings (``max_usd = "0.25"``), kept exact. Every value is checked
+        by the rules ``SessionBudget`` applies, so what loads also builds a session.
 
     Raises:
         BudgetConfigError: unknown tier (the message lists the known ones), unknown key,
@@ -297,50 +307,75 @@ def _key_line(path: Path, tier: str, key: str | None) -> int | None:
 
 
 def _check_value(where: str, key: str, value: object) -> Any:
+    """One tier value, checked by the same rules as ``SessionBudget`` (so nothing the loader
+    accepts is refused later without a location); every message starts with ``where``."""
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise BudgetTypeError(f"{where}: must be a positive integer, got {value!r}")
         if value <= 0:
             raise BudgetConfigError(f"{where}: must be a positive integer, got {value!r}")
         return value
-    if key in ("max_usd", "max_seconds"):
-        unit = "US dollars" if key == "max_usd" else "seconds"
+    if key in _USD_KEYS:
+        return _usd_value(where, key, value)
+    if key == "max_seconds":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BudgetTypeError(f"{where}: must be a positive number of {unit}, got {value!r}")
+            raise BudgetTypeError(f"{where}: must be a positive number of seconds, got {value!r}")
         if not math.isfinite(value) or value <= 0:
             raise BudgetConfigError(
-                f"{where}: must be a positive, finite number of {unit}, got {value!r}"
+                f"{where}: must be a positive, finite number of seconds, got {value!r}"
             )
-        if key == "max_seconds":
-            return float(value)
-        try:
-            return to_usd(Decimal(str(value)), "max_usd", limit=True)
-        except BudgetConfigError as exc:  # out of bounds: at most 1E+15, at least 1E-30
-            raise BudgetConfigError(f"{where}: {exc}") from None
+        return float(value)
     if key == "thresholds":
         if not isinstance(value, list):
             raise BudgetTypeError(
                 f"{where}: must be a list of fractions such as [0.5, 0.8], got {value!r}"
             )
-        fractions: list[float] = []
         for item in value:
             if isinstance(item, bool) or not isinstance(item, int | float):
                 raise BudgetTypeError(f"{where}: every threshold must be a number, got {item!r}")
-            if not 0 < item <= 1:
-                raise BudgetConfigError(
-                    f"{where}: every threshold must be a fraction in (0, 1], got {item!r}"
-                )
-            fractions.append(float(item))
-        return fractions
+        try:
+            return list(check_fractions(value, "every threshold"))
+        except BudgetConfigError as exc:
+            raise BudgetConfigError(f"{where}: {exc}") from None
     if key == "reserve_for_wrapup":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BudgetTypeError(f"{where}: must be a fraction such as 0.1, got {value!r}")
-        if not 0 <= value < 1:
-            raise BudgetConfigError(f"{where}: must be a fraction in [0, 1), got {value!r}")
-        return float(value)
+        try:
+            return check_fraction(value, "reserve_for_wrapup")
+        except BudgetConfigError as exc:
+            raise BudgetConfigError(f"{where}: {exc}") from None
     # on_unknown_cost
     if not isinstance(value, str):
         raise BudgetTypeError(f"{where}: must be 'warn' or 'error', got {value!r}")
     if value not in ("warn", "error"):
         raise BudgetConfigError(f"{where}: must be 'warn' or 'error', got {value!r}")
     return value
+
+
+def _usd_value(where: str, key: str, value: object) -> Decimal:
+    """A USD amount from a file: a number, or a decimal string (``"0.25"``, kept exact)."""
+    if isinstance(value, str):
+        try:
+            amount = Decimal(value.strip().replace("_", "")) if value.strip() else None
+        except InvalidOperation:
+            amount = None
+        if amount is None:
+            raise BudgetConfigError(
+                f"{where}: must be a positive number of US dollars or a decimal string "
+                f'such as "0.25", got {value!r}'
+            )
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise BudgetTypeError(
+            f"{where}: must be a positive number of US dollars or a decimal string "
+            f'such as "0.25", got {value!r}'
+        )
+    else:
+        amount = Decimal(str(value))
+    if not amount.is_finite() or amount <= 0:
+        raise BudgetConfigError(
+            f"{where}: must be a positive, finite number of US dollars, got {value!r}"
+        )
+    try:
+        return to_usd(amount, key, limit=True)
+    except BudgetConfigError as exc:  # out of bounds: at most 1E+15, at least 1E-30
+        raise BudgetConfigError(f"{where}: {exc}") from None

@@ -193,13 +193,30 @@ def _enter_with_options(session: Boundary, spec: CallSpec, args: Any, kwargs: An
 
 
 def _truncate(result: Any, limit: int | None) -> Any:
-    """Cut a string result to ``limit`` characters, with a visible marker."""
+    """Cut a string result to at most ``limit`` characters, the visible marker included.
+
+    The full marker (:data:`TRUNCATION_MARKER`) is used while it takes at most half the
+    limit, then the short one (:data:`SHORT_TRUNCATION_MARKER`) while some text still fits,
+    then a lone ``…``.
+    """
     if limit is None or not isinstance(result, str) or len(result) <= limit:
         return result
-    return result[:limit] + TRUNCATION_MARKER.format(n=len(result) - limit)
+    size = len(result)
+    for marker, most in ((TRUNCATION_MARKER, limit // 2), (SHORT_TRUNCATION_MARKER, limit - 1)):
+        # The widest marker (every character cut) bounds the one actually written; then
+        # keep the characters its narrower count frees, if the count stays as narrow.
+        keep = limit - len(marker.format(n=size))
+        if keep < 1 or len(marker.format(n=size)) > most:
+            continue
+        wider = limit - len(marker.format(n=size - keep))
+        if len(marker.format(n=size - wider)) == len(marker.format(n=size - keep)):
+            keep = wider
+        return result[:keep] + marker.format(n=size - keep)
+    return result[: limit - 1] + "\u2026"
 
 
 TRUNCATION_MARKER = "\n[... {n} more characters truncated by budgetkit]"
+SHORT_TRUNCATION_MARKER = "\u2026[+{n} chars]"
 
 
 # ---------------------------------------------------------------------------- LLM calls

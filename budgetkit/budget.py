@@ -58,7 +58,8 @@ def step(
         wrapup: the step may use the session's ``reserve_for_wrapup``.
         timeout: seconds; an ``async def`` step is cancelled at the deadline, a sync step
             is judged when it returns; either raises :class:`~budgetkit.StepTimeoutError`.
-        max_output_chars: a longer ``str`` result is cut, with a visible marker.
+        max_output_chars: a longer ``str`` result is cut to at most this many characters,
+            the visible truncation marker included.
 
     .. versionadded:: 0.1.0
     """

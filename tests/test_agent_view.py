@@ -155,14 +155,52 @@ async def test_async_step_timeout_cancels_at_the_deadline() -> None:
 
 
 def test_max_output_chars_truncates_with_a_marker() -> None:
-    """A verbose tool's string result is cut with a visible marker."""
+    """A verbose tool's string result is cut with a visible marker, the marker within the limit."""
 
-    @budget.step(max_output_chars=10)
+    @budget.step(max_output_chars=200)
     def verbose() -> str:
-        return "x" * 25
+        return "x" * 1000
 
     with SessionBudget(handoff_dir=None):
-        assert verbose() == "x" * 10 + "\n[... 15 more characters truncated by budgetkit]"
+        out = verbose()
+    marker = "\n[... 849 more characters truncated by budgetkit]"
+    assert out == "x" * 151 + marker
+    assert len(out) == 200
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 10, 20, 47, 48, 49, 50, 100, 1000])
+@pytest.mark.parametrize("size", [1, 21, 101, 10_000, 2_000_000])
+def test_max_output_chars_is_a_hard_cap_marker_included(limit: int, size: int) -> None:
+    """max_output_chars=20 returns at most 20 characters, truncation marker included (#19)."""
+
+    @budget.step(max_output_chars=limit)
+    def verbose() -> str:
+        return "y" * size
+
+    with SessionBudget(handoff_dir=None):
+        out = verbose()
+    assert len(out) <= limit
+    if size <= limit:
+        assert out == "y" * size
+    else:
+        assert out != "y" * limit  # the cut is visible
+        kept = len(out) - len(out.lstrip("y"))
+        assert out[:kept] == "y" * kept
+        if limit >= 20:
+            assert str(size - kept) in out  # says how much was cut
+
+
+def test_max_output_chars_20_keeps_text_and_a_short_marker() -> None:
+    """At 20 characters the result keeps some text and a short marker naming the cut."""
+
+    @budget.step(max_output_chars=20)
+    def verbose() -> str:
+        return "z" * 100
+
+    with SessionBudget(handoff_dir=None):
+        out = verbose()
+    assert len(out) <= 20
+    assert out.startswith("zzzz")
 
 
 def test_from_config_reads_a_tier_and_env_overrides(

@@ -124,3 +124,14 @@ def test_message_rejects_negative() -> None:
 def test_parse_rejects_non_str() -> None:
     with pytest.raises(BudgetTypeError):
         parse_give_up(b"GIVE_UP: plan requires 2 steps, budget is 1.")  # type: ignore[arg-type]
+
+
+def test_public_from_the_package() -> None:
+    """parse_give_up and GiveUp are part of budgetkit's public API (issue #19)."""
+    import budgetkit
+
+    assert "parse_give_up" in budgetkit.__all__
+    assert "GiveUp" in budgetkit.__all__
+    found = budgetkit.parse_give_up("thinking...\nGIVE_UP: plan requires 12 steps, budget is 10.")
+    assert isinstance(found, budgetkit.GiveUp)
+    assert (found.required_steps, found.budget_steps) == (12, 10)

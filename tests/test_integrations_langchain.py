@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -15,11 +16,12 @@ from langchain.agents import create_agent
 from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.tools import ToolException, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from otel_fixtures import Otel, assert_children_of, otel
+from pydantic import Field
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit import _attributes as names
@@ -335,3 +337,215 @@ def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) -> Non
         300,
         400,
     ]
+
+
+# ----------------------------------------------------------------------------- swallowed errors
+@tool
+def broken_lookup(q: str) -> str:
+    """Look something up; always fails, and LangChain turns the failure into text."""
+    raise ToolException(f"backend down for {q}")
+
+
+broken_lookup.handle_tool_error = True
+
+
+@tool
+def raising_lookup(q: str) -> str:
+    """Look something up; always raises."""
+    raise ValueError(f"backend down for {q}")
+
+
+def test_handle_tool_error_still_counts_toward_consecutive_errors(handoff_dir: Path) -> None:
+    """20 failing tool calls in a row: a tool whose handle_tool_error turns each failure into
+    an error ToolMessage still trips max_consecutive_errors (#19)."""
+    turns = script(20, tool_name="broken_lookup")
+    agent = create_agent(model_for(turns), [broken_lookup])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_consecutive_errors=3, max_llm_calls=100, handoff_dir=handoff_dir),
+    ):
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+    assert info.value.reason == "max_consecutive_errors"
+    assert turns.served <= 4
+
+
+@pytest.mark.parametrize("handle", [True, "the tool failed"])
+def test_tool_node_error_messages_count_toward_consecutive_errors(
+    handoff_dir: Path, handle: bool | str
+) -> None:
+    """ToolNode(handle_tool_errors=...) returning ToolMessage(status="error") counts (#19)."""
+    turns = script(20, tool_name="raising_lookup")
+    model = model_for(turns)
+
+    def call_model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"], config)]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", call_model)
+    graph.add_node("tools", ToolNode([raising_lookup], handle_tool_errors=handle))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_consecutive_errors=3, max_llm_calls=100, handoff_dir=handoff_dir),
+    ):
+        graph.compile().invoke(
+            {"messages": [("user", "go")]},
+            config={"callbacks": [BudgetCallbackHandler()], "recursion_limit": 200},
+        )
+    assert info.value.reason == "max_consecutive_errors"
+    assert turns.served <= 4
+
+
+def test_a_success_after_errors_resets_the_count(handoff_dir: Path) -> None:
+    """Error ToolMessages count; a tool that returns normally resets the run of errors."""
+    names = ["broken_lookup", "broken_lookup", "lookup"] * 4
+    turns = Script(
+        [
+            *(reply(i, tool_name=n) for i, n in enumerate(names, start=1)),
+            reply(99, tool_name=None),
+        ]
+    )
+    agent = create_agent(model_for(turns), [broken_lookup, lookup])
+    with SessionBudget(max_consecutive_errors=3, handoff_dir=handoff_dir) as session:
+        out = agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+    assert out["messages"][-1].content == "all done"
+    assert session.usage.steps == 12
+
+
+# ----------------------------------------------------------------------------- quiet stops
+@pytest.mark.parametrize("limit", [{"max_steps": 1}, {"max_llm_calls": 1}])
+def test_budgetkits_own_stop_logs_no_callback_error(
+    handoff_dir: Path, caplog: pytest.LogCaptureFixture, limit: dict[str, int]
+) -> None:
+    """No "Error in BudgetCallbackHandler.on_tool_start callback: BudgetExhausted(...)" line
+    for budgetkit's own stop; the exception still propagates (#19)."""
+    agent = create_agent(model_for(script(5)), [lookup])
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BudgetExhausted), SessionBudget(**limit, handoff_dir=handoff_dir):
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+    logged = [r.getMessage() for r in caplog.records]
+    assert not [m for m in logged if "BudgetCallbackHandler" in m], logged
+
+
+def test_other_callback_errors_are_still_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The filter drops only budgetkit's own stop: another handler's error is still logged."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Broken(BaseCallbackHandler):
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            raise ValueError("boom")
+
+    caplog.set_level(logging.WARNING)
+    model_for(script(0)).invoke("hi", config={"callbacks": [Broken(), BudgetCallbackHandler()]})
+    assert any("Error in Broken.on_chat_model_start" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- the budget in view
+class RecordingChatModel(ScriptedChatModel):
+    """Records the messages of every request it receives."""
+
+    requests: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        self.requests.append(list(messages))
+        return super()._generate(messages, *args, **kwargs)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_middleware_puts_the_status_line_in_every_request(
+    handoff_dir: Path, asynchronous: bool
+) -> None:
+    """The system message the model receives carries session.status_line() (#19)."""
+    import asyncio
+
+    from budgetkit.integrations.langchain import BudgetMiddleware
+
+    model = RecordingChatModel(messages=iter(script(1)))
+    agent = create_agent(
+        model, [lookup], system_prompt="You are a researcher.", middleware=[BudgetMiddleware()]
+    )
+    config: RunnableConfig = {"callbacks": [BudgetCallbackHandler()]}
+    inputs = {"messages": [("user", "research this")]}
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir):
+        if asynchronous:
+            out = asyncio.run(agent.ainvoke(inputs, config=config))
+        else:
+            out = agent.invoke(inputs, config=config)
+    assert out["messages"][-1].content == "all done"
+    first, second = model.requests
+    assert first[0].type == "system"
+    assert first[0].content == (
+        "You are a researcher.\n\nBudget: 5 of 5 steps left. Phase: explore."
+    )
+    assert second[0].content == (
+        "You are a researcher.\n\nBudget: 4 of 5 steps left. Phase: explore."
+    )
+    assert first[1].content == "research this"  # the user's message is unchanged
+    # The agent's state keeps no budget text.
+    assert not any("Budget:" in str(m.content) for m in out["messages"])
+
+
+# ----------------------------------------------------------------------------- wind-down
+class WindDownModel(RecordingChatModel):
+    """Calls ``lookup`` while it is offered tools; answers once it is offered none."""
+
+    offered: list[int] = Field(default_factory=list)
+    tool_count: int = 0
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.model_copy(update={"tool_count": len(tools)})
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.offered.append(self.tool_count)
+        i = len(self.offered)
+        if self.tool_count:
+            message = reply(i)
+        else:
+            message = reply(i, tool_name=None).model_copy(
+                update={"content": f"final answer after {i - 1} turns"}
+            )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_finish_winds_down_to_a_final_answer_marked_budget_limited(handoff_dir: Path) -> None:
+    """on_exhausted="finish": the tool call that would use the wrap-up reserve is not run,
+    the next model call is offered no tools, and the run returns the answer, marked (#19)."""
+    from budgetkit.integrations.langchain import BudgetMiddleware, budget_stop_reason
+
+    model = WindDownModel(messages=iter(()))
+    agent = create_agent(model, [lookup], middleware=[BudgetMiddleware(on_exhausted="finish")])
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        out = agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    assert model.offered == [1, 1, 1, 1, 1, 0]  # tools offered, until the final call
+    assert out["messages"][-1].content == "final answer after 5 turns"
+    assert budget_stop_reason(out) == "wrapup_reserve"
+    assert session.usage.steps == 4
+    assert [m.content for m in tool_messages(out["messages"])][-1].startswith("Not run")
+
+
+def test_middleware_without_finish_still_raises_at_the_reserve(handoff_dir: Path) -> None:
+    from budgetkit.integrations.langchain import BudgetMiddleware
+
+    model = WindDownModel(messages=iter(()))
+    agent = create_agent(model, [lookup], middleware=[BudgetMiddleware()])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir),
+    ):
+        agent.invoke(
+            {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
+        )
+    assert info.value.reason == "wrapup_reserve"

@@ -344,3 +344,90 @@ async def test_spans_nest_under_the_session_span(otel: Otel, handoff_dir: Path) 
         300,
         400,
     ]
+
+
+# ----------------------------------------------------------------------------- swallowed errors
+@function_tool
+def broken_lookup(q: str) -> str:
+    """Look something up; always fails (the SDK turns the failure into text)."""
+    raise ValueError(f"backend down for {q}")
+
+
+@pytest.mark.asyncio
+async def test_tool_failure_output_counts_toward_consecutive_errors(handoff_dir: Path) -> None:
+    """20 failing tool calls in a row, each turned into the SDK's failure text for the model,
+    trip max_consecutive_errors (#19); before, only max_llm_calls stopped them."""
+    model = canned(20, name="broken_lookup")
+    agent = Agent(name="researcher", model=model, tools=[broken_lookup])
+    session = SessionBudget(max_consecutive_errors=3, max_llm_calls=100, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info, session:
+        await Runner.run(agent, "go", hooks=BudgetRunHooks(), max_turns=100)
+    assert info.value.reason == "max_consecutive_errors"
+    assert model.served <= 4
+    assert session.usage.steps == 3
+
+
+@pytest.mark.asyncio
+async def test_a_tool_success_ends_the_run_of_errors(handoff_dir: Path) -> None:
+    names = ["broken_lookup", "broken_lookup", "lookup"] * 3
+    model = CannedModel([*([tool_call(i, n)] for i, n in enumerate(names, 1)), [answer("done")]])
+    agent = Agent(name="researcher", model=model, tools=[broken_lookup, lookup])
+    with SessionBudget(max_consecutive_errors=3, handoff_dir=handoff_dir) as session:
+        result = await Runner.run(agent, "go", hooks=BudgetRunHooks(), max_turns=100)
+    assert result.final_output == "done"
+    assert session.usage.steps == 9
+
+
+# ----------------------------------------------------------------------------- the budget in view
+class RecordingModel(CannedModel):
+    """Also records the system instructions and input of every request it receives."""
+
+    def __init__(self, outputs: list[list[TResponseOutputItem]]) -> None:
+        super().__init__(outputs)
+        self.requests: list[tuple[str | None, Any]] = []
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        system = kwargs.get("system_instructions", args[0] if args else None)
+        given = kwargs.get("input", args[1] if len(args) > 1 else None)
+        self.requests.append((system, given))
+        return await super().get_response(*args, **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_budget_instructions_put_the_status_line_in_every_request(
+    handoff_dir: Path,
+) -> None:
+    """The system instructions the model receives carry session.status_line() (#19)."""
+    from budgetkit.integrations.openai_agents import budget_instructions
+
+    model = RecordingModel([[tool_call(1)], [answer("all done")]])
+    agent = Agent(
+        name="researcher",
+        model=model,
+        tools=[lookup],
+        instructions=budget_instructions("You are a researcher."),
+    )
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir):
+        result = await Runner.run(agent, "research this", hooks=BudgetRunHooks())
+    assert result.final_output == "all done"
+    systems = [system or "" for system, _ in model.requests]
+    assert systems[0] == "You are a researcher.\n\nBudget: 5 of 5 steps left. Phase: explore."
+    assert systems[1] == "You are a researcher.\n\nBudget: 4 of 5 steps left. Phase: explore."
+    first_input = model.requests[0][1]
+    assert first_input == "research this" or first_input[0]["content"] == "research this"
+
+
+@pytest.mark.asyncio
+async def test_budget_instructions_wrap_dynamic_instructions(handoff_dir: Path) -> None:
+    from budgetkit.integrations.openai_agents import budget_instructions
+
+    async def mine(context: Any, agent: Any) -> str:
+        return f"You are {agent.name}."
+
+    model = RecordingModel([[answer("ok")]])
+    agent = Agent(name="scout", model=model, instructions=budget_instructions(mine))
+    with SessionBudget(max_llm_calls=3, handoff_dir=handoff_dir):
+        await Runner.run(agent, "go", hooks=BudgetRunHooks())
+    assert (
+        model.requests[0][0] == "You are scout.\n\nBudget: 3 of 3 LLM calls left. Phase: explore."
+    )

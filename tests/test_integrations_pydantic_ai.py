@@ -295,3 +295,118 @@ async def test_budget_model_over_an_instrumented_sdk_charges_each_request_once(
         assert session.usage.input_tokens == 1200
     finally:
         budgetkit.uninstrument()
+
+
+# ----------------------------------------------------------------------------- swallowed errors
+def always_retry(q: str) -> str:
+    """Look something up; always asks the model to try again."""
+    from pydantic_ai import ModelRetry
+
+    raise ModelRetry(f"backend down for {q}")
+
+
+@pytest.mark.asyncio
+async def test_model_retry_counts_toward_consecutive_errors(handoff_dir: Path) -> None:
+    """20 tool calls in a row that raise ModelRetry trip max_consecutive_errors (#19)."""
+    script = Script(20, tool="always_retry")
+    agent: Agent[None, str] = Agent(FunctionModel(script, model_name="house-model"))
+    agent.tool_plain(retries=100)(always_retry)
+    session = SessionBudget(max_consecutive_errors=3, max_llm_calls=100, handoff_dir=handoff_dir)
+    with pytest.raises(BudgetExhausted) as info, session:
+        await agent.run("go", capabilities=[BudgetCapability()])
+    assert info.value.reason == "max_consecutive_errors"
+    assert script.served <= 4
+
+
+# ----------------------------------------------------------------------------- the budget in view
+@pytest.mark.asyncio
+async def test_show_budget_puts_the_status_line_in_every_request(handoff_dir: Path) -> None:
+    """The instructions the model receives carry session.status_line(), turn by turn (#19)."""
+    seen: list[tuple[str | None, list[ModelMessage]]] = []
+    script = Script(2)
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append((info.instructions, list(messages)))
+        return script(messages, info)
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"), instructions="Be brief.")
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir) as session:
+        result = await agent.run("research this", capabilities=[BudgetCapability(show_budget=True)])
+        final_line = session.status_line()
+    assert result.output == "all done"
+    instructions = [text or "" for text, _ in seen]
+    assert "Budget: 5 of 5 steps left. Phase: explore." in instructions[0]
+    assert "Budget: 4 of 5 steps left. Phase: explore." in instructions[1]
+    assert final_line in instructions[2]
+    assert all("Be brief." in text for text in instructions)
+    # The user's prompt is unchanged.
+    first = seen[0][1][0]
+    prompts = [p.content for p in getattr(first, "parts", ()) if p.part_kind == "user-prompt"]
+    assert prompts == ["research this"]
+
+
+@pytest.mark.asyncio
+async def test_without_show_budget_the_model_sees_no_budget(handoff_dir: Path) -> None:
+    seen: list[str | None] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(info.instructions)
+        return ModelResponse(parts=[TextPart("done")])
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"))
+    with SessionBudget(max_steps=5, handoff_dir=handoff_dir):
+        await agent.run("go", capabilities=[BudgetCapability()])
+    assert not any("Budget:" in (text or "") for text in seen)
+
+
+# ----------------------------------------------------------------------------- wind-down
+@pytest.mark.asyncio
+async def test_finish_winds_down_to_a_final_answer_marked_budget_limited(
+    handoff_dir: Path,
+) -> None:
+    """on_exhausted="finish": in the wrap-up reserve the next request offers no tools, and the
+    run returns the model's final answer, marked with the stop reason (#19)."""
+    from budgetkit.integrations.pydantic_ai import budget_stop_reason
+
+    offered: list[list[str]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        offered.append([t.name for t in info.function_tools])
+        i = len(offered)
+        if not info.function_tools:
+            return ModelResponse(parts=[TextPart(f"final answer after {i - 1} turns")])
+        return ModelResponse(parts=[ToolCallPart("lookup", {"q": f"q{i}"}, tool_call_id=f"c{i}")])
+
+    agent = agent_for(FunctionModel(model, model_name="house-model"))
+    capability = BudgetCapability(on_exhausted="finish")
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        result = await agent.run("research this", capabilities=[capability])
+    assert ran == ["q1", "q2", "q3", "q4"]  # the fifth tool call would eat the reserve
+    assert offered[:5] == [["lookup"]] * 5
+    assert offered[5] == []  # the final request offers no tools
+    assert result.output == "final answer after 5 turns"
+    assert budget_stop_reason(result) == "wrapup_reserve"
+    assert session.usage.steps == 4
+    assert session.usage.llm_calls == 6
+
+
+@pytest.mark.asyncio
+async def test_without_finish_the_reserve_still_raises(handoff_dir: Path) -> None:
+    agent = agent_for(FunctionModel(Script(10), model_name="house-model"))
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir),
+    ):
+        await agent.run("research this", capabilities=[BudgetCapability()])
+    assert info.value.reason == "wrapup_reserve"
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_finishes_by_itself_is_not_marked(handoff_dir: Path) -> None:
+    from budgetkit.integrations.pydantic_ai import budget_stop_reason
+
+    agent = agent_for(FunctionModel(Script(1), model_name="house-model"))
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir):
+        result = await agent.run("go", capabilities=[BudgetCapability(on_exhausted="finish")])
+    assert result.output == "all done"
+    assert budget_stop_reason(result) is None

@@ -90,7 +90,7 @@ max_tokens = 1_000_000
 max_input_tokens = 900_000
 max_output_tokens = 100_000
 max_consecutive_errors = 3
-thresholds = [0.5, 0.8, 1]
+thresholds = [0.5, 0.8, 0.95]
 reserve_for_wrapup = 0.1
 on_unknown_cost = "error"
 """,
@@ -104,11 +104,12 @@ on_unknown_cost = "error"
         "max_input_tokens": 900_000,
         "max_output_tokens": 100_000,
         "max_consecutive_errors": 3,
-        "thresholds": [0.5, 0.8, 1.0],
+        "thresholds": [0.5, 0.8, 0.95],
         "reserve_for_wrapup": 0.1,
         "on_unknown_cost": "error",
     }
     assert "nightly" in known_tiers()
+    SessionBudget.from_config("nightly", handoff_dir=None)  # what loads, builds
 
 
 def test_pyproject_in_cwd(tmp_path: Path) -> None:
@@ -323,3 +324,102 @@ def test_bad_environment_value_names_variable_and_value(var: str, value: str) ->
     assert f"{var}={value!r}" in str(info.value)
     with pytest.raises(BudgetConfigError, match=var):
         load_tier("qa", environ={var: value})
+
+
+# ---------------------------------------------------------------------------- issue #19
+def test_decimal_string_usd_in_a_file_is_exact(tmp_path: Path) -> None:
+    """The documented ``max_usd = "0.25"`` is accepted and kept exact."""
+    write(
+        tmp_path / "pyproject.toml",
+        '[tool.budgetkit.tiers.support]\nmax_steps = 15\nmax_usd = "0.25"\n',
+    )
+    assert load_tier("support", environ=NO_ENV) == {"max_steps": 15, "max_usd": Decimal("0.25")}
+    session = SessionBudget.from_config("support", handoff_dir=None)
+    assert session.limits.max_usd == Decimal("0.25")
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "pattern"),
+    [
+        ('"abc"', BudgetConfigError, "decimal"),
+        ('"-1"', BudgetConfigError, "positive"),
+        ('"NaN"', BudgetConfigError, "positive"),
+        ('"1e16"', BudgetConfigError, "1E\\+15"),
+        ('""', BudgetConfigError, "decimal"),
+    ],
+)
+def test_bad_decimal_string_usd_names_file_and_line(
+    tmp_path: Path, value: str, error: type[Exception], pattern: str
+) -> None:
+    write(tmp_path / "budgetkit.toml", f"[tiers.t]\nmax_steps = 3\nmax_usd = {value}\n")
+    with pytest.raises(error, match=pattern) as info:
+        load_tier("t", environ=NO_ENV)
+    assert "budgetkit.toml:3: tier 't', key 'max_usd'" in str(info.value)
+
+
+def test_python_constructor_refuses_a_string_and_names_decimal() -> None:
+    """In Python, Decimal is the exact form: the error says so."""
+    with pytest.raises(BudgetTypeError, match=r"Decimal\('0.25'\)"):
+        SessionBudget(max_usd="0.25", handoff_dir=None)  # type: ignore[arg-type]
+    with pytest.raises(BudgetTypeError, match="Decimal"):
+        SessionBudget(max_total_usd="1", handoff_dir=None)  # type: ignore[arg-type]
+
+
+def test_tiers_set_the_chain_caps(tmp_path: Path) -> None:
+    write(
+        tmp_path / "budgetkit.toml",
+        '[tiers.nightly]\nmax_steps = 20\nmax_total_usd = "3.50"\nmax_total_steps = 200\n'
+        "max_sessions = 5\n",
+    )
+    kwargs = load_tier("nightly", environ=NO_ENV)
+    assert kwargs == {
+        "max_steps": 20,
+        "max_total_usd": Decimal("3.50"),
+        "max_total_steps": 200,
+        "max_sessions": 5,
+    }
+    session = SessionBudget.from_config("nightly", handoff_dir=None)
+    caps = session.chain_caps
+    assert (caps.max_total_usd, caps.max_total_steps, caps.max_sessions) == (
+        Decimal("3.50"),
+        200,
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "error", "pattern"),
+    [
+        ("max_sessions = 0", BudgetConfigError, "positive integer"),
+        ("max_total_steps = 'x'", BudgetTypeError, "'x'"),
+        ("max_total_usd = -2", BudgetConfigError, "got -2"),
+        ("thresholds = [1.0]", BudgetConfigError, r"\(0, 1\)"),
+        ("thresholds = [0.5, 1]", BudgetConfigError, r"\(0, 1\)"),
+        ("reserve_for_wrapup = 0", BudgetConfigError, r"\(0, 1\)"),
+        ("reserve_for_wrapup = 0.0", BudgetConfigError, r"\(0, 1\)"),
+    ],
+)
+def test_values_the_session_refuses_are_refused_with_file_and_line(
+    tmp_path: Path, line: str, error: type[Exception], pattern: str
+) -> None:
+    """Every value SessionBudget would refuse is refused by the loader, naming file and line."""
+    write(tmp_path / "budgetkit.toml", f"# a comment\n[tiers.t]\nmax_steps = 3\n{line}\n")
+    with pytest.raises(error, match=pattern) as info:
+        load_tier("t", environ=NO_ENV)
+    assert "budgetkit.toml:4: tier 't', key" in str(info.value)
+
+
+def test_every_loaded_tier_value_builds_a_session(tmp_path: Path) -> None:
+    """What the loader accepts, the constructor accepts (edges included)."""
+    write(
+        tmp_path / "budgetkit.toml",
+        "[tiers.edge]\nthresholds = [0.5, 0.999]\nreserve_for_wrapup = 0.01\n"
+        'max_usd = "0.000001"\nmax_seconds = 1\non_unknown_cost = "warn"\n',
+    )
+    session = SessionBudget.from_config("edge", handoff_dir=None)
+    assert session.thresholds == (0.5, 0.999)
+    assert session.reserve_for_wrapup == 0.01
+
+
+def test_decimal_string_usd_from_the_environment() -> None:
+    assert limits_from_env({"BUDGETKIT_MAX_USD": "0.25"}) == {"max_usd": Decimal("0.25")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,26 @@ from .._session import SessionBudget
 from .._values import LLM, STEP, CallSpec
 from ..exceptions import BudgetTypeError
 
-__all__ = ["Step", "check_session", "pricing_provider", "session_for", "start_llm_call"]
+__all__ = [
+    "Step",
+    "ToolErrorReported",
+    "budget_text",
+    "check_session",
+    "pricing_provider",
+    "session_for",
+    "settle_llm_call",
+    "start_llm_call",
+]
+
+
+class ToolErrorReported(Exception):  # noqa: N818 - names what happened, like StopIteration
+    """A tool call failed and the framework turned the failure into a message for the model.
+
+    Frameworks catch a tool's exception and hand its text back to the model (LangChain's
+    ``ToolMessage(status="error")``, OpenAI Agents' tool failure output, Pydantic AI's
+    ``ModelRetry``). The adapter closes the step with this error, so it counts toward
+    ``max_consecutive_errors`` and marks the tool's span as failed.
+    """
 
 
 def check_session(session: object) -> SessionBudget | None:
@@ -56,10 +76,60 @@ def start_llm_call(
     model: str | None = None,
     provider: str | None = None,
     messages: object = None,
+    wrapup: bool = False,
 ) -> LLMCall:
-    """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span."""
-    spec = CallSpec(LLM, name or "llm", model or None, provider or None)
+    """Admit one framework LLM call (or raise ``BudgetExhausted``) and open its span;
+    ``wrapup`` lets it use the session's wrap-up reserve."""
+    spec = CallSpec(LLM, name or "llm", model or None, provider or None, wrapup=wrapup)
     return LLMCall.begin(session, spec, (), {} if messages is None else {"messages": messages})
+
+
+#: Sessions whose wrap-up reserve was reached under ``on_exhausted="finish"``: their model
+#: calls may use the reserve, and are offered no tools.
+winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
+
+#: Where a wind-down's final answer records why the run stopped.
+STOP_KEY = "budgetkit_stop_reason"
+
+#: What the model reads instead of a tool result once the wrap-up reserve is reached.
+WIND_DOWN_TEXT = (
+    "Not run: the budget's wrap-up reserve is reached. Do not call tools; give your final "
+    "answer now from what you have."
+)
+
+
+def check_on_exhausted(value: object) -> str:
+    """Validate an adapter's ``on_exhausted=`` argument."""
+    if value not in ("raise", "finish"):
+        from ..exceptions import BudgetConfigError
+
+        raise BudgetConfigError(f"on_exhausted must be 'raise' or 'finish', got {value!r}")
+    return str(value)
+
+
+def budget_text(explicit: SessionBudget | None) -> str:
+    """What the model is shown of its budget: the session's ``status_line()``; empty outside
+    a session."""
+    session = session_for(explicit)
+    return "" if session is None else session.budget.status_line()
+
+
+def settle_llm_call(call: LLMCall, usage: Any, *, result: object, streamed: bool) -> None:
+    """Charge a framework's model call *without* ending a run of tool errors.
+
+    In a framework loop every failed tool call is followed by a model call that reads the
+    error; if that call counted as a success, ``max_consecutive_errors`` could never trip on
+    tool failures. So in an adapter only a tool that returns normally ends the run of errors
+    (a model call that raises still adds to it).
+    """
+    session = call.session
+    pending = session.errors_pending
+    session.errors_pending = False  # settle() resets the run only when errors are pending
+    try:
+        call.settle(call.fill(usage), result=result, streamed=streamed)
+    finally:
+        if pending:
+            session.errors_pending = True
 
 
 def _arguments(arguments: object) -> dict[str, Any]:

@@ -18,20 +18,42 @@ Install with ``install budgetkit's [langchain] extra``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
-    from langchain_core.messages import AIMessage
+    from langchain_core.messages import AIMessage, ToolMessage
     from langchain_core.outputs import ChatGeneration, LLMResult
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "budgetkit.integrations.langchain needs langchain-core: budgetkit's [langchain] extra"
     ) from exc
 
+try:  # LangChain v1 agents (the ``langchain`` package); the handler needs only langchain-core
+    from langchain.agents.middleware import AgentMiddleware
+except ImportError:  # pragma: no cover - depends on the environment
+    AgentMiddleware = None  # type: ignore[assignment,misc]
+
 from .._usage import Usage
-from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
+from ..exceptions import BudgetExhausted
+from ._common import (
+    STOP_KEY,
+    WIND_DOWN_TEXT,
+    Step,
+    ToolErrorReported,
+    budget_text,
+    check_on_exhausted,
+    check_session,
+    pricing_provider,
+    session_for,
+    settle_llm_call,
+    start_llm_call,
+    winding_down,
+)
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -41,7 +63,47 @@ if TYPE_CHECKING:
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["BudgetCallbackHandler"]
+__all__ = ["BudgetCallbackHandler", "BudgetMiddleware", "budget_stop_reason"]
+
+#: LangChain's callback manager logs every callback error at WARNING before re-raising it.
+_MANAGER_LOG = "Error in %s.%s callback: %s"
+_quiet_lock = threading.Lock()
+#: ``repr()`` of the budgetkit stops being raised through the manager, not yet logged.
+_quiet: dict[str, int] = {}
+
+
+class _QuietStops(logging.Filter):
+    """Drops the manager's "Error in BudgetCallbackHandler..." line for budgetkit's own stop
+    (the exception propagates; it is not an error of the handler). Other lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg != _MANAGER_LOG or not isinstance(args, tuple) or len(args) != 3:
+            return True
+        text = args[2]
+        if not isinstance(text, str):
+            return True
+        with _quiet_lock:
+            left = _quiet.get(text)
+            if not left:
+                return True
+            if left == 1:
+                del _quiet[text]
+            else:
+                _quiet[text] = left - 1
+        return False
+
+
+def _stopping(exc: BudgetExhausted) -> None:
+    """Note that LangChain's manager is about to log ``exc``: the filter drops that line."""
+    with _quiet_lock:
+        if len(_quiet) > 1_000:  # lines never logged (a caller without the manager)
+            _quiet.clear()
+        text = repr(exc)
+        _quiet[text] = _quiet.get(text, 0) + 1
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietStops())
 
 
 class BudgetCallbackHandler(BaseCallbackHandler):
@@ -57,7 +119,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     call or tool run is refused propagates out of ``invoke``/``ainvoke``/``stream``, after
     the handoff is written. A tool that catches it and returns text does not keep the run
     going: exhaustion is latched, so the next model call raises again. (LangChain logs the
-    refusal at WARNING, "Error in BudgetCallbackHandler...", before re-raising it.)
+    refusal at WARNING, "Error in BudgetCallbackHandler...", before re-raising it; a logging
+    filter on ``langchain_core.callbacks.manager`` drops that line for budgetkit's own stop.)
 
     The handler is synchronous and runs inline (``run_inline``), also in async runs: its work
     is a few counter updates, and LangChain drops the errors of async handlers called from
@@ -132,9 +195,18 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         model = _first_str(params.get("model"), params.get("model_name"), meta.get("ls_model_name"))
         provider = _first_str(meta.get("ls_provider"))
         name = _first_str(kwargs.get("name"), _serialized_name(serialized), model) or "llm"
-        self._llm_calls[run_id] = start_llm_call(
-            session, name, model=model, provider=pricing_provider(provider), messages=prompt
-        )
+        try:
+            self._llm_calls[run_id] = start_llm_call(
+                session,
+                name,
+                model=model,
+                provider=pricing_provider(provider),
+                messages=prompt,
+                wrapup=session.budget in winding_down,
+            )
+        except BudgetExhausted as exc:
+            _stopping(exc)
+            raise
 
     def on_llm_end(
         self,
@@ -150,7 +222,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         usage, output = _usage_of(response, call.spec.provider)
-        call.settle(call.fill(usage), result=output, streamed=False)
+        settle_llm_call(call, usage, result=output, streamed=False)
 
     def on_llm_error(
         self,
@@ -184,7 +256,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if session is None:
             return
         name = _first_str(kwargs.get("name"), _serialized_name(serialized)) or "tool"
-        self._steps[run_id] = Step(session, name, inputs if inputs is not None else input_str)
+        try:
+            self._steps[run_id] = Step(session, name, inputs if inputs is not None else input_str)
+        except BudgetExhausted as exc:
+            _stopping(exc)
+            raise
 
     def on_tool_end(
         self,
@@ -194,10 +270,10 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """The tool run returned."""
+        """The tool run returned; an error ``ToolMessage`` (``handle_tool_error``) is a failure."""
         step = self._steps.pop(run_id, None)
         if step is not None:
-            step.close()
+            step.close(_reported_error(output))
 
     def on_tool_error(
         self,
@@ -215,6 +291,161 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def __repr__(self) -> str:
         bound = "current session" if self.session is None else repr(self.session)
         return f"<BudgetCallbackHandler charging {bound}>"
+
+
+def _with_status(request: Any, session: SessionBudget | None) -> Any:
+    """The model request with the budget's status line appended to its system message."""
+    from langchain_core.messages import SystemMessage
+
+    status = budget_text(session)
+    if not status:
+        return request
+    current = request.system_message
+    text = current.text if current is not None else ""
+    content = f"{text}\n\n{status}" if text else status
+    return request.override(system_message=SystemMessage(content=content))
+
+
+if AgentMiddleware is not None:
+
+    class BudgetMiddleware(AgentMiddleware):
+        """LangChain v1 agent middleware that shows the model its budget on every call.
+
+        ``create_agent(model, tools, middleware=[BudgetMiddleware()])``: before each model
+        call, the session's ``status_line()`` (what is left, and the phase) is appended to the
+        system message the model receives; the user's messages and the agent's state are not
+        changed. Charging is still the :class:`BudgetCallbackHandler`'s job.
+
+        With ``on_exhausted="finish"`` and a session ``reserve_for_wrapup``, the wrap-up
+        reserve ends the run with an answer instead of an exception: the tool call that would
+        use the reserve is not run (the model reads that it should answer now), the next
+        model call is made with no tools, and ``invoke`` returns; the answer's
+        ``response_metadata`` carries the stop reason (:func:`budget_stop_reason`).
+
+        Args:
+            session: show this session; by default the innermost active one.
+            show_budget: append the status line to the system message (default ``True``).
+            on_exhausted: ``"raise"`` (the default) or ``"finish"`` (above). A hard limit
+                always raises.
+
+        .. versionadded:: 0.1.0
+        """
+
+        def __init__(
+            self,
+            session: SessionBudget | None = None,
+            *,
+            show_budget: bool = True,
+            on_exhausted: Literal["raise", "finish"] = "raise",
+        ) -> None:
+            super().__init__()
+            self.session = check_session(session)
+            self.show_budget = show_budget
+            check_on_exhausted(on_exhausted)
+            self.on_exhausted = on_exhausted
+
+        def _request(self, request: Any) -> tuple[Any, bool]:
+            winding = self._winding()
+            if self.show_budget:
+                request = _with_status(request, self.session)
+            if winding:
+                request = request.override(tools=[])
+            return request, winding
+
+        def _winding(self) -> bool:
+            session = session_for(self.session)
+            return (
+                self.on_exhausted == "finish"
+                and session is not None
+                and session.budget in winding_down
+            )
+
+        def _stop(self, exc: BudgetExhausted) -> bool:
+            """Whether ``exc`` starts the wind-down (else it is raised)."""
+            session = session_for(self.session)
+            if self.on_exhausted != "finish" or exc.reason != "wrapup_reserve" or not session:
+                return False
+            winding_down.add(session.budget)
+            return True
+
+        def wrap_model_call(self, request: Any, handler: Any) -> Any:
+            """Call the model with the status line in its system message; while winding
+            down, with no tools, and mark the answer."""
+            changed, winding = self._request(request)
+            try:
+                response = handler(changed)
+            except BudgetExhausted as exc:
+                if winding or not self._stop(exc):
+                    raise
+                changed, winding = self._request(request)
+                response = handler(changed)
+            return _marked(response) if winding else response
+
+        async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+            """Async :meth:`wrap_model_call`."""
+            changed, winding = self._request(request)
+            try:
+                response = await handler(changed)
+            except BudgetExhausted as exc:
+                if winding or not self._stop(exc):
+                    raise
+                changed, winding = self._request(request)
+                response = await handler(changed)
+            return _marked(response) if winding else response
+
+        def wrap_tool_call(self, request: Any, handler: Any) -> Any:
+            """Run the tool; a call refused by the wrap-up reserve starts the wind-down."""
+            try:
+                return handler(request)
+            except BudgetExhausted as exc:
+                if not self._stop(exc):
+                    raise
+                return _wind_down_message(request)
+
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            """Async :meth:`wrap_tool_call`."""
+            try:
+                return await handler(request)
+            except BudgetExhausted as exc:
+                if not self._stop(exc):
+                    raise
+                return _wind_down_message(request)
+
+
+def _wind_down_message(request: Any) -> ToolMessage:
+    call = request.tool_call
+    return ToolMessage(content=WIND_DOWN_TEXT, tool_call_id=call["id"], name=call["name"])
+
+
+def _marked(response: Any) -> Any:
+    """The model's answer with ``response_metadata["budgetkit_stop_reason"]`` set."""
+    messages = list(getattr(response, "result", None) or [])
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, AIMessage):
+            metadata = {**message.response_metadata, STOP_KEY: "wrapup_reserve"}
+            messages[i] = message.model_copy(update={"response_metadata": metadata})
+            return dataclasses.replace(response, result=messages)
+    if isinstance(response, AIMessage):
+        metadata = {**response.response_metadata, STOP_KEY: "wrapup_reserve"}
+        return response.model_copy(update={"response_metadata": metadata})
+    return response
+
+
+def budget_stop_reason(state: Any) -> str | None:
+    """Why an agent run with ``BudgetMiddleware(on_exhausted="finish")`` wound down
+    (``"wrapup_reserve"``), or ``None`` for a run that finished by itself.
+
+    Args:
+        state: the agent's result (``{"messages": [...]}``) or its last message.
+    """
+    message = state
+    if isinstance(state, Mapping):
+        messages = state.get("messages") or []
+        message = messages[-1] if messages else None
+    metadata = getattr(message, "response_metadata", None)
+    reason = metadata.get(STOP_KEY) if isinstance(metadata, Mapping) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, object]:
@@ -259,6 +490,14 @@ def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, 
         except MalformedUsageError:  # counted as unmeasured (and warned about) when settled
             return None, output
     return None, output
+
+
+def _reported_error(output: Any) -> ToolErrorReported | None:
+    """The failure a tool's handled error left in its output: ``ToolMessage(status="error")``."""
+    if isinstance(output, ToolMessage) and output.status == "error":
+        text = output.content if isinstance(output.content, str) else str(output.content)
+        return ToolErrorReported(text)
+    return None
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str | None:

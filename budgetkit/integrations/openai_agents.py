@@ -17,6 +17,7 @@ Install with ``install budgetkit's [openai-agents] extra``.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +31,25 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
-from ._common import Step, check_session, session_for, start_llm_call
+from ._common import (
+    Step,
+    ToolErrorReported,
+    budget_text,
+    check_session,
+    session_for,
+    settle_llm_call,
+    start_llm_call,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from agents.items import TResponseInputItem
 
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["AgentsBudgetExhausted", "BudgetRunHooks"]
+__all__ = ["AgentsBudgetExhausted", "BudgetRunHooks", "budget_instructions"]
 
 _Key = tuple[str, object, str]
 
@@ -127,7 +138,7 @@ class BudgetRunHooks(RunHooks[Any]):
         call = _pop(self._llm_calls, id(context), context)
         if call is None:
             return
-        call.settle(call.fill(_usage_of(response)), result=response.output, streamed=False)
+        settle_llm_call(call, _usage_of(response), result=response.output, streamed=False)
 
     async def on_tool_start(
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool
@@ -145,7 +156,7 @@ class BudgetRunHooks(RunHooks[Any]):
     async def on_tool_end(
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool, result: object
     ) -> None:
-        """The tool returned (an error the SDK turned into text counts as returned)."""
+        """The tool returned; the SDK's failure text for a tool that raised is a failure."""
         key = _tool_key(context, tool)
         steps = self._steps.get(key)
         if not steps:
@@ -153,11 +164,76 @@ class BudgetRunHooks(RunHooks[Any]):
         step = steps.pop(0)
         if not steps:
             del self._steps[key]
-        step.close()
+        step.close(_reported_error(result))
 
     def __repr__(self) -> str:
         bound = "current session" if self.session is None else repr(self.session)
         return f"<BudgetRunHooks charging {bound}>"
+
+
+def _default_failure_text() -> str | None:
+    """What the SDK's default ``failure_error_function`` tells the model."""
+    try:
+        from agents.tool import default_tool_error_function
+
+        text = default_tool_error_function(None, RuntimeError())  # type: ignore[arg-type]
+    except Exception:  # pragma: no cover - depends on the SDK version
+        return None
+    return text if isinstance(text, str) and text else None
+
+
+_FAILURE_TEXT = _default_failure_text()
+
+
+def _reported_error(result: object) -> ToolErrorReported | None:
+    """A tool failure the SDK turned into its default failure text for the model.
+
+    A custom ``failure_error_function`` (or ``RunConfig.tool_error_formatter``) writes its
+    own text, which cannot be told from a result; let it raise to count the failure.
+    """
+    if _FAILURE_TEXT is not None and isinstance(result, str) and result.startswith(_FAILURE_TEXT):
+        return ToolErrorReported(result)
+    return None
+
+
+def budget_instructions(
+    instructions: str | Callable[[RunContextWrapper[Any], Agent[Any]], Any] | None = None,
+    *,
+    session: SessionBudget | None = None,
+) -> Callable[[RunContextWrapper[Any], Agent[Any]], Awaitable[str]]:
+    """Dynamic ``instructions`` that show the model its budget on every turn.
+
+    ``Agent(instructions=budget_instructions("You are a researcher."))``: the SDK calls it
+    before each model request, and the model reads your instructions followed by the
+    session's ``status_line()`` (what is left, and the phase). The user's input is not
+    changed.
+
+    Args:
+        instructions: your instructions: a string, or the SDK's dynamic form (a function of
+            ``(context, agent)``, sync or async); ``None`` for the status line alone.
+        session: show this session; by default the innermost active one.
+
+    .. versionadded:: 0.1.0
+    """
+    check_session(session)
+    if instructions is not None and not (isinstance(instructions, str) or callable(instructions)):
+        from ..exceptions import BudgetTypeError
+
+        raise BudgetTypeError(
+            f"instructions must be a str, a function or None, got {instructions!r}"
+        )
+
+    async def with_budget(context: RunContextWrapper[Any], agent: Agent[Any]) -> str:
+        base: object = instructions
+        if callable(instructions):
+            base = instructions(context, agent)
+            if inspect.isawaitable(base):
+                base = await base
+        status = budget_text(session)
+        text = base if isinstance(base, str) else ""
+        return f"{text}\n\n{status}" if text and status else (text or status)
+
+    return with_budget
 
 
 def _pop(

@@ -19,8 +19,8 @@ Install with ``install budgetkit's [pydantic-ai] extra``.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from pydantic_ai.capabilities import AbstractCapability
@@ -31,8 +31,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._calls import Nesting, await_marked
+from .._policy import WRAPUP_RESERVE
 from .._usage import Usage
-from ._common import Step, check_session, pricing_provider, session_for, start_llm_call
+from ..exceptions import BudgetExhausted
+from ._common import (
+    STOP_KEY,
+    WIND_DOWN_TEXT,
+    Step,
+    budget_text,
+    check_on_exhausted,
+    check_session,
+    pricing_provider,
+    session_for,
+    settle_llm_call,
+    start_llm_call,
+    winding_down,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -47,7 +61,7 @@ if TYPE_CHECKING:
     from .._calls import LLMCall
     from .._session import SessionBudget
 
-__all__ = ["BudgetCapability", "BudgetModel"]
+__all__ = ["BudgetCapability", "BudgetModel", "budget_stop_reason"]
 
 
 class BudgetModel(WrapperModel):
@@ -65,21 +79,48 @@ class BudgetModel(WrapperModel):
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, wrapped: Model | str, *, session: SessionBudget | None = None) -> None:
+    def __init__(
+        self,
+        wrapped: Model | str,
+        *,
+        session: SessionBudget | None = None,
+        on_exhausted: Literal["raise", "finish"] = "raise",
+    ) -> None:
         super().__init__(wrapped)
         self.budget_session = check_session(session)
+        self.on_exhausted: Literal["raise", "finish"] = on_exhausted
+        check_on_exhausted(on_exhausted)
 
-    def _admit(self, messages: list[ModelMessage]) -> LLMCall | None:
+    def _admit(self, messages: list[ModelMessage]) -> tuple[LLMCall | None, bool]:
+        """The admitted call, and whether it is the wind-down's final request."""
         session = session_for(self.budget_session)
         if session is None:
-            return None
-        return start_llm_call(
-            session,
-            self.wrapped.model_name,
-            model=self.wrapped.model_name,
-            provider=pricing_provider(self.wrapped.system),
-            messages=messages,
-        )
+            return None, False
+        finish = self.on_exhausted == "finish"
+        winding = finish and session.budget in winding_down
+        try:
+            call = start_llm_call(
+                session,
+                self.wrapped.model_name,
+                model=self.wrapped.model_name,
+                provider=pricing_provider(self.wrapped.system),
+                messages=messages,
+                wrapup=winding,
+            )
+        except BudgetExhausted as exc:
+            if not finish or exc.reason != WRAPUP_RESERVE:
+                raise
+            winding_down.add(session.budget)
+            winding = True
+            call = start_llm_call(
+                session,
+                self.wrapped.model_name,
+                model=self.wrapped.model_name,
+                provider=pricing_provider(self.wrapped.system),
+                messages=messages,
+                wrapup=True,
+            )
+        return call, winding
 
     async def request(
         self,
@@ -88,9 +129,11 @@ class BudgetModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """Admit the request (or raise ``BudgetExhausted``), send it, charge its usage."""
-        call = self._admit(messages)
+        call, winding = self._admit(messages)
         if call is None:
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
+        if winding:  # the final answer: no function tools offered
+            model_request_parameters = replace(model_request_parameters, function_tools=[])
         try:
             response: ModelResponse = await await_marked(
                 self.wrapped.request, (messages, model_settings, model_request_parameters), {}
@@ -98,7 +141,11 @@ class BudgetModel(WrapperModel):
         except BaseException as exc:
             call.fail(exc)
             raise
-        call.settle(call.fill(_usage_of(response.usage, response)), result=response, streamed=False)
+        settle_llm_call(call, _usage_of(response.usage, response), result=response, streamed=False)
+        if winding:
+            metadata = dict(response.metadata or {})
+            metadata[STOP_KEY] = WRAPUP_RESERVE
+            response = replace(response, metadata=metadata)
         return response
 
     @asynccontextmanager
@@ -110,7 +157,9 @@ class BudgetModel(WrapperModel):
         run_context: RunContext[Any] | None = None,
     ) -> AsyncIterator[StreamedResponse]:
         """Admit the streamed request; charge the usage received when the stream closes."""
-        call = self._admit(messages)
+        call, winding = self._admit(messages)
+        if winding:  # the final answer: no function tools offered
+            model_request_parameters = replace(model_request_parameters, function_tools=[])
         stream_cm = self.wrapped.request_stream(
             messages, model_settings, model_request_parameters, run_context
         )
@@ -138,7 +187,7 @@ class BudgetModel(WrapperModel):
 
 def _settle_stream(call: LLMCall, stream: StreamedResponse) -> None:
     response = stream.get()
-    call.settle(call.fill(_usage_of(stream.usage, response)), result=response, streamed=True)
+    settle_llm_call(call, _usage_of(stream.usage, response), result=response, streamed=True)
 
 
 @dataclass
@@ -160,14 +209,42 @@ class BudgetCapability(AbstractCapability[Any]):
     Args:
         session: charge this session; by default the innermost session active where each
             request or tool call starts.
+        show_budget: add the session's ``status_line()`` to the instructions of every model
+            request, so the model sees what is left.
 
     .. versionadded:: 0.1.0
     """
 
     session: SessionBudget | None = None
+    show_budget: bool = False
+    on_exhausted: Literal["raise", "finish"] = "raise"
+    """``"finish"``: when the session reaches its wrap-up reserve (``reserve_for_wrapup``),
+    the tool call that would use it is not run (the model is told to answer), and the next
+    request is sent without function tools, so the run *returns* a final answer marked with
+    the stop reason (:func:`budget_stop_reason`). ``"raise"`` (the default): the run raises
+    ``BudgetExhausted``. A hard limit always raises."""
+    """Show the model its budget: ``session.status_line()`` (what is left, and the phase) is
+    added to the instructions of every request, computed when the request is made. The
+    user's prompt is not changed."""
 
     def __post_init__(self) -> None:
         check_session(self.session)
+        check_on_exhausted(self.on_exhausted)
+        if not isinstance(self.show_budget, bool):
+            from ..exceptions import BudgetTypeError
+
+            raise BudgetTypeError(f"show_budget must be a bool, got {self.show_budget!r}")
+
+    def get_instructions(self) -> Any:
+        """With ``show_budget``, a dynamic instruction: the session's status line."""
+        if not self.show_budget:
+            return None
+        explicit = self.session
+
+        def budget_status(ctx: RunContext[Any]) -> str:
+            return budget_text(explicit)
+
+        return budget_status
 
     @classmethod
     def get_serialization_name(cls) -> str | None:
@@ -175,7 +252,7 @@ class BudgetCapability(AbstractCapability[Any]):
 
     def get_wrapper_model(self, model: Model) -> Model | None:
         """Charge every model request, whichever model serves it."""
-        return BudgetModel(model, session=self.session)
+        return BudgetModel(model, session=self.session, on_exhausted=self.on_exhausted)
 
     async def wrap_tool_execute(
         self,
@@ -190,7 +267,13 @@ class BudgetCapability(AbstractCapability[Any]):
         session = session_for(self.session)
         if session is None:
             return await handler(args)
-        step = Step(session, call.tool_name, args)
+        try:
+            step = Step(session, call.tool_name, args)
+        except BudgetExhausted as exc:
+            if self.on_exhausted != "finish" or exc.reason != WRAPUP_RESERVE:
+                raise
+            winding_down.add(session.budget)  # the next request is the final answer, without tools
+            return WIND_DOWN_TEXT
         try:
             result = await handler(args)
         except BaseException as exc:
@@ -198,6 +281,19 @@ class BudgetCapability(AbstractCapability[Any]):
             raise
         step.close()
         return result
+
+
+def budget_stop_reason(result: Any) -> str | None:
+    """Why a run with ``on_exhausted="finish"`` wound down (``"wrapup_reserve"``), or ``None``
+    for a run that finished by itself.
+
+    Args:
+        result: the ``AgentRunResult`` (or a ``ModelResponse``).
+    """
+    response = getattr(result, "response", result)
+    metadata = getattr(response, "metadata", None)
+    reason = metadata.get(STOP_KEY) if isinstance(metadata, dict) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _usage_of(usage: RequestUsage, response: ModelResponse) -> Usage | None:
