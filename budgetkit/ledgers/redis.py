@@ -695,6 +695,15 @@ def _client_url(client: Any) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
+def _cluster_url(url: str) -> tuple[str, bool]:
+    """``url`` for redis-py, and whether it names a Redis Cluster (``redis+cluster://`` or
+    ``rediss+cluster://``: any node of the cluster)."""
+    for scheme in ("redis+cluster://", "rediss+cluster://"):
+        if url.startswith(scheme):
+            return scheme.replace("+cluster", "") + url[len(scheme) :], True
+    return url, False
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -703,8 +712,10 @@ class RedisLedger:
     """Sessions kept on a Redis (or Valkey) server, shared by every process that joins them.
 
     Args:
-        url_or_client: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a ``redis.Redis``
-            client you configured yourself (its retries are safe: operations carry ids).
+        url_or_client: a ``redis://`` / ``rediss://`` / ``unix://`` URL, a
+            ``redis+cluster://host:port`` (or ``rediss+cluster://``) URL of any node of a Redis
+            Cluster, or a ``redis.Redis`` / ``redis.cluster.RedisCluster`` client you
+            configured yourself (its retries are safe: operations carry ids).
         key_prefix: prefix of every key budgetkit writes.
         ttl: seconds (or a ``timedelta``) a session's keys live after its last operation.
         reservation_ttl: seconds a reservation outlives its holder's last operation; the
@@ -752,14 +763,32 @@ class RedisLedger:
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
                 raise BudgetConfigError(f"retries must be a non-negative int, got {retries!r}")
+            url, cluster = _cluster_url(url_or_client)
+            retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
             try:
-                self.client: Any = redis.Redis.from_url(
-                    url_or_client,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-                    health_check_interval=30,
-                )
+                if cluster:
+                    from redis.cluster import RedisCluster
+
+                    self.client: Any = RedisCluster.from_url(
+                        url,
+                        socket_timeout=socket_timeout,
+                        socket_connect_timeout=socket_timeout,
+                        retry=retry,
+                    )
+                else:
+                    self.client = redis.Redis.from_url(
+                        url,
+                        socket_timeout=socket_timeout,
+                        socket_connect_timeout=socket_timeout,
+                        retry=retry,
+                        health_check_interval=30,
+                    )
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+                raise LedgerUnavailableError(
+                    f"budgetkit: the Redis cluster at {self.url} is unavailable "
+                    f"({type(exc).__name__}: {exc})",
+                    url=self.url,
+                ) from exc
             except ValueError as exc:
                 raise BudgetConfigError(f"not a Redis URL: {self.url!r} ({exc})") from None
         elif hasattr(url_or_client, "register_script"):
@@ -773,6 +802,8 @@ class RedisLedger:
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.RedisClusterException,
             OSError,
         )
         self._response_error: type[BaseException] = redis.exceptions.RedisError
