@@ -423,6 +423,23 @@ def test_a_session_exiting_with_undelivered_charges_says_so(tmp_path: Path) -> N
         server.stop()
 
 
+def test_a_huge_usage_trips_max_usd_instead_of_wedging_the_worker(ledger: RedisLedger) -> None:
+    """10^30 tokens in one response: the charge lands (exact counters, no overflow), the
+    next boundary raises BudgetExhausted('max_usd') as in process, never LedgerError."""
+
+    @budget.llm_call(model="gpt-4o-mini")
+    def huge() -> dict[str, Any]:
+        return {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 10**30, "completion_tokens": 0}}
+
+    with SessionBudget(max_usd=1, ledger=ledger, handoff_dir=None) as session:
+        huge()
+        with pytest.raises(BudgetExhausted) as info:
+            tool("after")
+        assert info.value.reason == "max_usd"
+        assert session.usage.input_tokens == 10**30
+    assert ran == []
+
+
 def test_open_policy_runs_in_process_when_the_ledger_cannot_create(tmp_path: Path) -> None:
     """on_ledger_error='open' and no server at entry: the session runs in this process."""
     from redis_fixtures import free_port
