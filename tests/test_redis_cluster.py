@@ -4,7 +4,9 @@ the masters, and ``redis+cluster://`` URLs reach it."""
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -31,7 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
         pytest.fail(INSTALL_HINT, pytrace=False)
-    ports = [free_port() for _ in range(3)]
+    ports = cluster_ports(3)
     procs: list[subprocess.Popen[bytes]] = []
     root = tmp_path_factory.mktemp("cluster")
     try:
@@ -85,6 +87,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
             proc.terminate()
         for proc in procs:
             proc.wait(10)
+
+
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) are free too (and valid)."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randint(20_000, 50_000)
+        if port in ports or port + 10_000 in ports:
+            continue
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
 
 
 def _cluster_info(port: int) -> str:
