@@ -480,20 +480,7 @@ class Boundary:
         snap = self.ledger_snapshot(strict=strict)
         if snap is None:
             return SessionUsage() if self.last_usage is None else self.last_usage
-        usage = SessionUsage(
-            steps=snap.steps,
-            llm_calls=snap.llm_calls,
-            input_tokens=snap.input_tokens,
-            output_tokens=snap.output_tokens,
-            total_tokens=snap.input_tokens + snap.output_tokens,
-            cost_usd=snap.cost_usd,
-            elapsed_seconds=snap.elapsed_seconds,
-            cache_read_tokens=snap.cache_read_tokens,
-            cache_write_tokens=snap.cache_write_tokens,
-            reasoning_tokens=snap.reasoning_tokens,
-            unpriced_calls=snap.unpriced_calls,
-            unmeasured_calls=snap.unmeasured_calls,
-        )
+        usage = snap.usage()
         self.last_usage = usage
         return usage
 

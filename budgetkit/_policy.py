@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._money import from_units, to_float, to_units_floor
+from ._money import to_float, to_units_floor
 from ._values import LLM, STEP, Remaining, SessionUsage
 
 if TYPE_CHECKING:
@@ -375,24 +375,6 @@ def record(c: Counters, counts: Counts | None, cost: int | None, release: int) -
 
 
 # ----------------------------------------------------------------------------- views
-def usage_of(c: Counters, elapsed: float) -> SessionUsage:
-    """The frozen usage a snapshot of ``c`` shows the user."""
-    return SessionUsage(
-        steps=c.steps,
-        llm_calls=c.llm_calls,
-        input_tokens=c.input_tokens,
-        output_tokens=c.output_tokens,
-        total_tokens=c.input_tokens + c.output_tokens,
-        cost_usd=from_units(c.cost),
-        elapsed_seconds=elapsed,
-        cache_read_tokens=c.cache_read_tokens,
-        cache_write_tokens=c.cache_write_tokens,
-        reasoning_tokens=c.reasoning_tokens,
-        unpriced_calls=c.unpriced_calls,
-        unmeasured_calls=c.unmeasured_calls,
-    )
-
-
 def remaining(
     limits: Limits, used: SessionUsage, *, step_room: int | None, usd_room: Decimal | None
 ) -> Remaining:

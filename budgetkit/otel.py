@@ -14,7 +14,7 @@ tracer provider sends them. For a script or CLI without an OpenTelemetry set-up:
 :func:`configure` reads the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT``,
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME``,
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*`` ...) and exports OTLP
-over HTTP through a ``BatchSpanProcessor``. It needs ``pip install 'budgetkit[otel]'``.
+over HTTP through a ``BatchSpanProcessor``. It needs ``install budgetkit's [otel] extra``.
 
 .. versionadded:: 0.1.0
 """
@@ -41,7 +41,7 @@ __all__ = ["OtelSetupError", "Telemetry", "capture_content", "configure", "trace
 
 capture_content = _otel.capture_content
 
-_INSTALL_HINT = "pip install 'budgetkit[otel]'"
+_INSTALL_HINT = "install budgetkit's [otel] extra"
 #: Seconds :meth:`Telemetry.shutdown` waits for the exporter by default.
 SHUTDOWN_TIMEOUT: Final = 2.0
 _LOCK = threading.Lock()

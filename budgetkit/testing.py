@@ -356,7 +356,7 @@ def _fanout() -> _Fanout:
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise otel.OtelSetupError(
-            "record_spans() needs the OpenTelemetry SDK: pip install 'budgetkit[otel]'"
+            "record_spans() needs the OpenTelemetry SDK: install budgetkit's [otel] extra"
         ) from exc
     with _FANOUT_LOCK:
         provider = trace.get_tracer_provider()

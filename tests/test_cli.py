@@ -80,12 +80,13 @@ def test_demo_trips_writes_the_handoff_and_resume_finishes(tmp_path: Path) -> No
     assert tokens is not None
     # Realistic: pages of a few thousand tokens, priced as gpt-4o-mini, well within $0.05.
     assert int(tokens.group(2).replace(",", "")) > 10_000
-    cost = re.fullmatch(r"\$(\d+\.\d{4}) of \$0\.0500", rows["cost"])
+    cost = re.fullmatch(r"\$(\d+\.\d{4,}) of \$0\.0500", rows["cost"])
     assert cost is not None
     assert Decimal("0.001") < Decimal(cost.group(1)) < Decimal("0.05")
     assert re.fullmatch(r"[0-9a-f]{32}", rows["trace id"])
     # The live display printed one plain line per event, each with every limit.
-    assert "[steps   1/8 | LLM calls     1 | $0.0001/$0.0500] searched:" in first.stdout
+    # Small amounts keep three significant digits ($0.000116, not $0.0001).
+    assert "[steps   1/8 | LLM calls     1 | $0.000116/$0.0500] searched:" in first.stdout
 
     path = tmp_path / rows["handoff"]
     assert path.parent == tmp_path / "handoffs"
@@ -300,6 +301,13 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["run", "--max-steps", "2.5", "--", "python", "x.py"], "expected a positive whole"),
         (["run", "--max-usd", "-1", "--", "python", "x.py"], "expected a positive amount"),
         (["run", "--max-usd", "nan", "--", "python", "x.py"], "expected a positive amount"),
+        (["run", "--price", "acme", "--", "python", "x.py"], "expected MODEL=IN,OUT"),
+        (["run", "--price", "acme=1", "--", "python", "x.py"], "expected MODEL=IN,OUT"),
+        (["run", "--price", "=1,2", "--", "python", "x.py"], "expected MODEL=IN,OUT"),
+        (["run", "--price", "acme=one,2", "--", "python", "x.py"], "expected MODEL=IN,OUT"),
+        (["run", "--price", "acme=1,-2", "--", "python", "x.py"], "must be non-negative"),
+        (["run", "--price", "acme=nan,2", "--", "python", "x.py"], "must be non-negative"),
+        (["run", "--on-unknown-cost", "maybe", "--", "python", "x.py"], "invalid choice"),
         (["demo", "--max-steps", "many"], "expected a positive whole number"),
         (["demo", "--delay", "-1"], "expected zero or more seconds"),
         (["show"], "the following arguments are required: HANDOFF"),
@@ -704,3 +712,137 @@ def test_stub_on_a_taken_port_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
     assert captured.out == ""
     assert captured.err.startswith(f"budgetkit stub: error: cannot listen on 127.0.0.1 port {port}")
     assert captured.err.count("\n") == 1
+
+
+def _stub_script(tmp_path: Path, body: str, name: str = "agent.py") -> Path:
+    """A script with an openai client on the stub (``$STUB_URL``) and ``ask(model)``."""
+    head = """
+    import os, sys
+    import openai
+
+    client = openai.OpenAI(base_url=os.environ["STUB_URL"], api_key="k", max_retries=0)
+
+    def ask(model="gpt-4o-mini"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    """
+    return _script(tmp_path, textwrap.dedent(head) + textwrap.dedent(body), name)
+
+
+@pytest.fixture
+def small_stub() -> Iterator[StubServer]:
+    """Every answer: 100 input and 20 output tokens ($0.000027 with gpt-4o-mini)."""
+    with StubServer(usage=(100, 20)) as server:
+        yield server
+
+
+_SUMMARY = re.compile(
+    r"budgetkit: (.+) after (\d+) steps, (\d+) LLM calls, (\d+) tokens, (\S+?)[;\n]"
+)
+
+
+def test_run_sums_up_the_spend_on_every_exit(tmp_path: Path, small_stub: StubServer) -> None:
+    # Before: a line only on exhaustion, and "$0.0000" for a spend of $0.000054.
+    script = _stub_script(
+        tmp_path,
+        """
+    ask()
+    ask()
+    if sys.argv[1] == "raise":
+        raise RuntimeError("agent broke")
+    sys.exit(int(sys.argv[1]))
+    """,
+    )
+    env = _env(STUB_URL=small_stub.base_url)
+    expected = {
+        "0": (0, "finished (completed)"),
+        "7": (7, "finished (completed, exit code 7)"),
+        "raise": (1, "finished (error)"),
+    }
+    for arg, (code, what) in expected.items():
+        result = _cli(
+            "run", "--max-llm-calls", "9", "--", "python", str(script), arg, cwd=tmp_path, env=env
+        )
+        assert result.returncode == code, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("budgetkit:")]
+        assert len(lines) == 1, result.stderr
+        match = _SUMMARY.fullmatch(lines[0] + "\n")
+        assert match is not None, lines[0]
+        assert match.groups() == (what, "0", "2", "240", "$0.000054")
+    # Exhausted: the same figures, then the handoff.
+    script3 = _stub_script(tmp_path, "ask()\nask()\nask()\n", name="three.py")
+    result = _cli(
+        "run", "--max-llm-calls", "2", "--", "python", str(script3), cwd=tmp_path, env=env
+    )
+    handoff = _exhausted(result, tmp_path)
+    match = _SUMMARY.search(result.stderr)
+    assert match is not None, result.stderr
+    assert match.groups() == ("budget exhausted (max_llm_calls)", "0", "2", "240", "$0.000054")
+    assert handoff.usage["cost_usd"] == "0.000054"
+
+
+def test_run_warns_when_no_limit_is_set(tmp_path: Path) -> None:
+    script = _script(tmp_path, "print('done')\n")
+    result = _cli("run", "--", "python", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "budgetkit run: warning: no limit set" in result.stderr
+    assert "--max-usd" in result.stderr
+    limited = _cli("run", "--max-usd", "1", "--", "python", str(script), cwd=tmp_path)
+    assert "warning" not in limited.stderr
+    from_env = _cli(
+        "run", "--", "python", str(script), cwd=tmp_path, env=_env(BUDGETKIT_MAX_STEPS="3")
+    )
+    assert "warning" not in from_env.stderr
+
+
+def test_run_prices_a_private_model_with_price(tmp_path: Path, small_stub: StubServer) -> None:
+    # acme-7b is in no price table: $1 per million input tokens and $2 per million output
+    # tokens make each call (100 in, 20 out) cost $0.00014.
+    script = _stub_script(tmp_path, "for _ in range(10):\n    ask('acme-7b')\n")
+    result = _cli(
+        "run", "--max-usd", "0.0005", "--price", "acme-7b=1,2", "--price", "other=3,4",
+        "--", "python", str(script), cwd=tmp_path, env=_env(STUB_URL=small_stub.base_url),
+    )  # fmt: skip
+    handoff = _exhausted(result, tmp_path)
+    assert handoff.reason == "max_usd"
+    assert handoff.usage["unpriced_calls"] == 0
+    # Three calls ($0.00042); the fourth's worst case no longer fitted, or it crossed.
+    assert Decimal(handoff.usage["cost_usd"]) == handoff.usage["llm_calls"] * Decimal("0.00014")
+    assert Decimal(handoff.usage["cost_usd"]) <= Decimal("0.00056")
+    assert handoff.usage["llm_calls"] >= 3
+
+
+@pytest.mark.parametrize("choice", ["warn", "error"])
+def test_run_on_unknown_cost(tmp_path: Path, small_stub: StubServer, choice: str) -> None:
+    script = _stub_script(tmp_path, "for _ in range(3):\n    ask('acme-7b')\nprint('done')\n")
+    result = _cli(
+        "run", "--max-usd", "1", "--on-unknown-cost", choice, "--", "python", str(script),
+        cwd=tmp_path, env=_env(STUB_URL=small_stub.base_url),
+    )  # fmt: skip
+    if choice == "warn":
+        assert result.returncode == 0, result.stderr
+        assert "done" in result.stdout
+        assert "CostUnknownWarning" in result.stderr
+        assert "3 calls of unknown cost" in result.stderr
+    else:
+        handoff = _exhausted(result, tmp_path)
+        assert handoff.reason == "cost_unknown"
+        assert handoff.usage["llm_calls"] == 1  # the next call after the unpriced one stops
+        assert len(small_stub.requests) == 1
+
+
+def test_run_with_an_unreachable_redis_exits_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = _script(tmp_path, "print('ran')\n")
+    result = _cli(
+        "run", "--max-steps", "3", "--redis", f"redis://127.0.0.1:{port}/0",
+        "--", "python", str(script), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == EXIT_USAGE
+    assert "ran" not in result.stdout
+    assert result.stderr.startswith("budgetkit run: error: ")
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

@@ -581,4 +581,4 @@ def test_configure_without_the_sdk_names_the_extra() -> None:
         """
     )
     assert proc.returncode == 0, proc.stderr
-    assert "pip install 'budgetkit[otel]'" in proc.stdout
+    assert "install budgetkit's [otel] extra" in proc.stdout

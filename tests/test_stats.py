@@ -265,7 +265,7 @@ def test_cli_plot_without_matplotlib(
     code, out, err = run_cli(capsys, str(log), "--plot", str(tmp_path / "x.png"))
     assert code == 2
     assert out == ""
-    assert "budgetkit[stats]" in err
+    assert "budgetkit's [stats] extra" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
 

@@ -103,3 +103,57 @@ def limits_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The limits given on the command line, as ``SessionBudget`` keywords (set ones only)."""
     names = (*_INT_LIMITS, "max_usd", "max_seconds")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _price(text: str) -> tuple[str, tuple[Decimal, Decimal]]:
+    """``MODEL=IN,OUT``: a model's USD per million input and output tokens."""
+    model, equals, rates = text.rpartition("=")
+    parts = rates.split(",")
+    try:
+        if not equals or not model.strip() or len(parts) != 2:
+            raise InvalidOperation
+        pair = (Decimal(parts[0].strip()), Decimal(parts[1].strip()))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL=IN,OUT (USD per million input and output tokens, e.g. "
+            f"my-model=0.15,0.60), got {text!r}"
+        ) from None
+    if not all(p.is_finite() and p >= 0 for p in pair):
+        raise argparse.ArgumentTypeError(
+            f"prices must be non-negative amounts in US dollars per million tokens, got {text!r}"
+        )
+    return model.strip(), pair
+
+
+def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--price MODEL=IN,OUT`` (repeatable) and ``--on-unknown-cost {warn,error}``."""
+    group = parser.add_argument_group("pricing")
+    group.add_argument(
+        "--price",
+        dest="prices",
+        type=_price,
+        action="append",
+        default=[],
+        metavar="MODEL=IN,OUT",
+        help="USD per million input and output tokens of MODEL, over the bundled price "
+        "table (for private or new models); repeatable",
+    )
+    group.add_argument(
+        "--on-unknown-cost",
+        dest="on_unknown_cost",
+        choices=("warn", "error"),
+        default=None,
+        help="with a USD limit, what a call whose cost is unknown does: warn (a "
+        "CostUnknownWarning), or error (stop at the next call, reason cost_unknown); "
+        "default: as SessionBudget",
+    )
+
+
+def pricing_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``prices`` and ``on_unknown_cost`` as ``SessionBudget`` keywords (given ones only)."""
+    found: dict[str, Any] = {}
+    if args.prices:
+        found["prices"] = dict(args.prices)
+    if args.on_unknown_cost is not None:
+        found["on_unknown_cost"] = args.on_unknown_cost
+    return found

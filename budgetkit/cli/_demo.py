@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         import openai
     except ImportError:
         print(
-            "budgetkit demo: error: needs the openai client: pip install 'budgetkit[demo]'",
+            "budgetkit demo: error: needs the openai client: install budgetkit's [demo] extra",
             file=sys.stderr,
         )
         return EXIT_USAGE

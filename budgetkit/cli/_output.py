@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -50,5 +51,15 @@ def print_table(
 
 
 def fmt_usd(value: Any) -> str:
-    """Dollars with enough digits for sub-cent LLM calls."""
-    return f"${float(value):.4f}"
+    """Dollars with enough digits for sub-cent LLM calls: four decimals, or three
+    significant digits when smaller (``$0.0512``, ``$0.000123``); never ``$0.0000`` for a
+    non-zero amount."""
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite():
+        return f"${amount}"
+    places = 4
+    if amount and abs(amount) < Decimal("0.01"):
+        places = max(places, 2 - amount.adjusted())  # three significant digits
+    text = f"{amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):f}"
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals[:4]}{decimals[4:].rstrip('0')}"

@@ -72,7 +72,7 @@ def handler(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             print(
-                f"{PROG}: --plot needs matplotlib; install it with: pip install 'budgetkit[stats]'",
+                f"{PROG}: --plot needs matplotlib; install budgetkit's [stats] extra",
                 file=sys.stderr,
             )
             return EXIT_USAGE

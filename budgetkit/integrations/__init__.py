@@ -3,11 +3,11 @@
 Each adapter lives in its own module and imports its framework only when that module is
 imported, so ``import budgetkit`` never loads a framework. Install the matching extra:
 
-* :mod:`budgetkit.integrations.langchain`: ``pip install 'budgetkit[langchain]'``
+* :mod:`budgetkit.integrations.langchain`: ``install budgetkit's [langchain] extra``
   (LangChain and LangGraph, ``BudgetCallbackHandler``);
-* :mod:`budgetkit.integrations.openai_agents`: ``pip install 'budgetkit[openai-agents]'``
+* :mod:`budgetkit.integrations.openai_agents`: ``install budgetkit's [openai-agents] extra``
   (OpenAI Agents SDK, ``BudgetRunHooks``);
-* :mod:`budgetkit.integrations.pydantic_ai`: ``pip install 'budgetkit[pydantic-ai]'``
+* :mod:`budgetkit.integrations.pydantic_ai`: ``install budgetkit's [pydantic-ai] extra``
   (Pydantic AI, ``BudgetCapability``).
 
 Every adapter charges a framework LLM call like ``@budget.llm_call`` (admitted before the

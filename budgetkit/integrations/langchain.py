@@ -11,7 +11,7 @@ Works the same with ``ainvoke``, ``stream`` and ``astream``, with LangGraph grap
 ``create_agent`` agents, plain chat models and tools: callbacks passed in ``config`` reach
 every model and tool run inside.
 
-Install with ``pip install 'budgetkit[langchain]'``.
+Install with ``install budgetkit's [langchain] extra``.
 
 .. versionadded:: 0.1.0
 """
@@ -27,7 +27,7 @@ try:
     from langchain_core.outputs import ChatGeneration, LLMResult
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "budgetkit.integrations.langchain needs langchain-core: pip install 'budgetkit[langchain]'"
+        "budgetkit.integrations.langchain needs langchain-core: budgetkit's [langchain] extra"
     ) from exc
 
 from .._usage import Usage

@@ -10,7 +10,7 @@ Usage::
 The same hooks work with ``Runner.run_sync`` and ``Runner.run_streamed`` (the exhaustion is
 then raised from ``stream_events()``).
 
-Install with ``pip install 'budgetkit[openai-agents]'``.
+Install with ``install budgetkit's [openai-agents] extra``.
 
 .. versionadded:: 0.1.0
 """
@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "budgetkit.integrations.openai_agents needs the OpenAI Agents SDK: "
-        "pip install 'budgetkit[openai-agents]'"
+        "install budgetkit's [openai-agents] extra"
     ) from exc
 
 from .._usage import Usage

@@ -11,7 +11,7 @@ Or once for every run of an agent: ``Agent(model, capabilities=[BudgetCapability
 Works with ``run``, ``run_sync``, ``run_stream`` and ``iter``. To charge a model used
 outside an agent run, wrap it directly: ``BudgetModel(model)``.
 
-Install with ``pip install 'budgetkit[pydantic-ai]'``.
+Install with ``install budgetkit's [pydantic-ai] extra``.
 
 .. versionadded:: 0.1.0
 """
@@ -27,7 +27,7 @@ try:
     from pydantic_ai.models.wrapper import WrapperModel
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "budgetkit.integrations.pydantic_ai needs Pydantic AI: pip install 'budgetkit[pydantic-ai]'"
+        "budgetkit.integrations.pydantic_ai needs Pydantic AI: budgetkit's [pydantic-ai] extra"
     ) from exc
 
 from .._calls import Nesting, await_marked

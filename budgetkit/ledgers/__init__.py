@@ -4,7 +4,10 @@ A :class:`~budgetkit.SessionBudget` holds exactly one ledger session. By default
 :class:`InProcessLedger`'s (the fast path: a few integer adds under one lock). A server ledger
 keeps the counters there instead, so worker processes and machines can join one session and
 share one budget: :class:`budgetkit.ledgers.redis.RedisLedger` (Redis or Valkey,
-``pip install 'budgetkit[redis]'``). Both apply the same rules (``budgetkit._policy``).
+the ``[redis]`` extra), or :class:`budgetkit.ledgers.embedded.EmbeddedLedger`, served
+by one process to the processes on the same machine that can open its Unix socket (what
+``budgetkit run`` uses for its child processes). All apply the same rules
+(``budgetkit._policy``).
 
 A ledger hands out :class:`LedgerSession` handles (``create`` for a new session, ``join`` for an
 existing one). Every operation of a handle is one atomic operation on the server.
@@ -34,11 +37,12 @@ __all__ = [
     "Ledger",
     "LedgerSession",
     "LedgerSnapshot",
+    "ledger_for_url",
     "ledger_from_env",
 ]
 
-#: ``SessionBudget(ledger=None)`` uses a :class:`~budgetkit.ledgers.redis.RedisLedger` on this
-#: URL when the variable is set and not empty.
+#: ``SessionBudget(ledger=None)`` uses the ledger at this URL when the variable is set and not
+#: empty: a Redis URL, or an embedded ledger's ``budgetkit+unix://`` (:func:`ledger_for_url`).
 LEDGER_URL_ENV = "BUDGETKIT_LEDGER_URL"
 
 
@@ -185,10 +189,22 @@ def env_ledger() -> Ledger | None:
 
 
 def ledger_from_env(**kwargs: Any) -> Ledger | None:
-    """A :class:`~budgetkit.ledgers.redis.RedisLedger` on ``$BUDGETKIT_LEDGER_URL``, if set."""
+    """The ledger ``$BUDGETKIT_LEDGER_URL`` names, if set (see :func:`ledger_for_url`)."""
     url = os.environ.get(LEDGER_URL_ENV)
     if not url:
         return None
+    return ledger_for_url(url, **kwargs)
+
+
+def ledger_for_url(url: str, **kwargs: Any) -> Ledger:
+    """The ledger at ``url``, by its scheme: ``budgetkit+unix://`` an
+    :class:`~budgetkit.ledgers.embedded.EmbeddedLedger`; ``redis://``, ``rediss://`` and
+    ``unix://`` (Redis on a Unix socket) a :class:`~budgetkit.ledgers.redis.RedisLedger`.
+    Keywords go to the ledger's constructor."""
+    if url.partition(":")[0].lower() == "budgetkit+unix":
+        from .embedded import EmbeddedLedger
+
+        return EmbeddedLedger(url, **kwargs)
     from .redis import RedisLedger
 
     return RedisLedger(url, **kwargs)

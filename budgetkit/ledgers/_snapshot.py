@@ -10,6 +10,7 @@ from .._money import from_units
 
 if TYPE_CHECKING:
     from .._policy import Counters
+    from .._values import SessionUsage
 
 __all__ = ["LedgerSnapshot", "snapshot_of"]
 
@@ -42,6 +43,25 @@ class LedgerSnapshot:
     """Seconds since the session was created, by the server's clock."""
     handoff_writer: str | None = None
     """The handle that won :meth:`LedgerSession.claim_handoff_writer`, if any."""
+
+    def usage(self) -> SessionUsage:
+        """The session's usage as the user sees it (``session.usage``)."""
+        from .._values import SessionUsage
+
+        return SessionUsage(
+            steps=self.steps,
+            llm_calls=self.llm_calls,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+            cost_usd=self.cost_usd,
+            elapsed_seconds=self.elapsed_seconds,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            unpriced_calls=self.unpriced_calls,
+            unmeasured_calls=self.unmeasured_calls,
+        )
 
 
 def snapshot_of(c: Counters, *, elapsed: float, writer: str | None = None) -> LedgerSnapshot:

@@ -42,6 +42,12 @@ __all__ = ["LOCK", "InProcessLedger", "InProcessLedgerSession"]
 #: slower); entering ``with`` cannot.
 LOCK = threading.Lock()
 
+if hasattr(os, "register_at_fork"):
+    # A child forked while another thread held the lock would find it held forever.
+    os.register_at_fork(
+        before=LOCK.acquire, after_in_parent=LOCK.release, after_in_child=LOCK.release
+    )
+
 
 class InProcessLedger:
     """Sessions whose counters live in this process (the default ledger).

@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import threading
+import weakref
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -747,7 +748,7 @@ class RedisLedger:
             from redis.retry import Retry
         except ImportError:  # pragma: no cover - the extra is installed in the tests
             raise BudgetConfigError(
-                "RedisLedger needs redis-py: pip install 'budgetkit[redis]'"
+                "RedisLedger needs redis-py: install budgetkit's [redis] extra"
             ) from None
         if not isinstance(key_prefix, str):
             raise BudgetTypeError(f"key_prefix must be a str, got {key_prefix!r}")
@@ -937,9 +938,18 @@ class RedisLedgerSession:
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._last = Counters()
+        _HANDLES.add(self)
 
     def __repr__(self) -> str:
         return f"<RedisLedgerSession {self.session_id} at {self.url}>"
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a holder of its own, so its operation ids (and reservations)
+        are never taken for the parent's (a repeated id is answered, not applied)."""
+        self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
+        self._lock = threading.Lock()
+        self._pending = set()  # the parent's operations are the parent's to answer
+        self._abandoned = set()
 
     def new_op_id(self) -> str:
         """A fresh operation id. Pass it again to retry an operation without applying it
@@ -1140,3 +1150,15 @@ class RedisLedgerSession:
             last = self._seq
         with contextlib.suppress(LedgerError):
             self._run("bye", [last])
+
+
+_HANDLES: weakref.WeakSet[RedisLedgerSession] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_HANDLES):
+        handle.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
