@@ -162,7 +162,7 @@ def main() -> None:
         print(
             f"{'ledger':>6} | {'admits/s':>10} | {'÷ floor':>7} | {'server µs':>9} | "
             f"{'÷ return 1':>10} | {'steps/s':>10} | {'÷ floor':>7} | "
-            f"{'keys 1k':>7} | {'keys 100k':>9}"
+            f"{'keys ' + str(args.key_steps[0]):>10} | {'keys ' + str(args.key_steps[1]):>11}"
         )
         print("-" * 96)
         for label, before in versions:
@@ -173,12 +173,12 @@ def main() -> None:
             print(
                 f"{label:>6} | {admits:>10,.0f} | {admits / floor:>7.2f} | {admit_us:>9.2f} | "
                 f"{admit_us / floor_us:>10.2f} | {steps:>10,.0f} | {steps / floor:>7.2f} | "
-                f"{small:>7} | {large:>9}"
+                f"{small:>10} | {large:>11}"
             )
         print()
         print(
             "admits/s: handle.admit('step'), one EVALSHA; steps/s: @budget.step in a joined "
-            "SessionBudget; keys: after 1k and 100k steps (each with a charged LLM call)"
+            "SessionBudget; keys: after that many steps (each with a charged LLM call)"
         )
 
 
