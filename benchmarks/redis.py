@@ -1,25 +1,33 @@
-"""Admitted steps per second with the Redis ledger, next to the in-process ledger.
+"""The Redis ledger against its floor, measured side by side in one run (issue 18's table).
 
-Starts its own redis-server on a loopback port (persistence off), then for 1, 4 and 8 worker
-processes (spawn) runs ``@budget.step`` calls for a fixed time:
+Starts its own redis-server on a loopback port (persistence off) and, with N worker processes
+(spawn, default 8) for a fixed time each, measures:
 
-- in-process: each worker has its own ``SessionBudget`` (counters under the process lock);
-- redis: every worker has joined one ``SessionBudget(ledger=RedisLedger(url))``; each step is
-  one atomic script call on the server.
+- floor: redis-py ``EVALSHA`` of ``return 1`` in a loop (the client's floor: one round trip);
+- ceiling: ``@budget.step`` with an in-process ``SessionBudget`` in each worker (no Redis);
+- exact (after): every worker joined one session of this checkout's ``RedisLedger``; each
+  worker admits steps (``handle.admit("step")``: one ``EVALSHA``), and again through
+  ``@budget.step`` in a joined ``SessionBudget``;
+- exact (before): the same with another ledger module (``--before path/to/redis.py``, e.g.
+  ``git show main:budgetkit/ledgers/redis.py > /tmp/before.py``), loaded as
+  ``budgetkit.ledgers.redis_before``.
 
-Prints a table of total admitted steps per second (summed over the workers) and the median
-latency of one admission. Not part of the test suite; numbers depend on the machine.
+Server µs per admit come from ``INFO commandstats`` (``cmdstat_evalsha``), reset before each
+phase; server keys are counted after 1k and after 100k steps of one session. Not part of the
+test suite; numbers depend on the machine.
 
-    python benchmarks/redis.py [--seconds 2] [--workers 1 4 8]
+    python benchmarks/redis.py [--seconds 2] [--workers 8] [--before /tmp/before.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +35,10 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+import redis  # noqa: E402
+
 from budgetkit import SessionBudget, budget  # noqa: E402
-from budgetkit.ledgers.redis import RedisLedger  # noqa: E402
+from budgetkit._limits import Limits  # noqa: E402
 from budgetkit.testing import redis_server  # noqa: E402
 
 
@@ -37,75 +47,139 @@ def tool(i: int) -> int:
     return i
 
 
-def worker(url: str | None, session_id: str | None, seconds: float, go: Any) -> tuple[int, float]:
-    """Run steps for ``seconds``; return (steps, elapsed)."""
-    if url is None:
-        session = SessionBudget(max_steps=10**12, handoff_dir=None)
-    else:
-        session = SessionBudget.join(session_id, ledger=RedisLedger(url), handoff_dir=None)
-    with session:
-        tool(-1)  # warm up: connection, scripts loaded
-        go.wait()
-        n = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while True:
-            for _ in range(50):
-                tool(n)
-                n += 1
-            now = time.perf_counter()
-            if now >= deadline:
-                return n, now - start
+def ledger_class(before: str | None) -> Any:
+    """This checkout's RedisLedger, or the one in the file ``before``."""
+    if before is None:
+        from budgetkit.ledgers.redis import RedisLedger
+
+        return RedisLedger
+    name = "budgetkit.ledgers.redis_before"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, before)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module.RedisLedger
 
 
-def run(url: str | None, workers: int, seconds: float) -> tuple[float, float]:
-    """Total admitted steps per second, and mean µs per admission in one worker."""
+def timed(step: Any, seconds: float, go: Any) -> tuple[int, float]:
+    step(-1)  # warm up: connection, scripts loaded
+    go.wait()
+    n = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(50):
+            step(n)
+            n += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return n, now - start
+
+
+def worker(
+    mode: str, url: str, session_id: str, before: str | None, seconds: float, go: Any
+) -> tuple[int, float]:
+    """Run one kind of operation for ``seconds``; return (operations, elapsed)."""
+    if mode == "floor":
+        client = redis.Redis.from_url(url)
+        script = client.register_script("return 1")
+        return timed(lambda i: script(keys=["x"], args=[]), seconds, go)
+    if mode == "ceiling":
+        with SessionBudget(max_steps=10**12, handoff_dir=None):
+            return timed(tool, seconds, go)
+    led = ledger_class(before)(url)
+    if mode == "admit":
+        handle = led.join(session_id)
+        return timed(lambda i: handle.admit("step"), seconds, go)
+    with SessionBudget.join(session_id, ledger=led, handoff_dir=None):
+        return timed(tool, seconds, go)
+
+
+def phase(
+    url: str, mode: str, workers: int, seconds: float, before: str | None = None
+) -> tuple[float, float]:
+    """Total operations per second over the workers, and server µs per EVALSHA."""
+    admin = redis.Redis.from_url(url)
+    session_id = f"bench-{uuid.uuid4().hex}"
+    if mode in ("admit", "session"):
+        ledger_class(before)(url).create(session_id, Limits.build(max_steps=10**12))
     ctx = multiprocessing.get_context("spawn")
-    session_id = None
-    creator = None
-    if url is not None:
-        creator = SessionBudget(max_steps=10**12, ledger=RedisLedger(url), handoff_dir=None)
-        creator.__enter__()
-        session_id = creator.session_id
-    try:
-        with ctx.Manager() as manager:
-            go = manager.Event()
-            with ctx.Pool(workers) as pool:
-                pending = [
-                    pool.apply_async(worker, (url, session_id, seconds, go)) for _ in range(workers)
-                ]
-                time.sleep(0.5 + 0.1 * workers)  # every worker joined and warmed up
-                go.set()
-                results = [p.get(timeout=seconds + 120) for p in pending]
-    finally:
-        if creator is not None:
-            creator.__exit__(None, None, None)
+    with ctx.Manager() as manager:
+        go = manager.Event()
+        with ctx.Pool(workers) as pool:
+            pending = [
+                pool.apply_async(worker, (mode, url, session_id, before, seconds, go))
+                for _ in range(workers)
+            ]
+            time.sleep(1.0 + 0.2 * workers)  # every worker started and warmed up
+            admin.config_resetstat()
+            go.set()
+            results = [p.get(timeout=seconds + 120) for p in pending]
+    stats = admin.info("commandstats").get("cmdstat_evalsha", {})
+    admin.close()
     rate = sum(n / elapsed for n, elapsed in results)
-    per_call_us = sum(elapsed / n for n, elapsed in results) / len(results) * 1e6
-    if creator is not None:
-        assert creator.usage.steps == sum(n for n, _ in results) + workers  # + the warm-ups
-    return rate, per_call_us
+    return rate, float(stats.get("usec_per_call", 0.0))
+
+
+def keys_after(url: str, steps: int, before: str | None) -> int:
+    """Keys on the server after ``steps`` admitted steps, each with a charged LLM call."""
+    admin = redis.Redis.from_url(url)
+    admin.flushall()
+    handle = ledger_class(before)(url).create(
+        f"bench-{uuid.uuid4().hex}", Limits.build(max_usd=10**9)
+    )
+    for _ in range(steps):
+        handle.admit("step")
+        handle.admit("llm", 10**16)
+        handle.record((100, 10, 0, 0, 0), 10**15, release=10**16)
+    n = int(admin.dbsize())
+    admin.close()
+    return n
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--before", help="another ledger module to compare (main's redis.py)")
+    parser.add_argument("--key-steps", type=int, nargs=2, default=[1_000, 100_000])
     args = parser.parse_args()
-    print(f"cpus: {os.cpu_count()}, {args.seconds:g} s per run, loopback redis-server")
-    print(
-        f"{'processes':>9} | {'in-process steps/s':>18} | {'redis steps/s':>13} | "
-        f"{'µs/step in-proc':>15} | {'µs/step redis':>13}"
-    )
-    print("-" * 81)
+    n, secs = args.workers, args.seconds
+    print(f"cpus: {os.cpu_count()}, {n} processes, {secs:g} s per phase, loopback redis-server")
+    versions: list[tuple[str, str | None]] = [("after", None)]
+    if args.before:
+        versions.insert(0, ("before", args.before))
     with redis_server() as url:
-        for n in args.workers:
-            local, local_us = run(None, n, args.seconds)
-            shared, shared_us = run(url, n, args.seconds)
+        floor, floor_us = phase(url, "floor", n, secs)
+        ceiling, _ = phase(url, "ceiling", n, secs)
+        print(f"floor   redis-py EVALSHA 'return 1': {floor:>12,.0f}/s  {floor_us:.2f} µs server")
+        print(f"ceiling in-process @budget.step:     {ceiling:>12,.0f}/s")
+        print()
+        print(
+            f"{'ledger':>6} | {'admits/s':>10} | {'÷ floor':>7} | {'server µs':>9} | "
+            f"{'÷ return 1':>10} | {'steps/s':>10} | {'÷ floor':>7} | "
+            f"{'keys ' + str(args.key_steps[0]):>10} | {'keys ' + str(args.key_steps[1]):>11}"
+        )
+        print("-" * 96)
+        for label, before in versions:
+            admits, admit_us = phase(url, "admit", n, secs, before)
+            steps, _ = phase(url, "session", n, secs, before)
+            small = keys_after(url, args.key_steps[0], before)
+            large = keys_after(url, args.key_steps[1], before)
             print(
-                f"{n:>9} | {local:>18,.0f} | {shared:>13,.0f} | {local_us:>15.2f} | "
-                f"{shared_us:>13.1f}"
+                f"{label:>6} | {admits:>10,.0f} | {admits / floor:>7.2f} | {admit_us:>9.2f} | "
+                f"{admit_us / floor_us:>10.2f} | {steps:>10,.0f} | {steps / floor:>7.2f} | "
+                f"{small:>10} | {large:>11}"
             )
+        print()
+        print(
+            "admits/s: handle.admit('step'), one EVALSHA; steps/s: @budget.step in a joined "
+            "SessionBudget; keys: after that many steps (each with a charged LLM call)"
+        )
 
 
 if __name__ == "__main__":

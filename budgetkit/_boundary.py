@@ -113,7 +113,7 @@ class Boundary:
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
         self.errors_pending = False  # some session of the chain counts errors in a row
-        self.outbox: list[Callable[[], object]] = []
+        self.outbox: list[tuple[Callable[[], object], int]] = []  # (operation, its cost)
         self.last_usage: SessionUsage | None = None
         self.telemetry: Any = None
         self.start: float | None = None
@@ -181,10 +181,31 @@ class Boundary:
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
 
     def close(self) -> None:
-        """The block exited: stop the ledger session's clock."""
+        """The block exited: deliver what the ledger has not confirmed (warn loudly about
+        what cannot be), then stop the ledger session's clock."""
         OPEN.closed()
+        if self.outbox:
+            self.deliver_at_exit()
         if self.handle is not None:
             self.handle.close()
+
+    def deliver_at_exit(self) -> None:
+        """Resend the outbox once more; what still fails is named in a warning, never
+        dropped silently."""
+        try:
+            self.flush(raising=True)
+        except LedgerError as exc:
+            from ._money import from_units
+
+            with LOCK:
+                left, usd = len(self.outbox), sum(cost for _, cost in self.outbox)
+            warn(
+                f"budgetkit: session {self.budget.session_id!r} exits with {left} charge(s) "
+                f"not delivered to the ledger at {self.ledger.url} ({exc}); the ledger's "
+                f"usage is missing them (${from_units(usd)} of known cost), and the "
+                "reservations they held expire as spend after its reservation_ttl",
+                LedgerUnavailableWarning,
+            )
 
     # ------------------------------------------------------------------ the boundary
     def admit_step(self, name: str) -> None:
@@ -336,7 +357,9 @@ class Boundary:
         if remote is not None and remote.handle is not None:
             handle = remote.handle
             op_id = handle.new_op_id()
-            remote.send(lambda: handle.record(counts, cost, release=release, op_id=op_id))
+            remote.send(
+                lambda: handle.record(counts, cost, release=release, op_id=op_id), cost or 0
+            )
         for b in self.chain:
             if b.watch:
                 b.notify()
@@ -391,9 +414,9 @@ class Boundary:
         return merged
 
     # ------------------------------------------------------------------ a shared ledger
-    def send(self, operation: Callable[[], object]) -> None:
+    def send(self, operation: Callable[[], object], cost: int = 0) -> None:
         """Run one idempotent ledger operation now, or keep it for the next boundary (which
-        raises or warns); a call that already ran never fails on its charge."""
+        raises or warns) or the exit; a call that already ran never fails on its charge."""
         if not self.outbox:
             try:
                 operation()
@@ -401,23 +424,25 @@ class Boundary:
             except LedgerError:
                 pass
         with LOCK:
-            self.outbox.append(operation)
+            self.outbox.append((operation, cost))
 
-    def flush(self) -> None:
-        """Resend what the ledger has not confirmed; an outage raises or warns (policy), any
-        other ledger error (an expired session) raises."""
+    def flush(self, *, raising: bool = False) -> None:
+        """Resend what the ledger has not confirmed; an outage raises or warns (policy, or
+        raises when ``raising``), any other ledger error (an expired session) raises."""
         if not self.outbox:
             return
         error: LedgerUnavailableError | None = None
         while self.outbox:
             try:
-                self.outbox[0]()
+                self.outbox[0][0]()
             except LedgerUnavailableError as exc:
                 error = exc
                 break
             with LOCK:
                 self.outbox.pop(0)
         if error is not None:
+            if raising:
+                raise error
             self.unavailable(error)
 
     def unavailable(self, exc: LedgerUnavailableError) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import signal
 import socket
 import threading
 import time
@@ -214,10 +215,10 @@ def test_latch_and_handoff_claim_are_first_wins(ledger: RedisLedger) -> None:
 def test_a_replayed_operation_is_applied_once(ledger: RedisLedger) -> None:
     """The same op id sent twice (a retry) counts once and gets the same answer back."""
     handle = ledger.create(new_id(), limits(max_steps=2))
-    keys = [*handle._keys, f"{handle._keys[0]}:op:replayed"]
-    args = [handle.holder, "step", "", "t", "0", 1000, 60_000, 60_000]
-    assert ledger.run("admit", keys, args) == b"A"
-    assert ledger.run("admit", keys, args) == b"A"
+    op_id = handle.new_op_id()
+    assert handle.admit("step", op_id=op_id) is None
+    handle._pending.add(int(op_id))  # as if its reply had been lost: still unacknowledged
+    assert handle.admit("step", op_id=op_id) is None
     assert handle.snapshot().steps == 1
 
 
@@ -450,10 +451,11 @@ def test_redis_killed_mid_run_fails_closed_and_restarts_consistent(tmp_path: Pat
         server.stop()
 
 
-def test_a_killed_workers_reservation_expires_and_is_released(
+def test_a_killed_workers_reservation_expires_as_spend(
     redis_server: RedisServer, ledger: RedisLedger
 ) -> None:
-    """A worker SIGKILLed while holding $0.50 stops holding it after its reservation_ttl."""
+    """A worker SIGKILLed while holding $0.50 (it may have been billed) stops holding it after
+    its reservation_ttl, and the $0.50 is *spent*, never released for another worker."""
     sid = new_id()
     handle = ledger.create(sid, limits(max_usd=Decimal("1.00")))
     ctx = multiprocessing.get_context("spawn")
@@ -471,8 +473,94 @@ def test_a_killed_workers_reservation_expires_and_is_released(
     deadline = time.monotonic() + 5
     while handle.snapshot().reserved_usd and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert handle.snapshot().reserved_usd == 0
-    assert handle.admit("llm", units("0.9")) is None  # the whole budget is usable again
+    snap = handle.snapshot()
+    assert (snap.reserved_usd, snap.cost_usd) == (0, Decimal("0.5"))
+    assert handle.admit("llm", units("0.6")) == "max_usd"  # the money is not spent twice
+
+
+def test_a_reply_resent_long_after_is_applied_once(ledger: RedisLedger) -> None:
+    """A charge whose reply was lost, resent after what was the idempotency window (op_ttl),
+    still counts once: the answer is kept until the client has it, however long it retries."""
+    led = RedisLedger(ledger.client, key_prefix=ledger.key_prefix, op_ttl=0.2)
+    handle = led.create(new_id(), limits(max_usd=1))
+    op_id = handle.new_op_id()
+    assert handle.record(counts(Usage(input_tokens=7)), units("0.01"), op_id=op_id) is None
+    time.sleep(0.5)  # past op_ttl
+    handle._pending.add(int(op_id))  # as if the reply had been lost: the client resends
+    assert handle.record(counts(Usage(input_tokens=7)), units("0.01"), op_id=op_id) is None
+    snap = handle.snapshot()
+    assert (snap.input_tokens, snap.cost_usd) == (7, Decimal("0.01"))
+
+
+def test_server_memory_does_not_grow_with_steps(
+    redis_server: RedisServer, ledger: RedisLedger
+) -> None:
+    """No key (and no hash field) per operation: after 2000 admits and charges the session
+    holds as many keys and fields as after 20."""
+    handle = ledger.create(new_id(), limits(max_usd=1000))
+    admin = redis_server.admin()
+
+    def footprint() -> tuple[int, int]:
+        keys = admin.keys(f"{ledger.key_prefix}*")
+        fields = sum(admin.hlen(k) for k in keys if admin.type(k) == "hash")
+        return len(keys), fields
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            assert handle.admit("llm", units("0.01")) is None
+            handle.record(counts(Usage(input_tokens=1)), units("0.001"), release=units("0.01"))
+
+    run(20)
+    small = footprint()
+    run(2000)
+    assert footprint() == small
+
+
+def test_an_admit_given_up_on_a_paused_redis_is_undone(tmp_path: Path) -> None:
+    """SIGSTOP the server; admits time out (the client gives up, the call never runs), yet the
+    server applies them once resumed. The worker's next operation undoes them: only the
+    admit that was answered counts, and only its reservation is held."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        led = RedisLedger(server.url, socket_timeout=0.3, retries=0)
+        handle = led.create(new_id(), limits(max_usd=10))
+        assert handle.admit("llm", units("0.01")) is None
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(4):
+                with pytest.raises(LedgerUnavailableError):
+                    handle.admit("llm", units("0.01"))
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        time.sleep(0.3)  # the server applies what it had buffered
+        assert handle.admit("llm", units("0.01")) is None
+        snap = handle.snapshot()
+        assert (snap.llm_calls, snap.reserved_usd) == (2, Decimal("0.02"))
+    finally:
+        server.stop()
+
+
+def test_huge_token_counts_trip_the_limit_instead_of_failing(ledger: RedisLedger) -> None:
+    """10^30 tokens, or 2^62 twice, are added exactly (no 64-bit overflow): the measured
+    limit trips, as in process, and the handle keeps working."""
+    handle = ledger.create(new_id(), limits(max_tokens=10**6))
+    assert handle.record((2**62, 0, 0, 0, 0), 0) == "max_tokens"
+    assert handle.record((2**62, 0, 0, 0, 0), 0) == "max_tokens"
+    assert handle.snapshot().input_tokens == 2**63
+    assert handle.admit("step") == "max_tokens"
+    other = ledger.create(new_id(), limits(max_usd=1))
+    assert other.record((10**30, 10**30, 0, 0, 0), units(10**20)) == "max_usd"
+    snap = other.snapshot()
+    assert (snap.input_tokens, snap.cost_usd) == (10**30, Decimal(10**20))
+
+
+def test_an_absurd_max_usd_is_a_config_error(ledger: RedisLedger) -> None:
+    """max_usd=Decimal('1e5000') is refused clearly, before anything reaches Redis."""
+    from budgetkit import SessionBudget
+
+    with pytest.raises(BudgetConfigError, match="max_usd"):
+        SessionBudget(max_usd=Decimal("1e5000"), ledger=ledger)
 
 
 def test_expired_session_cannot_be_joined_or_charged(redis_server: RedisServer) -> None:

@@ -9,15 +9,19 @@ Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on 
 - ``<prefix>{<id>}``: a hash with the limits, the counters, and the latched state
   (``reason``, ``tripped``, ``refused``, ``writer``);
 - ``<prefix>{<id>}:res``: a hash, holder -> USD that holder has reserved;
-- ``<prefix>{<id>}:lease``: a sorted set, holder -> deadline (server clock, ms). Every script
-  first releases the reservations of holders whose deadline passed (a worker that died
-  mid-call), and every operation of a holder extends its deadline by ``reservation_ttl``;
-- ``<prefix>{<id>}:op:<op-id>``: the result of one applied operation, kept ``op_ttl`` seconds.
-  A retried command carries the same op id and gets the stored answer back instead of being
-  applied twice: a charge is never counted twice.
+- ``<prefix>{<id>}:lease``: a sorted set, holder -> deadline (server clock, ms), for holders
+  that hold a reservation. When a deadline passes (a worker died mid-call), that holder's
+  reservation is converted to spend at its estimate, never released (fail closed);
+- ``<prefix>{<id>}:ops``: a hash of each holder's unacknowledged operations. A holder numbers
+  its operations; each carries its number and the lowest number the holder still waits for
+  (its low-water mark). A retried operation gets its stored answer back instead of being
+  applied twice, for as long as the client retries; answers below the mark are deleted, and
+  an operation older than the mark is stale and ignored. So memory is O(live workers + their
+  operations in flight), never O(steps). An admit the client gave up on (a timeout) is undone
+  by its next operation, or voided if it has not arrived yet.
 
-Every script moves the session's keys' expiry to ``ttl`` from now, so an abandoned session
-disappears ``ttl`` after its last operation.
+Every script moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
+``ttl``), so an abandoned session disappears between 0.9 and 1 ``ttl`` after its last operation.
 
 USD is exact: amounts travel and are stored as decimal integer strings of 10^-18 USD
 ("atto-dollars"), added and compared in Lua with arbitrary-precision digit arithmetic (never a
@@ -28,6 +32,7 @@ float). An amount with more than 18 decimal places is rounded up (a charge is ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -120,7 +125,9 @@ end
 _LUA_COMMON_TEMPLATE = (
     LUA_BIGNUM
     + """
-local S, R, L, OP = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local S, R, L, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Every script but create's takes the same six first arguments.
+local H, SEQ, LW, AB, LEASE, TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -129,28 +136,8 @@ local function num(v)
   if v then return tonumber(v) end
   return 0
 end
--- An operation already applied answers as it did; an unknown or expired session is 'U'.
-local function begin()
-  if OP then
-    local done = redis.call('GET', OP)
-    if done then return done end
-  end
-  if redis.call('EXISTS', S) == 0 then return 'U' end
-  return nil
-end
--- Release the reservations of holders whose lease ran out (a worker died mid-call).
-local function sweep(now)
-  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
-  if #dead == 0 then return end
-  local resv = redis.call('HGET', S, 'resv') or '0'
-  for _, h in ipairs(dead) do
-    local mine = redis.call('HGET', R, h)
-    if mine then resv = sub0(resv, mine) end
-    redis.call('HDEL', R, h)
-  end
-  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
-  redis.call('HSET', S, 'resv', resv)
-end
+%(RULES)s
+local v, now, prior_lw = nil, 0, nil
 -- Give back up to `amount` of what `holder` has reserved (never more than it holds).
 local function give_back(holder, amount)
   local mine = redis.call('HGET', R, holder)
@@ -163,19 +150,93 @@ local function give_back(holder, amount)
   else
     redis.call('HSET', R, holder, left)
   end
-  redis.call('HSET', S, 'resv', sub0(redis.call('HGET', S, 'resv') or '0', take))
+  v['resv'] = sub0(v['resv'] or '0', take)
+  redis.call('HSET', S, 'resv', v['resv'])
 end
-%(RULES)s
--- Sliding expiry of the session's keys; remember the operation's result for retries.
-local function finish(result, ttl, op_ttl)
-  redis.call('PEXPIRE', S, ttl)
-  redis.call('PEXPIRE', R, ttl)
-  redis.call('PEXPIRE', L, ttl)
-  if OP then redis.call('SET', OP, result, 'PX', op_ttl) end
+-- The reservations of holders whose lease ran out (a worker died mid-call) become spend
+-- at their estimate: money may have been spent under them, so they are never released.
+local function sweep()
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
+  if #dead == 0 then return end
+  local resv, cost = v['resv'] or '0', v['cost'] or '0'
+  for _, h in ipairs(dead) do
+    local mine = redis.call('HGET', R, h)
+    if mine then
+      resv = sub0(resv, mine)
+      cost = add(cost, mine)
+    end
+    redis.call('HDEL', R, h)
+  end
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+  v['resv'], v['cost'] = resv, cost
+  redis.call('HSET', S, 'resv', resv, 'cost', cost)
+  if not v['tripped'] then
+    local reason = measured_refusal(v)
+    if reason then
+      v['tripped'] = reason
+      redis.call('HSET', S, 'tripped', reason)
+    end
+  end
+end
+-- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
+-- one not yet applied is voided, so it is never applied when it arrives late.
+local function cancel()
+  for s in string.gmatch(AB, '[^,]+') do
+    local field = H .. ':' .. s
+    local done = redis.call('HGET', O, field)
+    if done and string.sub(done, 1, 1) == 'A' then
+      local _, kind, reserve = string.match(done, '^([^|]*)|([^|]*)|(.*)$')
+      if kind == 'step' then
+        v['steps'] = tostring(redis.call('HINCRBY', S, 'steps', -1))
+      elseif kind == 'llm' then
+        v['llm'] = tostring(redis.call('HINCRBY', S, 'llm', -1))
+      end
+      if reserve and reserve ~= '' and reserve ~= '0' then give_back(H, reserve) end
+    end
+    redis.call('HSET', O, field, 'V')
+  end
+end
+-- An operation already applied answers as it did ('V': voided; 'D': older than what the
+-- client still waits for, a stale duplicate); an unknown or expired session is 'U'.
+local function begin()
+  if SEQ ~= '' then
+    local got = redis.call('HMGET', O, H .. ':' .. SEQ, H)
+    if got[1] then return (string.match(got[1], '^[^|]*')) end
+    prior_lw = tonumber(got[2] or '0')
+    if tonumber(SEQ) < prior_lw then return 'D' end
+  end
+  v = state()
+  if not v['start'] then return 'U' end
+  now = now_ms()
+  if AB ~= '' then cancel() end
+  if (v['resv'] or '0') ~= '0' then sweep() end
+  return nil
+end
+-- Keep this holder's reservations alive (only when it holds any); slide the keys' expiry
+-- (amortised: at most once per tenth of the ttl); remember a sequenced operation's answer
+-- until the client acknowledges it (its low-water mark passes it).
+local function finish(result, detail)
+  if (v['resv'] or '0') ~= '0' then redis.call('ZADD', L, 'XX', now + tonumber(LEASE), H) end
+  local ttl = tonumber(TTL)
+  if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
+    redis.call('HSET', S, 'exp', string.format('%.0f', now + ttl))
+    for _, k in ipairs({S, R, L, O}) do redis.call('PEXPIRE', k, ttl) end
+  end
+  if SEQ ~= '' then
+    local lw = tonumber(LW)
+    if lw > prior_lw then
+      local stale = {}
+      for s = prior_lw, math.min(lw - 1, prior_lw + 999) do
+        table.insert(stale, H .. ':' .. s)
+      end
+      redis.call('HDEL', O, unpack(stale))
+    else
+      lw = prior_lw
+    end
+    local added = redis.call('HSET', O, H .. ':' .. SEQ, result .. (detail or ''), H, lw)
+    if added == 2 then redis.call('PEXPIRE', O, ttl) end
+  end
   return result
-end
-local function keep_alive(holder, now, lease)
-  redis.call('ZADD', L, 'XX', now + tonumber(lease), holder)
 end
 """
 )
@@ -221,7 +282,7 @@ def lua_rules() -> str:
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
     fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
-    fields += ["reason", "tripped", "start", "keep"]
+    fields += ["reason", "tripped", "start", "keep", "exp"]
     names = ", ".join(f"'{f}'" for f in fields)
     lines = [
         "local STATE_FIELDS = {" + names + "}",
@@ -339,33 +400,33 @@ _CREATE = (
     _LUA_COMMON
     + """
 if redis.call('EXISTS', S) == 1 then return 'E' end
-redis.call('HSET', S, 'start', string.format('%.0f', now_ms()), unpack(ARGV, 2))
-return finish('OK', ARGV[1], 0)
+local t = now_ms()
+redis.call('HSET', S, 'start', string.format('%.0f', t),
+  'exp', string.format('%.0f', t + tonumber(ARGV[1])), unpack(ARGV, 2))
+redis.call('PEXPIRE', S, ARGV[1])
+return 'OK'
 """
 )
 
-#: ARGV: ttl. The session's configuration (JSON), or 'U'.
+#: The session's configuration (JSON), or 'U'.
 _JOIN = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-return finish(redis.call('HGET', S, 'cfg'), ARGV[1], 0)
+return finish(redis.call('HGET', S, 'cfg'))
 """
 )
 
-#: ARGV: holder, kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
-#: lease ms, ttl ms, op ttl ms. 'A' admitted ('AE' while a run of errors is counted), 'W'
-#: refused by the wrap-up reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+#: ARGV 7..: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0').
+#: 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up reserve
+#: (not latched), 'X<reason>' refused and latched, 'U' unknown.
 _ADMIT = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-local holder, kind, reserve, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now = now_ms()
-sweep(now)
-local v = state()
+local kind, reserve, name = ARGV[7], ARGV[8], ARGV[9]
 local result = 'A'
 if v['reason'] then
   result = 'X' .. v['reason']
@@ -379,7 +440,7 @@ else
   if reason then
     redis.call('HSET', S, 'reason', reason, 'refused', name)
     result = 'X' .. reason
-  elseif v['keep'] and ARGV[5] ~= '1' and in_wrapup_reserve(kind, v, now) then
+  elseif v['keep'] and ARGV[10] ~= '1' and in_wrapup_reserve(kind, v, now) then
     result = 'W'
   else
     if kind == 'step' then
@@ -388,142 +449,164 @@ else
       redis.call('HINCRBY', S, 'llm', 1)
     end
     if reserve ~= '' and reserve ~= '0' then
-      redis.call('HSET', S, 'resv', add(v['resv'] or '0', reserve))
-      redis.call('HSET', R, holder, add(redis.call('HGET', R, holder) or '0', reserve))
-      redis.call('ZADD', L, now + tonumber(ARGV[6]), holder)
+      v['resv'] = add(v['resv'] or '0', reserve)
+      redis.call('HSET', S, 'resv', v['resv'])
+      redis.call('HSET', R, H, add(redis.call('HGET', R, H) or '0', reserve))
+      redis.call('ZADD', L, now + tonumber(LEASE), H)
+      redis.call('PEXPIRE', R, TTL)
+      redis.call('PEXPIRE', L, TTL)
     end
     if num(v['errors']) > 0 then result = 'AE' end
   end
 end
-keep_alive(holder, now, ARGV[6])
-return finish(result, ARGV[7], ARGV[8])
+return finish(result, '|' .. kind .. '|' .. reserve)
 """
 )
 
-#: ARGV: holder, measured ('1'/'0'), input, output, cache read, cache write, reasoning,
-#: priced ('1'/'0'), cost ('' or units), release ('' or units), lease, ttl, op ttl.
-#: 'T<tripped reason or empty>', or 'U'.
+#: ARGV 7..: measured ('1'/'0'), input, output, cache read, cache write, reasoning,
+#: priced ('1'/'0'), cost ('' or units), release ('' or units).
+#: 'T<tripped reason or empty>', or 'U'. Token counts are added exactly (decimal strings),
+#: so no count overflows: a huge one trips its limit.
 _RECORD = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-local holder = ARGV[1]
-local now = now_ms()
-sweep(now)
-if ARGV[2] == '1' then
+local sets = {}
+if ARGV[7] == '1' then
   local names = {'in', 'out', 'cr', 'cw', 'rs'}
   for i = 1, 5 do
-    if ARGV[i + 2] ~= '0' then redis.call('HINCRBY', S, names[i], ARGV[i + 2]) end
+    local n = ARGV[i + 7]
+    if n ~= '0' then
+      v[names[i]] = add(v[names[i]] or '0', n)
+      table.insert(sets, names[i])
+      table.insert(sets, v[names[i]])
+    end
   end
-  if ARGV[8] ~= '1' then redis.call('HINCRBY', S, 'unpriced', 1) end
+  if ARGV[13] ~= '1' then redis.call('HINCRBY', S, 'unpriced', 1) end
 else
   redis.call('HINCRBY', S, 'unmeasured', 1)
 end
-if ARGV[9] ~= '' then
-  redis.call('HSET', S, 'cost', add(redis.call('HGET', S, 'cost') or '0', ARGV[9]))
+if ARGV[14] ~= '' then
+  v['cost'] = add(v['cost'] or '0', ARGV[14])
+  table.insert(sets, 'cost')
+  table.insert(sets, v['cost'])
 end
-if ARGV[10] ~= '' then give_back(holder, ARGV[10]) end
-local tripped = redis.call('HGET', S, 'tripped')
+local tripped = v['tripped']
 if not tripped then
-  tripped = measured_refusal(state())
-  if tripped then redis.call('HSET', S, 'tripped', tripped) end
+  tripped = measured_refusal(v)
+  if tripped then
+    table.insert(sets, 'tripped')
+    table.insert(sets, tripped)
+  end
 end
-keep_alive(holder, now, ARGV[11])
-return finish('T' .. (tripped or ''), ARGV[12], ARGV[13])
+if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
+if ARGV[15] ~= '' then give_back(H, ARGV[15]) end
+return finish('T' .. (tripped or ''))
 """
 )
 
-#: ARGV: holder, units, lease, ttl, op ttl. 'OK' or 'U'.
+#: ARGV 7: units. 'OK' or 'U'.
 _RELEASE = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-local now = now_ms()
-sweep(now)
-give_back(ARGV[1], ARGV[2])
-keep_alive(ARGV[1], now, ARGV[3])
-return finish('OK', ARGV[4], ARGV[5])
+give_back(H, ARGV[7])
+return finish('OK')
 """
 )
 
-#: ARGV: ttl, op ttl. Counts a failed call: 'T<tripped reason or empty>', or 'U'.
+#: Counts a failed call: 'T<tripped reason or empty>', or 'U'.
 _FAIL = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-redis.call('HINCRBY', S, 'errors', 1)
-local tripped = redis.call('HGET', S, 'tripped')
+v['errors'] = tostring(redis.call('HINCRBY', S, 'errors', 1))
+local tripped = v['tripped']
 if not tripped then
-  tripped = errors_refusal(state())
+  tripped = errors_refusal(v)
   if tripped then redis.call('HSET', S, 'tripped', tripped) end
 end
-return finish('T' .. (tripped or ''), ARGV[1], ARGV[2])
+return finish('T' .. (tripped or ''))
 """
 )
 
-#: ARGV: ttl. Resets the run of errors (idempotent). 'OK' or 'U'.
+#: Resets the run of errors (idempotent). 'OK' or 'U'.
 _SUCCEED = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
 redis.call('HSET', S, 'errors', 0)
-return finish('OK', ARGV[1], 0)
+return finish('OK')
 """
 )
 
-#: ARGV: ttl, reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
+#: ARGV 7: reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
 _TRIP = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-redis.call('HSETNX', S, 'tripped', ARGV[2])
-return finish('OK', ARGV[1], 0)
+redis.call('HSETNX', S, 'tripped', ARGV[7])
+return finish('OK')
 """
 )
 
-#: ARGV: ttl, reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
+#: ARGV 7, 8: reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
 _LATCH = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-if redis.call('HSETNX', S, 'reason', ARGV[2]) == 1 then
-  redis.call('HSET', S, 'refused', ARGV[3])
+if redis.call('HSETNX', S, 'reason', ARGV[7]) == 1 then
+  redis.call('HSET', S, 'refused', ARGV[8])
 end
-return finish('X' .. redis.call('HGET', S, 'reason'), ARGV[1], 0)
+return finish('X' .. redis.call('HGET', S, 'reason'))
 """
 )
 
-#: ARGV: ttl, claimant. '1' when the claimant is (or already was) the handoff writer.
+#: '1' when this holder is (or already was) the handoff writer.
 _CLAIM = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-redis.call('HSETNX', S, 'writer', ARGV[2])
+redis.call('HSETNX', S, 'writer', H)
 local won = '0'
-if redis.call('HGET', S, 'writer') == ARGV[2] then won = '1' end
-return finish(won, ARGV[1], 0)
+if redis.call('HGET', S, 'writer') == H then won = '1' end
+return finish(won)
 """
 )
 
-#: ARGV: ttl. The state hash as a flat field/value list plus 'now', or 'U'.
+#: This holder is done: forget its operations (older ones arriving late are stale).
+_BYE = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+local last = tonumber(ARGV[7])
+local lw = tonumber(redis.call('HGET', O, H) or '0')
+local stale = {}
+for s = lw, math.min(last, lw + 999) do table.insert(stale, H .. ':' .. s) end
+redis.call('HDEL', O, unpack(stale))
+redis.call('HSET', O, H, last + 1)
+return finish('OK')
+"""
+)
+
+#: The state hash as a flat field/value list plus 'now', or 'U'.
 _SNAPSHOT = (
     _LUA_COMMON
     + """
 local early = begin()
 if early then return early end
-local now = now_ms()
-sweep(now)
+finish('')
 local all = redis.call('HGETALL', S)
 table.insert(all, 'now')
 table.insert(all, string.format('%.0f', now))
-finish('', ARGV[1], 0)
 return all
 """
 )
@@ -539,6 +622,7 @@ _SCRIPTS = {
     "trip": _TRIP,
     "latch": _LATCH,
     "claim": _CLAIM,
+    "bye": _BYE,
     "snapshot": _SNAPSHOT,
 }
 
@@ -550,6 +634,13 @@ def to_units(amount: Decimal, *, limit: bool = False) -> str:
     if not amount.is_finite() or amount < 0:
         raise BudgetConfigError(f"a ledger amount must be a non-negative USD value, got {amount}")
     return str(_money.to_units_floor(amount) if limit else _money.to_units(amount))
+
+
+def _check_count(n: int) -> int:
+    """A token count, as the scripts take it: a non-negative int (of any size)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise BudgetTypeError(f"a token count must be a non-negative int, got {n!r}")
+    return n
 
 
 def _check_units(units: int) -> int:
@@ -605,6 +696,15 @@ def _client_url(client: Any) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
+def _cluster_url(url: str) -> tuple[str, bool]:
+    """``url`` for redis-py, and whether it names a Redis Cluster (``redis+cluster://`` or
+    ``rediss+cluster://``: any node of the cluster)."""
+    for scheme in ("redis+cluster://", "rediss+cluster://"):
+        if url.startswith(scheme):
+            return scheme.replace("+cluster", "") + url[len(scheme) :], True
+    return url, False
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -613,14 +713,17 @@ class RedisLedger:
     """Sessions kept on a Redis (or Valkey) server, shared by every process that joins them.
 
     Args:
-        url_or_client: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a ``redis.Redis``
-            client you configured yourself (its retries are safe: operations carry ids).
+        url_or_client: a ``redis://`` / ``rediss://`` / ``unix://`` URL, a
+            ``redis+cluster://host:port`` (or ``rediss+cluster://``) URL of any node of a Redis
+            Cluster, or a ``redis.Redis`` / ``redis.cluster.RedisCluster`` client you
+            configured yourself (its retries are safe: operations carry ids).
         key_prefix: prefix of every key budgetkit writes.
         ttl: seconds (or a ``timedelta``) a session's keys live after its last operation.
         reservation_ttl: seconds a reservation outlives its holder's last operation; the
-            reservations of a worker that died are released after this.
-        op_ttl: seconds an operation's id is remembered (at most ``ttl``), so a retried
-            command is not applied twice.
+            reservations of a worker that died are then converted to spend at their
+            estimate (money may have been spent under them).
+        op_ttl: ignored (kept for compatibility): an operation's answer is now kept until
+            its client has the reply, however long it retries.
         socket_timeout: seconds to wait for the server (URL only); then the ledger is
             unavailable.
         retries: retries of a failed connection or timeout (URL only).
@@ -661,14 +764,32 @@ class RedisLedger:
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
                 raise BudgetConfigError(f"retries must be a non-negative int, got {retries!r}")
+            url, cluster = _cluster_url(url_or_client)
+            retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
             try:
-                self.client: Any = redis.Redis.from_url(
-                    url_or_client,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-                    health_check_interval=30,
-                )
+                if cluster:
+                    from redis.cluster import RedisCluster
+
+                    self.client: Any = RedisCluster.from_url(
+                        url,
+                        socket_timeout=socket_timeout,
+                        socket_connect_timeout=socket_timeout,
+                        retry=retry,
+                    )
+                else:
+                    self.client = redis.Redis.from_url(
+                        url,
+                        socket_timeout=socket_timeout,
+                        socket_connect_timeout=socket_timeout,
+                        retry=retry,
+                        health_check_interval=30,
+                    )
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+                raise LedgerUnavailableError(
+                    f"budgetkit: the Redis cluster at {self.url} is unavailable "
+                    f"({type(exc).__name__}: {exc})",
+                    url=self.url,
+                ) from exc
             except ValueError as exc:
                 raise BudgetConfigError(f"not a Redis URL: {self.url!r} ({exc})") from None
         elif hasattr(url_or_client, "register_script"):
@@ -682,6 +803,8 @@ class RedisLedger:
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.RedisClusterException,
             OSError,
         )
         self._response_error: type[BaseException] = redis.exceptions.RedisError
@@ -692,7 +815,7 @@ class RedisLedger:
     # ------------------------------------------------------------------ plumbing
     def keys(self, session_id: str) -> list[str]:
         base = f"{self.key_prefix}{{{session_id}}}"
-        return [base, f"{base}:res", f"{base}:lease"]
+        return [base, f"{base}:res", f"{base}:lease", f"{base}:ops"]
 
     def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One script call; connection trouble becomes ``LedgerUnavailableError``."""
@@ -774,7 +897,9 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(self.run("join", self.keys(session_id), [self.ttl_ms]))
+        answer = _text(
+            self.run("join", self.keys(session_id), ["", "", 0, "", self.lease_ms, self.ttl_ms])
+        )
         if answer == "U":
             raise self.unknown(session_id)
         return RedisLedgerSession(self, session_id, json.loads(answer))
@@ -806,6 +931,10 @@ class RedisLedgerSession:
         self._keys = ledger.keys(session_id)
         self._lock = threading.Lock()
         self._seq = 0
+        #: Operations sent or to be sent whose answer has not arrived (their ids).
+        self._pending: set[int] = set()
+        #: Admits given up on (the server may have applied them): undone at the next call.
+        self._abandoned: set[int] = set()
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._last = Counters()
@@ -819,20 +948,66 @@ class RedisLedgerSession:
         are never taken for the parent's (a repeated id is answered, not applied)."""
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
         self._lock = threading.Lock()
+        self._pending = set()  # the parent's operations are the parent's to answer
+        self._abandoned = set()
 
     def new_op_id(self) -> str:
-        """A fresh operation id. Pass it again to retry an operation without applying it twice."""
+        """A fresh operation id. Pass it again to retry an operation without applying it
+        twice: the server remembers its answer until this handle has its reply, however
+        long that takes (there is no window)."""
         with self._lock:
             self._seq += 1
-            seq = self._seq
-        return f"{self.holder}-{seq}"
+            self._pending.add(self._seq)
+            return str(self._seq)
 
-    def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
-        keys = self._keys if op_id is None else [*self._keys, f"{self._keys[0]}:op:{op_id}"]
-        answer = _text(self.ledger.run(script, keys, args))
+    def _call(self, script: str, args: list[Any], op_id: str | None = None) -> Any:
+        """One script call with the holder's sequencing arguments; an admit that fails on
+        the way is *abandoned* (the server undoes or voids it at the next call)."""
+        seq: int | None = None
+        if op_id is not None:
+            try:
+                seq = int(op_id)
+            except ValueError:
+                raise BudgetTypeError(
+                    f"op_id must come from new_op_id() of this handle, got {op_id!r}"
+                ) from None
+        with self._lock:
+            low = min(self._pending) if self._pending else self._seq + 1
+            abandoned = sorted(self._abandoned)
+        led = self.ledger
+        prefix = [
+            self.holder,
+            "" if seq is None else str(seq),
+            low,
+            ",".join(map(str, abandoned)),
+            led.lease_ms,
+            led.ttl_ms,
+        ]
+        try:
+            raw = led.run(script, self._keys, [*prefix, *args])
+        except LedgerUnavailableError:
+            if script == "admit" and seq is not None:
+                with self._lock:
+                    self._abandoned.add(seq)
+            raise
+        answer = raw if isinstance(raw, list) else _text(raw)
         if answer == "U":
             raise self.ledger.unknown(self.session_id)
+        with self._lock:
+            if seq is not None:
+                self._pending.discard(seq)
+            for done in abandoned:
+                self._abandoned.discard(done)
+                self._pending.discard(done)
+        if answer in ("D", "V"):
+            raise LedgerError(
+                f"budgetkit: operation {op_id} of session {self.session_id!r} at {self.url} "
+                "is stale (this handle gave it up)"
+            )
         return answer
+
+    def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
+        return str(self._call(script, args, op_id))
 
     def admit(
         self,
@@ -849,19 +1024,16 @@ class RedisLedgerSession:
         Returns ``None`` when admitted, else the reason: a limit's name (the session is now
         latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
         operation takes an ``op_id`` (default: a fresh one): the same id is applied once.
+        An admit that raises ``LedgerUnavailableError`` is given up: if the server applied
+        it anyway (a paused server), the next operation of this handle undoes it.
         """
-        led = self.ledger
         answer = self._run(
             "admit",
             [
-                self.holder,
                 kind or "",
                 "" if reserve is None else str(_check_units(reserve)),
                 name,
                 "1" if wrapup else "0",
-                led.lease_ms,
-                led.ttl_ms,
-                led.op_ttl_ms,
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -882,24 +1054,19 @@ class RedisLedgerSession:
     ) -> str | None:
         """Add one call's token counts (``None``: unmeasured) and cost in units (``None``:
         unpriced), give back ``release`` units of this holder's reservation, and trip a
-        measured limit it crosses — atomically.
+        measured limit it crosses — atomically. Counts of any size are added exactly.
 
         Returns the tripped reason (set by this or an earlier charge), or ``None``.
         """
-        led = self.ledger
-        measured = ["0"] * 5 if counts is None else [str(n) for n in counts]
+        measured = ["0"] * 5 if counts is None else [str(_check_count(n)) for n in counts]
         answer = self._run(
             "record",
             [
-                self.holder,
                 "0" if counts is None else "1",
                 *measured,
                 "0" if cost is None else "1",
                 "" if cost is None else str(_check_units(cost)),
                 "" if not release else str(_check_units(release)),
-                led.lease_ms,
-                led.ttl_ms,
-                led.op_ttl_ms,
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -909,39 +1076,33 @@ class RedisLedgerSession:
         """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
         if not amount:
             return
-        led = self.ledger
-        self._run(
-            "release",
-            [self.holder, str(_check_units(amount)), led.lease_ms, led.ttl_ms, led.op_ttl_ms],
-            op_id=op_id or self.new_op_id(),
-        )
+        self._run("release", [str(_check_units(amount))], op_id=op_id or self.new_op_id())
 
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
-        led = self.ledger
-        answer = self._run("fail", [led.ttl_ms, led.op_ttl_ms], op_id=op_id or self.new_op_id())
+        answer = self._run("fail", [], op_id=op_id or self.new_op_id())
         return answer[1:] or None
 
     def succeed(self) -> None:
         """A call succeeded: the run of consecutive errors starts again at zero."""
-        self._run("succeed", [self.ledger.ttl_ms])
+        self._run("succeed", [])
 
     def trip(self, reason: str) -> None:
         """Mark ``reason`` as crossed unless a limit already is; the next boundary latches."""
-        self._run("trip", [self.ledger.ttl_ms, reason])
+        self._run("trip", [reason])
 
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted for ``reason`` unless it already is; return the
         reason it is latched for (the first one wins)."""
-        return self._run("latch", [self.ledger.ttl_ms, reason, name])[1:]
+        return self._run("latch", [reason, name])[1:]
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
-        return self._run("claim", [self.ledger.ttl_ms, self.holder]) == "1"
+        return self._run("claim", []) == "1"
 
     def snapshot(self) -> LedgerSnapshot:
         """The session's counters and state, read in one operation (expired leases swept)."""
-        raw = self.ledger.run("snapshot", self._keys, [self.ledger.ttl_ms])
+        raw = self._call("snapshot", [])
         if not isinstance(raw, list):
             raise self.ledger.unknown(self.session_id)
         it = iter(_text(item) for item in raw)
@@ -982,7 +1143,13 @@ class RedisLedgerSession:
         return self._last
 
     def close(self) -> None:
-        """Nothing to release: reservations are given back as calls settle."""
+        """This handle is done: the server forgets its operations (one arriving late is
+        stale) and undoes the admits it gave up on. Reservations are given back as calls
+        settle; one still held expires as spend after ``reservation_ttl``."""
+        with self._lock:
+            last = self._seq
+        with contextlib.suppress(LedgerError):
+            self._run("bye", [last])
 
 
 _HANDLES: weakref.WeakSet[RedisLedgerSession] = weakref.WeakSet()

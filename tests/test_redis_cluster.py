@@ -1,0 +1,193 @@
+"""The Redis ledger on a real 3-master Redis Cluster started locally: every script of a
+session touches one slot (its keys share the ``{session_id}`` hash tag), sessions spread over
+the masters, and ``redis+cluster://`` URLs reach it."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis_fixtures import INSTALL_HINT, counts, free_port, units
+
+from budgetkit import SessionBudget, Usage, budget
+from budgetkit._limits import Limits
+from budgetkit.ledgers.redis import RedisLedger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """Three redis-server masters (cluster mode, no persistence) joined by redis-cli."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    ports = cluster_ports(3)
+    procs: list[subprocess.Popen[bytes]] = []
+    root = tmp_path_factory.mktemp("cluster")
+    try:
+        for port in ports:
+            directory = root / str(port)
+            directory.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(directory),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            _wait(lambda p=port: redis.Redis(port=p, socket_timeout=1).ping())
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        for port in ports:
+            _wait(lambda p=port: "cluster_state:ok" in _cluster_info(p))
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) are free too (and valid)."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randint(20_000, 50_000)
+        if port in ports or port + 10_000 in ports:
+            continue
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def _cluster_info(port: int) -> str:
+    with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as client:
+        return str(client.execute_command("CLUSTER", "INFO"))
+
+
+def _wait(ready: Any) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if ready():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        assert time.monotonic() < deadline, "the cluster did not come up"
+        time.sleep(0.05)
+
+
+@budget.step
+def tool() -> None:
+    pass
+
+
+def test_a_cluster_url_reaches_every_master(cluster: list[int]) -> None:
+    """Sessions created through one node's redis+cluster:// URL land on all three masters
+    (one slot each), and each keeps exact counts."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[0]}", key_prefix="c:")
+    assert isinstance(led.client, RedisCluster)
+    handles = [led.create(f"s-{uuid.uuid4().hex}", Limits.build(max_steps=3)) for _ in range(12)]
+    for handle in handles:
+        for _ in range(3):
+            assert handle.admit("step") is None
+        assert handle.admit("step") == "max_steps"
+        assert handle.admit("llm", units("0.01")) == "max_steps"
+    owners = set()
+    for handle in handles:
+        keys = led.keys(handle.session_id)
+        assert len({led.client.keyslot(k) for k in keys}) == 1  # one slot per session
+        owners.add(led.client.get_node_from_key(keys[0]).port)
+    assert owners == set(cluster)
+
+
+def test_threads_race_on_one_session_in_the_cluster(cluster: list[int]) -> None:
+    """8 threads, each its own handle, race on max_usd through the cluster: exact spend."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[1]}", key_prefix="c:")
+    sid = f"s-{uuid.uuid4().hex}"
+    led.create(sid, Limits.build(max_usd=Decimal("0.50")))
+    calls = []
+
+    def worker() -> None:
+        handle = led.join(sid)
+        n = 0
+        while handle.admit("llm", units("0.01")) is None:
+            handle.record(counts(Usage(input_tokens=1)), units("0.01"), release=units("0.01"))
+            n += 1
+        calls.append(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    snap = led.join(sid).snapshot()
+    assert sum(calls) == snap.llm_calls == 50
+    assert (snap.cost_usd, snap.reserved_usd) == (Decimal("0.5"), 0)
+
+
+def test_a_session_budget_on_the_cluster(cluster: list[int]) -> None:
+    """SessionBudget(ledger=RedisLedger('redis+cluster://...')) counts and stops as usual."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}")
+    with SessionBudget(max_steps=2, ledger=led, handoff_dir=None, raise_on_exhausted=False) as s:
+        tool()
+        tool()
+        tool()
+    assert s.result is not None
+    assert (s.result.stop_reason, s.result.usage.steps) == ("max_steps", 2)
+
+
+def test_an_unreachable_cluster_fails_closed() -> None:
+    """No node answers: a clear LedgerUnavailableError naming the URL."""
+    from budgetkit.exceptions import LedgerUnavailableError
+
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    with pytest.raises(LedgerUnavailableError, match=r"127\.0\.0\.1"):
+        RedisLedger(url, socket_timeout=0.5, retries=0)
