@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._boundary import Boundary
+    from ._claims import Lease
     from ._handoff import Handoff
     from ._lineage import Place
     from .ledgers import Ledger
@@ -32,6 +33,8 @@ class Constructors:
     handoff_dir: Path | None
     place: Place
     boundary: Boundary
+    #: The claim of a session resumed from a handoff file: renewed while it runs.
+    lease: Lease | None = None
 
     if TYPE_CHECKING:
 
@@ -97,6 +100,8 @@ class Constructors:
         /,
         *,
         chain: str | None = None,
+        lease_seconds: float | None = None,
+        max_attempts: int | None = None,
         **overrides: Any,
     ) -> Self:
         """A new session that continues ``handoff`` with a fresh budget.
@@ -106,19 +111,28 @@ class Constructors:
         and the session joins the handoff's chain (``root_session_id``, ``attempt``,
         ``chain_usage``). When a path is given, the new session writes its handoff next to it
         unless ``handoff_dir`` is overridden, and the handoff is *claimed* atomically (a
-        ``<name>.claim`` file beside it) once every check has passed, so it is resumed at
-        most once.
+        ``<name>.claim`` file beside it) once every check has passed.
+
+        The claim is a lease: renewed while the session runs, closed when it ends. A worker
+        that dies (its lease expires) or a session that ends with an exception (recorded in
+        ``<name>.failed``) makes the handoff claimable again, up to ``max_attempts`` claims.
 
         Args:
             chain: the root session id of the chain you mean to continue; a handoff of
                 another chain raises :class:`~budgetkit.ChainError`.
+            lease_seconds: how long the claim outlives its last renewal (default 60); it is
+                renewed every third of that while the session runs.
+            max_attempts: claims of this handoff allowed, this one included (default 3).
 
         Raises:
             HandoffError: the handoff file is missing, corrupt or not a handoff.
             ChainError: the handoff is of another chain than ``chain``, its parent's handoff
                 beside it belongs to another chain, or the new session id is already in it.
             ChainCapError: the chain is at or over a chain cap (the caps given included).
-            HandoffClaimedError: the handoff file was already claimed by another resume.
+            HandoffClaimedError: the handoff is claimed by a live lease, was resumed by a
+                session that ended, or failed ``max_attempts`` times.
+            BudgetConfigError: the handoff's directory is world-writable, belongs to another
+                user and has no sticky bit.
             BudgetTypeError: an unknown keyword.
         """
         unknown = sorted(set(overrides) - KEYWORDS)
@@ -127,14 +141,22 @@ class Constructors:
                 "SessionBudget.resume() got unknown keyword argument(s): "
                 + ", ".join(f"{key}={overrides[key]!r}" for key in unknown)
             )
-        from ._chainfiles import claim, prepare_resume
+        from ._chainfiles import prepare_resume
+        from ._claims import check_lease_settings, claim
 
+        lease, attempts = check_lease_settings(lease_seconds, max_attempts)
         plan = prepare_resume(handoff, chain=chain)
         session = cls(**{**plan.kwargs, **overrides})
         session.place = session.place.continued(plan.lineage, session.session_id)
         plan.check_own_file(session.handoff_dir, session.session_id)
         if plan.path is not None:
-            claim(plan.path, plan.handoff.session_id, session.session_id)
+            session.lease = claim(
+                plan.path,
+                plan.handoff.session_id,
+                session.session_id,
+                lease_seconds=lease,
+                max_attempts=attempts,
+            )
         session.parent_session_id = plan.handoff.session_id
         session.resumed_from = plan.handoff
         return session
