@@ -37,12 +37,14 @@ def tool(i: int) -> int:
     return i
 
 
-def worker(url: str | None, session_id: str | None, seconds: float, go: Any) -> tuple[int, float]:
+def worker(
+    url: str | None, headers: dict[str, str] | None, seconds: float, go: Any
+) -> tuple[int, float]:
     """Run steps for ``seconds``; return (steps, elapsed)."""
     if url is None:
         session = SessionBudget(max_steps=10**12, handoff_dir=None)
     else:
-        session = SessionBudget.join(session_id, ledger=RedisLedger(url), handoff_dir=None)
+        session = SessionBudget.join(headers, ledger=RedisLedger(url), handoff_dir=None)
     with session:
         tool(-1)  # warm up: connection, scripts loaded
         go.wait()
@@ -61,18 +63,18 @@ def worker(url: str | None, session_id: str | None, seconds: float, go: Any) -> 
 def run(url: str | None, workers: int, seconds: float) -> tuple[float, float]:
     """Total admitted steps per second, and mean µs per admission in one worker."""
     ctx = multiprocessing.get_context("spawn")
-    session_id = None
+    headers = None
     creator = None
     if url is not None:
         creator = SessionBudget(max_steps=10**12, ledger=RedisLedger(url), handoff_dir=None)
         creator.__enter__()
-        session_id = creator.session_id
+        headers = dict(creator.inject({}))
     try:
         with ctx.Manager() as manager:
             go = manager.Event()
             with ctx.Pool(workers) as pool:
                 pending = [
-                    pool.apply_async(worker, (url, session_id, seconds, go)) for _ in range(workers)
+                    pool.apply_async(worker, (url, headers, seconds, go)) for _ in range(workers)
                 ]
                 time.sleep(0.5 + 0.1 * workers)  # every worker joined and warmed up
                 go.set()

@@ -33,6 +33,7 @@ class Constructors:
     handoff_dir: Path | None
     place: Place
     boundary: Boundary
+    ledger: Ledger | None
     #: The claim of a session resumed from a handoff file: renewed while it runs.
     lease: Lease | None = None
 
@@ -48,22 +49,33 @@ class Constructors:
         /,
         *,
         ledger: Ledger | None = None,
+        token: str | None = None,
+        trust_id: bool = False,
         **overrides: Any,
     ) -> Self:
         """Enter, from another process or machine, a session that lives in a ledger.
 
         Returns a new, not yet entered ``SessionBudget`` for session ``session_id_or_headers``:
-        an id, a mapping of headers whose W3C ``baggage`` carries ``budgetkit.session.id``
-        (see :meth:`inject`), or ``None`` for the current OpenTelemetry baggage. Its limits,
-        name and chain come from the ledger; keywords may set only what is local to this
-        process (``handoff_dir``, ``raise_on_exhausted``, ``prices``, ``on_unknown_cost``,
-        ``thresholds``, ``on_threshold``, ``on_phase_change``, ``phases``, ``session_log``,
-        ``on_ledger_error``).
+        a mapping of headers whose W3C ``baggage`` carries ``budgetkit.session.id`` and
+        ``budgetkit.join_token`` (see :meth:`inject`), ``None`` for the current
+        OpenTelemetry baggage, or an id with ``token=``. The join token proves the caller was
+        given the session by a process in it, not that it guessed the id: a missing or wrong
+        token raises :class:`~budgetkit.JoinRefusedError`. ``trust_id=True`` is the explicit
+        opt-in to join by the id alone (a token given is still checked).
+
+        Its limits, name and chain come from the ledger; keywords may set only what is
+        local to this process (``handoff_dir``, ``raise_on_exhausted``, ``prices``,
+        ``on_unknown_cost``, ``thresholds``, ``on_threshold``, ``on_phase_change``,
+        ``phases``, ``session_log``, ``on_ledger_error``).
 
         Args:
             ledger: the ledger holding the session; default ``$BUDGETKIT_LEDGER_URL``'s.
+            token: the session's join token, when the id is given on its own.
+            trust_id: join without a token.
 
         Raises:
+            JoinRefusedError: no join token (without ``trust_id=True``), or not this
+                session's.
             SessionNotFoundError: the session is unknown to the ledger, or expired.
             LedgerUnavailableError: the ledger is unreachable or timed out.
             BudgetConfigError: no ledger, no session id in the headers, or a limit keyword.
@@ -72,7 +84,9 @@ class Constructors:
         """
         from ._joining import open_joined
 
-        found, handle, kwargs, place = open_joined(session_id_or_headers, ledger, overrides)
+        found, handle, kwargs, place = open_joined(
+            session_id_or_headers, ledger, overrides, token=token, trust_id=trust_id
+        )
         session = cls(**kwargs, ledger=found)
         session.parent_session_id = handle.parent_session_id
         if place is not None:
@@ -81,16 +95,31 @@ class Constructors:
         return session
 
     def inject(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
-        """Write this session's id into ``headers`` as the W3C ``baggage`` entry
-        ``budgetkit.session.id`` (other baggage entries are kept); return ``headers``.
+        """Write this session's id and join token into ``headers`` as the W3C ``baggage``
+        entries ``budgetkit.session.id`` and ``budgetkit.join_token`` (other baggage entries
+        are kept); return ``headers``.
 
-        A worker that receives them enters the session with :meth:`join`.
+        A worker that receives them enters the session with :meth:`join`. The token is made
+        from a secret the ledger created with the session, so a session with a shared ledger
+        must be entered first. Baggage travels with the headers to every service they are
+        sent to: whoever holds them can join the session.
+
+        Raises:
+            BudgetError: the session has a shared ledger and is not entered yet.
 
         .. versionadded:: 0.1.0
         """
-        from ._joining import inject
+        from ._joining import inject, token_of
 
-        return inject(self.session_id, headers)
+        handle = self.boundary.handle
+        if handle is None and self.ledger is not None:
+            from .exceptions import BudgetError
+
+            raise BudgetError(
+                f"session {self.session_id!r} is not entered: enter it before inject(), so "
+                "its ledger has made the secret its join token comes from"
+            )
+        return inject(self.session_id, headers, token_of(handle))
 
     # ------------------------------------------------------------------ resume
     @classmethod
