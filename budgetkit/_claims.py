@@ -293,10 +293,17 @@ def read_current(handoff_path: Path, session_id: str) -> ClaimRecord | None:
     current = read_record(claim_path(handoff_path), session_id)
     if current is None:
         return None
+    seen = {current.holder}
     for _ in range(MAX_RECORDS):
         following = read_record(next_path(handoff_path, current.holder), session_id)
         if following is None:
             return current
+        if following.holder in seen:
+            raise HandoffError(
+                f"claim record {str(following.path)!r} names holder {following.holder!r} "
+                "again: the claim records form a cycle"
+            )
+        seen.add(following.holder)
         current = following
     raise HandoffError(
         f"claim {str(claim_path(handoff_path))!r} is followed by more than {MAX_RECORDS} "
