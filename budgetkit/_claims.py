@@ -578,6 +578,8 @@ def claim(
         HandoffClaimedError: it is held by a live claim, its session ended, its attempts
             are used up, or another worker claimed it first.
     """
+    # Absolute: the lease is renewed from another thread while the agent may change directory.
+    handoff_path = handoff_path.absolute()
     for _ in range(8):  # each pass reads a newer state; losing a race more often is absurd
         state = claim_state(handoff_path, max_attempts=max_attempts)
         if not state.claimable:

@@ -526,3 +526,83 @@ def test_chain_command_shows_running_stale_and_attempts(
     assert claim["claimed_by"] == holder.session_id
     assert claim["attempts"] == 1
     assert claim["pid"] == os.getpid()
+
+
+def test_the_lease_holds_when_the_agent_changes_directory(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A handoff resumed by a relative path keeps its lease while the agent works in another
+    directory (agents run tools with os.chdir)."""
+    path = stop_once(handoff_dir)
+    monkeypatch.chdir(path.parent)
+    session = SessionBudget.resume(path.name, lease_seconds=0.3, max_steps=10)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with session:
+        os.chdir(elsewhere)
+        time.sleep(0.8)
+        assert status_of(handoff_dir) == "running"
+        os.chdir(path.parent)
+    assert status_of(handoff_dir) == "finished"
+
+
+def test_a_session_whose_handoff_could_not_be_written_is_retried(
+    handoff_dir: Path, tmp_path: Path
+) -> None:
+    """A resumed session that stops on its limit but cannot write its handoff (here: a
+    directory is in the way) has lost its work; it counts as a failed attempt, so the old
+    handoff is retried instead of being closed for good."""
+    path = stop_once(handoff_dir)
+    other = tmp_path / "other"
+    session = SessionBudget.resume(path, max_steps=1, handoff_dir=other)
+
+    def stopped_without_a_handoff() -> None:
+        with session:
+            (other / f"{session.session_id}.json").mkdir(parents=True)
+            agent(session)
+
+    with pytest.raises(BudgetExhausted) as info:
+        stopped_without_a_handoff()
+    assert info.value.handoff_error is not None
+    failed = json.loads((handoff_dir / "root-1.failed").read_text())
+    assert failed["error_type"] == "IsADirectoryError"
+    (pending,) = pending_handoffs(handoff_dir)
+    assert (pending.attempts, pending.last_error) == (1, "IsADirectoryError")
+
+
+def test_a_claim_written_before_leases_is_held_until_released(
+    handoff_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A claim without a lease (written by an older budgetkit) never expires: the handoff
+    stays running, --reclaim needs --force, and then it is pending again."""
+    path = stop_once(handoff_dir)
+    old = {"kind": "budgetkit.claim", "session_id": "root-1", "claimed_by": "old-worker"}
+    (handoff_dir / "root-1.claim").write_text(json.dumps(old))
+    os.utime(handoff_dir / "root-1.claim", (0, 0))  # however old
+    assert status_of(handoff_dir) == "running"
+    with pytest.raises(HandoffClaimedError, match=r"old-worker.*no lease"):
+        SessionBudget.resume(path)
+    assert main(["chain", str(handoff_dir), "--reclaim", "root-1"]) == 1
+    assert "no lease" in capsys.readouterr().err
+    assert main(["chain", str(handoff_dir), "--reclaim", "root-1", "--force"]) == 0
+    with SessionBudget.resume(path, max_steps=10) as session:
+        agent(session)
+    assert status_of(handoff_dir) == "finished"
+
+
+def test_ctrl_c_in_a_resumed_session_is_a_failed_attempt(handoff_dir: Path) -> None:
+    """A resumed session interrupted by KeyboardInterrupt records it like any other failure,
+    so its handoff is retried."""
+    path = stop_once(handoff_dir)
+    session = SessionBudget.resume(path)
+
+    def interrupted() -> None:
+        with session:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert json.loads((handoff_dir / "root-1.failed").read_text())["error_type"] == (
+        "KeyboardInterrupt"
+    )
+    assert status_of(handoff_dir) == "pending"
