@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _chainfiles
+from ._claims import (
+    DEFAULT_MAX_ATTEMPTS,
+    check_lease_settings,
+    check_max_attempts,
+    check_shared_directory,
+)
 from ._handoff import Handoff
 from ._lineage import CHAIN_CAPS
 from ._session import SessionBudget
@@ -33,7 +39,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class PendingHandoff:
-    """A handoff waiting to be resumed: the newest of its chain, unclaimed, within its caps.
+    """A handoff waiting to be resumed: the newest of its chain, within its caps, and not
+    held by a live claim (never claimed, or its last claim expired or failed).
 
     .. versionadded:: 0.1.0
     """
@@ -45,6 +52,12 @@ class PendingHandoff:
     lineage: Lineage
     """Its chain: ``root_session_id``, ``attempt``, ``session_ids``, ``caps``,
     ``cumulative_usage``."""
+    attempts: int = 0
+    """Claims of this handoff used so far (0: never resumed); the next claim is one more."""
+    last_error: str | None = None
+    """The exception type that ended the last attempt, when it raised."""
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    """The retry cap it was found under; :meth:`resume` claims under the same cap."""
 
     @property
     def session_id(self) -> str:
@@ -59,52 +72,79 @@ class PendingHandoff:
     def resume(self, **overrides: Any) -> SessionBudget:
         """Claim the handoff and return the session that continues it.
 
-        The same as ``SessionBudget.resume(self.path, chain=self.root_session_id, **overrides)``.
+        The same as ``SessionBudget.resume(self.path, chain=self.root_session_id,
+        max_attempts=self.max_attempts, **overrides)``.
 
         Raises:
             HandoffClaimedError: another worker claimed it first.
             ChainCapError: the caps given are smaller than what the chain already used.
         """
+        overrides.setdefault("max_attempts", self.max_attempts)
         return SessionBudget.resume(self.path, chain=self.root_session_id, **overrides)
 
 
-def pending_handoffs(directory: str | os.PathLike[str]) -> list[PendingHandoff]:
-    """The handoffs of ``directory`` that no session has resumed yet, oldest first.
+def pending_handoffs(
+    directory: str | os.PathLike[str], *, max_attempts: int | None = None
+) -> list[PendingHandoff]:
+    """The handoffs of ``directory`` that a worker may resume now, oldest first.
 
-    One per chain at most: its newest handoff, when it is not claimed and the chain is within
-    its caps (a chain over its caps is not pending: ``budgetkit chain DIR`` shows it). Resume
-    one with :meth:`PendingHandoff.resume`, which claims it atomically: of two workers that
-    resume the same handoff, exactly one gets a session and the other a
+    One per chain at most: its newest handoff, when the chain is within its caps and the
+    handoff is not held by a live claim: never claimed, or claimed by a worker whose lease
+    expired (it died or hung) or whose session ended with an exception, as long as fewer than
+    ``max_attempts`` claims (default 3) were made (a chain over its caps, or whose handoff
+    failed that often, is not pending: ``budgetkit chain DIR`` shows it). Resume one with
+    :meth:`PendingHandoff.resume`, which claims it atomically: of two workers that resume the
+    same handoff, exactly one gets a session and the other a
     :class:`~budgetkit.HandoffClaimedError`. A file that cannot be read (corrupt, foreign,
     not a regular file) or contradicts its parent is skipped with a
     :class:`~budgetkit.BudgetWarning` naming it, and the other chains are still found; an
-    unreadable claim counts as a claim. A directory that does not exist has no pending
+    unreadable claim counts as a live claim. A directory that does not exist has no pending
     handoffs.
+
+    Raises:
+        BudgetConfigError: ``directory`` is not a directory, or is world-writable, belongs
+            to another user and has no sticky bit (anyone could plant handoffs in it).
 
     .. versionadded:: 0.1.0
     """
     if not isinstance(directory, str | os.PathLike):
         raise BudgetTypeError(f"directory must be a path, got {directory!r}")
+    cap = check_max_attempts(max_attempts)
     base = Path(directory)
     if not base.exists():
         return []
     if not base.is_dir():
         raise BudgetConfigError(f"{str(base)!r} is not a directory")
+    check_shared_directory(base)
     found: list[PendingHandoff] = []
-    scanned = _chainfiles.scan(base)
+    scanned = _chainfiles.scan(base, max_attempts=cap)
     for problem in scanned.problems:
         warnings.warn(f"budgetkit: {problem}", BudgetWarning, stacklevel=2)
     for view in scanned.chains:
         newest = view.newest
-        if view.status == "pending" and newest.handoff is not None:
-            found.append(PendingHandoff(newest.path, newest.handoff, newest.lineage))
+        if view.status in ("pending", "stale") and newest.handoff is not None:
+            claim = newest.claim
+            found.append(
+                PendingHandoff(
+                    newest.path,
+                    newest.handoff,
+                    newest.lineage,
+                    attempts=0 if claim is None else claim.attempts,
+                    last_error=None if claim is None else claim.last_error,
+                    max_attempts=cap,
+                )
+            )
     found.sort(key=lambda p: (p.handoff.created_at, p.session_id))
     return found
 
 
 # --------------------------------------------------------------------------- run_chain
 def _prepare(
-    agent: object, handoff: object, chain: str | None, kwargs: dict[str, Any]
+    agent: object,
+    handoff: object,
+    chain: str | None,
+    kwargs: dict[str, Any],
+    leasing: dict[str, Any],
 ) -> tuple[SessionBudget, dict[str, Any]]:
     """The first session of the run, and the keywords every later resume gets."""
     if not callable(agent):
@@ -113,10 +153,13 @@ def _prepare(
         raise BudgetTypeError(
             "run_chain() does not take raise_on_exhausted: it resumes on BudgetExhausted itself"
         )
-    later = {k: v for k, v in kwargs.items() if k != "session_id"}
+    check_lease_settings(leasing["lease_seconds"], leasing["max_attempts"])
     if isinstance(handoff, PendingHandoff):
         chain = handoff.root_session_id if chain is None else chain
+        if leasing["max_attempts"] is None:
+            leasing = {**leasing, "max_attempts": handoff.max_attempts}
         handoff = handoff.path
+    later = {k: v for k, v in kwargs.items() if k != "session_id"} | leasing
     if handoff is None:
         if chain is not None:
             raise BudgetTypeError("run_chain(chain=...) needs the handoff= that continues it")
@@ -125,7 +168,7 @@ def _prepare(
         raise BudgetTypeError(
             f"handoff must be a Handoff, a PendingHandoff or a path, got {handoff!r}"
         )
-    return SessionBudget.resume(handoff, chain=chain, **kwargs), later
+    return SessionBudget.resume(handoff, chain=chain, **kwargs, **leasing), later
 
 
 def _continue(
@@ -158,6 +201,8 @@ def run_chain(
     *,
     handoff: Handoff | PendingHandoff | str | os.PathLike[str] | None = None,
     chain: str | None = None,
+    lease_seconds: float | None = None,
+    max_attempts: int | None = None,
     **budget_kwargs: Any,
 ) -> T:
     """Run ``agent(session)`` in a chain of bounded sessions until it returns.
@@ -167,6 +212,10 @@ def run_chain(
     :class:`~budgetkit.BudgetExhausted` for its session's own limit, the next session resumes
     from that handoff (a fresh budget, the same keywords, the same chain) and the agent is
     called again; it reads ``session.resumed_from`` to pick up the pending tasks.
+
+    Every resume claims its handoff with a lease of ``lease_seconds`` (default 60) under a
+    retry cap of ``max_attempts`` claims (default 3); see :meth:`SessionBudget.resume`. When
+    the agent raises, the claim records the failed attempt and the exception propagates.
 
     Returns:
         What the agent returned.
@@ -181,7 +230,8 @@ def run_chain(
     """
     if inspect.iscoroutinefunction(agent):
         raise BudgetTypeError(f"{agent!r} is async: use budgetkit.run_chain_async()")
-    session, later = _prepare(agent, handoff, chain, budget_kwargs)
+    leasing = {"lease_seconds": lease_seconds, "max_attempts": max_attempts}
+    session, later = _prepare(agent, handoff, chain, budget_kwargs, leasing)
     while True:
         try:
             with session:
@@ -202,13 +252,16 @@ async def run_chain_async(
     *,
     handoff: Handoff | PendingHandoff | str | os.PathLike[str] | None = None,
     chain: str | None = None,
+    lease_seconds: float | None = None,
+    max_attempts: int | None = None,
     **budget_kwargs: Any,
 ) -> T:
     """:func:`run_chain` for an ``async def`` agent: ``await agent(session)`` in each session.
 
     .. versionadded:: 0.1.0
     """
-    session, later = _prepare(agent, handoff, chain, budget_kwargs)
+    leasing = {"lease_seconds": lease_seconds, "max_attempts": max_attempts}
+    session, later = _prepare(agent, handoff, chain, budget_kwargs, leasing)
     while True:
         try:
             async with session:

@@ -1,44 +1,34 @@
 """The files of a chain in a handoff directory: handoffs, claims, completion records.
 
 - ``<session_id>.json``: the handoff of a session that stopped (``_handoff.py``).
-- ``<session_id>.claim``: created atomically (``os.link``, which fails if it exists) when a
-  handoff is resumed from its path; a handoff is resumed at most once.
+- ``<session_id>.claim`` (and the records that follow it, ``.<session_id>.claim.<holder>``):
+  the lease of the worker that resumed the handoff from its path (``_claims.py``).
+- ``<session_id>.failed``: the last attempt at resuming it ended with an exception.
 - ``<session_id>.done``: written atomically when a *resumed* session completes, so its chain
   reads as finished.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._files import (
-    check_session_id,
-    fsync_dir,
-    read_document,
-    remove_stale_temps,
-    utc_now,
-    write_atomic,
-    write_temp,
+from ._claims import (
+    DEFAULT_MAX_ATTEMPTS,
+    ClaimState,
+    check_shared_directory,
+    claim_path,
+    claim_state,
 )
+from ._files import check_session_id, read_document, remove_stale_temps, utc_now, write_atomic
 from ._handoff import Handoff
 from ._limits import LIMIT_NAMES, Limits
 from ._lineage import CHAIN_CAPS, ChainCaps, Lineage, cap_reached, usage_from_dict
-from .exceptions import (
-    BudgetConfigError,
-    BudgetTypeError,
-    ChainError,
-    HandoffClaimedError,
-    HandoffError,
-)
+from .exceptions import BudgetConfigError, BudgetTypeError, ChainError, HandoffError
 
-CLAIM_KIND = "budgetkit.claim"
 DONE_KIND = "budgetkit.done"
 
 # --------------------------------------------------------------------------- lineage
@@ -94,94 +84,6 @@ def check_parent_link(handoff: Handoff, lineage: Lineage, directory: Path) -> No
         raise ChainError(f"cannot resume: {problem}")
 
 
-# --------------------------------------------------------------------------- claims
-
-
-def claim_path(handoff_path: Path) -> Path:
-    """``x.json`` is claimed by ``x.claim`` beside it."""
-    return handoff_path.with_name(handoff_path.name.removesuffix(".json") + ".claim")
-
-
-def claim(handoff_path: Path, session_id: str, claimed_by: str) -> None:
-    """Claim a handoff atomically; :class:`HandoffClaimedError` when it is already claimed.
-
-    The claim is written whole to a temporary file and hard-linked into place: ``link``
-    fails when the name exists, so of two racing workers exactly one wins, and a reader
-    never sees half a claim. Where hard links are not supported, ``O_CREAT | O_EXCL``.
-    """
-    target = claim_path(handoff_path)
-    doc = {
-        "kind": CLAIM_KIND,
-        "session_id": session_id,
-        "claimed_by": claimed_by,
-        "claimed_at": utc_now(),
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
-    data = json.dumps(doc, indent=2).encode("utf-8")
-    tmp = write_temp(target, data)
-    try:
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise _claimed(target, session_id) from None
-        except OSError:  # pragma: no cover - a file system without hard links
-            _claim_exclusive(target, session_id, data)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    fsync_dir(target.parent)
-
-
-def _claim_exclusive(target: Path, session_id: str, data: bytes) -> None:  # pragma: no cover
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise _claimed(target, session_id) from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        os.fsync(handle.fileno())
-
-
-def read_claim(handoff_path: Path) -> dict[str, Any] | None:
-    """The claim of a handoff, ``{}`` when claimed but unreadable, ``None`` when unclaimed."""
-    return _read_claim(handoff_path)[0]
-
-
-def _read_claim(handoff_path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """:func:`read_claim`, and why the claim file is unreadable (``None`` when it is fine)."""
-    path = claim_path(handoff_path)
-    try:
-        doc = read_document(path, "claim")
-    except HandoffError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            return None, None
-        return {}, str(exc)
-    if not isinstance(doc, dict) or doc.get("kind") != CLAIM_KIND:
-        return {}, f'claim {str(path)!r} is not a budgetkit claim (no "kind": "{CLAIM_KIND}")'
-    try:
-        for key in ("session_id", "claimed_by"):
-            if doc.get(key) is not None:
-                check_session_id(doc[key], key)
-    except (BudgetConfigError, BudgetTypeError) as exc:
-        return {}, f"claim {str(path)!r}: {exc}"
-    return doc, None
-
-
-def _claimed(target: Path, session_id: str) -> HandoffClaimedError:
-    doc = read_claim(target.with_name(target.name.removesuffix(".claim") + ".json")) or {}
-    by = doc.get("claimed_by") if isinstance(doc.get("claimed_by"), str) else None
-    when = doc.get("claimed_at")
-    who = f" by session {by!r}" if by else ""
-    at = f" at {when}" if isinstance(when, str) else ""
-    return HandoffClaimedError(
-        f"the handoff of session {session_id!r} was already resumed{who}{at} "
-        f"({str(target)!r} exists); a handoff is resumed at most once",
-        session_id=session_id,
-        claimed_by=by,
-    )
-
-
 # --------------------------------------------------------------------------- completion
 
 
@@ -234,10 +136,18 @@ class ChainSession:
     created_at: str
     handoff: Handoff | None = None
     """The handoff; ``None`` for a completion record."""
-    claimed_by: str | None = None
-    claimed: bool = False
-    claim_problem: str | None = None
-    """Why the claim file is unreadable (it still counts as a claim), or ``None``."""
+    claim: ClaimState | None = None
+    """The claim on the handoff (``None`` for a completion record)."""
+
+    @property
+    def claimed_by(self) -> str | None:
+        """The session that holds (or held) the current claim on the handoff."""
+        return None if self.claim is None else self.claim.claimed_by
+
+    @property
+    def claimed(self) -> bool:
+        """Whether a claim holds the handoff (live, stale, failed, ended or unreadable)."""
+        return self.claim is not None and self.claim.state not in ("unclaimed", "released")
 
 
 @dataclass(slots=True)
@@ -275,13 +185,30 @@ class ChainView:
 
     @property
     def status(self) -> str:
-        """``finished``, ``over caps``, ``running`` (claimed, no result yet) or ``pending``."""
+        """``finished``; ``over caps``; for its newest handoff: ``pending`` (never claimed, or
+        its last attempt failed or was released: claimable), ``running`` (claimed, lease live),
+        ``stale`` (claimed, lease expired: claimable), ``failed`` (its attempts are used up)
+        or ``ended`` (resumed, and that session ended with its record elsewhere)."""
         newest = self.newest
         if newest.handoff is None:
             return "finished"
         if self.over_caps is not None:
             return "over caps"
-        return "running" if newest.claimed else "pending"
+        state = "unclaimed" if newest.claim is None else newest.claim.state
+        return _STATUS[state]
+
+
+#: A chain's status from the state of its newest handoff's claim.
+_STATUS = {
+    "unclaimed": "pending",
+    "released": "pending",
+    "retry": "pending",
+    "stale": "stale",
+    "running": "running",
+    "unreadable": "running",
+    "failed": "failed",
+    "ended": "ended",
+}
 
 
 @dataclass(slots=True)
@@ -328,10 +255,8 @@ def _load_done(path: Path) -> ChainSession:
     )
 
 
-def _load_handoff(path: Path) -> ChainSession:
+def _load_handoff(path: Path, max_attempts: int) -> ChainSession:
     handoff = Handoff.load(path)
-    claim, problem = _read_claim(path)
-    by = claim.get("claimed_by") if claim else None
     return ChainSession(
         session_id=handoff.session_id,
         lineage=lineage_or_legacy(handoff),
@@ -340,18 +265,20 @@ def _load_handoff(path: Path) -> ChainSession:
         usage=usage_from_dict(handoff.usage, f"handoff {str(path)!r}"),
         created_at=handoff.created_at,
         handoff=handoff,
-        claimed_by=by if isinstance(by, str) else None,
-        claimed=claim is not None,
-        claim_problem=problem,
+        claim=claim_state(path, max_attempts=max_attempts),
     )
 
 
-def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
-    """Read every handoff and completion record of ``directory`` into chains.
+def scan(
+    directory: str | os.PathLike[str], *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> DirectoryScan:
+    """Read every handoff and completion record of ``directory`` into chains, with the state
+    of each handoff's claim (``max_attempts``: the retry cap the states are judged by).
 
     Files that cannot be read (also listed in ``unreadable``), and records whose parent's file
     contradicts them (another chain, a cycle), are left out of the chains and listed in
-    ``problems``. An unreadable claim is listed too, and still counts as a claim.
+    ``problems``. An unreadable claim is listed too, and still counts as a live claim; an
+    unreadable failure record is listed and ignored.
     """
     base = Path(directory)
     result = DirectoryScan()
@@ -366,14 +293,22 @@ def scan(directory: str | os.PathLike[str]) -> DirectoryScan:
         if path.name.startswith(".") or path.suffix not in (".json", ".done"):
             continue
         try:
-            record = _load_handoff(path) if path.suffix == ".json" else _load_done(path)
+            if path.suffix == ".json":
+                record = _load_handoff(path, max_attempts)
+            else:
+                record = _load_done(path)
         except HandoffError as exc:
             result.note_unreadable(path, str(exc), consequence="skipped")
             continue
         records.append(record)
-        if record.claim_problem is not None:
+        claim = record.claim
+        if claim is not None and claim.problem is not None:
             result.note_unreadable(
-                claim_path(path), record.claim_problem, consequence="counted as a claim"
+                claim_path(path), claim.problem, consequence="counted as a claim"
+            )
+        if claim is not None and claim.failure_problem is not None:
+            result.note_unreadable(
+                path.with_suffix(".failed"), claim.failure_problem, consequence="ignored"
             )
     by_id = {r.session_id: r for r in records if r.handoff is not None}
     chains: dict[str, ChainView] = {}
@@ -430,6 +365,7 @@ def prepare_resume(handoff: object, *, chain: object) -> ResumePlan:
 
     Raises:
         HandoffError: the file is missing, corrupt or not a handoff, or its limits are bad.
+        BudgetConfigError: its directory is world-writable, not ours, without a sticky bit.
         ChainError: the handoff is of another chain than ``chain``, or its parent's handoff
             beside it belongs to another chain.
     """
@@ -438,6 +374,7 @@ def prepare_resume(handoff: object, *, chain: object) -> ResumePlan:
         loaded, directory = handoff, None
     elif isinstance(handoff, str | os.PathLike):
         path = Path(handoff)
+        check_shared_directory(path.parent)  # before anything of it is read
         loaded, directory = Handoff.load(path), path.parent
     else:
         raise BudgetTypeError(

@@ -85,14 +85,15 @@ def read_regular(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
         os.close(fd)
 
 
-def read_document(path: Path, what: str) -> object:
+def read_document(path: Path, what: str, *, max_bytes: int = MAX_FILE_BYTES) -> object:
     """The JSON of a handoff directory's file (``what``: handoff, claim ...), read safely.
 
-    Only a regular file of at most 16 MiB is read, opened without blocking (a FIFO or a device
-    is refused, never waited on). Raises :class:`HandoffError` naming the file and the fault.
+    Only a regular file of at most ``max_bytes`` (16 MiB) is read, opened without blocking (a
+    FIFO or a device is refused, never waited on). Raises :class:`HandoffError` naming the file
+    and the fault.
     """
     try:
-        data = read_regular(path)
+        data = read_regular(path, max_bytes=max_bytes)
     except OSError as exc:
         raise HandoffError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
     try:

@@ -215,6 +215,8 @@ class SessionBudget(Constructors):
                 f"session {self.session_id!r} was already entered; a SessionBudget runs once "
                 "(create a new one, or use SessionBudget.resume())"
             )
+        if self.lease is not None:  # resumed from a file: the claim must still be ours
+            self.lease.check()
         if self.handoff_dir is not None:  # found out now, not when the session stops
             check_writable_directory(self.handoff_dir, "handoff_dir")
         parent = active.get()
@@ -225,6 +227,8 @@ class SessionBudget(Constructors):
         self._token = active.set(b)
         if _listeners:
             emit("session_start", self)
+        if self.lease is not None:  # renewed in the background until the block exits
+            self.lease.start()
         return self
 
     def __exit__(
@@ -248,6 +252,8 @@ class SessionBudget(Constructors):
             and self.handoff_dir is not None
         ):
             write_done(b, self._result)
+        if self.lease is not None:  # close the claim, or record the failed attempt
+            self.lease.end(self._result, exc)
         _otel.end_session(b, b.telemetry, self._result, exc)
         if _listeners:
             emit("session_end", self, result=self._result)

@@ -21,6 +21,7 @@ __all__ = [
     "CostUnknownWarning",
     "HandoffClaimedError",
     "HandoffError",
+    "JoinRefusedError",
     "LedgerError",
     "LedgerUnavailableError",
     "LedgerUnavailableWarning",
@@ -40,6 +41,14 @@ class BudgetConfigError(BudgetError, ValueError):
 
 class BudgetTypeError(BudgetError, TypeError):
     """An argument has the wrong type (a string or bool where a number belongs ...)."""
+
+
+class JoinRefusedError(BudgetConfigError):
+    """``SessionBudget.join`` was refused: the join token is missing (and ``trust_id=True``
+    was not given) or does not match the session's.
+
+    .. versionadded:: 0.1.0
+    """
 
 
 class HandoffError(BudgetError, ValueError):

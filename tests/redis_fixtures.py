@@ -194,11 +194,12 @@ def racer_ask(i: int) -> dict[str, Any]:
 
 
 def session_racer(
-    url: str, session_id: str, handoff_dir: str, go: Any, *, with_steps: bool
+    url: str, headers: dict[str, str], handoff_dir: str, go: Any, *, with_steps: bool
 ) -> dict[str, Any]:
-    """Join a SessionBudget; run (steps and) reserved LLM calls until it is exhausted."""
+    """Join a SessionBudget (its id and join token in ``headers``); run (steps and) reserved
+    LLM calls until it is exhausted."""
     session = SessionBudget.join(
-        session_id, ledger=RedisLedger(url), handoff_dir=handoff_dir, raise_on_exhausted=False
+        headers, ledger=RedisLedger(url), handoff_dir=handoff_dir, raise_on_exhausted=False
     )
     steps = calls = 0
     go.wait()

@@ -537,7 +537,8 @@ def test_run_chain_continues_a_given_pending_handoff(handoff_dir: Path) -> None:
 
 
 def test_run_chain_lets_other_errors_propagate(handoff_dir: Path) -> None:
-    """An error that is not budget exhaustion propagates; the chain shows as running."""
+    """An error that is not budget exhaustion propagates; the failed attempt is recorded and
+    the handoff is pending again (it was "running" for good before claims were leases)."""
     calls: list[int] = []
 
     def failing(session: SessionBudget) -> None:
@@ -549,7 +550,10 @@ def test_run_chain_lets_other_errors_propagate(handoff_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="tool broke"):
         run_chain(failing, max_steps=3, handoff_dir=handoff_dir)
     assert calls == [1, 2]
-    assert scan(handoff_dir).chains[0].status == "running"
+    (view,) = scan(handoff_dir).chains
+    assert view.status == "pending"
+    failed = json.loads(view.newest.path.with_suffix(".failed").read_text())
+    assert (failed["error_type"], failed["attempt"]) == ("RuntimeError", 1)
 
 
 def test_run_chain_does_not_resume_an_enclosing_sessions_exhaustion(handoff_dir: Path) -> None:

@@ -366,7 +366,10 @@ def test_session_budgets_share_one_embedded_session(ledger: EmbeddedLedger, tmp_
     with creator:
         _tool()
         joined = SessionBudget.join(
-            creator.session_id, ledger=EmbeddedLedger(ledger.url), handoff_dir=tmp_path
+            creator.session_id,
+            ledger=EmbeddedLedger(ledger.url),
+            handoff_dir=tmp_path,
+            trust_id=True,
         )
         out: dict[str, Any] = {}
 

@@ -7,6 +7,7 @@ Every test here is bounded in time: code that used to hang runs in a child proce
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from otel_fixtures import Otel, otel
+from redis_fixtures import RedisServer, redis_server
 
 from budgetkit import (
     BudgetWarning,
@@ -31,9 +34,12 @@ from budgetkit import (
     pending_handoffs,
 )
 from budgetkit._lineage import Lineage
+from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+__all__ = ["otel", "redis_server"]  # fixtures, re-exported for pytest
 
 T = TypeVar("T")
 
@@ -759,3 +765,195 @@ def test_temp_files_of_killed_writers_are_removed_by_a_scan(tmp_path: Path) -> N
     _age(orphan, 3600)
     assert [p.session_id for p in pending_handoffs(tmp_path)] == ["s1"]
     assert _temps(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 11. shared dirs
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="giving a directory to another user needs root",
+)
+def test_no_claims_from_a_world_writable_directory_of_another_user(tmp_path: Path) -> None:
+    """A world-writable directory that belongs to another user and has no sticky bit: any
+    local user could plant or replace handoffs and claims there. pending_handoffs, resume
+    from a path, run_chain and --reclaim refuse it with a clear error, claiming nothing; with
+    the sticky bit, or owned by this user, it is used."""
+    from budgetkit import BudgetConfigError, run_chain
+    from budgetkit.cli import main
+
+    shared = tmp_path / "shared"
+    path = _stopped_handoff(shared)
+    os.chown(shared, 65534, 65534)  # nobody
+    os.chmod(shared, 0o777)
+    calls = [
+        lambda: pending_handoffs(shared),
+        lambda: SessionBudget.resume(path),
+        lambda: run_chain(lambda s: None, handoff=path, handoff_dir=shared),
+    ]
+    for call in calls:
+        with pytest.raises(BudgetConfigError, match=r"world-writable.*another user.*chmod \+t"):
+            call()
+    assert main(["chain", str(shared), "--reclaim", "s1"]) == 1
+    assert sorted(p.name for p in shared.iterdir()) == ["s1.json"]  # nothing claimed
+    os.chmod(shared, 0o1777)  # sticky: others cannot replace or remove our files
+    assert [p.session_id for p in pending_handoffs(shared)] == ["s1"]
+    os.chmod(shared, 0o777)
+    os.chown(shared, os.geteuid(), os.getegid())  # ours: we chose to share it
+    with SessionBudget.resume(path, handoff_dir=tmp_path / "own"):
+        _work()
+
+
+# --------------------------------------------------------------------------- 12. join token
+
+
+def _ledger(server: RedisServer) -> RedisLedger:
+    """A ledger on the shared test server, with a key prefix of its own."""
+    return RedisLedger(server.url, key_prefix=f"test-{os.urandom(4).hex()}:")
+
+
+def _cfg(ledger: RedisLedger, session_id: str) -> dict[str, object]:
+    """The session's configuration as the ledger keeps it."""
+    doc = json.loads(ledger.client.hget(ledger.keys(session_id)[0], "cfg"))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _one_step_in(session: SessionBudget) -> None:
+    with session:
+        _work()
+
+
+def test_join_by_a_guessed_id_is_refused(redis_server: RedisServer) -> None:
+    """Any client that can guess an id ("nightly-agent") used to join the session and spend
+    its budget; now join needs the session's join token (or an explicit trust_id=True)."""
+    from budgetkit import BudgetConfigError, JoinRefusedError
+
+    ledger = _ledger(redis_server)
+    with SessionBudget(
+        max_steps=5, session_id="nightly-agent", ledger=ledger, handoff_dir=None
+    ) as main:
+        with pytest.raises(JoinRefusedError, match=r"join token.*inject.*trust_id=True"):
+            SessionBudget.join("nightly-agent", ledger=ledger)
+        with pytest.raises(JoinRefusedError, match="join token"):
+            SessionBudget.join({"baggage": "budgetkit.session.id=nightly-agent"}, ledger=ledger)
+        assert main.usage.steps == 0
+    assert issubclass(JoinRefusedError, BudgetConfigError)
+
+
+def test_join_with_a_wrong_token_is_refused(redis_server: RedisServer) -> None:
+    """A token that is not this session's (made up, another session's, empty) is refused."""
+    from budgetkit import JoinRefusedError
+
+    ledger = _ledger(redis_server)
+    with SessionBudget(ledger=ledger, handoff_dir=None) as other:
+        theirs = other.inject({})["baggage"].split("budgetkit.join_token=")[1]
+    with SessionBudget(ledger=ledger, handoff_dir=None) as main:
+        for token in ("0" * 64, theirs, "", "é" * 10):
+            with pytest.raises(JoinRefusedError, match="does not match"):
+                SessionBudget.join(main.session_id, ledger=ledger, token=token)
+            with pytest.raises(JoinRefusedError, match="does not match"):
+                SessionBudget.join(main.session_id, ledger=ledger, token=token, trust_id=True)
+        forged = {
+            "baggage": f"budgetkit.session.id={main.session_id},budgetkit.join_token={theirs}"
+        }
+        with pytest.raises(JoinRefusedError, match="does not match"):
+            SessionBudget.join(forged, ledger=ledger)
+
+
+def test_inject_carries_a_join_token_that_join_accepts(redis_server: RedisServer) -> None:
+    """inject() writes budgetkit.join_token beside the id; join() takes it from the headers,
+    from token=, or does without it only with trust_id=True."""
+    import hashlib
+    import hmac
+
+    ledger = _ledger(redis_server)
+    with SessionBudget(max_steps=9, ledger=ledger, handoff_dir=None) as main:
+        headers = main.inject({"baggage": "user=alice"})
+        entries = dict(e.split("=", 1) for e in headers["baggage"].split(","))
+        assert entries["user"] == "alice"
+        assert entries["budgetkit.session.id"] == main.session_id
+        token = entries["budgetkit.join_token"]
+        secret = bytes.fromhex(str(_cfg(ledger, main.session_id)["join_secret"]))
+        assert len(secret) == 32
+        expected = hmac.new(secret, main.session_id.encode(), hashlib.sha256).hexdigest()
+        assert token == expected
+        joined = [
+            SessionBudget.join(headers, ledger=ledger, handoff_dir=None),
+            SessionBudget.join(main.session_id, ledger=ledger, token=token, handoff_dir=None),
+            SessionBudget.join(main.session_id, ledger=ledger, trust_id=True, handoff_dir=None),
+        ]
+        for worker in joined:  # each in a thread of its own (a fresh context)
+            _bounded(functools.partial(_one_step_in, worker))
+        assert main.usage.steps == 3
+        # A joined worker passes the same token on.
+        again = joined[0].inject({})
+        assert again["baggage"].endswith(f"budgetkit.join_token={token}")
+        assert main.limits.max_steps == 9
+
+
+def test_the_join_secret_never_leaves_the_ledger(
+    redis_server: RedisServer, tmp_path: Path, otel: Otel
+) -> None:
+    """The secret is in the ledger's config only: not in the handoff, the spans, the snapshot
+    or the session's repr and result."""
+    ledger = _ledger(redis_server)
+    session = SessionBudget(
+        max_steps=1, ledger=ledger, handoff_dir=tmp_path, raise_on_exhausted=False
+    )
+    with session:
+        session.inject({})
+        _work()
+        _work()
+    assert session.result is not None
+    assert session.result.stop_reason == "max_steps"
+    secret = _cfg(ledger, session.session_id)["join_secret"]
+    assert isinstance(secret, str)
+    handoff = (tmp_path / f"{session.session_id}.json").read_text()
+    assert session.session_id in handoff
+    spans = otel.spans()
+    assert spans
+    seen = [
+        handoff,
+        repr(session),
+        repr(session.result),
+        repr(session.boundary.snapshot()),
+        repr(session.boundary.handle),
+        *(json.dumps(dict(s.attributes or {}), default=str) for s in spans),
+        *(json.dumps([dict(e.attributes or {}) for e in s.events], default=str) for s in spans),
+    ]
+    for text in seen:
+        assert secret not in text
+        assert secret.upper() not in text
+
+
+def test_a_session_without_a_secret_is_joined_only_by_trust(redis_server: RedisServer) -> None:
+    """A session created by a budgetkit before join tokens has no secret: a token cannot be
+    checked, so join needs trust_id=True (the message says so)."""
+    from budgetkit import JoinRefusedError
+
+    ledger = _ledger(redis_server)
+    with SessionBudget(ledger=ledger, handoff_dir=None) as main:
+        cfg = _cfg(ledger, main.session_id)
+        del cfg["join_secret"]
+        ledger.client.hset(ledger.keys(main.session_id)[0], "cfg", json.dumps(cfg))
+        with pytest.raises(JoinRefusedError, match=r"no join secret.*trust_id=True"):
+            SessionBudget.join(main.session_id, ledger=ledger, token="0" * 64)
+        joined = SessionBudget.join(main.session_id, ledger=ledger, trust_id=True)
+        assert joined.session_id == main.session_id
+
+
+def test_join_token_arguments_are_checked(redis_server: RedisServer) -> None:
+    """token= is a str, trust_id a bool; inject() of a shared session before it is entered
+    (no secret yet) is a clear error."""
+    from budgetkit import BudgetError, BudgetTypeError
+
+    ledger = _ledger(redis_server)
+    session = SessionBudget(ledger=ledger, handoff_dir=None)
+    with pytest.raises(BudgetError, match="enter"):
+        session.inject({})
+    with session:
+        with pytest.raises(BudgetTypeError, match="token"):
+            SessionBudget.join(session.session_id, ledger=ledger, token=123)  # type: ignore[arg-type]
+        with pytest.raises(BudgetTypeError, match="trust_id"):
+            SessionBudget.join(session.session_id, ledger=ledger, trust_id="yes")  # type: ignore[arg-type]

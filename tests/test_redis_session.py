@@ -91,7 +91,7 @@ def test_eight_processes_share_one_session(
         work = functools.partial(session_racer, with_steps=with_steps)
         with ctx.Pool(8) as pool:
             pending = [
-                pool.apply_async(work, (redis_server.url, creator.session_id, str(handoffs), go))
+                pool.apply_async(work, (redis_server.url, creator.inject({}), str(handoffs), go))
                 for _ in range(8)
             ]
             go.set()
@@ -122,9 +122,10 @@ def test_exhausted_anywhere_stops_everywhere(ledger: RedisLedger, tmp_path: Path
     with SessionBudget(max_usd=Decimal("0.001"), ledger=ledger, handoff_dir=tmp_path) as main:
         tool("main")
         assert not main.exhausted
+        headers = main.inject({})
 
         def spend() -> BudgetExhausted:
-            joined = SessionBudget.join(main.session_id, ledger=ledger, handoff_dir=tmp_path)
+            joined = SessionBudget.join(headers, ledger=ledger, handoff_dir=tmp_path)
             with joined:
                 joined.charge(usd=Decimal("0.002"))  # crosses the limit: trips, no raise
                 with pytest.raises(BudgetExhausted) as info:
@@ -147,9 +148,10 @@ def test_reservations_across_workers_never_overspend(ledger: RedisLedger) -> Non
     """Reserved calls in two joined sessions fit spent + reserved <= max_usd together."""
     main = SessionBudget(max_usd=Decimal("0.0006"), ledger=ledger, handoff_dir=None)
     with main, main.reserve(usd=Decimal("0.0004")):
+        headers = main.inject({})
 
         def other() -> str:
-            joined = SessionBudget.join(main.session_id, ledger=ledger, handoff_dir=None)
+            joined = SessionBudget.join(headers, ledger=ledger, handoff_dir=None)
             with joined, pytest.raises(BudgetExhausted) as info:
                 ask(2000)  # $0.0003 does not fit beside the $0.0004 held
             return info.value.reason
@@ -160,11 +162,17 @@ def test_reservations_across_workers_never_overspend(ledger: RedisLedger) -> Non
 
 # ------------------------------------------------------------------ join and inject
 def test_inject_merges_baggage_and_join_reads_it(ledger: RedisLedger) -> None:
-    """inject() keeps other baggage entries and replaces an old id; join() reads headers."""
+    """inject() keeps other baggage entries and replaces an old id and token; join() reads
+    headers."""
     with SessionBudget(max_steps=7, name="planner", ledger=ledger, handoff_dir=None) as main:
-        headers = {"Baggage": "user=alice, budgetkit.session.id=old;p=1", "x-other": "1"}
+        headers = {
+            "Baggage": "user=alice, budgetkit.session.id=old;p=1, budgetkit.join_token=0",
+            "x-other": "1",
+        }
         assert main.inject(headers) is headers
-        assert headers["Baggage"] == f"user=alice,budgetkit.session.id={main.session_id}"
+        before, token = headers["Baggage"].split(",budgetkit.join_token=")
+        assert before == f"user=alice,budgetkit.session.id={main.session_id}"
+        assert len(token) == 64
 
         def work() -> tuple[Any, ...]:
             joined = SessionBudget.join(headers, ledger=ledger, handoff_dir=None)
@@ -177,9 +185,13 @@ def test_inject_merges_baggage_and_join_reads_it(ledger: RedisLedger) -> None:
 
 
 def test_join_reads_opentelemetry_baggage(ledger: RedisLedger) -> None:
-    """join() with no id takes budgetkit.session.id from the current OTel baggage."""
+    """join() with no id takes budgetkit.session.id and the join token from the current
+    OTel baggage."""
     with SessionBudget(max_steps=2, ledger=ledger, handoff_dir=None) as main:
-        token = otel_context.attach(baggage.set_baggage("budgetkit.session.id", main.session_id))
+        join_token = main.inject({})["baggage"].split("budgetkit.join_token=")[1]
+        context = baggage.set_baggage("budgetkit.session.id", main.session_id)
+        context = baggage.set_baggage("budgetkit.join_token", join_token, context)
+        token = otel_context.attach(context)
         try:
             joined = SessionBudget.join(ledger=ledger, handoff_dir=None)
         finally:
@@ -210,7 +222,7 @@ def test_ledger_from_environment(
     monkeypatch.setenv(LEDGER_URL_ENV, redis_server.url)
     with SessionBudget(max_steps=2, handoff_dir=None) as main:
         assert isinstance(main.ledger, RedisLedger)
-        joined = SessionBudget.join(main.session_id, handoff_dir=None)
+        joined = SessionBudget.join(main.inject({}), handoff_dir=None)
         in_thread(lambda: joined.__exit__(None, None, None) if joined.__enter__() else None)
         tool()
         assert main.usage.steps == 1
@@ -228,7 +240,7 @@ def test_consecutive_errors_count_across_workers(ledger: RedisLedger) -> None:
             flaky()
 
         def other() -> None:
-            joined = SessionBudget.join(main.session_id, ledger=ledger, handoff_dir=None)
+            joined = SessionBudget.join(main.inject({}), ledger=ledger, handoff_dir=None)
             with joined, pytest.raises(ValueError):
                 flaky()
 
@@ -250,7 +262,7 @@ def test_a_success_resets_the_run_of_errors_in_the_ledger(ledger: RedisLedger) -
             flaky()
 
         def other() -> None:
-            with SessionBudget.join(main.session_id, ledger=ledger, handoff_dir=None):
+            with SessionBudget.join(main.inject({}), ledger=ledger, handoff_dir=None):
                 tool("succeeds")  # saw the run at its admission: resets it
 
         in_thread(other)
@@ -265,7 +277,7 @@ def test_chain_caps_and_lineage_reach_the_workers(ledger: RedisLedger) -> None:
     with SessionBudget(max_total_steps=3, ledger=ledger, handoff_dir=None) as main:
 
         def work() -> tuple[Any, ...]:
-            joined = SessionBudget.join(main.session_id, ledger=ledger, handoff_dir=None)
+            joined = SessionBudget.join(main.inject({}), ledger=ledger, handoff_dir=None)
             with joined:
                 tool()
                 tool()
@@ -327,7 +339,7 @@ def test_ledger_session_nested_in_an_in_process_session(ledger: RedisLedger) -> 
         assert outer.usage.steps == shared.usage.steps == 2
         other = SessionBudget(ledger=ledger, handoff_dir=None)
         with other, pytest.raises(BudgetConfigError, match=r"may\s+hold one ledger session"):
-            SessionBudget.join(other.session_id, ledger=ledger).__enter__()
+            SessionBudget.join(other.session_id, ledger=ledger, trust_id=True).__enter__()
 
 
 # ------------------------------------------------------------------ faults

@@ -1,14 +1,26 @@
-"""``budgetkit chain DIR``: the chains of a handoff directory, their usage and their state."""
+"""``budgetkit chain DIR``: the chains of a handoff directory, their usage and their state;
+``--reclaim ID`` releases the claim on a handoff by hand."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._chainfiles import ChainView, scan
+from .._chainfiles import ChainSession, ChainView, scan
+from .._claims import (
+    DEFAULT_MAX_ATTEMPTS,
+    as_json,
+    check_max_attempts,
+    check_shared_directory,
+    describe,
+    release,
+)
+from .._files import check_session_id
 from .._lineage import usage_to_dict
-from . import EXIT_INVALID, EXIT_OK
+from ..exceptions import BudgetConfigError, BudgetTypeError, ChainError, HandoffError
+from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from ._output import fmt_usd
 
 if TYPE_CHECKING:
@@ -22,18 +34,52 @@ def add_parser(sub: Any) -> None:
         help="show the chains of sessions in a handoff directory",
         description="Shows each chain of a handoff directory: its sessions, its cumulative "
         "usage against its chain caps, and whether it is finished, pending (a handoff waits "
-        "to be resumed), running (its newest handoff is claimed, no result yet) or over caps.",
-        epilog="exit codes: 0 every file was read; 1 the directory is missing, or a file is "
-        "unreadable or contradicts its parent (another chain, a cycle); 2 usage error.",
+        "to be resumed, or to be retried after a failed attempt), running (its newest handoff "
+        "is claimed and the claim's lease is live), stale (claimed, but the lease expired: the "
+        "worker died; it is claimable again), failed (its attempts are used up), ended (resumed "
+        "by a session that ended with its record elsewhere) or over caps. With --reclaim ID, "
+        "releases the claim on the handoff of session ID instead, so it is pending again.",
+        epilog="exit codes: 0 every file was read (or the claim was released); 1 the directory "
+        "is missing, a file is unreadable or contradicts its parent (another chain, a cycle), "
+        "or the claim was not released; 2 usage error.",
     )
     parser.add_argument("directory", metavar="DIR", help="a handoff directory")
     parser.add_argument("--json", action="store_true", help="print the chains as JSON")
+    parser.add_argument(
+        "--max-attempts",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help=f"the retry cap the states are judged by (default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    parser.add_argument(
+        "--reclaim",
+        metavar="ID",
+        help="release the claim on the handoff of session ID (a stale or failed one; a live "
+        "one only with --force); its attempts are counted from 1 again",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --reclaim: release a live claim too"
+    )
     parser.set_defaults(func=run)
 
 
+def _usage_error(message: str) -> int:
+    print(f"budgetkit chain: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print every chain, then any problem (on stderr, exit 1)."""
-    found = scan(args.directory)
+    """Print every chain, then any problem (on stderr, exit 1); or release one claim."""
+    try:
+        max_attempts = check_max_attempts(args.max_attempts)
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        return _usage_error(f"--max-attempts: {exc}")
+    if args.force and args.reclaim is None:
+        return _usage_error("--force goes with --reclaim ID")
+    if args.reclaim is not None:
+        return _reclaim(Path(args.directory), args.reclaim, force=args.force)
+    found = scan(args.directory, max_attempts=max_attempts)
     if args.json:
         doc = {
             "directory": args.directory,
@@ -54,9 +100,40 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_INVALID if found.problems else EXIT_OK
 
 
+def _reclaim(directory: Path, session_id: str, *, force: bool) -> int:
+    """``--reclaim ID``: release the claim on one handoff."""
+    try:
+        check_session_id(session_id, "--reclaim")
+    except (BudgetConfigError, BudgetTypeError) as exc:
+        return _usage_error(f"{exc} (a session id)")
+    path = directory / f"{session_id}.json"
+    try:
+        check_shared_directory(directory)
+        if not path.is_file():
+            raise HandoffError(f"no handoff of session {session_id!r} in {str(directory)!r}")
+        _before, done = release(path, force=force)
+    except (BudgetConfigError, HandoffError, ChainError) as exc:  # refused: a ChainError
+        print(f"budgetkit chain: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{done}: the handoff of session {session_id} is pending again")
+    return EXIT_OK
+
+
 def _status(view: ChainView) -> str:
     over = view.over_caps
-    return view.status if over is None else f"{view.status} ({over[0]}: {over[1]})"
+    if over is not None:
+        return f"{view.status} ({over[0]}: {over[1]})"
+    claim = view.newest.claim
+    if view.status == "failed" and claim is not None:
+        last = claim.last_error or "the last lease expired"
+        return f"failed ({claim.attempts} of {claim.max_attempts} attempts; last: {last})"
+    return view.status
+
+
+def _state(s: ChainSession) -> str:
+    if s.handoff is None or s.claim is None:
+        return ""
+    return describe(s.claim)
 
 
 def _print_chain(view: ChainView) -> None:
@@ -64,9 +141,7 @@ def _print_chain(view: ChainView) -> None:
     print(f"chain {view.root_session_id}: {_status(view)}, {count} session(s) on file")
     width = max(len(s.session_id) for s in view.sessions)
     for s in view.sessions:
-        state = ""
-        if s.handoff is not None:
-            state = f"resumed by {s.claimed_by or '?'}" if s.claimed else "not resumed"
+        state = _state(s)
         print(
             f"  {s.lineage.attempt:>3}  {s.session_id.ljust(width)}  {s.stop_reason:<22}  "
             f"{s.usage['steps']:>6} steps  {fmt_usd(s.usage['cost_usd'])}  {state}".rstrip()
@@ -100,6 +175,7 @@ def _chain_doc(view: ChainView) -> dict[str, Any]:
                 "file": str(s.path),
                 "claimed": s.claimed,
                 "claimed_by": s.claimed_by,
+                "claim": None if s.claim is None else as_json(s.claim),
                 "created_at": s.created_at,
                 "usage": usage_to_dict(s.usage),
             }

@@ -219,9 +219,14 @@ class _ChildEnvironment:
         self, session: SessionBudget, url: str, settings: dict[str, Any], instructions: str
     ) -> None:
         handoff_dir = session.handoff_dir
+        try:  # the join token, where the ledger keeps a secret (Redis)
+            headers: dict[str, str] | None = dict(session.inject({}))
+        except BudgetError:  # the embedded ledger's socket is private (0700): ids suffice
+            headers = None
         spec = {
             "ledger": url,
             "session_id": session.session_id,
+            "headers": headers,
             "handoff_dir": None if handoff_dir is None else str(handoff_dir.resolve()),
             "prices": {m: [str(i), str(o)] for m, (i, o) in session.prices.items()},
             "on_unknown_cost": settings.get("on_unknown_cost"),
@@ -268,8 +273,12 @@ def join_from_environment() -> None:
             }
         if spec.get("on_unknown_cost"):
             settings["on_unknown_cost"] = spec["on_unknown_cost"]
+        headers = spec.get("headers")
         session = SessionBudget.join(
-            spec["session_id"], ledger=ledger_for_url(spec["ledger"]), **settings
+            headers or spec["session_id"],
+            ledger=ledger_for_url(spec["ledger"]),
+            trust_id=headers is None,  # the run's own children, through its private socket
+            **settings,
         )
         if spec.get("resume_instructions"):
             session.update_handoff(resume_instructions=spec["resume_instructions"])

@@ -705,6 +705,16 @@ def _cluster_url(url: str) -> tuple[str, bool]:
     return url, False
 
 
+def _secret(value: object) -> bytes | None:
+    """A join secret as the ledger keeps it (64 hex digits), or ``None``."""
+    if not isinstance(value, str) or len(value) != 64:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -868,6 +878,9 @@ class RedisLedger:
             "reserve_for_wrapup": reserve_for_wrapup,
             "parent_session_id": parent_session_id,
             "extra": dict(extra or {}),
+            # Joiners prove they were told the session (a token made from it), not that
+            # they guessed its id; it never leaves the ledger and its handles.
+            "join_secret": os.urandom(32).hex(),
         }
         fields: list[Any] = ["cfg", json.dumps(config)]
         if step_room is not None:
@@ -926,6 +939,9 @@ class RedisLedgerSession:
         self.parent_session_id: str | None = config.get("parent_session_id")
         #: What the creator stored for joiners (``create(extra=...)``).
         self.extra: dict[str, Any] = dict(config.get("extra") or {})
+        #: The session's join secret (``None``: created before join tokens); joiners show a
+        #: token made from it (``SessionBudget.join``).
+        self.join_secret: bytes | None = _secret(config.get("join_secret"))
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
         self._keys = ledger.keys(session_id)
