@@ -237,12 +237,19 @@ class Boundary:
         self.admit(LLM, name)
 
     def admit(
-        self, kind: str | None, name: str, reserve: int | None = None, *, wrapup: bool = False
+        self,
+        kind: str | None,
+        name: str,
+        reserve: int | None = None,
+        *,
+        wrapup: bool = False,
+        tool_cap: int | None = None,
     ) -> None:
         """Check every session of the chain, then count the call in all of them.
 
         Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
         (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
+        ``tool_cap``: the step's per-tool cap (``@budget.step(max_calls=...)``).
         """
         if self.handle is None:
             raise BudgetError(
@@ -252,12 +259,13 @@ class Boundary:
         remote = self.remote
         if remote is not None:
             remote.flush()
-        refused = admit_together(self.local, kind, name, reserve, wrapup)
+        tool = None if tool_cap is None else (name, tool_cap)
+        refused = admit_together(self.local, kind, name, reserve, wrapup, tool)
         if refused is not None:
             index, reason = refused
             self.local_owners[index].stop(reason)
         if remote is not None:
-            self._admit_remote(remote, kind, name, reserve, wrapup)
+            self._admit_remote(remote, kind, name, reserve, wrapup, tool)
         if _listeners and kind == STEP:
             emit("step", self.budget, name=name)
         for b in self.chain:
@@ -265,22 +273,31 @@ class Boundary:
                 b.notify()
 
     def _admit_remote(
-        self, remote: Boundary, kind: str | None, name: str, reserve: int | None, wrapup: bool
+        self,
+        remote: Boundary,
+        kind: str | None,
+        name: str,
+        reserve: int | None,
+        wrapup: bool,
+        tool: tuple[str, int] | None = None,
     ) -> None:
         handle = remote.handle
         assert handle is not None
         try:
-            reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
+            if tool is None:
+                reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
+            else:
+                reason = handle.admit(kind, reserve, name=name, wrapup=wrapup, tool_cap=tool[1])
         except LedgerUnavailableError as exc:
             if remote.budget.on_ledger_error == "closed":
-                uncount_together(self.local, kind, reserve)
+                uncount_together(self.local, kind, reserve, tool)
             remote.unavailable(exc)
             reason = None
         except BaseException:
-            uncount_together(self.local, kind, reserve)
+            uncount_together(self.local, kind, reserve, tool)
             raise
         if reason is not None:
-            uncount_together(self.local, kind, reserve)
+            uncount_together(self.local, kind, reserve, tool)
             remote.stop(reason)
         if handle.errors_seen:  # a success of this call should reset the run of errors
             remote.errors_pending = self.errors_pending = True

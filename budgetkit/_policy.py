@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKS",
     "DIMENSIONS",
+    "TOOL_CHECK",
     "WRAPUP_RESERVE",
     "Check",
     "Counters",
@@ -132,6 +133,12 @@ CHECKS: tuple[Check, ...] = (
     *(Check(d.limit, d.rule, d.counters, d.kind) for d in DIMENSIONS),
 )
 
+#: A per-tool cap (``@budget.step(max_calls=N)``): the limit comes with the call, the count
+#: lives in the ledger session per tool name (:attr:`Counters.tool_calls`). Checked after the
+#: session's count limits of steps and before the USD reservation; it latches like any limit,
+#: and the tool it refused is the snapshot's ``refused``.
+TOOL_CHECK = Check("max_tool_calls", COUNT, ("tool_calls",), STEP)
+
 #: The checks whose counter is spent USD: a reservation must fit each of them.
 USD_CHECKS = tuple(c.reason for c in CHECKS if c.counters == ("cost",))
 
@@ -160,6 +167,8 @@ class Counters:
     """Latched: the session is exhausted for this reason."""
     refused: str | None = None
     """The call refused when the session latched."""
+    tool_calls: dict[str, int] = field(default_factory=dict)
+    """Admitted calls of each tool that has a per-tool cap, by tool name."""
 
 
 #: (reason, counter fields, limit) of one set limit.
@@ -263,12 +272,18 @@ def used(c: Counters, fields: tuple[str, ...]) -> int:
 
 # ----------------------------------------------------------------------------- decisions
 def before_call(
-    rules: Rules, c: Counters, kind: str | None, reserve: int | None, elapsed: float
+    rules: Rules,
+    c: Counters,
+    kind: str | None,
+    reserve: int | None,
+    elapsed: float,
+    tool: tuple[str, int] | None = None,
 ) -> str | None:
     """Why a call of ``kind`` (reserving ``reserve`` units) is refused now, or ``None``.
 
-    The order is the rule: latched, tripped, time, count limits (chain cap first), then
-    whether the reservation fits every USD limit. The wrap-up reserve is asked separately.
+    The order is the rule: latched, tripped, time, count limits (chain cap first), the
+    per-tool cap ``tool`` (``(name, max_calls)``) of a step, then whether the reservation
+    fits every USD limit. The wrap-up reserve is asked separately.
     """
     if c.reason is not None:
         return c.reason
@@ -280,6 +295,8 @@ def before_call(
         for reason, fields, limit in rules.counts[kind]:
             if used(c, fields) >= limit:
                 return reason
+    if tool is not None and kind == STEP and c.tool_calls.get(tool[0], 0) >= tool[1]:
+        return TOOL_CHECK.reason
     if reserve is not None and rules.reserves:
         wanted = c.cost + c.reserved + reserve
         for reason, limit in rules.reserves:
@@ -330,20 +347,28 @@ def errors_crossed(rules: Rules, errors_in_a_row: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- counting
-def count(c: Counters, kind: str | None, reserve: int | None) -> None:
-    """Count one admitted call (and hold its reservation)."""
+def count(
+    c: Counters, kind: str | None, reserve: int | None, tool: tuple[str, int] | None = None
+) -> None:
+    """Count one admitted call (and hold its reservation; a capped tool's call by name)."""
     if kind == STEP:
         c.steps += 1
+        if tool is not None:
+            c.tool_calls[tool[0]] = c.tool_calls.get(tool[0], 0) + 1
     elif kind == LLM:
         c.llm_calls += 1
     if reserve:
         c.reserved += reserve
 
 
-def uncount(c: Counters, kind: str | None, reserve: int | None) -> None:
+def uncount(
+    c: Counters, kind: str | None, reserve: int | None, tool: tuple[str, int] | None = None
+) -> None:
     """Take back what :func:`count` counted (another ledger of the chain refused the call)."""
     if kind == STEP:
         c.steps -= 1
+        if tool is not None:
+            c.tool_calls[tool[0]] = c.tool_calls.get(tool[0], 0) - 1
     elif kind == LLM:
         c.llm_calls -= 1
     if reserve:

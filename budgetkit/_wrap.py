@@ -60,7 +60,13 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
     coroutine: Callable[[CallSpec], Wrapper]
     if spec.kind == LLM:
         sync, coroutine = llm_wrapper, llm_coroutine_wrapper
-    elif spec.wrapup or spec.timeout is not None or spec.max_output_chars is not None:
+    elif (
+        spec.wrapup
+        or spec.timeout is not None
+        or spec.max_output_chars is not None
+        or spec.max_calls is not None
+        or spec.cost is not None
+    ):
         sync, coroutine = _sync_step_options, _coro_step_options
     else:
         sync, coroutine = _sync_step, _coro_step
@@ -187,7 +193,7 @@ def _coro_step_options(spec: CallSpec) -> Wrapper:
 
 def _enter_with_options(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     if spec.wrapup:
-        session.admit(STEP, spec.name, wrapup=True)
+        session.admit(STEP, spec.name, spec.cost, wrapup=True, tool_cap=spec.max_calls)
         return start_call(session, spec, args, kwargs)
     return enter_step(session, spec, args, kwargs)
 

@@ -29,7 +29,7 @@ from redis_fixtures import ledger, redis_server
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit._limits import Limits
-from budgetkit._policy import CHECKS
+from budgetkit._policy import CHECKS, TOOL_CHECK
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
 
@@ -64,9 +64,10 @@ tokens = st.one_of(st.integers(0, 40), st.integers(0, 400), st.integers(0, 10**6
 counts = st.none() | st.tuples(tokens, tokens, tokens, tokens, tokens)
 #: Stop reasons: the policy's, the boundary's own, and a few a caller might make up.
 reasons = st.sampled_from(
-    [c.reason for c in CHECKS] + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
+    [c.reason for c in (*CHECKS, TOOL_CHECK)]
+    + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
 )
-KNOWN = {None, "wrapup_reserve", *(c.reason for c in CHECKS)}
+KNOWN = {None, "wrapup_reserve", TOOL_CHECK.reason, *(c.reason for c in CHECKS)}
 names = st.sampled_from(["", "tool", "ask"]) | st.text(st.characters(codec="utf-8"), max_size=8)
 
 
@@ -143,6 +144,19 @@ class TwoLedgers(RuleBasedStateMachine):
         if self.both("admit", kind, reserve, name=name, wrapup=True) is None and reserve:
             self.held.append(reserve)
 
+    @rule(
+        name=st.sampled_from(["search", "fetch", "ünï ☃"]),
+        cap=st.integers(1, 4),
+        reserve=st.none() | amount,
+        wrapup=st.booleans(),
+    )
+    def admit_tool(self, name: str, cap: int, reserve: int | None, wrapup: bool) -> None:
+        """A step of a tool with a per-tool cap (``@budget.step(max_calls=cap)``), maybe a
+        paid one (holding its price) or a wrap-up one."""
+        answer = self.both("admit", "step", reserve, name=name, wrapup=wrapup, tool_cap=cap)
+        if answer is None and reserve:
+            self.held.append(reserve)
+
     @rule(counts=counts, cost=st.none() | amount)
     def record(self, counts: Any, cost: int | None) -> None:
         """A call without a reservation settles."""
@@ -190,7 +204,8 @@ class TwoLedgers(RuleBasedStateMachine):
 
 
 def test_the_two_ledgers_answer_alike(ledger: RedisLedger) -> None:
-    """500 random programs of admissions (steps, LLM calls, reservations, wrap-up calls),
+    """500 random programs of admissions (steps, LLM calls, reservations, wrap-up calls,
+    steps of tools with a per-tool cap),
     charges, releases, failures, successes, trips and latches: the in-process and the Redis
     ledger give the same answer to every operation and the same snapshot after each."""
     run_state_machine_as_test(
@@ -269,13 +284,32 @@ def ask_reserved(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     }
 
 
-CALLS = {"tool": tool, "summarise": summarise, "ask": ask, "ask_reserved": ask_reserved}
+@budget.step(max_calls=2)
+def capped() -> str:
+    return "capped"
+
+
+@budget.step(cost_usd=Decimal("0.001"))
+def paid() -> str:
+    return "paid"
+
+
+CALLS = {
+    "tool": tool,
+    "summarise": summarise,
+    "ask": ask,
+    "ask_reserved": ask_reserved,
+    "capped": capped,
+    "paid": paid,
+}
 call_tokens = st.integers(0, 2000)
 programs = st.lists(
     st.one_of(
         st.tuples(st.just("tool")),
         st.tuples(st.just("summarise")),
         st.tuples(st.just("broken")),
+        st.tuples(st.just("capped")),
+        st.tuples(st.just("paid")),
         st.tuples(st.just("ask"), call_tokens, call_tokens),
         st.tuples(st.just("ask_reserved"), call_tokens, call_tokens),
         st.tuples(
@@ -350,9 +384,10 @@ def test_a_session_stops_alike_in_process_and_on_redis(
     limits: dict[str, Any],
     program: list[tuple[Any, ...]],
 ) -> None:
-    """The same program of steps (ordinary, wrap-up, failing), LLM calls (with and without a
-    reservation) and charges, under the same limits, stops for the same reason after the
-    same outcomes, with the same usage, in process and with ``ledger=RedisLedger(...)``."""
+    """The same program of steps (ordinary, wrap-up, failing, capped per tool, paid), LLM
+    calls (with and without a reservation) and charges, under the same limits, stops for the
+    same reason after the same outcomes, with the same usage, in process and with
+    ``ledger=RedisLedger(...)``."""
     monkeypatch.delenv(LEDGER_URL_ENV, raising=False)  # "in process" means in process
     here = run_program(program, **limits)
     there = run_program(program, ledger=ledger, **limits)

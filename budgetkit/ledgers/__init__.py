@@ -73,9 +73,14 @@ class LedgerSession(Protocol):
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
     ) -> str | None:
         """Check and count one call (``"step"``, ``"llm"``, or ``None`` for a reservation
-        alone), holding ``reserve`` units; ``None`` when admitted, else the refusal reason."""
+        alone), holding ``reserve`` units; ``None`` when admitted, else the refusal reason.
+
+        ``tool_cap``: a step of tool ``name`` may run at most that many times in the session
+        (refused with ``max_tool_calls`` after the step limits, before the reservation); the
+        ledger counts the tool's calls by name (:attr:`LedgerSnapshot.tool_calls`)."""
         ...
 
     def record(

@@ -42,6 +42,8 @@ class LedgerSnapshot:
     """Seconds since the session was created, by the server's clock."""
     handoff_writer: str | None = None
     """The handle that won :meth:`LedgerSession.claim_handoff_writer`, if any."""
+    tool_calls: tuple[tuple[str, int], ...] = ()
+    """Admitted calls of each tool with a per-tool cap, as ``(name, calls)`` sorted by name."""
 
 
 def snapshot_of(c: Counters, *, elapsed: float, writer: str | None = None) -> LedgerSnapshot:
@@ -64,4 +66,5 @@ def snapshot_of(c: Counters, *, elapsed: float, writer: str | None = None) -> Le
         refused=c.refused,
         elapsed_seconds=elapsed,
         handoff_writer=writer,
+        tool_calls=tuple(sorted((k, v) for k, v in c.tool_calls.items() if v)),
     )

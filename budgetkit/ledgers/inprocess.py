@@ -149,13 +149,20 @@ class InProcessLedgerSession(Counters):
             self.fast_step_cap = self.fast_llm_cap = -1
         return self.reason
 
-    def check(self, kind: str | None, name: str, reserve: int | None, wrapup: bool) -> str | None:
+    def check(
+        self,
+        kind: str | None,
+        name: str,
+        reserve: int | None,
+        wrapup: bool,
+        tool: tuple[str, int] | None = None,
+    ) -> str | None:
         """The policy's answer for one call (under LOCK): ``None``, a latched reason, or
         :data:`~budgetkit._policy.WRAPUP_RESERVE`."""
         rules = self.rules
         timed = rules.seconds is not None or rules.keep is not None
         elapsed = self.elapsed() if timed else 0.0
-        reason = before_call(rules, self, kind, reserve, elapsed)
+        reason = before_call(rules, self, kind, reserve, elapsed, tool)
         if reason is not None:
             return self.latch_once(reason, name)
         if not wrapup and rules.keep is not None and in_wrapup_reserve(rules, self, kind, elapsed):
@@ -191,9 +198,12 @@ class InProcessLedgerSession(Counters):
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
     ) -> str | None:
-        """Check every limit and count the call, atomically; ``None`` when admitted."""
-        refused = admit_together((self,), kind, name, reserve, wrapup)
+        """Check every limit and count the call, atomically; ``None`` when admitted.
+        ``tool_cap``: a step of tool ``name`` is also capped at that many calls."""
+        tool = None if tool_cap is None else (name, tool_cap)
+        refused = admit_together((self,), kind, name, reserve, wrapup, tool)
         return None if refused is None else refused[1]
 
     def record(
@@ -259,6 +269,7 @@ def admit_together(
     name: str,
     reserve: int | None,
     wrapup: bool,
+    tool: tuple[str, int] | None = None,
 ) -> tuple[int, str] | None:
     """Check ``members`` (outermost first), then count the call in all of them, atomically.
 
@@ -267,21 +278,24 @@ def admit_together(
     """
     with LOCK:
         for index, member in enumerate(members):
-            reason = member.check(kind, name, reserve, wrapup)
+            reason = member.check(kind, name, reserve, wrapup, tool)
             if reason is not None:
                 return index, reason
         for member in members:
-            count(member, kind, reserve)
+            count(member, kind, reserve, tool)
     return None
 
 
 def uncount_together(
-    members: Sequence[InProcessLedgerSession], kind: str | None, reserve: int | None
+    members: Sequence[InProcessLedgerSession],
+    kind: str | None,
+    reserve: int | None,
+    tool: tuple[str, int] | None = None,
 ) -> None:
     """Take back what :func:`admit_together` counted (a shared ledger refused the call)."""
     with LOCK:
         for member in members:
-            uncount(member, kind, reserve)
+            uncount(member, kind, reserve, tool)
 
 
 def record_together(

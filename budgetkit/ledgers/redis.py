@@ -39,7 +39,17 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import _money
 from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
-from .._policy import CHECKS, COUNT, ERRORS, MEASURED, TIME, USD_CHECKS, Check, Counters
+from .._policy import (
+    CHECKS,
+    COUNT,
+    ERRORS,
+    MEASURED,
+    TIME,
+    TOOL_CHECK,
+    USD_CHECKS,
+    Check,
+    Counters,
+)
 from .._values import LLM, STEP
 from ..exceptions import (
     BudgetConfigError,
@@ -195,6 +205,9 @@ COUNTER_FIELDS = {
     "errors_in_a_row": "errors",
 }
 
+#: A capped tool's count of calls lives in the session's hash as ``t:<tool name>``.
+TOOL_FIELD_PREFIX = "t:"
+
 #: Where each limit of ``budgetkit._policy.CHECKS`` lives in the session's hash.
 LIMIT_FIELDS = {
     "max_total_steps": "cs",
@@ -283,6 +296,16 @@ def lua_rules() -> str:
         ]
         counts.append("  end")
     function("count_refusal", "kind, v", counts)
+    # The per-tool cap: the cap comes with the call, the count is the hash field 't:<name>'.
+    function(
+        "tool_refusal",
+        "kind, name, cap",
+        [
+            f"  if kind == '{TOOL_CHECK.kind}' and cap ~= '' and "
+            f"num(redis.call('HGET', S, '{TOOL_FIELD_PREFIX}' .. name)) >= tonumber(cap) "
+            f"then return '{TOOL_CHECK.reason}' end"
+        ],
+    )
     function(
         "reserve_refusal",
         "wanted, v",
@@ -354,8 +377,9 @@ return finish(redis.call('HGET', S, 'cfg'), ARGV[1], 0)
 )
 
 #: ARGV: holder, kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
-#: lease ms, ttl ms, op ttl ms. 'A' admitted ('AE' while a run of errors is counted), 'W'
-#: refused by the wrap-up reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+#: lease ms, ttl ms, op ttl ms, tool cap ('' or calls). 'A' admitted ('AE' while a run of
+#: errors is counted), 'W' refused by the wrap-up reserve (not latched), 'X<reason>' refused
+#: and latched, 'U' unknown.
 _ADMIT = (
     _LUA_COMMON
     + """
@@ -372,6 +396,7 @@ else
   local reason = v['tripped']
   if not reason then reason = time_refusal(v, now) end
   if not reason then reason = count_refusal(kind, v) end
+  if not reason then reason = tool_refusal(kind, name, ARGV[9] or '') end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
@@ -383,6 +408,7 @@ else
   else
     if kind == 'step' then
       redis.call('HINCRBY', S, 'steps', 1)
+      if (ARGV[9] or '') ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
     elseif kind == 'llm' then
       redis.call('HINCRBY', S, 'llm', 1)
     end
@@ -834,9 +860,11 @@ class RedisLedgerSession:
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
     ) -> str | None:
         """Check every limit and count the call (``"step"``, ``"llm"``, or ``None`` for a
         reservation alone), holding ``reserve`` units of USD for it — one atomic operation.
+        ``tool_cap``: a step of tool ``name`` may run that many times (``max_tool_calls``).
 
         Returns ``None`` when admitted, else the reason: a limit's name (the session is now
         latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
@@ -854,6 +882,7 @@ class RedisLedgerSession:
                 led.lease_ms,
                 led.ttl_ms,
                 led.op_ttl_ms,
+                "" if tool_cap is None else str(int(tool_cap)),
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -960,12 +989,20 @@ class RedisLedgerSession:
             refused=f.get("refused"),
             elapsed_seconds=max(int(f["now"]) - int(f["start"]), 0) / 1000,
             handoff_writer=f.get("writer"),
+            tool_calls=tuple(
+                sorted(
+                    (k[len(TOOL_FIELD_PREFIX) :], int(v))
+                    for k, v in f.items()
+                    if k.startswith(TOOL_FIELD_PREFIX)
+                )
+            ),
         )
         self._last = Counters(
             **{name: int(f.get(field, 0)) for name, field in COUNTER_FIELDS.items()},
             tripped=snap.tripped,
             reason=snap.reason,
             refused=snap.refused,
+            tool_calls=dict(snap.tool_calls),
         )
         return snap
 
