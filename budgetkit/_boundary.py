@@ -89,6 +89,7 @@ class Boundary:
         "parent",
         "phase",
         "remote",
+        "repeats",
         "start",
         "telemetry",
         "unknown_models",
@@ -113,6 +114,8 @@ class Boundary:
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
         self.errors_pending = False  # some session of the chain counts errors in a row
+        #: Some session of the chain has ``max_repeats``: steps are admitted with a digest.
+        self.repeats = False
         self.outbox: list[Callable[[], object]] = []
         self.last_usage: SessionUsage | None = None
         self.telemetry: Any = None
@@ -144,6 +147,7 @@ class Boundary:
         self.parent = parent
         self.start = start
         self.chain = (self,) if parent is None else (*parent.chain, self)
+        self.repeats = any(b.budget.limits.max_repeats is not None for b in self.chain)
         locals_ = [b for b in self.chain if isinstance(b.handle, InProcessLedgerSession)]
         self.local = tuple(b.handle for b in locals_)  # type: ignore[misc]
         self.local_owners = tuple(locals_)
@@ -244,12 +248,14 @@ class Boundary:
         *,
         wrapup: bool = False,
         tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> None:
         """Check every session of the chain, then count the call in all of them.
 
         Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
         (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
-        ``tool_cap``: the step's per-tool cap (``@budget.step(max_calls=...)``).
+        ``tool_cap``: the step's per-tool cap (``@budget.step(max_calls=...)``); ``digest``:
+        the step's call digest (``max_repeats``).
         """
         if self.handle is None:
             raise BudgetError(
@@ -260,12 +266,13 @@ class Boundary:
         if remote is not None:
             remote.flush()
         tool = None if tool_cap is None else (name, tool_cap)
-        refused = admit_together(self.local, kind, name, reserve, wrapup, tool)
+        call = None if digest is None else (name, digest)
+        refused = admit_together(self.local, kind, name, reserve, wrapup, tool, call)
         if refused is not None:
             index, reason = refused
             self.local_owners[index].stop(reason)
         if remote is not None:
-            self._admit_remote(remote, kind, name, reserve, wrapup, tool)
+            self._admit_remote(remote, kind, name, reserve, wrapup, tool, digest)
         if _listeners and kind == STEP:
             emit("step", self.budget, name=name)
         for b in self.chain:
@@ -280,14 +287,17 @@ class Boundary:
         reserve: int | None,
         wrapup: bool,
         tool: tuple[str, int] | None = None,
+        digest: str | None = None,
     ) -> None:
         handle = remote.handle
         assert handle is not None
+        extra: dict[str, Any] = {}  # only what is used: other ledgers may not take them
+        if tool is not None:
+            extra["tool_cap"] = tool[1]
+        if digest is not None:
+            extra["digest"] = digest
         try:
-            if tool is None:
-                reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
-            else:
-                reason = handle.admit(kind, reserve, name=name, wrapup=wrapup, tool_cap=tool[1])
+            reason = handle.admit(kind, reserve, name=name, wrapup=wrapup, **extra)
         except LedgerUnavailableError as exc:
             if remote.budget.on_ledger_error == "closed":
                 uncount_together(self.local, kind, reserve, tool)

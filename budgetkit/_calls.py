@@ -57,13 +57,25 @@ PriceUnits = Callable[[str | None, str | None, Counts, Mapping[str, Any]], int |
 
 def enter_step(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """The step boundary: admit (or raise ``BudgetExhausted``), then open the span."""
-    if spec.max_calls is None and spec.cost is None:
+    if spec.max_calls is None and spec.cost is None and not session.repeats:
         session.admit_step(spec.name)
-    else:  # a capped or paid tool: its count and price go through the general admission
-        session.admit(STEP, spec.name, spec.cost, tool_cap=spec.max_calls)
+    else:  # a capped or paid tool, or loop detection: the general admission
+        admit_step_call(session, spec, args, kwargs)
     if _otel.TRACE_STATE["_TRACER_PROVIDER"] is None:  # as _otel.start_call, inlined
         return None
     return _otel.start_call(session, spec, args, kwargs)
+
+
+def admit_step_call(
+    session: Boundary, spec: CallSpec, args: Any, kwargs: Any, *, wrapup: bool = False
+) -> None:
+    """Admit a step with its per-tool cap, price and (under ``max_repeats``) call digest."""
+    digest = None
+    if session.repeats:
+        from ._digest import key_digest
+
+        digest = key_digest(spec.name, spec.key, args, kwargs)
+    session.admit(STEP, spec.name, spec.cost, wrapup=wrapup, tool_cap=spec.max_calls, digest=digest)
 
 
 def exit_step(

@@ -70,6 +70,9 @@ class SessionBudget(Constructors):
         max_usd: US dollars (``int``, ``float`` or ``Decimal``).
         max_seconds: wall-clock seconds since entry (or a ``timedelta``).
         max_consecutive_errors: decorated calls in a row that raise.
+        max_repeats: the same step called with equal arguments this many times in a row
+            stops the session (reason ``loop_detected``; the call that makes the run this
+            long runs, the next boundary is refused). See ``@budget.step(key=...)``.
         session_id: id and handoff file name; a fresh uuid by default.
         name: the agent's name (used in span names).
         handoff_dir: where ``<session_id>.json`` is written on exhaustion; default
@@ -119,6 +122,7 @@ class SessionBudget(Constructors):
         max_usd: float | Decimal | None = None,
         max_seconds: float | None = None,
         max_consecutive_errors: int | None = None,
+        max_repeats: int | None = None,
         session_id: str | None = None,
         name: str | None = None,
         handoff_dir: str | os.PathLike[str] | None = DEFAULT_DIR,
@@ -153,6 +157,7 @@ class SessionBudget(Constructors):
             max_usd=max_usd,
             max_seconds=max_seconds,
             max_consecutive_errors=max_consecutive_errors,
+            max_repeats=max_repeats,
         )
         self.session_id = (
             os.urandom(16).hex() if session_id is None else check_session_id(session_id)

@@ -40,6 +40,7 @@ def step(
     max_output_chars: int | None = None,
     max_calls: int | None = None,
     cost_usd: Decimal | int | str | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def step(
     func: Any = None,
@@ -51,6 +52,7 @@ def step(
     max_output_chars: int | None = None,
     max_calls: int | None = None,
     cost_usd: Decimal | int | str | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> Any:
     """Mark a tool call as one step: checked at entry, counted against ``max_steps``.
 
@@ -71,12 +73,18 @@ def step(
         cost_usd: the price of one call of a paid tool (a ``Decimal``, ``int`` or decimal
             ``str``): reserved against ``max_usd`` when the step is admitted and charged
             when it ends (returned or raised), like an LLM call's cost.
+        key: for ``SessionBudget(max_repeats=...)``, called with the step's arguments; calls
+            whose results are equal count as "the same call" (default: all arguments).
 
     .. versionadded:: 0.1.0
     """
     _check_name(name)
     if max_calls is not None:
         max_calls = positive_int(max_calls, "max_calls")
+    if key is not None and not callable(key):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"key must be a callable or None, got {key!r}")
     cost = None if cost_usd is None else to_units(to_usd(cost_usd, "cost_usd", allow_zero=True))
     _check_bool(wrapup, "wrapup")
     if timeout is not None:
@@ -93,6 +101,7 @@ def step(
             max_output_chars=max_output_chars,
             max_calls=max_calls,
             cost=cost or None,
+            key=key,
         )
         return wrap(fn, spec)
 

@@ -29,7 +29,7 @@ from redis_fixtures import ledger, redis_server
 
 from budgetkit import BudgetExhausted, SessionBudget, budget
 from budgetkit._limits import Limits
-from budgetkit._policy import CHECKS, TOOL_CHECK
+from budgetkit._policy import CHECKS, LOOP_DETECTED, TOOL_CHECK
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
 
@@ -65,9 +65,10 @@ counts = st.none() | st.tuples(tokens, tokens, tokens, tokens, tokens)
 #: Stop reasons: the policy's, the boundary's own, and a few a caller might make up.
 reasons = st.sampled_from(
     [c.reason for c in (*CHECKS, TOOL_CHECK)]
+    + [LOOP_DETECTED]
     + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
 )
-KNOWN = {None, "wrapup_reserve", TOOL_CHECK.reason, *(c.reason for c in CHECKS)}
+KNOWN = {None, "wrapup_reserve", TOOL_CHECK.reason, LOOP_DETECTED, *(c.reason for c in CHECKS)}
 names = st.sampled_from(["", "tool", "ask"]) | st.text(st.characters(codec="utf-8"), max_size=8)
 
 
@@ -82,6 +83,7 @@ def configs(draw: st.DrawFn) -> tuple[Limits, dict[str, Any]]:
         "max_output_tokens": st.integers(1, 200),
         "max_usd": small_usd,
         "max_consecutive_errors": st.integers(1, 4),
+        "max_repeats": st.integers(1, 4),
         "max_seconds": st.just(1e9),  # set, but never reached: clocks differ
     }
     chosen = draw(st.lists(st.sampled_from(sorted(optional)), max_size=5, unique=True))
@@ -157,6 +159,17 @@ class TwoLedgers(RuleBasedStateMachine):
         if answer is None and reserve:
             self.held.append(reserve)
 
+    @rule(
+        name=st.sampled_from(["search", "fetch"]),
+        digest=st.sampled_from(["d1", "d1", "d2", "u" + "0" * 31]),
+        tool_cap=st.none() | st.integers(1, 4),
+        wrapup=st.booleans(),
+    )
+    def admit_digested(self, name: str, digest: str, tool_cap: int | None, wrapup: bool) -> None:
+        """A step admitted with its call digest (``max_repeats``): equal digests in a row
+        make a run, any other step starts it again."""
+        self.both("admit", "step", None, name=name, wrapup=wrapup, tool_cap=tool_cap, digest=digest)
+
     @rule(counts=counts, cost=st.none() | amount)
     def record(self, counts: Any, cost: int | None) -> None:
         """A call without a reservation settles."""
@@ -205,7 +218,7 @@ class TwoLedgers(RuleBasedStateMachine):
 
 def test_the_two_ledgers_answer_alike(ledger: RedisLedger) -> None:
     """500 random programs of admissions (steps, LLM calls, reservations, wrap-up calls,
-    steps of tools with a per-tool cap),
+    steps of tools with a per-tool cap, steps with call digests for ``max_repeats``),
     charges, releases, failures, successes, trips and latches: the in-process and the Redis
     ledger give the same answer to every operation and the same snapshot after each."""
     run_state_machine_as_test(
@@ -294,6 +307,11 @@ def paid() -> str:
     return "paid"
 
 
+@budget.step
+def lookup(x: int) -> int:
+    return x
+
+
 CALLS = {
     "tool": tool,
     "summarise": summarise,
@@ -301,6 +319,7 @@ CALLS = {
     "ask_reserved": ask_reserved,
     "capped": capped,
     "paid": paid,
+    "lookup": lookup,
 }
 call_tokens = st.integers(0, 2000)
 programs = st.lists(
@@ -310,6 +329,7 @@ programs = st.lists(
         st.tuples(st.just("broken")),
         st.tuples(st.just("capped")),
         st.tuples(st.just("paid")),
+        st.tuples(st.just("lookup"), st.integers(0, 1)),
         st.tuples(st.just("ask"), call_tokens, call_tokens),
         st.tuples(st.just("ask_reserved"), call_tokens, call_tokens),
         st.tuples(
@@ -330,6 +350,7 @@ session_limits = st.fixed_dictionaries(
         "max_tokens": st.integers(1, 40_000),
         "max_usd": st.integers(1, 40).map(lambda k: Decimal(k) / 4000),
         "max_consecutive_errors": st.integers(1, 3),
+        "max_repeats": st.integers(1, 3),
         "reserve_for_wrapup": st.sampled_from([0.2, 0.5]),
     },
 )
@@ -384,7 +405,8 @@ def test_a_session_stops_alike_in_process_and_on_redis(
     limits: dict[str, Any],
     program: list[tuple[Any, ...]],
 ) -> None:
-    """The same program of steps (ordinary, wrap-up, failing, capped per tool, paid), LLM
+    """The same program of steps (ordinary, wrap-up, failing, capped per tool, paid,
+    repeated with equal arguments), LLM
     calls (with and without a reservation) and charges, under the same limits, stops for the
     same reason after the same outcomes, with the same usage, in process and with
     ``ledger=RedisLedger(...)``."""

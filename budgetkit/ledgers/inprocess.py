@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _config
 from .._policy import (
+    LOOP_DETECTED,
     WRAPUP_RESERVE,
     Counters,
     Rules,
@@ -24,6 +25,7 @@ from .._policy import (
     errors_crossed,
     in_wrapup_reserve,
     record,
+    repeated,
     uncount,
 )
 from ._snapshot import LedgerSnapshot, snapshot_of
@@ -199,11 +201,14 @@ class InProcessLedgerSession(Counters):
         wrapup: bool = False,
         op_id: str | None = None,
         tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
         """Check every limit and count the call, atomically; ``None`` when admitted.
-        ``tool_cap``: a step of tool ``name`` is also capped at that many calls."""
+        ``tool_cap``: a step of tool ``name`` is also capped at that many calls; ``digest``:
+        the step's call digest, for ``max_repeats``."""
         tool = None if tool_cap is None else (name, tool_cap)
-        refused = admit_together((self,), kind, name, reserve, wrapup, tool)
+        call = None if digest is None else (name, digest)
+        refused = admit_together((self,), kind, name, reserve, wrapup, tool, call)
         return None if refused is None else refused[1]
 
     def record(
@@ -270,6 +275,7 @@ def admit_together(
     reserve: int | None,
     wrapup: bool,
     tool: tuple[str, int] | None = None,
+    call: tuple[str, str] | None = None,
 ) -> tuple[int, str] | None:
     """Check ``members`` (outermost first), then count the call in all of them, atomically.
 
@@ -282,7 +288,9 @@ def admit_together(
             if reason is not None:
                 return index, reason
         for member in members:
-            count(member, kind, reserve, tool)
+            count(member, kind, reserve, tool, call)
+            if call is not None and repeated(member.rules, member):
+                member.trip_once(LOOP_DETECTED)
     return None
 
 

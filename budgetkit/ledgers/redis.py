@@ -43,7 +43,9 @@ from .._policy import (
     CHECKS,
     COUNT,
     ERRORS,
+    LOOP_DETECTED,
     MEASURED,
+    REPEATS,
     TIME,
     TOOL_CHECK,
     USD_CHECKS,
@@ -203,6 +205,7 @@ COUNTER_FIELDS = {
     "unpriced_calls": "unpriced",
     "unmeasured_calls": "unmeasured",
     "errors_in_a_row": "errors",
+    "repeats": "rep",
 }
 
 #: A capped tool's count of calls lives in the session's hash as ``t:<tool name>``.
@@ -220,6 +223,7 @@ LIMIT_FIELDS = {
     "max_usd": "mu",
     "max_seconds": "msec",
     "max_consecutive_errors": "me",
+    "max_repeats": "mr",
 }
 
 
@@ -233,7 +237,7 @@ def lua_rules() -> str:
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
     fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
-    fields += ["reason", "tripped", "start", "keep"]
+    fields += ["reason", "tripped", "start", "keep", "lastc"]
     names = ", ".join(f"'{f}'" for f in fields)
     lines = [
         "local STATE_FIELDS = {" + names + "}",
@@ -333,9 +337,20 @@ def lua_rules() -> str:
             if c.rule == ERRORS
         ],
     )
+    # The run of repeats: `rep` equal steps in a row (this one included).
+    function(
+        "repeats_refusal",
+        "rep, v",
+        [
+            f"  if v['{LIMIT_FIELDS[c.reason]}'] and "
+            f"rep >= tonumber(v['{LIMIT_FIELDS[c.reason]}']) then return '{LOOP_DETECTED}' end"
+            for c in CHECKS
+            if c.rule == REPEATS
+        ],
+    )
     wrapup = ["  local keep = tonumber(v['keep'])"]
     for c in CHECKS:
-        if c.chain or c.rule == ERRORS:
+        if c.chain or c.rule in (ERRORS, REPEATS):
             continue
         field = LIMIT_FIELDS[c.reason]
         if c.rule == COUNT:
@@ -377,7 +392,8 @@ return finish(redis.call('HGET', S, 'cfg'), ARGV[1], 0)
 )
 
 #: ARGV: holder, kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
-#: lease ms, ttl ms, op ttl ms, tool cap ('' or calls). 'A' admitted ('AE' while a run of
+#: lease ms, ttl ms, op ttl ms, tool cap ('' or calls), call digest ('' or the digest of a
+#: step, for max_repeats). 'A' admitted ('AE' while a run of
 #: errors is counted), 'W' refused by the wrap-up reserve (not latched), 'X<reason>' refused
 #: and latched, 'U' unknown.
 _ADMIT = (
@@ -409,6 +425,23 @@ else
     if kind == 'step' then
       redis.call('HINCRBY', S, 'steps', 1)
       if (ARGV[9] or '') ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
+      local digest = ARGV[10] or ''
+      if digest == '' then
+        if v['lastc'] then
+          redis.call('HSET', S, 'rep', 0)
+          redis.call('HDEL', S, 'lastc', 'lastn')
+        end
+      else
+        local rep = 1
+        if v['lastc'] == digest then
+          rep = num(v['rep']) + 1
+          redis.call('HSET', S, 'rep', rep)
+        else
+          redis.call('HSET', S, 'rep', rep, 'lastc', digest, 'lastn', name)
+        end
+        local looping = repeats_refusal(rep, v)
+        if looping and not v['tripped'] then redis.call('HSET', S, 'tripped', looping) end
+      end
     elseif kind == 'llm' then
       redis.call('HINCRBY', S, 'llm', 1)
     end
@@ -861,10 +894,12 @@ class RedisLedgerSession:
         wrapup: bool = False,
         op_id: str | None = None,
         tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
         """Check every limit and count the call (``"step"``, ``"llm"``, or ``None`` for a
         reservation alone), holding ``reserve`` units of USD for it — one atomic operation.
-        ``tool_cap``: a step of tool ``name`` may run that many times (``max_tool_calls``).
+        ``tool_cap``: a step of tool ``name`` may run that many times (``max_tool_calls``);
+        ``digest``: the step's call digest, for ``max_repeats`` (``loop_detected``).
 
         Returns ``None`` when admitted, else the reason: a limit's name (the session is now
         latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
@@ -883,6 +918,7 @@ class RedisLedgerSession:
                 led.ttl_ms,
                 led.op_ttl_ms,
                 "" if tool_cap is None else str(int(tool_cap)),
+                digest or "",
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -989,6 +1025,8 @@ class RedisLedgerSession:
             refused=f.get("refused"),
             elapsed_seconds=max(int(f["now"]) - int(f["start"]), 0) / 1000,
             handoff_writer=f.get("writer"),
+            repeats=count("rep"),
+            last_step=f.get("lastn"),
             tool_calls=tuple(
                 sorted(
                     (k[len(TOOL_FIELD_PREFIX) :], int(v))
@@ -1003,6 +1041,8 @@ class RedisLedgerSession:
             reason=snap.reason,
             refused=snap.refused,
             tool_calls=dict(snap.tool_calls),
+            last_call=f.get("lastc"),
+            last_step=snap.last_step,
         )
         return snap
 
