@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
+from ._extend import ExtendRequest, Grant
 from ._handoff import Handoff
 from ._lineage import Lineage
 from ._session import SessionBudget
@@ -40,6 +41,8 @@ __all__ = [
     "ChainCapError",
     "ChainError",
     "CostUnknownWarning",
+    "ExtendRequest",
+    "Grant",
     "Handoff",
     "HandoffClaimedError",
     "HandoffError",

@@ -249,13 +249,15 @@ class Boundary:
         wrapup: bool = False,
         tool_cap: int | None = None,
         digest: str | None = None,
+        retry: bool = False,
     ) -> None:
         """Check every session of the chain, then count the call in all of them.
 
         Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
         (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
         ``tool_cap``: the step's per-tool cap (``@budget.step(max_calls=...)``); ``digest``:
-        the step's call digest (``max_repeats``).
+        the step's call digest (``max_repeats``). A refusal for a limit that
+        ``on_exhausted`` extends is admitted again, once (``retry``).
         """
         if self.handle is None:
             raise BudgetError(
@@ -270,9 +272,20 @@ class Boundary:
         refused = admit_together(self.local, kind, name, reserve, wrapup, tool, call)
         if refused is not None:
             index, reason = refused
-            self.local_owners[index].stop(reason)
-        if remote is not None:
-            self._admit_remote(remote, kind, name, reserve, wrapup, tool, digest)
+            owner = self.local_owners[index]
+            if not retry and owner.extended(reason):  # on_exhausted granted more: again
+                self.admit(
+                    kind, name, reserve, wrapup=wrapup, tool_cap=tool_cap, digest=digest, retry=True
+                )
+                return
+            owner.stop(reason)
+        if remote is not None and not self._admit_remote(
+            remote, kind, name, reserve, wrapup, tool, digest, retry
+        ):
+            self.admit(
+                kind, name, reserve, wrapup=wrapup, tool_cap=tool_cap, digest=digest, retry=True
+            )
+            return
         if _listeners and kind == STEP:
             emit("step", self.budget, name=name)
         for b in self.chain:
@@ -288,7 +301,10 @@ class Boundary:
         wrapup: bool,
         tool: tuple[str, int] | None = None,
         digest: str | None = None,
-    ) -> None:
+        retry: bool = False,
+    ) -> bool:
+        """Admit the call in the shared ledger; ``False`` when it was refused and then
+        extended by ``on_exhausted`` (admit it again)."""
         handle = remote.handle
         assert handle is not None
         extra: dict[str, Any] = {}  # only what is used: other ledgers may not take them
@@ -308,9 +324,20 @@ class Boundary:
             raise
         if reason is not None:
             uncount_together(self.local, kind, reserve, tool)
+            if not retry and remote.extended(reason):
+                return False
             remote.stop(reason)
         if handle.errors_seen:  # a success of this call should reset the run of errors
             remote.errors_pending = self.errors_pending = True
+        return True
+
+    def extended(self, reason: str) -> bool:
+        """Whether ``on_exhausted`` granted more budget for ``reason`` (limits raised)."""
+        if self.budget.on_exhausted is None or reason == WRAPUP_RESERVE:
+            return False
+        from ._extend import try_extend
+
+        return try_extend(self, reason)
 
     def stop(self, reason: str) -> NoReturn:
         """Raise the refusal of a call: the wrap-up reserve's (not latched), or exhaustion."""

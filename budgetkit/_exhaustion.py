@@ -221,7 +221,10 @@ def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | No
         name=budget.name,
         trace_id=trace_id,
         span_id=span_id,
-        extra={"lineage": budget.place.lineage(usage).to_dict()},
+        extra={
+            "lineage": budget.place.lineage(usage).to_dict(),
+            **({"grants": list(budget.grants)} if budget.grants else {}),
+        },
     )
 
 

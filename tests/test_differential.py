@@ -27,8 +27,9 @@ from hypothesis.stateful import (
 )
 from redis_fixtures import ledger, redis_server
 
-from budgetkit import BudgetExhausted, SessionBudget, budget
-from budgetkit._limits import Limits
+from budgetkit import BudgetExhausted, ExtendRequest, Grant, SessionBudget, budget
+from budgetkit._extend import EXTENDABLE
+from budgetkit._limits import LIMIT_NAMES, Limits
 from budgetkit._policy import CHECKS, LOOP_DETECTED, TOOL_CHECK
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
@@ -112,6 +113,8 @@ class TwoLedgers(RuleBasedStateMachine):
         self.remote: LedgerSession | None = None
         #: Reservations admitted and not yet settled, in units.
         self.held: list[int] = []
+        self.limits = Limits()
+        self.options: dict[str, Any] = {}
 
     def both(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Apply one operation to both sessions; their answers must be the same."""
@@ -130,6 +133,7 @@ class TwoLedgers(RuleBasedStateMachine):
         session_id = f"diff-{uuid.uuid4().hex}"
         self.local = InProcessLedger().create(session_id, limits, name="agent", **options)
         self.remote = self.redis.create(session_id, limits, name="agent", **options)
+        self.limits, self.options = limits, options
 
     @rule(kind=st.sampled_from(["step", "llm", None]), name=names)
     def admit(self, kind: str | None, name: str) -> None:
@@ -208,6 +212,27 @@ class TwoLedgers(RuleBasedStateMachine):
         else:
             self.both("trip", reason)
 
+    @rule(
+        more=st.dictionaries(
+            st.sampled_from(sorted(EXTENDABLE)), st.integers(0, 300), min_size=1, max_size=3
+        )
+    )
+    def extend(self, more: dict[str, int]) -> None:
+        """``on_exhausted`` granted more: the limits set grow (USD by cents) and the latch is
+        lifted; a measured limit still crossed trips again."""
+        values: dict[str, Any] = {name: getattr(self.limits, name) for name in LIMIT_NAMES}
+        for name, amount in more.items():
+            if values[name] is not None:
+                values[name] += Decimal(amount) / 100 if name == "max_usd" else amount
+        limits = Limits.build(**values)
+        self.both(
+            "extend",
+            limits,
+            step_room=self.options["step_room"],
+            usd_room=self.options["usd_room"],
+        )
+        self.limits = limits
+
     @invariant()
     def same_snapshot(self) -> None:
         if self.local is None or self.remote is None:
@@ -217,7 +242,8 @@ class TwoLedgers(RuleBasedStateMachine):
 
 
 def test_the_two_ledgers_answer_alike(ledger: RedisLedger) -> None:
-    """500 random programs of admissions (steps, LLM calls, reservations, wrap-up calls,
+    """500 random programs of extensions (``on_exhausted`` grants), admissions (steps, LLM
+    calls, reservations, wrap-up calls,
     steps of tools with a per-tool cap, steps with call digests for ``max_repeats``),
     charges, releases, failures, successes, trips and latches: the in-process and the Redis
     ledger give the same answer to every operation and the same snapshot after each."""
@@ -342,6 +368,15 @@ programs = st.lists(
     min_size=5,
     max_size=30,
 )
+
+
+def grant_twice(request: ExtendRequest) -> Grant | None:
+    """An ``on_exhausted`` policy: a little more of everything, twice per session."""
+    if len(request.grants) >= 2:
+        return None
+    return Grant(steps=2, llm_calls=2, tokens=2000, usd=Decimal("0.002"))
+
+
 session_limits = st.fixed_dictionaries(
     {},
     optional={
@@ -351,6 +386,7 @@ session_limits = st.fixed_dictionaries(
         "max_usd": st.integers(1, 40).map(lambda k: Decimal(k) / 4000),
         "max_consecutive_errors": st.integers(1, 3),
         "max_repeats": st.integers(1, 3),
+        "on_exhausted": st.just(grant_twice),
         "reserve_for_wrapup": st.sampled_from([0.2, 0.5]),
     },
 )

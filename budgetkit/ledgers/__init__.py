@@ -120,6 +120,13 @@ class LedgerSession(Protocol):
         """Latch the session as exhausted (first wins); return the latched reason."""
         ...
 
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """Replace the session's limits by ``limits`` (a grant: larger or equal ones) and lift
+        the latch, atomically; a measured limit still crossed trips again (returned)."""
+        ...
+
     def claim_handoff_writer(self) -> bool:
         """Whether this handle is the one that writes the handoff (exactly one wins)."""
         ...

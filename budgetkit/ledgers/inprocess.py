@@ -248,6 +248,27 @@ class InProcessLedgerSession(Counters):
         with LOCK:
             return self.latch_once(reason, name)
 
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """New (larger) limits and the latch lifted; the measured limit still crossed."""
+        rules = Rules.of(
+            limits,
+            step_room=step_room,
+            usd_room=usd_room,
+            reserve_for_wrapup=self.reserve_for_wrapup,
+        )
+        with LOCK:
+            self.limits, self.rules = limits, rules
+            self.reason = self.tripped = self.refused = None
+            self.fast_step_cap = rules.cap("step")
+            self.fast_llm_cap = rules.cap("llm")
+            if rules.measured:
+                reason = crossed(rules, self)
+                if reason is not None:
+                    self.trip_once(reason)
+            return self.tripped
+
     def claim_handoff_writer(self) -> bool:
         """The one process holding the session writes its handoff."""
         return True

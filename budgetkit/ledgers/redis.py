@@ -557,6 +557,21 @@ return finish('X' .. redis.call('HGET', S, 'reason'), ARGV[1], 0)
 """
 )
 
+#: ARGV: ttl, configuration (JSON), then limit field/value pairs. The latch is lifted and a
+#: measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
+_EXTEND = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+redis.call('HSET', S, 'cfg', unpack(ARGV, 2))
+redis.call('HDEL', S, 'reason', 'tripped', 'refused')
+local tripped = measured_refusal(state())
+if tripped then redis.call('HSET', S, 'tripped', tripped) end
+return finish('T' .. (tripped or ''), ARGV[1], 0)
+"""
+)
+
 #: ARGV: ttl, claimant. '1' when the claimant is (or already was) the handoff writer.
 _CLAIM = (
     _LUA_COMMON
@@ -596,6 +611,7 @@ _SCRIPTS = {
     "succeed": _SUCCEED,
     "trip": _TRIP,
     "latch": _LATCH,
+    "extend": _EXTEND,
     "claim": _CLAIM,
     "snapshot": _SNAPSHOT,
 }
@@ -859,6 +875,7 @@ class RedisLedgerSession:
         self.parent_session_id: str | None = config.get("parent_session_id")
         #: What the creator stored for joiners (``create(extra=...)``).
         self.extra: dict[str, Any] = dict(config.get("extra") or {})
+        self.config = dict(config)
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
         self._keys = ledger.keys(session_id)
@@ -991,6 +1008,28 @@ class RedisLedgerSession:
         """Latch the session as exhausted for ``reason`` unless it already is; return the
         reason it is latched for (the first one wins)."""
         return self._run("latch", [self.ledger.ttl_ms, reason, name])[1:]
+
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """Replace the session's limits by ``limits`` (a grant) and lift the latch, in one
+        operation; a measured limit still crossed trips again (returned)."""
+        config = {**self.config, "limits": limits.as_dict()}
+        fields: list[Any] = []
+        if step_room is not None:
+            fields += ["cs", str(max(step_room, 0))]
+        if usd_room is not None:
+            fields += ["cu", to_units(max(usd_room, Decimal(0)), limit=True)]
+        for limit in LIMIT_NAMES:
+            field, value = LIMIT_FIELDS[limit], getattr(limits, limit)
+            if value is not None:
+                fields += [
+                    field,
+                    to_units(value, limit=True) if limit == "max_usd" else repr(value),
+                ]
+        answer = self._run("extend", [self.ledger.ttl_ms, json.dumps(config), *fields])
+        self.config, self.limits = config, limits
+        return answer[1:] or None
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
