@@ -74,6 +74,7 @@ class Boundary:
     __slots__ = (
         "budget",
         "chain",
+        "declined",
         "errors_pending",
         "exhaust_lock",
         "exhaustion",
@@ -114,6 +115,8 @@ class Boundary:
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
         self.errors_pending = False  # some session of the chain counts errors in a row
+        #: ``on_exhausted`` declined: the session stops, the policy is not asked again.
+        self.declined = False
         #: Some session of the chain has ``max_repeats``: steps are admitted with a digest.
         self.repeats = False
         self.outbox: list[Callable[[], object]] = []

@@ -173,8 +173,11 @@ def try_extend(b: Boundary, reason: str) -> bool:
     if policy is None or handle is None or reason not in EXTENDABLE:
         return False
     with b.exhaust_lock:
-        if b.exhaustion is not None:  # the handoff is written: the session is over
+        if b.exhaustion is not None or b.declined:  # the session is over
             return False
+        snap = handle.snapshot()
+        if snap.reason is None and snap.tripped is None:
+            return True  # another thread's grant came first: admit the call again
         request = ExtendRequest(
             session_id=budget.session_id,
             reason=reason,
@@ -183,10 +186,9 @@ def try_extend(b: Boundary, reason: str) -> bool:
             grants=tuple(budget.grants),
         )
         grant = _ask(policy, request, budget.on_exhausted_timeout)
-        if grant is None:
-            return False
-        limits = grant.apply(budget.limits)
-        if limits == budget.limits:
+        limits = budget.limits if grant is None else grant.apply(budget.limits)
+        if grant is None or limits == budget.limits:
+            b.declined = True  # the other threads refused meanwhile stop too
             return False
         step_room, usd_room = budget.place.room()
         handle.extend(limits, step_room=step_room, usd_room=usd_room)

@@ -252,3 +252,52 @@ def test_bad_grants_are_refused(kwargs: dict[str, Any], error: type[Exception]) 
 def test_on_exhausted_must_be_callable() -> None:
     with pytest.raises(BudgetTypeError, match="on_exhausted"):
         SessionBudget(on_exhausted=42)  # type: ignore[arg-type]
+
+
+def test_concurrent_refusals_ask_once_per_exhaustion(where: Any) -> None:
+    """Eight threads run into ``max_steps=10`` together: the policy is asked once, grants
+    10 more, every waiting thread goes on, and exactly 20 steps run in all; then the session
+    stops (the policy declines at most once). Before the fix the threads refused while the
+    policy was thinking each asked it again and 18 steps ran."""
+    import contextvars
+
+    asked = []
+
+    def policy(request: ExtendRequest) -> Grant | None:
+        asked.append(request.usage.steps)
+        time.sleep(0.2)  # a slow approval: the other threads are refused meanwhile
+        return Grant(steps=10) if len(asked) == 1 else None
+
+    session = SessionBudget(
+        max_steps=10,
+        handoff_dir=None,
+        on_exhausted=policy,
+        raise_on_exhausted=False,
+        ledger=where,
+    )
+    ran = []
+    go = threading.Barrier(8)
+
+    def worker() -> None:
+        go.wait(10)
+        for i in range(10):
+            try:
+                ran.append(tool(i))
+            except BudgetExhausted:
+                return
+
+    with session:
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(worker,))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert len(ran) == 20
+    # Asked once at 10; at 20 it is asked once more, unless the first call refused there was
+    # a call admitted again after the grant (asked once per call): never more.
+    assert asked in ([10], [10, 20])
+    assert session.result is not None
+    assert session.result.stop_reason == "max_steps"
