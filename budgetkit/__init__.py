@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
-from ._extend import ExtendRequest, Grant
 from ._handoff import Handoff
 from ._lineage import Lineage
 from ._session import SessionBudget
@@ -72,10 +71,11 @@ __version__ = VERSION
 
 if TYPE_CHECKING:
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
+    from ._extend import ExtendRequest, Grant
     from ._instrument import instrument, uninstrument
 
 #: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
-#: and instrument/uninstrument (wrapt's import hooks).
+#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants.
 _LAZY = {
     "PendingHandoff": "_chain",
     "pending_handoffs": "_chain",
@@ -83,6 +83,8 @@ _LAZY = {
     "run_chain_async": "_chain",
     "instrument": "_instrument",
     "uninstrument": "_instrument",
+    "ExtendRequest": "_extend",
+    "Grant": "_extend",
 }
 
 
