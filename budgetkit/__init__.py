@@ -42,7 +42,9 @@ __all__ = [
     "ChainCapError",
     "ChainError",
     "CostUnknownWarning",
+    "ExtendRequest",
     "GiveUp",
+    "Grant",
     "Handoff",
     "HandoffClaimedError",
     "HandoffError",
@@ -74,10 +76,11 @@ __version__ = VERSION
 
 if TYPE_CHECKING:
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
+    from ._extend import ExtendRequest, Grant
     from ._instrument import instrument, uninstrument
 
 #: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
-#: and instrument/uninstrument (wrapt's import hooks).
+#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants.
 _LAZY = {
     "PendingHandoff": "_chain",
     "pending_handoffs": "_chain",
@@ -85,6 +88,8 @@ _LAZY = {
     "run_chain_async": "_chain",
     "instrument": "_instrument",
     "uninstrument": "_instrument",
+    "ExtendRequest": "_extend",
+    "Grant": "_extend",
 }
 
 

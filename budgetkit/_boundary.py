@@ -74,6 +74,7 @@ class Boundary:
     __slots__ = (
         "budget",
         "chain",
+        "declined",
         "errors_pending",
         "exhaust_lock",
         "exhaustion",
@@ -89,6 +90,7 @@ class Boundary:
         "parent",
         "phase",
         "remote",
+        "repeats",
         "start",
         "telemetry",
         "unknown_models",
@@ -113,6 +115,10 @@ class Boundary:
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
         self.errors_pending = False  # some session of the chain counts errors in a row
+        #: ``on_exhausted`` declined: the session stops, the policy is not asked again.
+        self.declined = False
+        #: Some session of the chain has ``max_repeats``: steps are admitted with a digest.
+        self.repeats = False
         self.outbox: list[tuple[Callable[[], object], int]] = []  # (operation, its cost)
         self.last_usage: SessionUsage | None = None
         self.telemetry: Any = None
@@ -144,6 +150,7 @@ class Boundary:
         self.parent = parent
         self.start = start
         self.chain = (self,) if parent is None else (*parent.chain, self)
+        self.repeats = any(b.budget.limits.max_repeats is not None for b in self.chain)
         locals_ = [b for b in self.chain if isinstance(b.handle, InProcessLedgerSession)]
         self.local = tuple(b.handle for b in locals_)  # type: ignore[misc]
         self.local_owners = tuple(locals_)
@@ -258,12 +265,23 @@ class Boundary:
         self.admit(LLM, name)
 
     def admit(
-        self, kind: str | None, name: str, reserve: int | None = None, *, wrapup: bool = False
+        self,
+        kind: str | None,
+        name: str,
+        reserve: int | None = None,
+        *,
+        wrapup: bool = False,
+        tool_cap: int | None = None,
+        digest: str | None = None,
+        retry: bool = False,
     ) -> None:
         """Check every session of the chain, then count the call in all of them.
 
         Raises ``BudgetExhausted``: latched (handoff written) for a limit, or not latched
         (reason ``wrapup_reserve``) for an ordinary call that would eat the wrap-up reserve.
+        ``tool_cap``: the step's per-tool cap (``@budget.step(max_calls=...)``); ``digest``:
+        the step's call digest (``max_repeats``). A refusal for a limit that
+        ``on_exhausted`` extends is admitted again, once (``retry``).
         """
         if self.handle is None:
             raise BudgetError(
@@ -273,12 +291,25 @@ class Boundary:
         remote = self.remote
         if remote is not None:
             remote.flush()
-        refused = admit_together(self.local, kind, name, reserve, wrapup)
+        tool = None if tool_cap is None else (name, tool_cap)
+        call = None if digest is None else (name, digest)
+        refused = admit_together(self.local, kind, name, reserve, wrapup, tool, call)
         if refused is not None:
             index, reason = refused
-            self.local_owners[index].stop(reason)
-        if remote is not None:
-            self._admit_remote(remote, kind, name, reserve, wrapup)
+            owner = self.local_owners[index]
+            if not retry and owner.extended(reason):  # on_exhausted granted more: again
+                self.admit(
+                    kind, name, reserve, wrapup=wrapup, tool_cap=tool_cap, digest=digest, retry=True
+                )
+                return
+            owner.stop(reason)
+        if remote is not None and not self._admit_remote(
+            remote, kind, name, reserve, wrapup, tool, digest, retry
+        ):
+            self.admit(
+                kind, name, reserve, wrapup=wrapup, tool_cap=tool_cap, digest=digest, retry=True
+            )
+            return
         if _listeners and kind == STEP:
             emit("step", self.budget, name=name)
         for b in self.chain:
@@ -286,25 +317,51 @@ class Boundary:
                 b.notify()
 
     def _admit_remote(
-        self, remote: Boundary, kind: str | None, name: str, reserve: int | None, wrapup: bool
-    ) -> None:
+        self,
+        remote: Boundary,
+        kind: str | None,
+        name: str,
+        reserve: int | None,
+        wrapup: bool,
+        tool: tuple[str, int] | None = None,
+        digest: str | None = None,
+        retry: bool = False,
+    ) -> bool:
+        """Admit the call in the shared ledger; ``False`` when it was refused and then
+        extended by ``on_exhausted`` (admit it again)."""
         handle = remote.handle
         assert handle is not None
+        extra: dict[str, Any] = {}  # only what is used: other ledgers may not take them
+        if tool is not None:
+            extra["tool_cap"] = tool[1]
+        if digest is not None:
+            extra["digest"] = digest
         try:
-            reason = handle.admit(kind, reserve, name=name, wrapup=wrapup)
+            reason = handle.admit(kind, reserve, name=name, wrapup=wrapup, **extra)
         except LedgerUnavailableError as exc:
             if remote.budget.on_ledger_error == "closed":
-                uncount_together(self.local, kind, reserve)
+                uncount_together(self.local, kind, reserve, tool)
             remote.unavailable(exc)
             reason = None
         except BaseException:
-            uncount_together(self.local, kind, reserve)
+            uncount_together(self.local, kind, reserve, tool)
             raise
         if reason is not None:
-            uncount_together(self.local, kind, reserve)
+            uncount_together(self.local, kind, reserve, tool)
+            if not retry and remote.extended(reason):
+                return False
             remote.stop(reason)
         if handle.errors_seen:  # a success of this call should reset the run of errors
             remote.errors_pending = self.errors_pending = True
+        return True
+
+    def extended(self, reason: str) -> bool:
+        """Whether ``on_exhausted`` granted more budget for ``reason`` (limits raised)."""
+        if self.budget.on_exhausted is None or reason == WRAPUP_RESERVE:
+            return False
+        from ._extend import try_extend
+
+        return try_extend(self, reason)
 
     def stop(self, reason: str) -> NoReturn:
         """Raise the refusal of a call: the wrap-up reserve's (not latched), or exhaustion."""

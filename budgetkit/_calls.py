@@ -15,7 +15,7 @@ from ._interrupts import deferred
 from ._limits import to_usd
 from ._money import from_units, to_units
 from ._usage import Counts, Usage, usage_counts
-from ._values import LLM, CallSpec
+from ._values import LLM, STEP, CallSpec
 from ._warnings import warn
 from .exceptions import UnmeasuredUsageWarning
 
@@ -58,10 +58,25 @@ PriceUnits = Callable[[str | None, str | None, Counts, Mapping[str, Any]], int |
 
 def enter_step(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     """The step boundary: admit (or raise ``BudgetExhausted``), then open the span."""
-    session.admit_step(spec.name)
+    if spec.max_calls is None and spec.cost is None and not session.repeats:
+        session.admit_step(spec.name)
+    else:  # a capped or paid tool, or loop detection: the general admission
+        admit_step_call(session, spec, args, kwargs)
     if _otel.TRACE_STATE["_TRACER_PROVIDER"] is None:  # as _otel.start_call, inlined
         return None
     return _otel.start_call(session, spec, args, kwargs)
+
+
+def admit_step_call(
+    session: Boundary, spec: CallSpec, args: Any, kwargs: Any, *, wrapup: bool = False
+) -> None:
+    """Admit a step with its per-tool cap, price and (under ``max_repeats``) call digest."""
+    digest = None
+    if session.repeats:
+        from ._digest import key_digest
+
+        digest = key_digest(spec.name, spec.key, args, kwargs)
+    session.admit(STEP, spec.name, spec.cost, wrapup=wrapup, tool_cap=spec.max_calls, digest=digest)
 
 
 def exit_step(
@@ -71,7 +86,10 @@ def exit_step(
     error: BaseException | None,
     result: Any = None,
 ) -> None:
-    """Record the outcome of an admitted step."""
+    """Record the outcome of an admitted step (a paid tool's price is charged either way:
+    the call may have been billed)."""
+    if spec.cost is not None:
+        session.record(_NO_TOKENS, spec.cost, spec.cost)
     if error is None:
         session.call_succeeded()
     else:
@@ -79,6 +97,9 @@ def exit_step(
     if handle is not None:
         _otel.end_call(handle, session, spec, _real_error(error), result=result)
 
+
+#: A paid tool's call: a price and no tokens (measured, so not an unmeasured call).
+_NO_TOKENS = (0, 0, 0, 0, 0)
 
 #: What ends a call from outside while its request may be in flight or billed.
 _INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)

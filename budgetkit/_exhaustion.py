@@ -17,6 +17,7 @@ from ._events import listeners as _listeners
 from ._files import utc_now, write_atomic
 from ._handoff import Handoff
 from ._lineage import CHAIN_CAPS
+from ._policy import LOOP_DETECTED, TOOL_CHECK
 from .exceptions import BudgetExhausted, BudgetWarning, LedgerUnavailableError
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ class Exhaustion:
     """Why the handoff could not be written to ``target``."""
     target: Path | None = None
     """Where the handoff was to be written."""
+    tool: tuple[str, int] | None = None
+    """For ``max_tool_calls``: the refused tool and its calls admitted."""
+    loop: tuple[str, int] | None = None
+    """For ``loop_detected``: the repeated step and its run of equal calls."""
 
 
 def exhaust(b: Boundary, reason: str | None = None) -> NoReturn:
@@ -84,7 +89,13 @@ def record_exhaustion(b: Boundary, reason: str | None = None) -> Exhaustion:
                     found = handle.latch(found)
             except LedgerUnavailableError:
                 write = False  # another worker may have claimed it; never write two
-            b.exhaustion = _write_handoff(b, found, write=write)
+            tool = None
+            if found == TOOL_CHECK.reason and snap.refused is not None:
+                tool = (snap.refused, dict(snap.tool_calls).get(snap.refused, 0))
+            loop = None
+            if found == LOOP_DETECTED and snap.last_step is not None:
+                loop = (snap.last_step, snap.repeats)
+            b.exhaustion = _write_handoff(b, found, write=write, tool=tool, loop=loop)
             if _listeners:
                 emit("exhausted", b.budget, reason=found, handoff_path=b.exhaustion.path)
             _otel.exhausted(b, found, snap.refused)
@@ -128,6 +139,12 @@ def _ran_out(b: Boundary, ex: Exhaustion) -> str:
             f"prices={{model: (usd_per_million_input, usd_per_million_output)}} to price "
             "them, or on_unknown_cost='warn' to let the session go on"
         )
+    if ex.reason == TOOL_CHECK.reason and ex.tool is not None:
+        name, calls = ex.tool
+        return f"tool {name!r} called {calls} times, its max_calls"
+    if ex.reason == LOOP_DETECTED and ex.loop is not None:
+        name, calls = ex.loop
+        return f"step {name!r} called {calls} times in a row with equal arguments"
     d = DIMENSION.get(ex.reason)
     limit = None if d is None else getattr(budget.limits, d.limit)
     if d is None or limit is None:
@@ -154,11 +171,22 @@ def refusal(b: Boundary, reason: str, *, message: str | None = None) -> BudgetEx
     )
 
 
-def _write_handoff(b: Boundary, reason: str, *, write: bool) -> Exhaustion:
+def _write_handoff(
+    b: Boundary,
+    reason: str,
+    *,
+    write: bool,
+    tool: tuple[str, int] | None = None,
+    loop: tuple[str, int] | None = None,
+) -> Exhaustion:
     usage = b.usage()
     directory = b.budget.handoff_dir if write else None
     path = None if directory is None else directory / f"{b.budget.session_id}.json"
     handoff = build_handoff(b, reason, usage, path)
+    if tool is not None:  # max_tool_calls: the handoff names the tool
+        handoff.extra["tool"] = {"name": tool[0], "calls": tool[1]}
+    if loop is not None:  # loop_detected: the handoff names the step
+        handoff.extra["loop"] = {"step": loop[0], "repeats": loop[1]}
     error: BaseException | None = None
     target = path
     if path is not None:
@@ -166,7 +194,7 @@ def _write_handoff(b: Boundary, reason: str, *, write: bool) -> Exhaustion:
             write_atomic(path, handoff.to_dict())
         except Exception as exc:  # never let a write failure hide the budget error
             error, path = exc, None
-    return Exhaustion(reason, usage, handoff, path, error, target)
+    return Exhaustion(reason, usage, handoff, path, error, target, tool, loop)
 
 
 def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | None) -> Handoff:
@@ -193,7 +221,10 @@ def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | No
         name=budget.name,
         trace_id=trace_id,
         span_id=span_id,
-        extra={"lineage": budget.place.lineage(usage).to_dict()},
+        extra={
+            "lineage": budget.place.lineage(usage).to_dict(),
+            **({"grants": list(budget.grants)} if budget.grants else {}),
+        },
     )
 
 

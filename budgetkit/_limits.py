@@ -37,6 +37,7 @@ class Limits:
     max_usd: Decimal | None = None
     max_seconds: float | None = None
     max_consecutive_errors: int | None = None
+    max_repeats: int | None = None
 
     @classmethod
     def build(cls, **values: Any) -> Limits:

@@ -378,6 +378,25 @@ def exhausted(session: Boundary, reason: str, refused: str | None) -> None:
         failed("exhausted")
 
 
+def extended(session: Boundary, reason: str, grant: dict[str, Any]) -> None:
+    """Add the ``budgetkit.budget.extended`` event (the reason and the grant) to the span."""
+    try:
+        handle = session.telemetry
+        span = handle.span if isinstance(handle, _SessionSpan) else None
+        if span is not None:
+            attrs: _Attrs = {
+                names.EXHAUSTED_REASON: reason,
+                names.SESSION_ID: session.budget.session_id,
+            }
+            for key, value in grant.items():
+                attrs[f"budgetkit.grant.{key}"] = (
+                    value if isinstance(value, int | float) else str(value)
+                )
+            span.add_event("budgetkit.budget.extended", attrs)
+    except Exception:  # telemetry never breaks the agent
+        failed("extended")
+
+
 def _exhaustion_attrs(session: Boundary, reason: str, refused: str | None) -> _Attrs:
     attrs: _Attrs = {names.EXHAUSTED_REASON: reason, names.SESSION_ID: session.budget.session_id}
     limit = session.budget.limits.limited().get(reason)

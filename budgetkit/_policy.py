@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKS",
     "DIMENSIONS",
+    "TOOL_CHECK",
     "WRAPUP_RESERVE",
     "Check",
     "Counters",
@@ -51,6 +52,10 @@ COUNT = "count"
 MEASURED = "measured"
 TIME = "time"
 ERRORS = "errors"
+#: The same step called with equal arguments ``limit`` times in a row trips
+#: :data:`LOOP_DETECTED` (the one limit whose stop reason is not its keyword).
+REPEATS = "repeats"
+LOOP_DETECTED = "loop_detected"
 
 #: The refusal of an ordinary call by the wrap-up reserve: not latched, no handoff.
 WRAPUP_RESERVE = "wrapup_reserve"
@@ -68,7 +73,7 @@ class Dimension(NamedTuple):
     label: str | None
     """How the status line names a count of it (``None``: USD, seconds and errors)."""
     rule: str
-    """:data:`COUNT`, :data:`MEASURED`, :data:`TIME` or :data:`ERRORS`."""
+    """:data:`COUNT`, :data:`MEASURED`, :data:`TIME`, :data:`ERRORS` or :data:`REPEATS`."""
     counters: tuple[str, ...]
     """The :class:`Counters` fields whose sum it is judged on (empty: elapsed time)."""
     kind: str | None = None
@@ -108,6 +113,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension(
         "max_consecutive_errors", None, "consecutive_errors", None, ERRORS, ("errors_in_a_row",)
     ),
+    Dimension("max_repeats", None, "repeats", None, REPEATS, ("repeats",)),
 )
 
 DIMENSION = {d.limit: d for d in DIMENSIONS}
@@ -132,6 +138,12 @@ CHECKS: tuple[Check, ...] = (
     *(Check(d.limit, d.rule, d.counters, d.kind) for d in DIMENSIONS),
 )
 
+#: A per-tool cap (``@budget.step(max_calls=N)``): the limit comes with the call, the count
+#: lives in the ledger session per tool name (:attr:`Counters.tool_calls`). Checked after the
+#: session's count limits of steps and before the USD reservation; it latches like any limit,
+#: and the tool it refused is the snapshot's ``refused``.
+TOOL_CHECK = Check("max_tool_calls", COUNT, ("tool_calls",), STEP)
+
 #: The checks whose counter is spent USD: a reservation must fit each of them.
 USD_CHECKS = tuple(c.reason for c in CHECKS if c.counters == ("cost",))
 
@@ -154,12 +166,20 @@ class Counters:
     unpriced_calls: int = 0
     unmeasured_calls: int = 0
     errors_in_a_row: int = 0
+    repeats: int = 0
+    """Steps in a row with the same call digest (``last_call``), this one included."""
+    last_call: str | None = None
+    """The digest of the last step admitted with one (``None``: none, or a step without)."""
+    last_step: str | None = None
+    """The name of that step."""
     tripped: str | None = None
     """A measured limit was crossed: the next boundary latches it."""
     reason: str | None = None
     """Latched: the session is exhausted for this reason."""
     refused: str | None = None
     """The call refused when the session latched."""
+    tool_calls: dict[str, int] = field(default_factory=dict)
+    """Admitted calls of each tool that has a per-tool cap, by tool name."""
 
 
 #: (reason, counter fields, limit) of one set limit.
@@ -183,6 +203,7 @@ class Rules:
     reserves: tuple[tuple[str, int], ...] = ()
     seconds: float | None = None
     errors: int | None = None
+    repeats: int | None = None
 
     @classmethod
     def of(
@@ -222,6 +243,7 @@ class Rules:
             reserves=tuple((r, int(set_[r])) for r in USD_CHECKS if r in set_),
             seconds=_float(set_.get("max_seconds")),
             errors=_int(set_.get("max_consecutive_errors")),
+            repeats=_int(set_.get("max_repeats")),
         )
 
     @property
@@ -229,6 +251,7 @@ class Rules:
         """Only count limits of the session's own: the boundary may take its fast path."""
         return (
             self.seconds is None
+            and self.repeats is None
             and self.keep is None
             and "max_total_steps" not in self.limits
             and "max_total_usd" not in self.limits
@@ -263,12 +286,18 @@ def used(c: Counters, fields: tuple[str, ...]) -> int:
 
 # ----------------------------------------------------------------------------- decisions
 def before_call(
-    rules: Rules, c: Counters, kind: str | None, reserve: int | None, elapsed: float
+    rules: Rules,
+    c: Counters,
+    kind: str | None,
+    reserve: int | None,
+    elapsed: float,
+    tool: tuple[str, int] | None = None,
 ) -> str | None:
     """Why a call of ``kind`` (reserving ``reserve`` units) is refused now, or ``None``.
 
-    The order is the rule: latched, tripped, time, count limits (chain cap first), then
-    whether the reservation fits every USD limit. The wrap-up reserve is asked separately.
+    The order is the rule: latched, tripped, time, count limits (chain cap first), the
+    per-tool cap ``tool`` (``(name, max_calls)``) of a step, then whether the reservation
+    fits every USD limit. The wrap-up reserve is asked separately.
     """
     if c.reason is not None:
         return c.reason
@@ -280,6 +309,8 @@ def before_call(
         for reason, fields, limit in rules.counts[kind]:
             if used(c, fields) >= limit:
                 return reason
+    if tool is not None and kind == STEP and c.tool_calls.get(tool[0], 0) >= tool[1]:
+        return TOOL_CHECK.reason
     if reserve is not None and rules.reserves:
         wanted = c.cost + c.reserved + reserve
         for reason, limit in rules.reserves:
@@ -300,7 +331,7 @@ def in_wrapup_reserve(rules: Rules, c: Counters, kind: str | None, elapsed: floa
         return False
     limits = rules.limits
     for check in CHECKS:
-        if check.chain or check.rule == ERRORS:
+        if check.chain or check.rule in (ERRORS, REPEATS):
             continue
         limit = limits.get(check.reason)
         if limit is None:
@@ -324,26 +355,52 @@ def crossed(rules: Rules, c: Counters) -> str | None:
     return None
 
 
+def repeated(rules: Rules, c: Counters) -> bool:
+    """Whether the run of equal steps has reached ``max_repeats`` (trips ``loop_detected``)."""
+    return rules.repeats is not None and c.repeats >= rules.repeats
+
+
 def errors_crossed(rules: Rules, errors_in_a_row: int) -> bool:
     """Whether a run of ``errors_in_a_row`` failed calls reaches ``max_consecutive_errors``."""
     return rules.errors is not None and errors_in_a_row >= rules.errors
 
 
 # ----------------------------------------------------------------------------- counting
-def count(c: Counters, kind: str | None, reserve: int | None) -> None:
-    """Count one admitted call (and hold its reservation)."""
+def count(
+    c: Counters,
+    kind: str | None,
+    reserve: int | None,
+    tool: tuple[str, int] | None = None,
+    call: tuple[str, str] | None = None,
+) -> None:
+    """Count one admitted call (and hold its reservation; a capped tool's call by name; a
+    step's ``call`` = ``(name, digest)`` in the run of repeats: a step without one, or with
+    another digest, starts the run again)."""
     if kind == STEP:
         c.steps += 1
+        if tool is not None:
+            c.tool_calls[tool[0]] = c.tool_calls.get(tool[0], 0) + 1
+        if call is None:
+            if c.last_call is not None:
+                c.repeats, c.last_call, c.last_step = 0, None, None
+        elif c.last_call == call[1]:
+            c.repeats += 1
+        else:
+            c.repeats, c.last_call, c.last_step = 1, call[1], call[0]
     elif kind == LLM:
         c.llm_calls += 1
     if reserve:
         c.reserved += reserve
 
 
-def uncount(c: Counters, kind: str | None, reserve: int | None) -> None:
+def uncount(
+    c: Counters, kind: str | None, reserve: int | None, tool: tuple[str, int] | None = None
+) -> None:
     """Take back what :func:`count` counted (another ledger of the chain refused the call)."""
     if kind == STEP:
         c.steps -= 1
+        if tool is not None:
+            c.tool_calls[tool[0]] = c.tool_calls.get(tool[0], 0) - 1
     elif kind == LLM:
         c.llm_calls -= 1
     if reserve:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from ._extend import ExtendRequest, Grant
     from ._handoff import Handoff
     from .ledgers import Ledger
 
@@ -70,6 +71,14 @@ class SessionBudget(Constructors):
         max_usd: US dollars (``int``, ``float`` or ``Decimal``).
         max_seconds: wall-clock seconds since entry (or a ``timedelta``).
         max_consecutive_errors: decorated calls in a row that raise.
+        on_exhausted: called with an :class:`~budgetkit.ExtendRequest` when a call is
+            refused for one of the session's own limits, before the handoff is written; a
+            returned :class:`~budgetkit.Grant` raises the limits and the session continues in
+            place (see docs/how-to/extend.md). Raising, returning ``None`` or not answering
+            within ``on_exhausted_timeout`` seconds means no grant.
+        max_repeats: the same step called with equal arguments this many times in a row
+            stops the session (reason ``loop_detected``; the call that makes the run this
+            long runs, the next boundary is refused). See ``@budget.step(key=...)``.
         session_id: id and handoff file name; a fresh uuid by default.
         name: the agent's name (used in span names).
         handoff_dir: where ``<session_id>.json`` is written on exhaustion; default
@@ -119,6 +128,7 @@ class SessionBudget(Constructors):
         max_usd: float | Decimal | None = None,
         max_seconds: float | None = None,
         max_consecutive_errors: int | None = None,
+        max_repeats: int | None = None,
         session_id: str | None = None,
         name: str | None = None,
         handoff_dir: str | os.PathLike[str] | None = DEFAULT_DIR,
@@ -137,6 +147,8 @@ class SessionBudget(Constructors):
         ledger: Ledger | None = None,
         on_ledger_error: Literal["closed", "open"] = "closed",
         threads: Literal["explicit", "inherit"] = "explicit",
+        on_exhausted: Callable[[ExtendRequest], Grant | None] | None = None,
+        on_exhausted_timeout: float = 30.0,
         **unknown: Never,
     ) -> None:
         if unknown:
@@ -153,6 +165,7 @@ class SessionBudget(Constructors):
             max_usd=max_usd,
             max_seconds=max_seconds,
             max_consecutive_errors=max_consecutive_errors,
+            max_repeats=max_repeats,
         )
         self.session_id = (
             os.urandom(16).hex() if session_id is None else check_session_id(session_id)
@@ -171,6 +184,8 @@ class SessionBudget(Constructors):
             session_log=session_log,
             on_ledger_error=on_ledger_error,
             threads=threads,
+            on_exhausted=on_exhausted,
+            on_exhausted_timeout=on_exhausted_timeout,
         )
         self.name: str | None = checked["name"]
         self.handoff_dir: Path | None = checked["handoff_dir"]
@@ -187,6 +202,10 @@ class SessionBudget(Constructors):
         self.session_log: str | os.PathLike[str] | None = checked["session_log"]
         self.on_ledger_error: Literal["closed", "open"] = checked["on_ledger_error"]
         self.threads: Literal["explicit", "inherit"] = checked["threads"]
+        self.on_exhausted: Callable[[ExtendRequest], Grant | None] | None = checked["on_exhausted"]
+        self.on_exhausted_timeout: float = checked["on_exhausted_timeout"]
+        #: The grants ``on_exhausted`` gave this session, oldest first (also in its handoff).
+        self.grants: list[dict[str, Any]] = []
         #: The handoff this session resumed from (set by :meth:`resume`).
         self.resumed_from: Handoff | None = None
         self.parent_session_id: str | None = None

@@ -30,6 +30,8 @@ SETTINGS = (
     "session_log",
     "on_ledger_error",
     "threads",
+    "on_exhausted",
+    "on_exhausted_timeout",
 )
 
 #: Every keyword of ``SessionBudget()`` (and so of ``resume()``).
@@ -71,7 +73,16 @@ def check_settings(**values: Any) -> dict[str, Any]:
         raise BudgetConfigError(
             f"on_ledger_error must be 'closed' or 'open', got {on_ledger_error!r}"
         )
+    on_exhausted = values.get("on_exhausted")
+    if on_exhausted is not None and not callable(on_exhausted):
+        raise BudgetTypeError(f"on_exhausted must be a callable or None, got {on_exhausted!r}")
+    from ._limits import seconds
+
     return {
+        "on_exhausted": on_exhausted,
+        "on_exhausted_timeout": seconds(
+            values.get("on_exhausted_timeout", 30.0), "on_exhausted_timeout"
+        ),
         "name": name,
         "handoff_dir": _handoff_dir(values["handoff_dir"]),
         "raise_on_exhausted": raise_on_exhausted,

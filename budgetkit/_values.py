@@ -135,6 +135,12 @@ class CallSpec:
     wrapup: bool = False
     timeout: float | None = None
     max_output_chars: int | None = None
+    max_calls: int | None = None
+    """A step's per-tool cap: admitted at most this many times per session."""
+    cost: int | None = None
+    """A paid step's price per call, in units of 10^-18 USD (charged toward ``max_usd``)."""
+    key: Callable[..., Any] | None = None
+    """What counts as "the same call" of a step for ``max_repeats`` (default: all arguments)."""
 
     def request_model(self, kwargs: Mapping[str, Any]) -> str | None:
         """The model a call asks for: the decorator's ``model=``, else its ``model`` argument."""

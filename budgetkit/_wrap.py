@@ -21,6 +21,7 @@ from ._boundary import Boundary, active
 from ._calls import (
     LLMCall,
     Nesting,
+    admit_step_call,
     await_marked,
     enter_step,
     exit_step,
@@ -29,7 +30,7 @@ from ._calls import (
 )
 from ._otel import start_call
 from ._threads import OPEN, unbudgeted
-from ._values import LLM, STEP, CallSpec
+from ._values import LLM, CallSpec
 from .exceptions import StepTimeoutError
 
 _TRACE = _otel.TRACE_STATE
@@ -60,7 +61,13 @@ def wrap(fn: Any, spec: CallSpec) -> Any:
     coroutine: Callable[[CallSpec], Wrapper]
     if spec.kind == LLM:
         sync, coroutine = llm_wrapper, llm_coroutine_wrapper
-    elif spec.wrapup or spec.timeout is not None or spec.max_output_chars is not None:
+    elif (
+        spec.wrapup
+        or spec.timeout is not None
+        or spec.max_output_chars is not None
+        or spec.max_calls is not None
+        or spec.cost is not None
+    ):
         sync, coroutine = _sync_step_options, _coro_step_options
     else:
         sync, coroutine = _sync_step, _coro_step
@@ -87,7 +94,10 @@ def _sync_step(spec: CallSpec) -> Wrapper:
             if OPEN.count:
                 unbudgeted(spec)
             return wrapped(*args, **kwargs)
-        session.admit_step(name)
+        if session.repeats:
+            admit_step_call(session, spec, args, kwargs)
+        else:
+            session.admit_step(name)
         handle = (
             None if _TRACE["_TRACER_PROVIDER"] is None else start_call(session, spec, args, kwargs)
         )
@@ -113,7 +123,10 @@ def _coro_step(spec: CallSpec) -> Wrapper:
             if OPEN.count:
                 unbudgeted(spec)
             return await wrapped(*args, **kwargs)
-        session.admit_step(name)
+        if session.repeats:
+            admit_step_call(session, spec, args, kwargs)
+        else:
+            session.admit_step(name)
         handle = (
             None if _TRACE["_TRACER_PROVIDER"] is None else start_call(session, spec, args, kwargs)
         )
@@ -187,7 +200,7 @@ def _coro_step_options(spec: CallSpec) -> Wrapper:
 
 def _enter_with_options(session: Boundary, spec: CallSpec, args: Any, kwargs: Any) -> Any:
     if spec.wrapup:
-        session.admit(STEP, spec.name, wrapup=True)
+        admit_step_call(session, spec, args, kwargs, wrapup=True)
         return start_call(session, spec, args, kwargs)
     return enter_step(session, spec, args, kwargs)
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._limits import positive_int, seconds
+from ._limits import positive_int, seconds, to_usd
+from ._money import to_units
 from ._session import current
 from ._values import LLM, STEP, CallSpec
 from ._wrap import wrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from decimal import Decimal
 
 __all__ = ["current", "llm_call", "step"]
 
@@ -36,6 +38,9 @@ def step(
     wrapup: bool = False,
     timeout: float | None = None,
     max_output_chars: int | None = None,
+    max_calls: int | None = None,
+    cost_usd: Decimal | int | str | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def step(
     func: Any = None,
@@ -45,6 +50,9 @@ def step(
     wrapup: bool = False,
     timeout: float | None = None,
     max_output_chars: int | None = None,
+    max_calls: int | None = None,
+    cost_usd: Decimal | int | str | None = None,
+    key: Callable[..., Any] | None = None,
 ) -> Any:
     """Mark a tool call as one step: checked at entry, counted against ``max_steps``.
 
@@ -60,10 +68,25 @@ def step(
             is judged when it returns; either raises :class:`~budgetkit.StepTimeoutError`.
         max_output_chars: a longer ``str`` result is cut to at most this many characters,
             the visible truncation marker included.
+        max_calls: this tool may run at most that many times per session (counted in the
+            session's ledger by ``name``, so across the workers of a shared session); the
+            next call stops the session with reason ``max_tool_calls``, naming the tool.
+        cost_usd: the price of one call of a paid tool (a ``Decimal``, ``int`` or decimal
+            ``str``): reserved against ``max_usd`` when the step is admitted and charged
+            when it ends (returned or raised), like an LLM call's cost.
+        key: for ``SessionBudget(max_repeats=...)``, called with the step's arguments; calls
+            whose results are equal count as "the same call" (default: all arguments).
 
     .. versionadded:: 0.1.0
     """
     _check_name(name)
+    if max_calls is not None:
+        max_calls = positive_int(max_calls, "max_calls")
+    if key is not None and not callable(key):
+        from .exceptions import BudgetTypeError
+
+        raise BudgetTypeError(f"key must be a callable or None, got {key!r}")
+    cost = None if cost_usd is None else to_units(to_usd(cost_usd, "cost_usd", allow_zero=True))
     _check_bool(wrapup, "wrapup")
     if timeout is not None:
         timeout = seconds(timeout, "timeout")
@@ -77,6 +100,9 @@ def step(
             wrapup=wrapup,
             timeout=timeout,
             max_output_chars=max_output_chars,
+            max_calls=max_calls,
+            cost=cost or None,
+            key=key,
         )
         return wrap(fn, spec)
 

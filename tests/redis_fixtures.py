@@ -221,3 +221,26 @@ def session_racer(
         "handoff_path": None if error.handoff_path is None else str(error.handoff_path),
         "stop": session.result.stop_reason,
     }
+
+
+@budget.step(max_calls=5)
+def capped_tool(i: int) -> int:
+    """A tool capped at 5 calls per session (``@budget.step(max_calls=5)``)."""
+    return i
+
+
+def tool_racer(url: str, prefix: str, session_id: str, go: Any) -> int:
+    """Join a SessionBudget and call ``capped_tool`` up to 10 times; how many ran."""
+    session = SessionBudget.join(  # a test's own workers: joined by the id alone
+        session_id, ledger=RedisLedger(url, key_prefix=prefix), handoff_dir=None, trust_id=True
+    )
+    ran = 0
+    go.wait()
+    with session:
+        for i in range(10):
+            try:
+                capped_tool(i)
+            except BudgetExhausted:
+                break
+            ran += 1
+    return ran

@@ -27,9 +27,10 @@ from hypothesis.stateful import (
 )
 from redis_fixtures import ledger, redis_server
 
-from budgetkit import BudgetExhausted, SessionBudget, budget
-from budgetkit._limits import Limits
-from budgetkit._policy import CHECKS
+from budgetkit import BudgetExhausted, ExtendRequest, Grant, SessionBudget, budget
+from budgetkit._extend import EXTENDABLE
+from budgetkit._limits import LIMIT_NAMES, Limits
+from budgetkit._policy import CHECKS, LOOP_DETECTED, TOOL_CHECK
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
 
@@ -64,9 +65,11 @@ tokens = st.one_of(st.integers(0, 40), st.integers(0, 400), st.integers(0, 10**6
 counts = st.none() | st.tuples(tokens, tokens, tokens, tokens, tokens)
 #: Stop reasons: the policy's, the boundary's own, and a few a caller might make up.
 reasons = st.sampled_from(
-    [c.reason for c in CHECKS] + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
+    [c.reason for c in (*CHECKS, TOOL_CHECK)]
+    + [LOOP_DETECTED]
+    + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
 )
-KNOWN = {None, "wrapup_reserve", *(c.reason for c in CHECKS)}
+KNOWN = {None, "wrapup_reserve", TOOL_CHECK.reason, LOOP_DETECTED, *(c.reason for c in CHECKS)}
 names = st.sampled_from(["", "tool", "ask"]) | st.text(st.characters(codec="utf-8"), max_size=8)
 
 
@@ -81,6 +84,7 @@ def configs(draw: st.DrawFn) -> tuple[Limits, dict[str, Any]]:
         "max_output_tokens": st.integers(1, 200),
         "max_usd": small_usd,
         "max_consecutive_errors": st.integers(1, 4),
+        "max_repeats": st.integers(1, 4),
         "max_seconds": st.just(1e9),  # set, but never reached: clocks differ
     }
     chosen = draw(st.lists(st.sampled_from(sorted(optional)), max_size=5, unique=True))
@@ -109,6 +113,8 @@ class TwoLedgers(RuleBasedStateMachine):
         self.remote: LedgerSession | None = None
         #: Reservations admitted and not yet settled, in units.
         self.held: list[int] = []
+        self.limits = Limits()
+        self.options: dict[str, Any] = {}
 
     def both(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Apply one operation to both sessions; their answers must be the same."""
@@ -127,6 +133,7 @@ class TwoLedgers(RuleBasedStateMachine):
         session_id = f"diff-{uuid.uuid4().hex}"
         self.local = InProcessLedger().create(session_id, limits, name="agent", **options)
         self.remote = self.redis.create(session_id, limits, name="agent", **options)
+        self.limits, self.options = limits, options
 
     @rule(kind=st.sampled_from(["step", "llm", None]), name=names)
     def admit(self, kind: str | None, name: str) -> None:
@@ -142,6 +149,30 @@ class TwoLedgers(RuleBasedStateMachine):
         """A call marked ``wrapup=True``: it may use the wrap-up reserve."""
         if self.both("admit", kind, reserve, name=name, wrapup=True) is None and reserve:
             self.held.append(reserve)
+
+    @rule(
+        name=st.sampled_from(["search", "fetch", "ünï ☃"]),
+        cap=st.integers(1, 4),
+        reserve=st.none() | amount,
+        wrapup=st.booleans(),
+    )
+    def admit_tool(self, name: str, cap: int, reserve: int | None, wrapup: bool) -> None:
+        """A step of a tool with a per-tool cap (``@budget.step(max_calls=cap)``), maybe a
+        paid one (holding its price) or a wrap-up one."""
+        answer = self.both("admit", "step", reserve, name=name, wrapup=wrapup, tool_cap=cap)
+        if answer is None and reserve:
+            self.held.append(reserve)
+
+    @rule(
+        name=st.sampled_from(["search", "fetch"]),
+        digest=st.sampled_from(["d1", "d1", "d2", "u" + "0" * 31]),
+        tool_cap=st.none() | st.integers(1, 4),
+        wrapup=st.booleans(),
+    )
+    def admit_digested(self, name: str, digest: str, tool_cap: int | None, wrapup: bool) -> None:
+        """A step admitted with its call digest (``max_repeats``): equal digests in a row
+        make a run, any other step starts it again."""
+        self.both("admit", "step", None, name=name, wrapup=wrapup, tool_cap=tool_cap, digest=digest)
 
     @rule(counts=counts, cost=st.none() | amount)
     def record(self, counts: Any, cost: int | None) -> None:
@@ -181,6 +212,27 @@ class TwoLedgers(RuleBasedStateMachine):
         else:
             self.both("trip", reason)
 
+    @rule(
+        more=st.dictionaries(
+            st.sampled_from(sorted(EXTENDABLE)), st.integers(0, 300), min_size=1, max_size=3
+        )
+    )
+    def extend(self, more: dict[str, int]) -> None:
+        """``on_exhausted`` granted more: the limits set grow (USD by cents) and the latch is
+        lifted; a measured limit still crossed trips again."""
+        values: dict[str, Any] = {name: getattr(self.limits, name) for name in LIMIT_NAMES}
+        for name, amount in more.items():
+            if values[name] is not None:
+                values[name] += Decimal(amount) / 100 if name == "max_usd" else amount
+        limits = Limits.build(**values)
+        self.both(
+            "extend",
+            limits,
+            step_room=self.options["step_room"],
+            usd_room=self.options["usd_room"],
+        )
+        self.limits = limits
+
     @invariant()
     def same_snapshot(self) -> None:
         if self.local is None or self.remote is None:
@@ -190,7 +242,9 @@ class TwoLedgers(RuleBasedStateMachine):
 
 
 def test_the_two_ledgers_answer_alike(ledger: RedisLedger) -> None:
-    """500 random programs of admissions (steps, LLM calls, reservations, wrap-up calls),
+    """500 random programs of extensions (``on_exhausted`` grants), admissions (steps, LLM
+    calls, reservations, wrap-up calls,
+    steps of tools with a per-tool cap, steps with call digests for ``max_repeats``),
     charges, releases, failures, successes, trips and latches: the in-process and the Redis
     ledger give the same answer to every operation and the same snapshot after each."""
     run_state_machine_as_test(
@@ -269,13 +323,39 @@ def ask_reserved(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     }
 
 
-CALLS = {"tool": tool, "summarise": summarise, "ask": ask, "ask_reserved": ask_reserved}
+@budget.step(max_calls=2)
+def capped() -> str:
+    return "capped"
+
+
+@budget.step(cost_usd=Decimal("0.001"))
+def paid() -> str:
+    return "paid"
+
+
+@budget.step
+def lookup(x: int) -> int:
+    return x
+
+
+CALLS = {
+    "tool": tool,
+    "summarise": summarise,
+    "ask": ask,
+    "ask_reserved": ask_reserved,
+    "capped": capped,
+    "paid": paid,
+    "lookup": lookup,
+}
 call_tokens = st.integers(0, 2000)
 programs = st.lists(
     st.one_of(
         st.tuples(st.just("tool")),
         st.tuples(st.just("summarise")),
         st.tuples(st.just("broken")),
+        st.tuples(st.just("capped")),
+        st.tuples(st.just("paid")),
+        st.tuples(st.just("lookup"), st.integers(0, 1)),
         st.tuples(st.just("ask"), call_tokens, call_tokens),
         st.tuples(st.just("ask_reserved"), call_tokens, call_tokens),
         st.tuples(
@@ -288,6 +368,15 @@ programs = st.lists(
     min_size=5,
     max_size=30,
 )
+
+
+def grant_twice(request: ExtendRequest) -> Grant | None:
+    """An ``on_exhausted`` policy: a little more of everything, twice per session."""
+    if len(request.grants) >= 2:
+        return None
+    return Grant(steps=2, llm_calls=2, tokens=2000, usd=Decimal("0.002"))
+
+
 session_limits = st.fixed_dictionaries(
     {},
     optional={
@@ -296,6 +385,8 @@ session_limits = st.fixed_dictionaries(
         "max_tokens": st.integers(1, 40_000),
         "max_usd": st.integers(1, 40).map(lambda k: Decimal(k) / 4000),
         "max_consecutive_errors": st.integers(1, 3),
+        "max_repeats": st.integers(1, 3),
+        "on_exhausted": st.just(grant_twice),
         "reserve_for_wrapup": st.sampled_from([0.2, 0.5]),
     },
 )
@@ -350,9 +441,11 @@ def test_a_session_stops_alike_in_process_and_on_redis(
     limits: dict[str, Any],
     program: list[tuple[Any, ...]],
 ) -> None:
-    """The same program of steps (ordinary, wrap-up, failing), LLM calls (with and without a
-    reservation) and charges, under the same limits, stops for the same reason after the
-    same outcomes, with the same usage, in process and with ``ledger=RedisLedger(...)``."""
+    """The same program of steps (ordinary, wrap-up, failing, capped per tool, paid,
+    repeated with equal arguments), LLM
+    calls (with and without a reservation) and charges, under the same limits, stops for the
+    same reason after the same outcomes, with the same usage, in process and with
+    ``ledger=RedisLedger(...)``."""
     monkeypatch.delenv(LEDGER_URL_ENV, raising=False)  # "in process" means in process
     here = run_program(program, **limits)
     there = run_program(program, ledger=ledger, **limits)

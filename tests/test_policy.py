@@ -26,6 +26,7 @@ from budgetkit._policy import (
     DIMENSIONS,
     ERRORS,
     MEASURED,
+    REPEATS,
     TIME,
     USD_CHECKS,
     Counters,
@@ -438,7 +439,7 @@ def test_every_dimension_has_its_check() -> None:
     assert set(USD_CHECKS) == {"max_total_usd", "max_usd"}
     counter_fields = {f.name for f in dataclasses.fields(Counters)}
     for c in CHECKS:
-        assert c.rule in (COUNT, MEASURED, TIME, ERRORS)
+        assert c.rule in (COUNT, MEASURED, TIME, ERRORS, REPEATS)
         assert set(c.counters) <= counter_fields
         assert (c.rule == TIME) == (not c.counters)
 

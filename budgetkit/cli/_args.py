@@ -18,6 +18,7 @@ _INT_LIMITS = {
     "max_input_tokens": "stop once more than N input tokens were used",
     "max_output_tokens": "stop once more than N output tokens were used",
     "max_consecutive_errors": "stop after N calls in a row that raised",
+    "max_repeats": "stop after the same step is called with equal arguments N times in a row",
 }
 
 

@@ -77,9 +77,19 @@ class LedgerSession(Protocol):
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
         """Check and count one call (``"step"``, ``"llm"``, or ``None`` for a reservation
-        alone), holding ``reserve`` units; ``None`` when admitted, else the refusal reason."""
+        alone), holding ``reserve`` units; ``None`` when admitted, else the refusal reason.
+
+        ``tool_cap``: a step of tool ``name`` may run at most that many times in the session
+        (refused with ``max_tool_calls`` after the step limits, before the reservation); the
+        ledger counts the tool's calls by name (:attr:`LedgerSnapshot.tool_calls`).
+
+        ``digest``: a step's call digest (``budgetkit._digest``). An admitted step with the
+        same digest as the previous one lengthens the run of repeats, any other step starts
+        it again; a run reaching ``max_repeats`` trips ``loop_detected``."""
         ...
 
     def record(
@@ -112,6 +122,13 @@ class LedgerSession(Protocol):
 
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted (first wins); return the latched reason."""
+        ...
+
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """Replace the session's limits by ``limits`` (a grant: larger or equal ones) and lift
+        the latch, atomically; a measured limit still crossed trips again (returned)."""
         ...
 
     def claim_handoff_writer(self) -> bool:

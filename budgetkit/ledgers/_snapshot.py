@@ -43,6 +43,12 @@ class LedgerSnapshot:
     """Seconds since the session was created, by the server's clock."""
     handoff_writer: str | None = None
     """The handle that won :meth:`LedgerSession.claim_handoff_writer`, if any."""
+    repeats: int = 0
+    """Steps in a row called with equal arguments (the last one's run)."""
+    last_step: str | None = None
+    """The name of the step of that run."""
+    tool_calls: tuple[tuple[str, int], ...] = ()
+    """Admitted calls of each tool with a per-tool cap, as ``(name, calls)`` sorted by name."""
 
     def usage(self) -> SessionUsage:
         """The session's usage as the user sees it (``session.usage``)."""
@@ -84,4 +90,7 @@ def snapshot_of(c: Counters, *, elapsed: float, writer: str | None = None) -> Le
         refused=c.refused,
         elapsed_seconds=elapsed,
         handoff_writer=writer,
+        repeats=c.repeats,
+        last_step=c.last_step,
+        tool_calls=tuple(sorted((k, v) for k, v in c.tool_calls.items() if v)),
     )

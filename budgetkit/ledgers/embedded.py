@@ -357,6 +357,8 @@ class EmbeddedLedgerServer:
                 reserve,
                 name=request.get("name", ""),
                 wrapup=bool(request.get("wrapup")),
+                tool_cap=request.get("tool_cap"),
+                digest=request.get("digest"),
             )
             if reason is None and reserve:
                 with self._lock:
@@ -381,6 +383,18 @@ class EmbeddedLedgerServer:
             return None
         if op == "latch":
             return session.latch(request["reason"], request.get("name", ""))
+        if op == "extend":
+            from .._limits import Limits
+
+            raw = dict(request["limits"])
+            if isinstance(raw.get("max_usd"), str):
+                raw["max_usd"] = Decimal(raw["max_usd"])
+            usd_room = request.get("usd_room")
+            return session.extend(
+                Limits.build(**raw),
+                step_room=request.get("step_room"),
+                usd_room=None if usd_room is None else Decimal(usd_room),
+            )
         if op == "claim":
             with self._lock:
                 if served.writer is None:
@@ -654,6 +668,8 @@ class EmbeddedLedgerSession:
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
         """Check every limit and count the call, atomically; ``None`` when admitted."""
         reason, errors = self._call(
@@ -663,6 +679,8 @@ class EmbeddedLedgerSession:
             reserve=None if reserve is None else _check_units(reserve),
             name=name,
             wrapup=wrapup,
+            tool_cap=tool_cap,
+            digest=digest,
         )
         if reason is None:
             self.errors_seen = bool(errors)
@@ -708,6 +726,21 @@ class EmbeddedLedgerSession:
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted (first wins); the latched reason."""
         return str(self._call("latch", reason=reason, name=name))
+
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """New (larger) limits and the latch lifted, for every process; the measured limit
+        still crossed, if any."""
+        tripped = self._call(
+            "extend",
+            self.new_op_id(),
+            limits=limits.as_dict(),
+            step_room=step_room,
+            usd_room=None if usd_room is None else str(usd_room),
+        )
+        self.limits = limits
+        return None if tripped is None else str(tripped)
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""

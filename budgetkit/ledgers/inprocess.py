@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _config
 from .._policy import (
+    LOOP_DETECTED,
     WRAPUP_RESERVE,
     Counters,
     Rules,
@@ -24,6 +25,7 @@ from .._policy import (
     errors_crossed,
     in_wrapup_reserve,
     record,
+    repeated,
     uncount,
 )
 from ._snapshot import LedgerSnapshot, snapshot_of
@@ -155,13 +157,20 @@ class InProcessLedgerSession(Counters):
             self.fast_step_cap = self.fast_llm_cap = -1
         return self.reason
 
-    def check(self, kind: str | None, name: str, reserve: int | None, wrapup: bool) -> str | None:
+    def check(
+        self,
+        kind: str | None,
+        name: str,
+        reserve: int | None,
+        wrapup: bool,
+        tool: tuple[str, int] | None = None,
+    ) -> str | None:
         """The policy's answer for one call (under LOCK): ``None``, a latched reason, or
         :data:`~budgetkit._policy.WRAPUP_RESERVE`."""
         rules = self.rules
         timed = rules.seconds is not None or rules.keep is not None
         elapsed = self.elapsed() if timed else 0.0
-        reason = before_call(rules, self, kind, reserve, elapsed)
+        reason = before_call(rules, self, kind, reserve, elapsed, tool)
         if reason is not None:
             return self.latch_once(reason, name)
         if not wrapup and rules.keep is not None and in_wrapup_reserve(rules, self, kind, elapsed):
@@ -197,9 +206,15 @@ class InProcessLedgerSession(Counters):
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
-        """Check every limit and count the call, atomically; ``None`` when admitted."""
-        refused = admit_together((self,), kind, name, reserve, wrapup)
+        """Check every limit and count the call, atomically; ``None`` when admitted.
+        ``tool_cap``: a step of tool ``name`` is also capped at that many calls; ``digest``:
+        the step's call digest, for ``max_repeats``."""
+        tool = None if tool_cap is None else (name, tool_cap)
+        call = None if digest is None else (name, digest)
+        refused = admit_together((self,), kind, name, reserve, wrapup, tool, call)
         return None if refused is None else refused[1]
 
     def record(
@@ -239,6 +254,27 @@ class InProcessLedgerSession(Counters):
         with LOCK:
             return self.latch_once(reason, name)
 
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """New (larger) limits and the latch lifted; the measured limit still crossed."""
+        rules = Rules.of(
+            limits,
+            step_room=step_room,
+            usd_room=usd_room,
+            reserve_for_wrapup=self.reserve_for_wrapup,
+        )
+        with LOCK:
+            self.limits, self.rules = limits, rules
+            self.reason = self.tripped = self.refused = None
+            self.fast_step_cap = rules.cap("step")
+            self.fast_llm_cap = rules.cap("llm")
+            if rules.measured:
+                reason = crossed(rules, self)
+                if reason is not None:
+                    self.trip_once(reason)
+            return self.tripped
+
     def claim_handoff_writer(self) -> bool:
         """The one process holding the session writes its handoff."""
         return True
@@ -265,6 +301,8 @@ def admit_together(
     name: str,
     reserve: int | None,
     wrapup: bool,
+    tool: tuple[str, int] | None = None,
+    call: tuple[str, str] | None = None,
 ) -> tuple[int, str] | None:
     """Check ``members`` (outermost first), then count the call in all of them, atomically.
 
@@ -273,21 +311,26 @@ def admit_together(
     """
     with LOCK:
         for index, member in enumerate(members):
-            reason = member.check(kind, name, reserve, wrapup)
+            reason = member.check(kind, name, reserve, wrapup, tool)
             if reason is not None:
                 return index, reason
         for member in members:
-            count(member, kind, reserve)
+            count(member, kind, reserve, tool, call)
+            if call is not None and repeated(member.rules, member):
+                member.trip_once(LOOP_DETECTED)
     return None
 
 
 def uncount_together(
-    members: Sequence[InProcessLedgerSession], kind: str | None, reserve: int | None
+    members: Sequence[InProcessLedgerSession],
+    kind: str | None,
+    reserve: int | None,
+    tool: tuple[str, int] | None = None,
 ) -> None:
     """Take back what :func:`admit_together` counted (a shared ledger refused the call)."""
     with LOCK:
         for member in members:
-            uncount(member, kind, reserve)
+            uncount(member, kind, reserve, tool)
 
 
 def record_together(

@@ -45,7 +45,19 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import _money
 from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
-from .._policy import CHECKS, COUNT, ERRORS, MEASURED, TIME, USD_CHECKS, Check, Counters
+from .._policy import (
+    CHECKS,
+    COUNT,
+    ERRORS,
+    LOOP_DETECTED,
+    MEASURED,
+    REPEATS,
+    TIME,
+    TOOL_CHECK,
+    USD_CHECKS,
+    Check,
+    Counters,
+)
 from .._values import LLM, STEP
 from ..exceptions import (
     BudgetConfigError,
@@ -255,7 +267,11 @@ COUNTER_FIELDS = {
     "unpriced_calls": "unpriced",
     "unmeasured_calls": "unmeasured",
     "errors_in_a_row": "errors",
+    "repeats": "rep",
 }
+
+#: A capped tool's count of calls lives in the session's hash as ``t:<tool name>``.
+TOOL_FIELD_PREFIX = "t:"
 
 #: Where each limit of ``budgetkit._policy.CHECKS`` lives in the session's hash.
 LIMIT_FIELDS = {
@@ -269,6 +285,7 @@ LIMIT_FIELDS = {
     "max_usd": "mu",
     "max_seconds": "msec",
     "max_consecutive_errors": "me",
+    "max_repeats": "mr",
 }
 
 
@@ -282,7 +299,7 @@ def lua_rules() -> str:
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
     fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
-    fields += ["reason", "tripped", "start", "keep", "exp"]
+    fields += ["reason", "tripped", "start", "keep", "exp", "lastc"]
     names = ", ".join(f"'{f}'" for f in fields)
     lines = [
         "local STATE_FIELDS = {" + names + "}",
@@ -345,6 +362,16 @@ def lua_rules() -> str:
         ]
         counts.append("  end")
     function("count_refusal", "kind, v", counts)
+    # The per-tool cap: the cap comes with the call, the count is the hash field 't:<name>'.
+    function(
+        "tool_refusal",
+        "kind, name, cap",
+        [
+            f"  if kind == '{TOOL_CHECK.kind}' and cap ~= '' and "
+            f"num(redis.call('HGET', S, '{TOOL_FIELD_PREFIX}' .. name)) >= tonumber(cap) "
+            f"then return '{TOOL_CHECK.reason}' end"
+        ],
+    )
     function(
         "reserve_refusal",
         "wanted, v",
@@ -372,9 +399,20 @@ def lua_rules() -> str:
             if c.rule == ERRORS
         ],
     )
+    # The run of repeats: `rep` equal steps in a row (this one included).
+    function(
+        "repeats_refusal",
+        "rep, v",
+        [
+            f"  if v['{LIMIT_FIELDS[c.reason]}'] and "
+            f"rep >= tonumber(v['{LIMIT_FIELDS[c.reason]}']) then return '{LOOP_DETECTED}' end"
+            for c in CHECKS
+            if c.rule == REPEATS
+        ],
+    )
     wrapup = ["  local keep = tonumber(v['keep'])"]
     for c in CHECKS:
-        if c.chain or c.rule == ERRORS:
+        if c.chain or c.rule in (ERRORS, REPEATS):
             continue
         field = LIMIT_FIELDS[c.reason]
         if c.rule == COUNT:
@@ -418,7 +456,8 @@ return finish(redis.call('HGET', S, 'cfg'))
 """
 )
 
-#: ARGV 7..: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0').
+#: ARGV 7..: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
+#: tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
 #: 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up reserve
 #: (not latched), 'X<reason>' refused and latched, 'U' unknown.
 _ADMIT = (
@@ -434,6 +473,7 @@ else
   local reason = v['tripped']
   if not reason then reason = time_refusal(v, now) end
   if not reason then reason = count_refusal(kind, v) end
+  if not reason then reason = tool_refusal(kind, name, ARGV[11] or '') end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
@@ -445,6 +485,24 @@ else
   else
     if kind == 'step' then
       redis.call('HINCRBY', S, 'steps', 1)
+      if (ARGV[11] or '') ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
+      local digest = ARGV[12] or ''
+      if digest == '' then
+        if v['lastc'] then
+          redis.call('HSET', S, 'rep', 0)
+          redis.call('HDEL', S, 'lastc', 'lastn')
+        end
+      else
+        local rep = 1
+        if v['lastc'] == digest then
+          rep = num(v['rep']) + 1
+          redis.call('HSET', S, 'rep', rep)
+        else
+          redis.call('HSET', S, 'rep', rep, 'lastc', digest, 'lastn', name)
+        end
+        local looping = repeats_refusal(rep, v)
+        if looping and not v['tripped'] then redis.call('HSET', S, 'tripped', looping) end
+      end
     elseif kind == 'llm' then
       redis.call('HINCRBY', S, 'llm', 1)
     end
@@ -568,6 +626,21 @@ return finish('X' .. redis.call('HGET', S, 'reason'))
 """
 )
 
+#: ARGV 7..: configuration (JSON), then limit field/value pairs. The latch is lifted and a
+#: measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
+_EXTEND = (
+    _LUA_COMMON
+    + """
+local early = begin()
+if early then return early end
+redis.call('HSET', S, 'cfg', unpack(ARGV, 7))
+redis.call('HDEL', S, 'reason', 'tripped', 'refused')
+local tripped = measured_refusal(state())
+if tripped then redis.call('HSET', S, 'tripped', tripped) end
+return finish('T' .. (tripped or ''))
+"""
+)
+
 #: '1' when this holder is (or already was) the handoff writer.
 _CLAIM = (
     _LUA_COMMON
@@ -621,6 +694,7 @@ _SCRIPTS = {
     "succeed": _SUCCEED,
     "trip": _TRIP,
     "latch": _LATCH,
+    "extend": _EXTEND,
     "claim": _CLAIM,
     "bye": _BYE,
     "snapshot": _SNAPSHOT,
@@ -942,6 +1016,7 @@ class RedisLedgerSession:
         #: The session's join secret (``None``: created before join tokens); joiners show a
         #: token made from it (``SessionBudget.join``).
         self.join_secret: bytes | None = _secret(config.get("join_secret"))
+        self.config = dict(config)
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
         self._keys = ledger.keys(session_id)
@@ -1033,9 +1108,13 @@ class RedisLedgerSession:
         name: str = "",
         wrapup: bool = False,
         op_id: str | None = None,
+        tool_cap: int | None = None,
+        digest: str | None = None,
     ) -> str | None:
         """Check every limit and count the call (``"step"``, ``"llm"``, or ``None`` for a
         reservation alone), holding ``reserve`` units of USD for it — one atomic operation.
+        ``tool_cap``: a step of tool ``name`` may run that many times (``max_tool_calls``);
+        ``digest``: the step's call digest, for ``max_repeats`` (``loop_detected``).
 
         Returns ``None`` when admitted, else the reason: a limit's name (the session is now
         latched as exhausted), or ``"wrapup_reserve"`` (refused, not latched). Every mutating
@@ -1050,6 +1129,8 @@ class RedisLedgerSession:
                 "" if reserve is None else str(_check_units(reserve)),
                 name,
                 "1" if wrapup else "0",
+                "" if tool_cap is None else str(int(tool_cap)),
+                digest or "",
             ],
             op_id=op_id or self.new_op_id(),
         )
@@ -1112,6 +1193,28 @@ class RedisLedgerSession:
         reason it is latched for (the first one wins)."""
         return self._run("latch", [reason, name])[1:]
 
+    def extend(
+        self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
+    ) -> str | None:
+        """Replace the session's limits by ``limits`` (a grant) and lift the latch, in one
+        operation; a measured limit still crossed trips again (returned)."""
+        config = {**self.config, "limits": limits.as_dict()}
+        fields: list[Any] = []
+        if step_room is not None:
+            fields += ["cs", str(max(step_room, 0))]
+        if usd_room is not None:
+            fields += ["cu", to_units(max(usd_room, Decimal(0)), limit=True)]
+        for limit in LIMIT_NAMES:
+            field, value = LIMIT_FIELDS[limit], getattr(limits, limit)
+            if value is not None:
+                fields += [
+                    field,
+                    to_units(value, limit=True) if limit == "max_usd" else repr(value),
+                ]
+        answer = self._run("extend", [json.dumps(config), *fields])
+        self.config, self.limits = config, limits
+        return answer[1:] or None
+
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
         return self._run("claim", []) == "1"
@@ -1145,12 +1248,24 @@ class RedisLedgerSession:
             refused=f.get("refused"),
             elapsed_seconds=max(int(f["now"]) - int(f["start"]), 0) / 1000,
             handoff_writer=f.get("writer"),
+            repeats=count("rep"),
+            last_step=f.get("lastn"),
+            tool_calls=tuple(
+                sorted(
+                    (k[len(TOOL_FIELD_PREFIX) :], int(v))
+                    for k, v in f.items()
+                    if k.startswith(TOOL_FIELD_PREFIX)
+                )
+            ),
         )
         self._last = Counters(
             **{name: int(f.get(field, 0)) for name, field in COUNTER_FIELDS.items()},
             tripped=snap.tripped,
             reason=snap.reason,
             refused=snap.refused,
+            tool_calls=dict(snap.tool_calls),
+            last_call=f.get("lastc"),
+            last_step=snap.last_step,
         )
         return snap
 
