@@ -469,6 +469,22 @@ def _sync_request(provider: str) -> Callable[..., Any]:
     return wrapper
 
 
+def _admit_general(
+    session: Boundary, route: _Route, options: Any, args: Any, kwargs: Any
+) -> tuple[LLMCall, Any, bool, Any, Any]:
+    """Admit a request of the general path (reserving its worst case when it caps its
+    output); the call, the request body, whether to hide usage chunks, and the arguments."""
+    spec = route.spec
+    body, hide, args, kwargs = _prepare(route, options, args, kwargs)
+    tokens = _reservation(route, body)
+    if tokens is None:
+        session.admit_llm(spec.name)
+        call = LLMCall(session, spec, spec.request_model(body), None, _start(session, spec, body))
+    else:
+        call = LLMCall.reserving(session, spec, tokens, body)
+    return call, body, hide, args, kwargs
+
+
 def _sync_general(
     session: Boundary,
     route: _Route,
@@ -478,14 +494,7 @@ def _sync_general(
     kwargs: Any,
 ) -> Any:
     """A request that reserves, or whose stream budgetkit asks for its usage."""
-    spec = route.spec
-    body, hide, args, kwargs = _prepare(route, options, args, kwargs)
-    tokens = _reservation(route, body)
-    if tokens is None:
-        session.admit_llm(spec.name)
-        call = LLMCall(session, spec, spec.request_model(body), None, _start(session, spec, body))
-    else:
-        call = LLMCall.reserving(session, spec, tokens, body)
+    call, body, hide, args, kwargs = _admit_general(session, route, options, args, kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -550,14 +559,7 @@ async def _async_general(
     kwargs: Any,
 ) -> Any:
     """:func:`_sync_general` for an async client."""
-    spec = route.spec
-    body, hide, args, kwargs = _prepare(route, options, args, kwargs)
-    tokens = _reservation(route, body)
-    if tokens is None:
-        session.admit_llm(spec.name)
-        call = LLMCall(session, spec, spec.request_model(body), None, _start(session, spec, body))
-    else:
-        call = LLMCall.reserving(session, spec, tokens, body)
+    call, body, hide, args, kwargs = _admit_general(session, route, options, args, kwargs)
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
