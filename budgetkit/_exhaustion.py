@@ -221,10 +221,7 @@ def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | No
         name=budget.name,
         trace_id=trace_id,
         span_id=span_id,
-        extra={
-            "lineage": budget.place.lineage(usage).to_dict(),
-            **({"grants": list(budget.grants)} if budget.grants else {}),
-        },
+        extra={"lineage": budget.place.lineage(usage).to_dict()},
     )
 
 
