@@ -13,6 +13,7 @@ from ._usage import Usage
 from ._values import Remaining, SessionResult, SessionUsage
 from ._version import VERSION
 from .exceptions import (
+    AccountExhaustedError,
     BudgetConfigError,
     BudgetError,
     BudgetExhausted,
@@ -34,6 +35,9 @@ from .exceptions import (
 )
 
 __all__ = [
+    "Account",
+    "AccountExhaustedError",
+    "AccountUsage",
     "BudgetConfigError",
     "BudgetError",
     "BudgetExhausted",
@@ -75,13 +79,16 @@ __all__ = [
 __version__ = VERSION
 
 if TYPE_CHECKING:
+    from ._account import Account, AccountUsage
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
     from ._extend import ExtendRequest, Grant
     from ._instrument import instrument, uninstrument
 
 #: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
-#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants.
+#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants, accounts.
 _LAZY = {
+    "Account": "_account",
+    "AccountUsage": "_account",
     "PendingHandoff": "_chain",
     "pending_handoffs": "_chain",
     "run_chain": "_chain",

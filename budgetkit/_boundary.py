@@ -38,8 +38,8 @@ from .exceptions import (
     LedgerUnavailableWarning,
 )
 from .ledgers.inprocess import (
+    DEFAULT,
     LOCK,
-    InProcessLedger,
     InProcessLedgerSession,
     admit_together,
     fail_together,
@@ -65,7 +65,7 @@ __all__ = ["Boundary", "active"]
 #: children and copied-context threads charge the same counters.
 active: ContextVar[Boundary | None] = ContextVar("budgetkit_session", default=None)
 
-_IN_PROCESS = InProcessLedger()
+_IN_PROCESS = DEFAULT
 
 
 class Boundary:
@@ -171,10 +171,17 @@ class Boundary:
             "step_room": step_room,
             "usd_room": usd_room,
         }
+        account = budget.account
+        if account is not None:
+            kwargs["account"] = account.terms
         if not shared:
+            if account is not None:
+                account.check_open(self.ledger)
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
         kwargs["extra"] = {"lineage": budget.place.lineage(SessionUsage()).to_dict()}
         try:
+            if account is not None:
+                account.check_open(self.ledger)
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
         except LedgerUnavailableError as exc:
             if budget.on_ledger_error == "closed":
@@ -185,6 +192,7 @@ class Boundary:
                 LedgerUnavailableWarning,
             )
             self.ledger = _IN_PROCESS
+            kwargs.pop("account", None)  # the account lives in the unreachable ledger
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
 
     def close(self) -> None:

@@ -145,6 +145,8 @@ def _ran_out(b: Boundary, ex: Exhaustion) -> str:
     if ex.reason == LOOP_DETECTED and ex.loop is not None:
         name, calls = ex.loop
         return f"step {name!r} called {calls} times in a row with equal arguments"
+    if ex.reason.startswith("account_"):
+        return _account_ran_out(budget, ex)
     d = DIMENSION.get(ex.reason)
     limit = None if d is None else getattr(budget.limits, d.limit)
     if d is None or limit is None:
@@ -157,6 +159,37 @@ def _ran_out(b: Boundary, ex: Exhaustion) -> str:
     if d.limit == "max_seconds":
         return f"{used:.1f} s of {limit:g} s"
     return f"{used} of {limit} {d.label} used"
+
+
+def _account_ran_out(budget: SessionBudget, ex: Exhaustion) -> str:
+    """``account 'alice' over its day (UTC) window's max_usd: $5.01 of $5 spent; resets at ..``"""
+    found = ex.handoff.extra.get("account")
+    if not isinstance(found, dict) or "used" not in found:
+        return "the session's account is over a limit of its window"
+    return (
+        f"account {found['id']!r} over its {found['window']} window's "
+        f"{ex.reason.removeprefix('account_')}: {found['used']}; it resets at {found['resets_at']}"
+    )
+
+
+def account_section(budget: SessionBudget, reason: str) -> dict[str, object] | None:
+    """The handoff's ``extra["account"]`` for a stop by the account: its id, window, usage
+    of the limit and when the window resets (``None`` when it cannot be read)."""
+    account = budget.account
+    if account is None:
+        return None
+    try:
+        usage = account.usage()
+    except Exception:  # the handoff must be written even if the ledger is gone
+        return {"id": account.account_id, "window": account.window.label}
+    return {
+        "id": account.account_id,
+        "window": usage.window,
+        "window_start": usage.window_start.isoformat(),
+        "resets_at": usage.resets_at.isoformat(),
+        "limit": reason.removeprefix("account_"),
+        "used": usage.describe(reason),
+    }
 
 
 def refusal(b: Boundary, reason: str, *, message: str | None = None) -> BudgetExhausted:
@@ -187,6 +220,10 @@ def _write_handoff(
         handoff.extra["tool"] = {"name": tool[0], "calls": tool[1]}
     if loop is not None:  # loop_detected: the handoff names the step
         handoff.extra["loop"] = {"step": loop[0], "repeats": loop[1]}
+    if reason.startswith("account_"):  # the account stopped it: which, and until when
+        section = account_section(b.budget, reason)
+        if section is not None:
+            handoff.extra["account"] = section
     error: BaseException | None = None
     target = path
     if path is not None:

@@ -35,13 +35,15 @@ def print_table(
     stream = stream or sys.stdout
     if fancy(stream):
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title, show_header=False, title_justify="left")
+        # text, not markup: a "[red]" in an id or a summary is shown as written
+        table = Table(title=escape(title), show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         for key, value in rows:
-            table.add_row(key, str(value))
+            table.add_row(escape(key), escape(str(value)))
         Console(file=stream).print(table)
         return
     width = max((len(k) for k, _ in rows), default=0)

@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
-from .._policy import Counters
+from .._policy import Counters, Tally
 from ..exceptions import (
     BudgetConfigError,
     BudgetTypeError,
@@ -57,7 +57,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
+    from .._terms import AccountTerms, AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
 __all__ = [
     "SCHEME",
@@ -77,6 +79,7 @@ _REMEMBERED = 65536
 _MAX_PATH = 100
 
 _COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
+_TALLY_FIELDS = tuple(f.name for f in fields(Tally))
 
 
 def private_directory() -> Path:
@@ -306,6 +309,13 @@ class EmbeddedLedgerServer:
 
     def _apply(self, request: dict[str, Any], number: int) -> Any:
         op = request["op"]
+        if op == "account_usage":
+            return self._account_usage(request)
+        if op == "accounts":
+            return [
+                [account.spec(), *self._account_usage({"account": account.spec()})]
+                for account in list(self._ledger.known.values())
+            ]
         session_id = request["session"]
         if op == "create":
             return self._create(session_id, request)
@@ -328,10 +338,26 @@ class EmbeddedLedgerServer:
                     self._answers.popitem(last=False)
         return result
 
+    def _account_usage(self, request: dict[str, Any]) -> list[Any]:
+        """``[tally fields, reserved]`` of an account's window (the buckets the client
+        names, else the server's current window)."""
+        from .._terms import AccountTerms
+
+        account = AccountTerms.from_spec(request["account"])
+        buckets = account.buckets()
+        counted = request.get("counted")
+        if counted is not None:
+            buckets = buckets._replace(counted=tuple(int(i) for i in counted))
+        tally, reserved = self._ledger.account_usage(account, buckets)
+        return [[getattr(tally, name) for name in _TALLY_FIELDS], reserved]
+
     def _create(self, session_id: str, request: dict[str, Any]) -> Any:
+        from .._terms import AccountTerms
+
         config = request["config"]
         limits = _limits(config["limits"])
         usd_room = request.get("usd_room")
+        account = config.get("account")
         session = self._ledger.create(
             check_session_id(session_id),
             limits,
@@ -341,6 +367,7 @@ class EmbeddedLedgerServer:
             step_room=request.get("step_room"),
             usd_room=None if usd_room is None else Decimal(usd_room),
             extra=config.get("extra"),
+            account=None if account is None else AccountTerms.from_spec(account),
         )
         with self._lock:
             if session_id in self._sessions:
@@ -575,8 +602,10 @@ class EmbeddedLedger:
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> EmbeddedLedgerSession:
-        """Store a new session with its limits; its clock starts now.
+        """Store a new session with its limits; its clock starts now. ``account``: charged
+        with the session by the server, on the server's clock.
 
         Raises:
             BudgetConfigError: a session with this id is already in the ledger.
@@ -592,6 +621,8 @@ class EmbeddedLedger:
             "parent_session_id": parent_session_id,
             "extra": dict(extra or {}),
         }
+        if account is not None:
+            config["account"] = account.spec()
         self.call(
             {
                 "op": "create",
@@ -602,6 +633,23 @@ class EmbeddedLedger:
             }
         )
         return EmbeddedLedgerSession(self, session_id, config, owner=True)
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account`` in the window ``buckets``, and its open reservations."""
+        got = self.call(
+            {"op": "account_usage", "account": account.spec(), "counted": list(buckets.counted)}
+        )
+        return Tally(*got[0]), int(got[1])
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account the server has counted, in its current window."""
+        from .._terms import AccountTerms
+
+        out = []
+        for spec, tally, reserved in self.call({"op": "accounts"}):
+            account = AccountTerms.from_spec(spec)
+            out.append(account.usage_of(account.buckets(), Tally(*tally), int(reserved)))
+        return out
 
     def join(self, session_id: str) -> EmbeddedLedgerSession:
         """A handle on a session created by another process (or this one).

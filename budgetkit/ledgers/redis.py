@@ -71,7 +71,10 @@ from ._snapshot import LedgerSnapshot
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .._policy import Tally
+    from .._terms import AccountTerms, AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
 __all__ = ["RedisLedger", "RedisLedgerSession"]
 
@@ -933,6 +936,7 @@ class RedisLedger:
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> RedisLedgerSession:
         """Store a new session with its limits and return a handle on it.
 
@@ -946,6 +950,8 @@ class RedisLedger:
         check_session_id(session_id)
         if not isinstance(limits, Limits):
             raise BudgetTypeError(f"limits must be a budgetkit Limits, got {limits!r}")
+        if account is not None:
+            raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
         config = {
             "limits": limits.as_dict(),
             "name": name,
@@ -975,6 +981,14 @@ class RedisLedger:
                 "enter it with SessionBudget.join()"
             )
         return RedisLedgerSession(self, session_id, config)
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """Accounts are not yet supported by the Redis ledger."""
+        raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Accounts are not yet supported by the Redis ledger."""
+        raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
 
     def join(self, session_id: str) -> RedisLedgerSession:
         """A handle on a session another process created.
