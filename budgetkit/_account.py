@@ -8,6 +8,7 @@ ledger needs of an account is ``_terms``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Literal
 
 from ._policy import account_over
@@ -83,7 +84,7 @@ class Account:
                 max_tokens=max_tokens,
             ),
             Window.build(window, tz, rolling),
-            *([clock] if clock is not None else []),
+            clock or time.time,
         )
         self.ledger: Ledger | None = check_ledger(ledger)
 

@@ -64,6 +64,8 @@ class AccountTerms:
     limits: dict[str, Any]
     window: Window
     clock: Callable[[], float] = time.time
+    last: list[Buckets] = field(default_factory=list, compare=False, repr=False)
+    """The last window computed (every admission asks; it changes once per bucket)."""
 
     @property
     def tag(self) -> str:
@@ -110,7 +112,13 @@ class AccountTerms:
 
     def buckets(self) -> Buckets:
         """The window current now (by :attr:`clock`)."""
-        return self.window.buckets(self.clock())
+        now = self.clock()
+        last = self.last
+        if last and last[0].since <= now < last[0].resets_at:
+            return last[0]
+        found = self.window.buckets(now)
+        last[:] = [found]
+        return found
 
     def usage_of(self, buckets: Buckets, tally: Tally, reserved: int) -> AccountUsage:
         """An :class:`AccountUsage` of counters a ledger read."""

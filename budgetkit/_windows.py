@@ -55,6 +55,8 @@ class Buckets(NamedTuple):
     """When the window resets (fixed), or its oldest bucket drops out (rolling)."""
     expire_at: int
     """When the current bucket's counters may be forgotten (after every window counting it)."""
+    since: float
+    """When the current bucket began: these buckets hold from then until ``resets_at``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class Window:
                 first * step,
                 (current + 1) * step,
                 math.ceil((current + ROLLING_BUCKETS + 1) * step) + KEEP_AFTER,
+                current * step,
             )
         start: float
         end: float
@@ -140,7 +143,7 @@ class Window:
         else:
             start, end = self._calendar(now)
         bucket = math.floor(start)
-        return Buckets(bucket, (bucket,), start, end, math.ceil(end) + KEEP_AFTER)
+        return Buckets(bucket, (bucket,), start, end, math.ceil(end) + KEEP_AFTER, start)
 
     def _calendar(self, now: float) -> tuple[float, float]:
         local = datetime.fromtimestamp(now, self.tz)
