@@ -172,18 +172,21 @@ def _account_ran_out(budget: SessionBudget, ex: Exhaustion) -> str:
     )
 
 
-def account_section(budget: SessionBudget, reason: str) -> dict[str, object] | None:
+def account_section(b: Boundary, reason: str) -> dict[str, object] | None:
     """The handoff's ``extra["account"]`` for a stop by the account: its id, window, usage
-    of the limit and when the window resets (``None`` when it cannot be read)."""
-    account = budget.account
-    if account is None:
+    of the limit and when the window resets. A session joined from another process knows
+    its account from its ledger session (``account_terms``); ``None``: no account found."""
+    account = b.budget.account
+    terms = account.terms if account is not None else getattr(b.handle, "account_terms", None)
+    if terms is None:
         return None
     try:
-        usage = account.usage()
+        buckets = terms.buckets()
+        usage = terms.usage_of(buckets, *b.ledger.account_usage(terms, buckets))
     except Exception:  # the handoff must be written even if the ledger is gone
-        return {"id": account.account_id, "window": account.window.label}
+        return {"id": terms.account_id, "window": terms.window.label}
     return {
-        "id": account.account_id,
+        "id": terms.account_id,
         "window": usage.window,
         "window_start": usage.window_start.isoformat(),
         "resets_at": usage.resets_at.isoformat(),
@@ -221,7 +224,7 @@ def _write_handoff(
     if loop is not None:  # loop_detected: the handoff names the step
         handoff.extra["loop"] = {"step": loop[0], "repeats": loop[1]}
     if reason.startswith("account_"):  # the account stopped it: which, and until when
-        section = account_section(b.budget, reason)
+        section = account_section(b, reason)
         if section is not None:
             handoff.extra["account"] = section
     error: BaseException | None = None

@@ -373,6 +373,30 @@ def test_a_running_session_stops_at_its_next_boundary_with_the_accounts_reason(
     assert dict(event.attributes or {})["budgetkit.budget.reason"] == "account_max_usd"
 
 
+def test_a_joined_session_knows_its_account(where: Any) -> None:
+    """A worker joins a session of an account by id (another process, as far as the ledger
+    knows): its calls charge the account, and when the account stops it, its handoff names
+    the account."""
+    if where is None:
+        pytest.skip("an in-process session cannot be joined")
+    account = Account(new_id(), max_steps=3, ledger=where)
+    with SessionBudget(account=account, handoff_dir=None) as creator:
+        tool()
+        worker = SessionBudget.join(creator.session_id, ledger=where, trust_id=True)
+
+        def work() -> None:
+            with worker:
+                for i in range(5):
+                    tool(i)
+
+        exc = stopped(lambda: contextvars.Context().run(work))
+    assert exc.reason == "account_max_steps"
+    assert exc.usage.steps == 3
+    assert exc.handoff.extra["account"]["id"] == account.account_id
+    assert exc.handoff.extra["account"]["used"] == "3 of 3 steps used"
+    assert account.usage().steps == 3
+
+
 def test_a_grant_does_not_lift_an_accounts_limit() -> None:
     asked = []
 

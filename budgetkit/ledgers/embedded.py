@@ -42,6 +42,7 @@ from urllib.parse import unquote, urlsplit
 from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
 from .._policy import Counters, Tally
+from .._terms import AccountTerms
 from ..exceptions import (
     BudgetConfigError,
     BudgetTypeError,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
-    from .._terms import AccountTerms, AccountUsage
+    from .._terms import AccountUsage
     from .._usage import Counts
     from .._windows import Buckets
 
@@ -341,8 +342,6 @@ class EmbeddedLedgerServer:
     def _account_usage(self, request: dict[str, Any]) -> list[Any]:
         """``[tally fields, reserved]`` of an account's window (the buckets the client
         names, else the server's current window)."""
-        from .._terms import AccountTerms
-
         account = AccountTerms.from_spec(request["account"])
         buckets = account.buckets()
         counted = request.get("counted")
@@ -352,8 +351,6 @@ class EmbeddedLedgerServer:
         return [[getattr(tally, name) for name in _TALLY_FIELDS], reserved]
 
     def _create(self, session_id: str, request: dict[str, Any]) -> Any:
-        from .._terms import AccountTerms
-
         config = request["config"]
         limits = _limits(config["limits"])
         usd_room = request.get("usd_room")
@@ -643,8 +640,6 @@ class EmbeddedLedger:
 
     def account_usages(self) -> list[AccountUsage]:
         """Every account the server has counted, in its current window."""
-        from .._terms import AccountTerms
-
         out = []
         for spec, tally, reserved in self.call({"op": "accounts"}):
             account = AccountTerms.from_spec(spec)
@@ -682,6 +677,9 @@ class EmbeddedLedgerSession:
         self.parent_session_id: str | None = config.get("parent_session_id")
         #: What the creator stored for joiners (``create(extra=...)``).
         self.extra: dict[str, Any] = dict(config.get("extra") or {})
+        account = config.get("account")
+        #: The account every call is also charged to (``None``: none).
+        self.account_terms = None if account is None else AccountTerms.from_spec(account)
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._token = os.urandom(8).hex()
