@@ -431,3 +431,35 @@ async def test_budget_instructions_wrap_dynamic_instructions(handoff_dir: Path) 
     assert (
         model.requests[0][0] == "You are scout.\n\nBudget: 3 of 3 LLM calls left. Phase: explore."
     )
+
+
+# ----------------------------------------------------------------------------- state in the handoff
+@pytest.mark.asyncio
+async def test_exhausted_run_resumes_with_its_input_items(handoff_dir: Path) -> None:
+    """The handoff stores the run's input items (no update_handoff call); the resumed run's
+    first model request carries them (#19)."""
+    from budgetkit.integrations.openai_agents import resume_input
+
+    agent = Agent(name="researcher", model=canned(5), tools=[lookup])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=2, handoff_dir=handoff_dir),
+    ):
+        await Runner.run(agent, "research this", hooks=BudgetRunHooks())
+    stopped = info.value
+    assert stopped.handoff_path is not None
+    assert stopped.handoff.extra["framework_state"]["framework"] == "openai_agents"
+
+    model = RecordingModel([[answer("all done")]])
+    resumed = Agent(name="researcher", model=model, tools=[lookup])
+    with SessionBudget.resume(stopped.handoff_path) as session:
+        result = await Runner.run(resumed, resume_input(session), hooks=BudgetRunHooks())
+    assert result.final_output == "all done"
+    first = model.requests[0][1]
+    assert first[0] == {"content": "research this", "role": "user"}
+    kinds = [item.get("type") for item in first[1:]]
+    assert kinds == ["function_call", "function_call_output"] * 3
+    outputs = [item["output"] for item in first if item.get("type") == "function_call_output"]
+    assert outputs[:2] == ["found q1", "found q2"]
+    assert outputs[2].startswith("Not run")  # the call the budget refused
+    assert first[-1]["call_id"] == "call_3"

@@ -32,24 +32,32 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
 from ._common import (
+    NOT_RUN_TEXT,
     Step,
     ToolErrorReported,
     budget_text,
     check_session,
+    conversations,
+    record_conversation,
     session_for,
     settle_llm_call,
     start_llm_call,
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Awaitable, Callable
 
     from agents.items import TResponseInputItem
 
     from .._calls import LLMCall
+    from .._handoff import Handoff
     from .._session import SessionBudget
 
-__all__ = ["AgentsBudgetExhausted", "BudgetRunHooks", "budget_instructions"]
+__all__ = ["AgentsBudgetExhausted", "BudgetRunHooks", "budget_instructions", "resume_input"]
+
+#: The name of Agents SDK state in a handoff (``extra["framework_state"]["framework"]``).
+FRAMEWORK = "openai_agents"
 
 _Key = tuple[str, object, str]
 
@@ -123,6 +131,7 @@ class BudgetRunHooks(RunHooks[Any]):
         session = session_for(self.session)
         if session is None:
             return
+        record_conversation(session, FRAMEWORK, list(input_items), _items_json)
         try:
             call = start_llm_call(
                 session, agent.name, model=_model_name(agent.model), messages=input_items
@@ -138,6 +147,9 @@ class BudgetRunHooks(RunHooks[Any]):
         call = _pop(self._llm_calls, id(context), context)
         if call is None:
             return
+        conversation = conversations.get(call.session.budget)
+        if conversation is not None:
+            conversation.items.extend(response.to_input_items())
         settle_llm_call(call, _usage_of(response), result=response.output, streamed=False)
 
     async def on_tool_start(
@@ -234,6 +246,59 @@ def budget_instructions(
         return f"{text}\n\n{status}" if text and status else (text or status)
 
     return with_budget
+
+
+def _items_json(items: list[Any]) -> object:
+    """The input items as JSON, every function call answered (a call the run never ran
+    gets an output saying so)."""
+    from pydantic_core import to_jsonable_python
+
+    kept: list[Any] = to_jsonable_python(items)
+    answered = {
+        item.get("call_id")
+        for item in kept
+        if isinstance(item, dict) and item.get("type") == "function_call_output"
+    }
+    for item in list(kept):
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            call_id = item.get("call_id")
+            if call_id not in answered:
+                kept.append(
+                    {"type": "function_call_output", "call_id": call_id, "output": NOT_RUN_TEXT}
+                )
+    return kept
+
+
+def resume_input(
+    source: SessionBudget | Handoff | str | os.PathLike[str] | None = None,
+) -> list[TResponseInputItem]:
+    """The input items a stopped Agents SDK run left in its handoff, to continue it.
+
+    :class:`BudgetRunHooks` stores, in the handoff, the input items of the run's latest model
+    call (the original input and the items generated so far) and that call's output. A
+    function call the run never ran gets an output saying so. Continue with::
+
+        with SessionBudget.resume(path) as session:
+            result = await Runner.run(agent, resume_input(session), hooks=BudgetRunHooks())
+
+    Args:
+        source: the session resumed from the handoff (``SessionBudget.resume(path)``), the
+            handoff's path, a :class:`~budgetkit.Handoff` (inline state only), or ``None``
+            for the innermost active session.
+
+    Raises:
+        HandoffError: the handoff holds no Agents SDK state, or its sidecar file is missing
+            or was changed.
+
+    .. versionadded:: 0.1.0
+    """
+    from ..exceptions import HandoffError
+    from ._common import source_state
+
+    payload = source_state(source, FRAMEWORK)
+    if not isinstance(payload, list) or not all(isinstance(item, dict) for item in payload):
+        raise HandoffError("the handoff's Agents SDK state is not a list of input items")
+    return payload
 
 
 def _pop(
