@@ -514,7 +514,8 @@ async def test_finish_winds_down_to_a_final_answer_marked_budget_limited(
     assert str(outputs[-1]).startswith("Not run")
     assert session.usage.steps == 4
     assert session.usage.llm_calls == 6
-    assert session.result is not None and session.result.stop_reason == "completed"
+    assert session.result is not None
+    assert session.result.stop_reason == "completed"
 
 
 @pytest.mark.asyncio
