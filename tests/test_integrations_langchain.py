@@ -612,6 +612,7 @@ def test_large_state_goes_to_a_sidecar_checked_on_read(
     assert state["sidecar"] == sidecar.name
     assert "payload" not in state
     assert state["bytes"] == sidecar.stat().st_size > 100
+    assert sidecar.stat().st_mode & 0o777 == 0o600  # written like the handoff
     messages = resume_messages(stopped.handoff_path)
     assert [m.type for m in messages][:3] == ["human", "ai", "tool"]
     with pytest.raises(HandoffError, match="sidecar"):  # an object alone cannot find it
@@ -641,3 +642,21 @@ def test_a_state_over_the_hard_cap_is_omitted_with_a_warning(
     assert not (handoff_dir / f"{stopped.session_id}.state").exists()
     with pytest.raises(HandoffError, match="was not stored"):
         resume_messages(stopped.handoff_path)
+
+
+def test_without_a_handoff_dir_a_large_state_stays_inline(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetkit import _framework_state as framework_state
+    from budgetkit.integrations.langchain import resume_messages
+
+    monkeypatch.setattr(framework_state, "INLINE_BYTES", 100)
+    agent = create_agent(model_for(script(5)), [lookup])
+    with pytest.raises(BudgetExhausted) as info, SessionBudget(max_steps=2, handoff_dir=None):
+        agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    assert info.value.handoff.extra["framework_state"]["bytes"] > 100
+    messages = resume_messages(info.value.handoff)  # no file: the object holds it all
+    assert messages[0].content == "research this"
