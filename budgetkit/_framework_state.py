@@ -13,11 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from ._files import MAX_FILE_BYTES, document_problem, fsync_dir, read_regular, write_temp
+from ._files import MAX_FILE_BYTES, document_problem, read_regular, write_atomic_bytes
 from .exceptions import BudgetWarning, HandoffError
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ def attach(budget: SessionBudget, handoff: Handoff, path: Path | None) -> None:
             entry["payload"] = payload
         else:
             name = sidecar_name(budget.session_id)
-            _write_bytes(path.parent / name, data)
+            write_atomic_bytes(path.parent / name, data)
             entry["sidecar"] = name
             entry["sha256"] = hashlib.sha256(data).hexdigest()
     except Exception as exc:  # never hide the budget error behind a state that won't store
@@ -83,25 +82,13 @@ def attach(budget: SessionBudget, handoff: Handoff, path: Path | None) -> None:
         entry["omitted"] = f"{type(exc).__name__}: {exc}"[:500]
         from ._warnings import warn
 
-        warn(
-            f"budgetkit: the {framework} state of session {budget.session_id!r} is not in its "
-            f"handoff ({entry['omitted']}); a resumed run starts without its history",
-            BudgetWarning,
-        )
+        with contextlib.suppress(Warning):  # warnings as errors: the budget error comes first
+            warn(
+                f"budgetkit: the {framework} state of session {budget.session_id!r} is not in "
+                f"its handoff ({entry['omitted']}); a resumed run starts without its history",
+                BudgetWarning,
+            )
     handoff.extra[KEY] = entry
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` atomically (temporary file, fsync, rename, fsync the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def check_entry(entry: object, session_id: str, source: str) -> None:

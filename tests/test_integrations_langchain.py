@@ -23,7 +23,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from otel_fixtures import Otel, assert_children_of, otel
 from pydantic import Field
 
-from budgetkit import BudgetExhausted, SessionBudget, budget
+from budgetkit import BudgetExhausted, BudgetWarning, SessionBudget, budget
 from budgetkit import _attributes as names
 from budgetkit.integrations.langchain import BudgetCallbackHandler
 
@@ -660,3 +660,21 @@ def test_without_a_handoff_dir_a_large_state_stays_inline(
     assert info.value.handoff.extra["framework_state"]["bytes"] > 100
     messages = resume_messages(info.value.handoff)  # no file: the object holds it all
     assert messages[0].content == "research this"
+
+
+def test_warnings_as_errors_do_not_hide_the_budget_error(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state that cannot be stored warns; under warnings-as-errors the run still ends with
+    BudgetExhausted and a handoff, never with the warning."""
+    import warnings
+
+    from budgetkit import _framework_state as framework_state
+
+    monkeypatch.setattr(framework_state, "MAX_STATE_BYTES", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BudgetWarning)
+        stopped = exhaust_agent(handoff_dir)
+    assert stopped.reason == "max_steps"
+    assert stopped.handoff_path is not None
+    assert "omitted" in stopped.handoff.extra["framework_state"]
