@@ -474,7 +474,7 @@ class WindDownModel(CannedModel):
         self.offered: list[list[str]] = []
         self.tool_choices: list[object] = []
 
-    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+    def _offer(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         settings = kwargs.get("model_settings", args[2] if len(args) > 2 else None)
         tools = kwargs.get("tools", args[3] if len(args) > 3 else [])
         self.offered.append([t.name for t in tools])
@@ -482,7 +482,14 @@ class WindDownModel(CannedModel):
         i = len(self.offered)
         output = [tool_call(i)] if tools else [answer(f"final answer after {i - 1} turns")]
         self.outputs.append(output)
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self._offer(args, kwargs)
         return await super().get_response(*args, **kwargs)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
+        self._offer(args, kwargs)
+        return super().stream_response(*args, **kwargs)
 
 
 @pytest.mark.asyncio
@@ -554,3 +561,34 @@ async def test_a_run_that_finishes_by_itself_is_not_marked(handoff_dir: Path) ->
         result = await run_within_budget(agent, "go", on_exhausted="finish")
     assert result.final_output == "all done"
     assert budget_stop_reason(result) is None
+
+
+@pytest.mark.asyncio
+async def test_streamed_finish_winds_down_to_a_final_answer_marked_budget_limited(
+    handoff_dir: Path,
+) -> None:
+    from budgetkit.integrations.openai_agents import (
+        budget_stop_reason,
+        run_streamed_within_budget,
+    )
+
+    model = WindDownModel()
+    agent = Agent(name="researcher", model=model, tools=[lookup])
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        result = run_streamed_within_budget(agent, "research this", on_exhausted="finish")
+        await drain(result)
+    assert model.offered == [["lookup"]] * 5 + [[]]
+    assert result.final_output == "final answer after 5 turns"
+    assert budget_stop_reason(result) == "wrapup_reserve"
+    assert session.usage.steps == 4
+
+
+def test_hooks_and_run_must_agree_on_on_exhausted() -> None:
+    from budgetkit import BudgetConfigError
+    from budgetkit.integrations.openai_agents import run_within_budget
+
+    agent = Agent(name="researcher", model=WindDownModel(), tools=[lookup])
+    with pytest.raises(BudgetConfigError, match="on_exhausted"):
+        asyncio.run(run_within_budget(agent, "go", hooks=BudgetRunHooks(), on_exhausted="finish"))
+    with pytest.raises(BudgetConfigError, match="on_exhausted"):
+        BudgetRunHooks(on_exhausted="stop")  # type: ignore[arg-type]

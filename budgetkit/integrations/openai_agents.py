@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from agents import RunResult
+    from agents import RunResult, RunResultStreaming
     from agents.items import TResponseInputItem, TResponseStreamEvent
     from agents.tool_guardrails import ToolInputGuardrailData
 
@@ -82,6 +82,7 @@ __all__ = [
     "budget_instructions",
     "budget_stop_reason",
     "resume_input",
+    "run_streamed_within_budget",
     "run_within_budget",
 ]
 
@@ -185,12 +186,15 @@ class BudgetRunHooks(RunHooks[Any]):
             if winding or not finish or exc.reason != WRAPUP_RESERVE:
                 raise _reraise(exc) from None
             winding_down.add(session.budget)  # the model call is made without tools
+            winding = True
             try:
                 call = start_llm_call(
                     session, agent.name, model=model, messages=input_items, wrapup=True
                 )
             except BudgetExhausted as again:
                 raise _reraise(again) from None
+        if winding:  # this run ends with the answer to this call
+            _mark(context, WRAPUP_RESERVE)
         self._llm_calls[id(context)].append((context, call))
 
     async def on_llm_end(
@@ -270,14 +274,9 @@ class _WindDownModel(Model):
         return session is not None and session.budget in winding_down
 
     async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        winding = self._winding()
-        if winding:
+        if self._winding():
             args, kwargs = _without_tools(args, kwargs)
-        response = await self.wrapped.get_response(*args, **kwargs)
-        if winding:
-            _stopped[id(response)] = WRAPUP_RESERVE
-            weakref.finalize(response, _stopped.pop, id(response), None)
-        return response
+        return await self.wrapped.get_response(*args, **kwargs)
 
     def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
         if self._winding():
@@ -288,8 +287,16 @@ class _WindDownModel(Model):
         await self.wrapped.close()
 
 
-#: The ``id()`` of the responses a wind-down ended a run with, and why.
+#: The ``id()`` of the run contexts (``RunContextWrapper``) of runs a wind-down ended, and why.
 _stopped: dict[int, str] = {}
+
+
+def _mark(context: object, reason: str) -> None:
+    key = id(context)
+    if key not in _stopped:
+        weakref.finalize(context, _stopped.pop, key, None)
+    _stopped[key] = reason
+
 
 _TOOLS_AT = {"model_settings": 2, "tools": 3, "handoffs": 5}
 
@@ -342,16 +349,45 @@ async def run_within_budget(
 
     .. versionadded:: 0.1.0
     """
-    check_on_exhausted(on_exhausted)
-    if hooks is None:
-        hooks = BudgetRunHooks(session, on_exhausted=on_exhausted)
-    elif hooks.on_exhausted != on_exhausted:
-        from ..exceptions import BudgetConfigError
-
-        raise BudgetConfigError("hooks= has another on_exhausted than run_within_budget's")
+    hooks = _hooks_for(hooks, session, on_exhausted)
     if on_exhausted == "finish":
         agent, runner_kwargs = _winding_agent(agent, hooks, runner_kwargs)
     return await Runner.run(agent, input, hooks=hooks, **runner_kwargs)
+
+
+def run_streamed_within_budget(
+    agent: Agent[Any],
+    input: str | list[TResponseInputItem],
+    *,
+    session: SessionBudget | None = None,
+    on_exhausted: Literal["raise", "finish"] = "raise",
+    hooks: BudgetRunHooks | None = None,
+    **runner_kwargs: Any,
+) -> RunResultStreaming:
+    """:func:`run_within_budget` for ``Runner.run_streamed``: returns the streaming result
+    (consume ``stream_events()``; a budget stop is raised from it).
+
+    .. versionadded:: 0.1.0
+    """
+    hooks = _hooks_for(hooks, session, on_exhausted)
+    if on_exhausted == "finish":
+        agent, runner_kwargs = _winding_agent(agent, hooks, runner_kwargs)
+    return Runner.run_streamed(agent, input, hooks=hooks, **runner_kwargs)
+
+
+def _hooks_for(
+    hooks: BudgetRunHooks | None, session: SessionBudget | None, on_exhausted: str
+) -> BudgetRunHooks:
+    check_on_exhausted(on_exhausted)
+    if hooks is None:
+        return BudgetRunHooks(
+            session, on_exhausted="finish" if on_exhausted == "finish" else "raise"
+        )
+    if hooks.on_exhausted != on_exhausted:
+        from ..exceptions import BudgetConfigError
+
+        raise BudgetConfigError("hooks= has another on_exhausted than the run's")
+    return hooks
 
 
 def _winding_agent(
@@ -392,12 +428,12 @@ def budget_stop_reason(result: Any) -> str | None:
     (``"wrapup_reserve"``), or ``None`` for a run that finished by itself.
 
     Args:
-        result: the ``RunResult``.
+        result: the ``RunResult`` (or ``RunResultStreaming``).
 
     .. versionadded:: 0.1.0
     """
-    responses = getattr(result, "raw_responses", None) or []
-    return _stopped.get(id(responses[-1])) if responses else None
+    context = getattr(result, "context_wrapper", None)
+    return None if context is None else _stopped.get(id(context))
 
 
 def _default_failure_text() -> str | None:
