@@ -262,8 +262,8 @@ class BudgetRunHooks(RunHooks[Any]):
 
 
 class _WindDownModel(Model):
-    """The agent's model; once its session winds down, called with no tools or handoffs,
-    and its answer marked with the stop reason."""
+    """The agent's model; once its session winds down, called with no tools, no handoffs
+    and no ``tool_choice``."""
 
     def __init__(self, wrapped: Model, session: SessionBudget | None) -> None:
         self.wrapped = wrapped
