@@ -227,6 +227,10 @@ def _write_handoff(
         section = account_section(b, reason)
         if section is not None:
             handoff.extra["account"] = section
+    if b.budget.handoff_notes.framework_state is not None:
+        from ._framework_state import attach
+
+        attach(b.budget, handoff, path)  # before the handoff: its sidecar is written first
     error: BaseException | None = None
     target = path
     if path is not None:

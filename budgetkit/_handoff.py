@@ -144,6 +144,11 @@ class Handoff:
             raise HandoffError(f"{source}: {exc}") from None
         _check_fields(values, source)
         usage_from_dict(values["usage"], source)
+        state = values.get("extra", {}).get("framework_state")
+        if state is not None:
+            from ._framework_state import check_entry
+
+            check_entry(state, values["session_id"], source)
         handoff = cls(**values)
         handoff._lineage(source)  # checked now (a legacy extra["grants"] folded in)
         return handoff
