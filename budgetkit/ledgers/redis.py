@@ -1,26 +1,27 @@
 """A shared ledger on Redis (or Valkey): one session budget for many processes and machines.
 
-Every operation is **one Lua script call**, so it is atomic on the server: a step is counted
-only if it fits, N processes racing on ``max_steps=K`` admit exactly K, and a reservation is
-admitted against ``spent + reserved + estimate <= max_usd`` in the same step.
+Every operation is **one call of a Redis Function** (one Lua library loaded per server; EVALSHA
+scripts where Functions are missing), so it is atomic on the server: a step is counted only if
+it fits, N processes racing on ``max_steps=K`` admit exactly K, and a reservation is admitted
+against ``spent + reserved + estimate <= max_usd`` in the same step.
 
 Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on one slot):
 
 - ``<prefix>{<id>}``: a hash with the limits, the counters, and the latched state
-  (``reason``, ``tripped``, ``refused``, ``writer``);
-- ``<prefix>{<id>}:res``: a hash, holder -> USD that holder has reserved;
+  (``reason``, ``tripped``, ``refused``, ``writer``), and per holder (a handle):
+  ``r:<holder>``, the USD it has reserved, and ``o:<holder>``, its operation record. A holder
+  numbers its operations; each carries its number and the lowest number the holder still
+  waits for (its low-water mark). The record keeps the mark and the answers of the
+  operations above it: a retried operation gets its stored answer back instead of being
+  applied twice, for as long as the client retries; an operation older than the mark is
+  stale and ignored. So memory is O(live workers + their operations in flight), never
+  O(steps). An admit the client gave up on (a timeout) is undone by its next operation, or
+  voided if it has not arrived yet.
 - ``<prefix>{<id>}:lease``: a sorted set, holder -> deadline (server clock, ms), for holders
   that hold a reservation. When a deadline passes (a worker died mid-call), that holder's
-  reservation is converted to spend at its estimate, never released (fail closed);
-- ``<prefix>{<id>}:ops``: a hash of each holder's unacknowledged operations. A holder numbers
-  its operations; each carries its number and the lowest number the holder still waits for
-  (its low-water mark). A retried operation gets its stored answer back instead of being
-  applied twice, for as long as the client retries; answers below the mark are deleted, and
-  an operation older than the mark is stale and ignored. So memory is O(live workers + their
-  operations in flight), never O(steps). An admit the client gave up on (a timeout) is undone
-  by its next operation, or voided if it has not arrived yet.
+  reservation is converted to spend at its estimate, never released (fail closed).
 
-Every script moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
+Every operation moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
 ``ttl``), so an abandoned session disappears between 0.9 and 1 ``ttl`` after its last operation.
 
 USD is exact: amounts travel and are stored as decimal integer strings of 10^-18 USD
@@ -33,6 +34,7 @@ float). An amount with more than 18 decimal places is rounded up (a charge is ne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -76,6 +78,42 @@ if TYPE_CHECKING:
 __all__ = ["RedisLedger", "RedisLedgerSession"]
 
 # ---------------------------------------------------------------------------------- Lua
+# Layout: one Lua *library* (``_LIBRARY``), loaded once per server with FUNCTION LOAD under a
+# name made from a hash of its text (``budgetkit_<hash>``) and called with FCALL; on a server
+# without Functions (< 7.0, or FCALL/FUNCTION renamed) the same text runs as one EVALSHA
+# script per operation (``_SCRIPTS``). The prelude (``_PRELUDE``: digit arithmetic, the
+# per-call state, the rules generated from ``_policy.CHECKS``, begin/finish) is defined once
+# at load; each operation is a body in ``_OPS``.
+#
+# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases.
+# ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms" (``RedisLedgerSession._call``
+# builds it; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL); the
+# operation's own arguments are A[2], A[3], ...; trailing empty ones are not sent, so read
+# them as ``(A[i] or '')``.
+#
+# Porting recipe: how to add an operation ``foo``
+#   1. Body: add ``"foo": """..."""`` to ``_OPS``. It runs as a Lua function without
+#      parameters:
+#          local early = begin(STATE)       -- reads the listed fields into v (plus this
+#          if early then return early end   -- holder's op record and reservation); answers
+#                                           -- a retry, a stale op, 'U' (no session)
+#          ... read v['field'], A[2..]; write with put('field', 'string value') ...
+#          return finish('OK')              -- one HSET of every put, TTL moved, answer
+#                                           -- remembered for a retry of this op number
+#      Values written with put are strings (``int(x)`` formats a number; amounts are
+#      decimal strings: add/sub0/cmp/min). A write put cannot express (HDEL, HINCRBY of a
+#      field not read, ZADD) is a plain redis.call. Never call TIME: ``now`` is set.
+#   2. Registration: nothing more; _LIBRARY and _SCRIPTS are built from _OPS (the library's
+#      name changes with its text, so a new version loads next to an old one).
+#   3. Python: a method of RedisLedgerSession calling ``self._run("foo", [arg, ...],
+#      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
+#   4. A field admit must read: derive it in ``admit_fields`` from the policy table
+#      (``_policy.CHECKS``), never list it by hand in Lua; an operation other than admit
+#      reads ``STATE`` (``state_fields``), or a list of its own passed to begin().
+#      A field only some calls need can be read later with ``more({'a', 'b'})``.
+#   Per-holder data is a field of S named '<letter>:<holder>' ('o:' its op record, 'r:' its
+#   reservation), never a key of its own: a session is one key (plus L while a
+#   reservation is open).
 #: Exact arithmetic on non-negative decimal integer strings, in chunks of 14 digits (every
 #: chunk sum stays far below 2^53, where Lua's doubles are exact).
 LUA_BIGNUM = """
@@ -134,126 +172,49 @@ local function min(a, b)
 end
 """
 
-_LUA_COMMON_TEMPLATE = (
-    LUA_BIGNUM
-    + """
-local S, R, L, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
--- Every script but create's takes the same six first arguments.
-local H, SEQ, LW, AB, LEASE, TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+#: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
+_LUA_CALL = """
+local S, L, A, H, SEQ, LW, AB, LEASE, TTL
+local v, now, mine, ents, lw, rec_dirty, dirty, leased
+local function setup(keys, args)
+  S, L, A = keys[1], keys[2], args
+  H, SEQ, LW, AB, LEASE, TTL =
+    string.match(args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  v, now, mine, ents, lw, rec_dirty, dirty, leased = {}, 0, nil, {}, 0, false, {}, false
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function num(v)
-  if v then return tonumber(v) end
+local function num(x)
+  if x then return tonumber(x) end
   return 0
 end
-%(RULES)s
-local v, now, prior_lw = nil, 0, nil
--- Give back up to `amount` of what `holder` has reserved (never more than it holds).
-local function give_back(holder, amount)
-  local mine = redis.call('HGET', R, holder)
-  if not mine then return end
-  local take = min(mine, amount)
-  local left = sub0(mine, take)
-  if left == '0' then
-    redis.call('HDEL', R, holder)
-    redis.call('ZREM', L, holder)
-  else
-    redis.call('HSET', R, holder, left)
-  end
-  v['resv'] = sub0(v['resv'] or '0', take)
-  redis.call('HSET', S, 'resv', v['resv'])
+local function int(x) return string.format('%.0f', x) end
+-- Set a field of the session's hash; finish() writes every one in one HSET.
+local function put(field, value)
+  v[field] = value
+  dirty[field] = value
 end
--- The reservations of holders whose lease ran out (a worker died mid-call) become spend
--- at their estimate: money may have been spent under them, so they are never released.
-local function sweep()
-  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
-  if #dead == 0 then return end
-  local resv, cost = v['resv'] or '0', v['cost'] or '0'
-  for _, h in ipairs(dead) do
-    local mine = redis.call('HGET', R, h)
-    if mine then
-      resv = sub0(resv, mine)
-      cost = add(cost, mine)
-    end
-    redis.call('HDEL', R, h)
+local function flush()
+  local args = {}
+  for f, x in pairs(dirty) do
+    args[#args + 1] = f
+    args[#args + 1] = x
   end
-  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
-  v['resv'], v['cost'] = resv, cost
-  redis.call('HSET', S, 'resv', resv, 'cost', cost)
-  if not v['tripped'] then
-    local reason = measured_refusal(v)
-    if reason then
-      v['tripped'] = reason
-      redis.call('HSET', S, 'tripped', reason)
-    end
-  end
+  if #args > 0 then redis.call('HSET', S, unpack(args)) end
+  dirty = {}
 end
--- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
--- one not yet applied is voided, so it is never applied when it arrives late.
-local function cancel()
-  for s in string.gmatch(AB, '[^,]+') do
-    local field = H .. ':' .. s
-    local done = redis.call('HGET', O, field)
-    if done and string.sub(done, 1, 1) == 'A' then
-      local _, kind, reserve = string.match(done, '^([^|]*)|([^|]*)|(.*)$')
-      if kind == 'step' then
-        v['steps'] = tostring(redis.call('HINCRBY', S, 'steps', -1))
-      elseif kind == 'llm' then
-        v['llm'] = tostring(redis.call('HINCRBY', S, 'llm', -1))
-      end
-      if reserve and reserve ~= '' and reserve ~= '0' then give_back(H, reserve) end
-    end
-    redis.call('HSET', O, field, 'V')
+-- Read more fields into v (those not already set in this call).
+local function more(names)
+  local got = redis.call('HMGET', S, unpack(names))
+  for i, name in ipairs(names) do
+    if dirty[name] == nil then v[name] = got[i] or nil end
   end
-end
--- An operation already applied answers as it did ('V': voided; 'D': older than what the
--- client still waits for, a stale duplicate); an unknown or expired session is 'U'.
-local function begin()
-  if SEQ ~= '' then
-    local got = redis.call('HMGET', O, H .. ':' .. SEQ, H)
-    if got[1] then return (string.match(got[1], '^[^|]*')) end
-    prior_lw = tonumber(got[2] or '0')
-    if tonumber(SEQ) < prior_lw then return 'D' end
-  end
-  v = state()
-  if not v['start'] then return 'U' end
-  now = now_ms()
-  if AB ~= '' then cancel() end
-  if (v['resv'] or '0') ~= '0' then sweep() end
-  return nil
-end
--- Keep this holder's reservations alive (only when it holds any); slide the keys' expiry
--- (amortised: at most once per tenth of the ttl); remember a sequenced operation's answer
--- until the client acknowledges it (its low-water mark passes it).
-local function finish(result, detail)
-  if (v['resv'] or '0') ~= '0' then redis.call('ZADD', L, 'XX', now + tonumber(LEASE), H) end
-  local ttl = tonumber(TTL)
-  if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
-    redis.call('HSET', S, 'exp', string.format('%.0f', now + ttl))
-    for _, k in ipairs({S, R, L, O}) do redis.call('PEXPIRE', k, ttl) end
-  end
-  if SEQ ~= '' then
-    local lw = tonumber(LW)
-    if lw > prior_lw then
-      local stale = {}
-      for s = prior_lw, math.min(lw - 1, prior_lw + 999) do
-        table.insert(stale, H .. ':' .. s)
-      end
-      redis.call('HDEL', O, unpack(stale))
-    else
-      lw = prior_lw
-    end
-    local added = redis.call('HSET', O, H .. ':' .. SEQ, result .. (detail or ''), H, lw)
-    if added == 2 then redis.call('PEXPIRE', O, ttl) end
-  end
-  return result
 end
 """
-)
 
-#: Where each counter of ``budgetkit._policy.Counters`` lives in the session's hash.
 COUNTER_FIELDS = {
     "steps": "steps",
     "llm_calls": "llm",
@@ -289,26 +250,76 @@ LIMIT_FIELDS = {
 }
 
 
+#: Fields every operation reads: the session exists (``start``), when its keys' expiry was
+#: last moved (``exp``), and the USD held by reservations (a sweep is needed when not 0).
+_BASE_FIELDS = ("start", "exp", "resv")
+
+
+def _check_fields(check: Check) -> list[str]:
+    return [LIMIT_FIELDS[check.reason], *(COUNTER_FIELDS[c] for c in check.counters)]
+
+
+def state_fields() -> list[str]:
+    """Every field the rules and the operations read (``STATE`` in Lua)."""
+    fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
+    rest = [f for f in fields if f not in _BASE_FIELDS]
+    return [*_BASE_FIELDS, *rest, "reason", "tripped", "keep", "lastc", "writer"]
+
+
+def admit_fields(kind: str, reserve: bool) -> list[str]:
+    """The fields an admit of ``kind`` (``"step"``, ``"llm"`` or ``""``) reads, derived from
+    :data:`CHECKS`: the latch, the time limits, the count limits of its kind (and the run of
+    repeats for a step), the USD limits when it ``reserve``s, and the run of errors (the
+    answer says it is counted). ``in_wrapup_reserve`` reads :func:`wrapup_fields` on top,
+    only when the session keeps a wrap-up reserve."""
+    fields = [*_BASE_FIELDS, "reason", "tripped", "keep"]
+    for check in CHECKS:
+        if check.rule == ERRORS:
+            fields += [COUNTER_FIELDS[c] for c in check.counters]
+        elif (
+            check.rule == TIME
+            or (check.rule == COUNT and check.kind == kind)
+            or (check.rule == REPEATS and kind == STEP)
+            or (reserve and check.reason in USD_CHECKS)
+        ):
+            fields += _check_fields(check)
+    if kind == STEP:
+        fields.append("lastc")
+    return list(dict.fromkeys(fields))
+
+
+def wrapup_fields() -> list[str]:
+    """The fields ``in_wrapup_reserve`` reads (every limit it keeps a part of)."""
+    fields = ["start", "keep"]
+    for check in CHECKS:
+        if not check.chain and check.rule not in (ERRORS, REPEATS):
+            fields += _check_fields(check)
+    return list(dict.fromkeys(fields))
+
+
+def _lua_list(fields: list[str]) -> str:
+    return "{" + ", ".join(f"'{f}'" for f in fields) + "}"
+
+
 def lua_rules() -> str:
     """The policy's rules as Lua, generated from ``budgetkit._policy.CHECKS`` (the one
-    order of reasons), so the server applies exactly what the in-process ledger does.
+    order of reasons), so the server applies exactly what the in-process ledger does; and
+    the field lists operations read (``STATE``, ``ADMIT[kind]``, ``WRAPUP``).
 
-    Each function reads ``v``, the session's hash (:func:`state` in Lua), and returns the
+    Each function reads ``v``, the fields of the session's hash read so far, and returns the
     refusing reason or ``false``: ``time_refusal``, ``count_refusal`` (by call kind),
     ``reserve_refusal`` (spent + reserved + estimate), ``measured_refusal`` (after a
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
-    fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
-    fields += ["reason", "tripped", "start", "keep", "exp", "lastc"]
-    names = ", ".join(f"'{f}'" for f in fields)
+    admit = ", ".join(
+        f"['{kind}{'+r' if reserve else ''}'] = {_lua_list(admit_fields(kind, reserve))}"
+        for kind in (STEP, LLM, "")
+        for reserve in (False, True)
+    )
     lines = [
-        "local STATE_FIELDS = {" + names + "}",
-        "local function state()",
-        "  local got = redis.call('HMGET', S, unpack(STATE_FIELDS))",
-        "  local v = {}",
-        "  for i, name in ipairs(STATE_FIELDS) do v[name] = got[i] or nil end",
-        "  return v",
-        "end",
+        f"local STATE = {_lua_list(state_fields())}",
+        f"local ADMIT = {{{admit}}}",
+        f"local WRAPUP = {_lua_list(wrapup_fields())}",
     ]
 
     def exact(check: Check) -> str:
@@ -431,41 +442,152 @@ def lua_rules() -> str:
     return "\n".join(lines)
 
 
-_LUA_COMMON = _LUA_COMMON_TEMPLATE.replace("%(RULES)s", lua_rules())
+#: Reservations, op records, begin and finish (after the rules, which they use).
+_LUA_HELPERS = """
+-- Give back up to `amount` of what this holder has reserved (never more than it holds).
+local function give_back(amount)
+  if not mine then return end
+  local take = min(mine, amount)
+  mine = sub0(mine, take)
+  if mine == '0' then
+    mine = nil
+    dirty['r:' .. H] = nil
+    redis.call('HDEL', S, 'r:' .. H)
+    redis.call('ZREM', L, H)
+  else
+    dirty['r:' .. H] = mine
+  end
+  put('resv', sub0(v['resv'] or '0', take))
+end
+-- The reservations of holders whose lease ran out (a worker died mid-call) become spend
+-- at their estimate: money may have been spent under them, so they are never released.
+local function sweep()
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
+  if #dead == 0 then return end
+  more(STATE)
+  local fields = {}
+  for i, h in ipairs(dead) do fields[i] = 'r:' .. h end
+  local held = redis.call('HMGET', S, unpack(fields))
+  local resv, cost = v['resv'] or '0', v['cost'] or '0'
+  for i, h in ipairs(dead) do
+    local x = held[i]
+    if h == H then
+      x, mine = mine, nil
+      dirty['r:' .. H] = nil
+    end
+    if x then
+      resv = sub0(resv, x)
+      cost = add(cost, x)
+    end
+  end
+  redis.call('HDEL', S, unpack(fields))
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+  put('resv', resv)
+  put('cost', cost)
+  if not v['tripped'] then
+    local reason = measured_refusal(v)
+    if reason then put('tripped', reason) end
+  end
+end
+-- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
+-- one not yet applied is voided, so it is never applied when it arrives late.
+local function cancel()
+  more(STATE)
+  for s in string.gmatch(AB, '[^,]+') do
+    local done = ents[s]
+    if done and string.sub(done, 1, 1) == 'A' then
+      local kind, reserve = string.match(done, '^[^|]*|([^|]*)|(.*)$')
+      if kind == 'step' then
+        put('steps', int(num(v['steps']) - 1))
+      elseif kind == 'llm' then
+        put('llm', int(num(v['llm']) - 1))
+      end
+      if reserve and reserve ~= '' and reserve ~= '0' then give_back(reserve) end
+    end
+    ents[s] = 'V'
+  end
+  rec_dirty = true
+end
+-- Read `names` into v, with this holder's op record ('o:<holder>': its low-water mark,
+-- then "<seq> <answer>" lines for the operations it has not acknowledged) and reservation
+-- ('r:<holder>'). An operation already applied answers as it did ('V': voided; 'D': older
+-- than what the client still waits for, a stale duplicate); no session answers 'U'.
+local function begin(names)
+  local got = redis.call('HMGET', S, 'o:' .. H, 'r:' .. H, unpack(names))
+  local rec = got[1]
+  if rec then
+    lw = tonumber(string.match(rec, '^%d+'))
+    for s, a in string.gmatch(rec, '\\n(%d+) ([^\\n]*)') do ents[s] = a end
+  end
+  if SEQ ~= '' then
+    local done = ents[SEQ]
+    if done then return (string.match(done, '^[^|]*')) end
+    if tonumber(SEQ) < lw then return 'D' end
+  end
+  for i, name in ipairs(names) do v[name] = got[i + 2] or nil end
+  if not v['start'] then return 'U' end
+  mine = got[2] or nil
+  now = now_ms()
+  if AB ~= '' then cancel() end
+  if (v['resv'] or '0') ~= '0' then sweep() end
+  return nil
+end
+-- Remember a sequenced operation's answer until the client acknowledges it (its low-water
+-- mark passes it); keep this holder's reservation alive; slide the keys' expiry (at most
+-- once per tenth of the ttl); write every put in one HSET.
+local function finish(result, detail)
+  if SEQ ~= '' then
+    ents[SEQ] = result .. (detail or '')
+    rec_dirty = true
+  end
+  if rec_dirty then
+    local low = math.max(tonumber(LW) or 0, lw)
+    local out = {int(low)}
+    for s, a in pairs(ents) do
+      if tonumber(s) >= low then out[#out + 1] = s .. ' ' .. a end
+    end
+    put('o:' .. H, table.concat(out, '\\n'))
+  end
+  if mine and not leased then redis.call('ZADD', L, 'XX', now + tonumber(LEASE), H) end
+  local ttl = tonumber(TTL)
+  if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
+    put('exp', int(now + ttl))
+    flush()
+    redis.call('PEXPIRE', S, ttl)
+    redis.call('PEXPIRE', L, ttl)
+  else
+    flush()
+  end
+  return result
+end
+"""
 
-#: ARGV: ttl, then field/value pairs. 'E' when the id exists, else 'OK'.
-_CREATE = (
-    _LUA_COMMON
-    + """
+#: The operations: name -> body of a Lua function without parameters (see the recipe above).
+_OPS: dict[str, str] = {
+    # A[2..]: field/value pairs. 'E' when the id exists, else 'OK'.
+    "create": """
 if redis.call('EXISTS', S) == 1 then return 'E' end
 local t = now_ms()
-redis.call('HSET', S, 'start', string.format('%.0f', t),
-  'exp', string.format('%.0f', t + tonumber(ARGV[1])), unpack(ARGV, 2))
-redis.call('PEXPIRE', S, ARGV[1])
+redis.call('HSET', S, 'start', int(t), 'exp', int(t + tonumber(TTL)), unpack(A, 2))
+redis.call('PEXPIRE', S, TTL)
 return 'OK'
-"""
-)
-
-#: The session's configuration (JSON), or 'U'.
-_JOIN = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # The session's configuration (JSON), or 'U'.
+    "join": """
+local early = begin(STATE)
 if early then return early end
 return finish(redis.call('HGET', S, 'cfg'))
-"""
-)
-
-#: ARGV 7..: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
-#: tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
-#: 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up reserve
-#: (not latched), 'X<reason>' refused and latched, 'U' unknown.
-_ADMIT = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2..7]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
+    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
+    # 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up
+    # reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+    "admit": """
+local kind, reserve, name = A[2] or '', A[3] or '', A[4] or ''
+local wrapup, cap, digest = A[5] or '', A[6] or '', A[7] or ''
+local early
+if reserve == '' then early = begin(ADMIT[kind]) else early = begin(ADMIT[kind .. '+r']) end
 if early then return early end
-local kind, reserve, name = ARGV[7], ARGV[8], ARGV[9]
 local result = 'A'
 if v['reason'] then
   result = 'X' .. v['reason']
@@ -473,231 +595,196 @@ else
   local reason = v['tripped']
   if not reason then reason = time_refusal(v, now) end
   if not reason then reason = count_refusal(kind, v) end
-  if not reason then reason = tool_refusal(kind, name, ARGV[11] or '') end
+  if not reason then reason = tool_refusal(kind, name, cap) end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
+  local held = false
+  if not reason and v['keep'] and wrapup ~= '1' then
+    more(WRAPUP)
+    held = in_wrapup_reserve(kind, v, now)
+  end
   if reason then
-    redis.call('HSET', S, 'reason', reason, 'refused', name)
+    put('reason', reason)
+    put('refused', name)
     result = 'X' .. reason
-  elseif v['keep'] and ARGV[10] ~= '1' and in_wrapup_reserve(kind, v, now) then
+  elseif held then
     result = 'W'
   else
     if kind == 'step' then
-      redis.call('HINCRBY', S, 'steps', 1)
-      if (ARGV[11] or '') ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
-      local digest = ARGV[12] or ''
+      put('steps', int(num(v['steps']) + 1))
+      if cap ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
       if digest == '' then
         if v['lastc'] then
-          redis.call('HSET', S, 'rep', 0)
+          put('rep', '0')
           redis.call('HDEL', S, 'lastc', 'lastn')
         end
       else
         local rep = 1
         if v['lastc'] == digest then
           rep = num(v['rep']) + 1
-          redis.call('HSET', S, 'rep', rep)
+          put('rep', int(rep))
         else
-          redis.call('HSET', S, 'rep', rep, 'lastc', digest, 'lastn', name)
+          put('rep', '1')
+          put('lastc', digest)
+          put('lastn', name)
         end
         local looping = repeats_refusal(rep, v)
-        if looping and not v['tripped'] then redis.call('HSET', S, 'tripped', looping) end
+        if looping and not v['tripped'] then put('tripped', looping) end
       end
     elseif kind == 'llm' then
-      redis.call('HINCRBY', S, 'llm', 1)
+      put('llm', int(num(v['llm']) + 1))
     end
     if reserve ~= '' and reserve ~= '0' then
-      v['resv'] = add(v['resv'] or '0', reserve)
-      redis.call('HSET', S, 'resv', v['resv'])
-      redis.call('HSET', R, H, add(redis.call('HGET', R, H) or '0', reserve))
-      redis.call('ZADD', L, now + tonumber(LEASE), H)
-      redis.call('PEXPIRE', R, TTL)
-      redis.call('PEXPIRE', L, TTL)
+      put('resv', add(v['resv'] or '0', reserve))
+      mine = add(mine or '0', reserve)
+      dirty['r:' .. H] = mine
+      leased = true
+      if redis.call('ZADD', L, now + tonumber(LEASE), H) == 1 then
+        redis.call('PEXPIRE', L, TTL)
+      end
     end
     if num(v['errors']) > 0 then result = 'AE' end
   end
 end
 return finish(result, '|' .. kind .. '|' .. reserve)
-"""
-)
-
-#: ARGV 7..: measured ('1'/'0'), input, output, cache read, cache write, reasoning,
-#: priced ('1'/'0'), cost ('' or units), release ('' or units).
-#: 'T<tripped reason or empty>', or 'U'. Token counts are added exactly (decimal strings),
-#: so no count overflows: a huge one trips its limit.
-_RECORD = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2..10]: measured ('1'/'0'), input, output, cache read, cache write, reasoning,
+    # priced ('1'/'0'), cost ('' or units), release ('' or units). 'T<tripped reason or
+    # empty>', or 'U'. Token counts are added exactly (decimal strings): a huge one trips.
+    "record": """
+local early = begin(STATE)
 if early then return early end
-local sets = {}
-if ARGV[7] == '1' then
+if A[2] == '1' then
   local names = {'in', 'out', 'cr', 'cw', 'rs'}
   for i = 1, 5 do
-    local n = ARGV[i + 7]
-    if n ~= '0' then
-      v[names[i]] = add(v[names[i]] or '0', n)
-      table.insert(sets, names[i])
-      table.insert(sets, v[names[i]])
-    end
+    local n = A[i + 2]
+    if n ~= '0' then put(names[i], add(v[names[i]] or '0', n)) end
   end
-  if ARGV[13] ~= '1' then redis.call('HINCRBY', S, 'unpriced', 1) end
+  if A[8] ~= '1' then put('unpriced', int(num(v['unpriced']) + 1)) end
 else
-  redis.call('HINCRBY', S, 'unmeasured', 1)
+  put('unmeasured', int(num(v['unmeasured']) + 1))
 end
-if ARGV[14] ~= '' then
-  v['cost'] = add(v['cost'] or '0', ARGV[14])
-  table.insert(sets, 'cost')
-  table.insert(sets, v['cost'])
-end
+if (A[9] or '') ~= '' then put('cost', add(v['cost'] or '0', A[9])) end
 local tripped = v['tripped']
 if not tripped then
   tripped = measured_refusal(v)
-  if tripped then
-    table.insert(sets, 'tripped')
-    table.insert(sets, tripped)
-  end
+  if tripped then put('tripped', tripped) end
 end
-if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
-if ARGV[15] ~= '' then give_back(H, ARGV[15]) end
+if (A[10] or '') ~= '' then give_back(A[10]) end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: ARGV 7: units. 'OK' or 'U'.
-_RELEASE = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: units. 'OK' or 'U'.
+    "release": """
+local early = begin(STATE)
 if early then return early end
-give_back(H, ARGV[7])
+give_back(A[2])
 return finish('OK')
-"""
-)
-
-#: Counts a failed call: 'T<tripped reason or empty>', or 'U'.
-_FAIL = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # Counts a failed call: 'T<tripped reason or empty>', or 'U'.
+    "fail": """
+local early = begin(STATE)
 if early then return early end
-v['errors'] = tostring(redis.call('HINCRBY', S, 'errors', 1))
+put('errors', int(num(v['errors']) + 1))
 local tripped = v['tripped']
 if not tripped then
   tripped = errors_refusal(v)
-  if tripped then redis.call('HSET', S, 'tripped', tripped) end
+  if tripped then put('tripped', tripped) end
 end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: Resets the run of errors (idempotent). 'OK' or 'U'.
-_SUCCEED = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # Resets the run of errors (idempotent). 'OK' or 'U'.
+    "succeed": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSET', S, 'errors', 0)
+if num(v['errors']) ~= 0 then put('errors', '0') end
 return finish('OK')
-"""
-)
-
-#: ARGV 7: reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
-_TRIP = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
+    "trip": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSETNX', S, 'tripped', ARGV[7])
+if not v['tripped'] then put('tripped', A[2]) end
 return finish('OK')
-"""
-)
-
-#: ARGV 7, 8: reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
-_LATCH = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2], A[3]: reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
+    "latch": """
+local early = begin(STATE)
 if early then return early end
-if redis.call('HSETNX', S, 'reason', ARGV[7]) == 1 then
-  redis.call('HSET', S, 'refused', ARGV[8])
+if not v['reason'] then
+  put('reason', A[2])
+  put('refused', A[3] or '')
 end
-return finish('X' .. redis.call('HGET', S, 'reason'))
-"""
-)
-
-#: ARGV 7..: configuration (JSON), then limit field/value pairs. The latch is lifted and a
-#: measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
-_EXTEND = (
-    _LUA_COMMON
-    + """
-local early = begin()
+return finish('X' .. v['reason'])
+""",
+    # A[2..]: configuration (JSON), then limit field/value pairs. The latch is lifted and a
+    # measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
+    "extend": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSET', S, 'cfg', unpack(ARGV, 7))
+flush()
+redis.call('HSET', S, 'cfg', unpack(A, 2))
 redis.call('HDEL', S, 'reason', 'tripped', 'refused')
-local tripped = measured_refusal(state())
-if tripped then redis.call('HSET', S, 'tripped', tripped) end
+more(STATE)
+local tripped = measured_refusal(v)
+if tripped then put('tripped', tripped) end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: '1' when this holder is (or already was) the handoff writer.
-_CLAIM = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # '1' when this holder is (or already was) the handoff writer.
+    "claim": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSETNX', S, 'writer', H)
+if not v['writer'] then put('writer', H) end
 local won = '0'
-if redis.call('HGET', S, 'writer') == H then won = '1' end
+if v['writer'] == H then won = '1' end
 return finish(won)
-"""
-)
-
-#: This holder is done: forget its operations (older ones arriving late are stale).
-_BYE = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: the holder's last op number. This holder is done: its record keeps only its
+    # mark (an operation arriving late is stale).
+    "bye": """
+local early = begin(STATE)
 if early then return early end
-local last = tonumber(ARGV[7])
-local lw = tonumber(redis.call('HGET', O, H) or '0')
-local stale = {}
-for s = lw, math.min(last, lw + 999) do table.insert(stale, H .. ':' .. s) end
-redis.call('HDEL', O, unpack(stale))
-redis.call('HSET', O, H, last + 1)
+lw = math.max(lw, tonumber(A[2]) + 1)
+rec_dirty = true
 return finish('OK')
-"""
-)
-
-#: The state hash as a flat field/value list plus 'now', or 'U'.
-_SNAPSHOT = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # The session's hash as a flat field/value list plus 'now', or 'U'.
+    "snapshot": """
+local early = begin(STATE)
 if early then return early end
 finish('')
 local all = redis.call('HGETALL', S)
 table.insert(all, 'now')
-table.insert(all, string.format('%.0f', now))
+table.insert(all, int(now))
 return all
-"""
+""",
+}
+
+_PRELUDE = LUA_BIGNUM + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+
+#: The version of the Lua: the library and its functions are named after it, so every
+#: version of budgetkit loads its own next to the others on one server.
+LUA_VERSION = hashlib.sha256(
+    (_PRELUDE + "".join(f"{k}\n{b}" for k, b in sorted(_OPS.items()))).encode()
+).hexdigest()[:12]
+LIBRARY_NAME = f"budgetkit_{LUA_VERSION}"
+#: The FCALL name of each operation.
+FUNCTIONS = {name: f"bk_{LUA_VERSION}_{name}" for name in _OPS}
+
+_LIBRARY = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    + _PRELUDE
+    + "".join(
+        f"redis.register_function('{FUNCTIONS[name]}', function(keys, args)\n"
+        f"  setup(keys, args)\n{body}end)\n"
+        for name, body in _OPS.items()
+    )
 )
 
+#: The same operations as EVALSHA scripts (servers without Functions).
 _SCRIPTS = {
-    "create": _CREATE,
-    "join": _JOIN,
-    "admit": _ADMIT,
-    "record": _RECORD,
-    "release": _RELEASE,
-    "fail": _FAIL,
-    "succeed": _SUCCEED,
-    "trip": _TRIP,
-    "latch": _LATCH,
-    "extend": _EXTEND,
-    "claim": _CLAIM,
-    "bye": _BYE,
-    "snapshot": _SNAPSHOT,
+    name: _PRELUDE + f"setup(KEYS, ARGV)\nlocal function body()\n{body}end\nreturn body()\n"
+    for name, body in _OPS.items()
 }
 
 
@@ -884,6 +971,11 @@ class RedisLedger:
                 f"RedisLedger takes a Redis URL or a redis.Redis client, got {url_or_client!r}"
             )
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
+        #: Operations run as FCALL of the library until the server turns out to have no
+        #: Functions (then as EVALSHA scripts).
+        self.functions = True
+        self._no_such_function: type[BaseException] = redis.exceptions.ResponseError
+        self._no_permission: type[BaseException] = redis.exceptions.NoPermissionError
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -898,13 +990,22 @@ class RedisLedger:
 
     # ------------------------------------------------------------------ plumbing
     def keys(self, session_id: str) -> list[str]:
+        """The session's hash and its sorted set of reservation leases (one hash tag)."""
         base = f"{self.key_prefix}{{{session_id}}}"
-        return [base, f"{base}:res", f"{base}:lease", f"{base}:ops"]
+        return [base, f"{base}:lease"]
 
-    def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call; connection trouble becomes ``LedgerUnavailableError``."""
+    def run(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        """One operation (an FCALL, or an EVALSHA on a server without Functions);
+        connection trouble becomes ``LedgerUnavailableError``."""
         try:
-            return self._scripts[script](keys=keys, args=args, client=self.client)
+            if self.functions:
+                try:
+                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+                except self._no_such_function as exc:
+                    self._recover(exc)  # loads the library, or falls back, or raises
+                if self.functions:
+                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+            return self._scripts[op](keys=keys, args=args, client=self.client)
         except self._errors as exc:
             raise LedgerUnavailableError(
                 f"budgetkit: the Redis ledger at {self.url} is unavailable "
@@ -913,6 +1014,31 @@ class RedisLedger:
             ) from exc
         except self._response_error as exc:
             raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed FCALL: load the library (a new server, a restart or FUNCTION
+        FLUSH), or fall back to EVALSHA scripts (no Functions: Redis < 7.0, or FCALL or
+        FUNCTION renamed away, or FCALL not permitted); anything else is raised."""
+        text = str(exc).lower()
+        if "unknown command" in text or (isinstance(exc, self._no_permission) and "fcall" in text):
+            self.functions = False
+            return
+        if "function not found" not in text:
+            raise exc
+        try:
+            self.client.function_load(_LIBRARY, replace=True)  # a cluster: every primary
+        except self._no_permission as denied:
+            raise LedgerError(
+                f"budgetkit: the Redis user of the ledger at {self.url} may call FCALL but "
+                "not load the budgetkit function library: grant it FUNCTION LOAD "
+                f"(ACL: +function|load), or load library {LIBRARY_NAME} once as another user "
+                f"({denied})"
+            ) from denied
+        except self._no_such_function as load_error:
+            message = str(load_error).lower()
+            if "unknown command" not in message and "unknown subcommand" not in message:
+                raise
+            self.functions = False
 
     def unknown(self, session_id: str) -> SessionNotFoundError:
         return SessionNotFoundError(
@@ -968,7 +1094,8 @@ class RedisLedger:
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
-        answer = _text(self.run("create", self.keys(session_id), [self.ttl_ms, *fields]))
+        header = f"|||||{self.ttl_ms}"
+        answer = _text(self.run("create", self.keys(session_id), [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
@@ -985,7 +1112,7 @@ class RedisLedger:
         """
         check_session_id(session_id)
         answer = _text(
-            self.run("join", self.keys(session_id), ["", "", 0, "", self.lease_ms, self.ttl_ms])
+            self.run("join", self.keys(session_id), [f"||0||{self.lease_ms}|{self.ttl_ms}"])
         )
         if answer == "U":
             raise self.unknown(session_id)
@@ -1066,16 +1193,14 @@ class RedisLedgerSession:
             low = min(self._pending) if self._pending else self._seq + 1
             abandoned = sorted(self._abandoned)
         led = self.ledger
-        prefix = [
-            self.holder,
-            "" if seq is None else str(seq),
-            low,
-            ",".join(map(str, abandoned)),
-            led.lease_ms,
-            led.ttl_ms,
-        ]
+        header = (
+            f"{self.holder}|{'' if seq is None else seq}|{low}|"
+            f"{','.join(map(str, abandoned))}|{led.lease_ms}|{led.ttl_ms}"
+        )
+        while args and args[-1] == "":  # the scripts read a missing argument as ''
+            args = args[:-1]
         try:
-            raw = led.run(script, self._keys, [*prefix, *args])
+            raw = led.run(script, self._keys, [header, *args])
         except LedgerUnavailableError:
             if script == "admit" and seq is not None:
                 with self._lock:
@@ -1128,7 +1253,7 @@ class RedisLedgerSession:
                 kind or "",
                 "" if reserve is None else str(_check_units(reserve)),
                 name,
-                "1" if wrapup else "0",
+                "1" if wrapup else "",
                 "" if tool_cap is None else str(int(tool_cap)),
                 digest or "",
             ],
