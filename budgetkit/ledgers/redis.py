@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import weakref
 from datetime import timedelta
 from decimal import Decimal
@@ -175,17 +176,23 @@ end
 
 #: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
 _LUA_CALL = """
-local S, L, A, H, SEQ, LW, AB, LEASE, TTL
-local v, now, mine, ents, lw, rec_dirty, dirty, leased
+local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK
+local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased
 local function setup(keys, args)
   S, L, A = keys[1], keys[2], args
-  H, SEQ, LW, AB, LEASE, TTL =
-    string.match(args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  v, now, mine, ents, lw, rec_dirty, dirty, leased = {}, 0, nil, {}, 0, false, {}, false
+  H, SEQ, LW, AB, LEASE, TTL, TICK = string.match(
+    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  v, now, mine, rec, nl, ents, lw = nil, nil, nil, nil, nil, nil, 0
+  rec_dirty, dirty, leased = false, {}, false
 end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The server's clock in ms: TIME, asked at most once per call and only by what needs it
+-- (time limits, reservation leases), never on the plain admit path.
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
 end
 local function num(x)
   if x then return tonumber(x) end
@@ -206,11 +213,11 @@ local function flush()
   if #args > 0 then redis.call('HSET', S, unpack(args)) end
   dirty = {}
 end
--- Read more fields into v (those not already set in this call).
+-- Read more fields into v (those not already set in this call; false: absent).
 local function more(names)
   local got = redis.call('HMGET', S, unpack(names))
   for i, name in ipairs(names) do
-    if dirty[name] == nil then v[name] = got[i] or nil end
+    if dirty[name] == nil then v[name] = got[i] end
   end
 end
 """
@@ -250,9 +257,9 @@ LIMIT_FIELDS = {
 }
 
 
-#: Fields every operation reads: the session exists (``start``), when its keys' expiry was
-#: last moved (``exp``), and the USD held by reservations (a sweep is needed when not 0).
-_BASE_FIELDS = ("start", "exp", "resv")
+#: Fields every operation reads: the clock tick of the keys' last expiry move (``due``; present
+#: once the session exists), and the USD held by reservations (a sweep is needed when not 0).
+_BASE_FIELDS = ("due", "resv")
 
 
 def _check_fields(check: Check) -> list[str]:
@@ -263,29 +270,34 @@ def state_fields() -> list[str]:
     """Every field the rules and the operations read (``STATE`` in Lua)."""
     fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
     rest = [f for f in fields if f not in _BASE_FIELDS]
-    return [*_BASE_FIELDS, *rest, "reason", "tripped", "keep", "lastc", "writer"]
+    return [*_BASE_FIELDS, *rest, "start", "reason", "tripped", "keep", "lastc", "writer"]
 
 
 def admit_fields(kind: str, reserve: bool) -> list[str]:
     """The fields an admit of ``kind`` (``"step"``, ``"llm"`` or ``""``) reads, derived from
-    :data:`CHECKS`: the latch, the time limits, the count limits of its kind (and the run of
-    repeats for a step), the USD limits when it ``reserve``s, and the run of errors (the
-    answer says it is counted). ``in_wrapup_reserve`` reads :func:`wrapup_fields` on top,
+    :data:`CHECKS`: the latch, the time limits (their start is read when one is set), the
+    count limits of its kind, the USD limits when it ``reserve``s, and the run of errors (the
+    answer says it is counted); a step reads the last call digest (a step with a digest reads
+    :func:`repeats_fields` on top). ``in_wrapup_reserve`` reads :func:`wrapup_fields` on top,
     only when the session keeps a wrap-up reserve."""
     fields = [*_BASE_FIELDS, "reason", "tripped", "keep"]
     for check in CHECKS:
         if check.rule == ERRORS:
             fields += [COUNTER_FIELDS[c] for c in check.counters]
-        elif (
-            check.rule == TIME
-            or (check.rule == COUNT and check.kind == kind)
-            or (check.rule == REPEATS and kind == STEP)
-            or (reserve and check.reason in USD_CHECKS)
+        elif check.rule == TIME:
+            fields.append(LIMIT_FIELDS[check.reason])
+        elif (check.rule == COUNT and check.kind == kind) or (
+            reserve and check.reason in USD_CHECKS
         ):
             fields += _check_fields(check)
     if kind == STEP:
         fields.append("lastc")
     return list(dict.fromkeys(fields))
+
+
+def repeats_fields() -> list[str]:
+    """The fields a step with a call digest reads on top (the run of repeats, its limit)."""
+    return [f for c in CHECKS if c.rule == REPEATS for f in _check_fields(c)]
 
 
 def wrapup_fields() -> list[str]:
@@ -301,6 +313,13 @@ def _lua_list(fields: list[str]) -> str:
     return "{" + ", ".join(f"'{f}'" for f in fields) + "}"
 
 
+def _lua_read(fields: list[str]) -> str:
+    """A read spec for begin(): the field names, and a function building ``v`` from the
+    HMGET reply (after this holder's two fields) in one table constructor."""
+    build = ", ".join(f"['{f}'] = g[{i + 3}]" for i, f in enumerate(fields))
+    return f"{{{_lua_list(fields)}, function(g) return {{{build}}} end}}"
+
+
 def lua_rules() -> str:
     """The policy's rules as Lua, generated from ``budgetkit._policy.CHECKS`` (the one
     order of reasons), so the server applies exactly what the in-process ledger does; and
@@ -311,15 +330,16 @@ def lua_rules() -> str:
     ``reserve_refusal`` (spent + reserved + estimate), ``measured_refusal`` (after a
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
-    admit = ", ".join(
-        f"['{kind}{'+r' if reserve else ''}'] = {_lua_list(admit_fields(kind, reserve))}"
+    admit = ",\n  ".join(
+        f"['{kind}{'+r' if reserve else ''}'] = {_lua_read(admit_fields(kind, reserve))}"
         for kind in (STEP, LLM, "")
         for reserve in (False, True)
     )
     lines = [
-        f"local STATE = {_lua_list(state_fields())}",
-        f"local ADMIT = {{{admit}}}",
+        f"local STATE = {_lua_read(state_fields())}",
+        f"local ADMIT = {{\n  {admit}\n}}",
         f"local WRAPUP = {_lua_list(wrapup_fields())}",
+        f"local REPEATS = {_lua_list(repeats_fields())}",
     ]
 
     def exact(check: Check) -> str:
@@ -353,14 +373,20 @@ def lua_rules() -> str:
         lines.append(f"  return {default}")
         lines.append("end")
 
-    time = [c for c in CHECKS if c.rule == TIME]
+    timed = [c for c in CHECKS if c.rule == TIME]
     function(
         "time_refusal",
-        "v, now",
+        "v",
         [
-            f"  if v['{LIMIT_FIELDS[c.reason]}'] and now - tonumber(v['start']) > "
-            f"tonumber(v['{LIMIT_FIELDS[c.reason]}']) * 1000 then return '{c.reason}' end"
-            for c in time
+            line
+            for c in timed
+            for line in (
+                f"  if v['{LIMIT_FIELDS[c.reason]}'] then",
+                "    if v['start'] == nil then more({'start'}) end",
+                f"    if clock() - tonumber(v['start']) > "
+                f"tonumber(v['{LIMIT_FIELDS[c.reason]}']) * 1000 then return '{c.reason}' end",
+                "  end",
+            )
         ],
     )
     counts: list[str] = []
@@ -435,10 +461,10 @@ def lua_rules() -> str:
             wrapup.append(f"  if {over(c, strict=True, scale=' * keep')} then return true end")
         else:
             wrapup.append(
-                f"  if v['{field}'] and now - tonumber(v['start']) > "
+                f"  if v['{field}'] and clock() - tonumber(v['start']) > "
                 f"tonumber(v['{field}']) * keep * 1000 then return true end"
             )
-    function("in_wrapup_reserve", "kind, v, now", wrapup)
+    function("in_wrapup_reserve", "kind, v", wrapup)
     return "\n".join(lines)
 
 
@@ -462,9 +488,9 @@ end
 -- The reservations of holders whose lease ran out (a worker died mid-call) become spend
 -- at their estimate: money may have been spent under them, so they are never released.
 local function sweep()
-  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', clock())
   if #dead == 0 then return end
-  more(STATE)
+  more(STATE[1])
   local fields = {}
   for i, h in ipairs(dead) do fields[i] = 'r:' .. h end
   local held = redis.call('HMGET', S, unpack(fields))
@@ -481,7 +507,7 @@ local function sweep()
     end
   end
   redis.call('HDEL', S, unpack(fields))
-  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', clock())
   put('resv', resv)
   put('cost', cost)
   if not v['tripped'] then
@@ -489,12 +515,25 @@ local function sweep()
     if reason then put('tripped', reason) end
   end
 end
+-- This holder's op record, 'o:<holder>' = "<mark>" then "\\n<seq> <answer>" for each
+-- operation not yet acknowledged (the mark is the lowest op number it still waits for),
+-- parsed into ents (seq -> answer) only when more than the usual one line is there.
+local function entries()
+  if not ents then
+    ents = {}
+    if nl then
+      for s, a in string.gmatch(string.sub(rec, nl), '\\n(%d+) ([^\\n]*)') do ents[s] = a end
+    end
+  end
+  return ents
+end
 -- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
 -- one not yet applied is voided, so it is never applied when it arrives late.
 local function cancel()
-  more(STATE)
+  more(STATE[1])
+  local e = entries()
   for s in string.gmatch(AB, '[^,]+') do
-    local done = ents[s]
+    local done = e[s]
     if done and string.sub(done, 1, 1) == 'A' then
       local kind, reserve = string.match(done, '^[^|]*|([^|]*)|(.*)$')
       if kind == 'step' then
@@ -504,57 +543,70 @@ local function cancel()
       end
       if reserve and reserve ~= '' and reserve ~= '0' then give_back(reserve) end
     end
-    ents[s] = 'V'
+    e[s] = 'V'
   end
   rec_dirty = true
 end
--- Read `names` into v, with this holder's op record ('o:<holder>': its low-water mark,
--- then "<seq> <answer>" lines for the operations it has not acknowledged) and reservation
--- ('r:<holder>'). An operation already applied answers as it did ('V': voided; 'D': older
--- than what the client still waits for, a stale duplicate); no session answers 'U'.
-local function begin(names)
-  local got = redis.call('HMGET', S, 'o:' .. H, 'r:' .. H, unpack(names))
-  local rec = got[1]
+-- Read this holder's op record and reservation ('r:<holder>') and the fields of `spec`
+-- (STATE, ADMIT[kind], or a read spec of your own) into v. An operation already applied
+-- answers as it did ('V': voided; 'D': older than the holder's mark, a stale duplicate); no
+-- session answers 'U'. Then undoes abandoned admits and sweeps expired reservations.
+local function begin(spec)
+  local got = redis.call('HMGET', S, 'o:' .. H, 'r:' .. H, unpack(spec[1]))
+  rec = got[1]
   if rec then
-    lw = tonumber(string.match(rec, '^%d+'))
-    for s, a in string.gmatch(rec, '\\n(%d+) ([^\\n]*)') do ents[s] = a end
+    nl = string.find(rec, '\\n', 1, true)
+    if nl then lw = tonumber(string.sub(rec, 1, nl - 1)) else lw = tonumber(rec) end
+    if SEQ ~= '' then
+      local at = nl and string.find(rec, '\\n' .. SEQ .. ' ', nl, true)
+      if at then
+        local from = at + #SEQ + 2
+        local stop = string.find(rec, '[|\\n]', from)
+        return string.sub(rec, from, (stop or 0) - 1)
+      end
+      if tonumber(SEQ) < lw then return 'D' end
+    end
   end
-  if SEQ ~= '' then
-    local done = ents[SEQ]
-    if done then return (string.match(done, '^[^|]*')) end
-    if tonumber(SEQ) < lw then return 'D' end
-  end
-  for i, name in ipairs(names) do v[name] = got[i + 2] or nil end
-  if not v['start'] then return 'U' end
+  v = spec[2](got)
+  if not v['due'] then return 'U' end
   mine = got[2] or nil
-  now = now_ms()
   if AB ~= '' then cancel() end
   if (v['resv'] or '0') ~= '0' then sweep() end
   return nil
 end
--- Remember a sequenced operation's answer until the client acknowledges it (its low-water
--- mark passes it); keep this holder's reservation alive; slide the keys' expiry (at most
--- once per tenth of the ttl); write every put in one HSET.
+-- Remember a sequenced operation's answer until the client acknowledges it (its mark
+-- passes it); keep this holder's reservation alive; write every put in one HSET; move the
+-- keys' expiry when the client's clock tick changed (at most once per tenth of the ttl).
 local function finish(result, detail)
-  if SEQ ~= '' then
-    ents[SEQ] = result .. (detail or '')
-    rec_dirty = true
-  end
-  if rec_dirty then
-    local low = math.max(tonumber(LW) or 0, lw)
-    local out = {int(low)}
-    for s, a in pairs(ents) do
-      if tonumber(s) >= low then out[#out + 1] = s .. ' ' .. a end
+  if SEQ ~= '' or rec_dirty then
+    local low, mark = tonumber(LW), LW
+    if low < lw then low, mark = lw, int(lw) end
+    if not ents and nl then
+      -- Usually one line, below the mark: dropped without parsing the record.
+      local sp = string.find(rec, ' ', nl, true)
+      if string.find(rec, '\\n', nl + 1, true) or tonumber(string.sub(rec, nl + 1, sp - 1)) >= low
+      then
+        entries()
+      end
     end
-    put('o:' .. H, table.concat(out, '\\n'))
+    if ents then
+      local out = {mark}
+      for s, a in pairs(ents) do
+        if s ~= SEQ and tonumber(s) >= low then out[#out + 1] = s .. ' ' .. a end
+      end
+      mark = table.concat(out, '\\n')
+    end
+    if SEQ ~= '' then mark = mark .. '\\n' .. SEQ .. ' ' .. result .. (detail or '') end
+    put('o:' .. H, mark)
   end
-  if mine and not leased then redis.call('ZADD', L, 'XX', now + tonumber(LEASE), H) end
-  local ttl = tonumber(TTL)
-  if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
-    put('exp', int(now + ttl))
+  if mine and not leased then
+    redis.call('ZADD', L, 'XX', clock() + tonumber(LEASE), H)
+  end
+  if v['due'] ~= TICK then
+    put('due', TICK)
     flush()
-    redis.call('PEXPIRE', S, ttl)
-    redis.call('PEXPIRE', L, ttl)
+    redis.call('PEXPIRE', S, TTL)
+    redis.call('PEXPIRE', L, TTL)
   else
     flush()
   end
@@ -567,8 +619,7 @@ _OPS: dict[str, str] = {
     # A[2..]: field/value pairs. 'E' when the id exists, else 'OK'.
     "create": """
 if redis.call('EXISTS', S) == 1 then return 'E' end
-local t = now_ms()
-redis.call('HSET', S, 'start', int(t), 'exp', int(t + tonumber(TTL)), unpack(A, 2))
+redis.call('HSET', S, 'start', int(clock()), 'due', TICK, unpack(A, 2))
 redis.call('PEXPIRE', S, TTL)
 return 'OK'
 """,
@@ -593,7 +644,7 @@ if v['reason'] then
   result = 'X' .. v['reason']
 else
   local reason = v['tripped']
-  if not reason then reason = time_refusal(v, now) end
+  if not reason then reason = time_refusal(v) end
   if not reason then reason = count_refusal(kind, v) end
   if not reason then reason = tool_refusal(kind, name, cap) end
   if not reason and reserve ~= '' then
@@ -602,7 +653,7 @@ else
   local held = false
   if not reason and v['keep'] and wrapup ~= '1' then
     more(WRAPUP)
-    held = in_wrapup_reserve(kind, v, now)
+    held = in_wrapup_reserve(kind, v)
   end
   if reason then
     put('reason', reason)
@@ -620,6 +671,7 @@ else
           redis.call('HDEL', S, 'lastc', 'lastn')
         end
       else
+        more(REPEATS)
         local rep = 1
         if v['lastc'] == digest then
           rep = num(v['rep']) + 1
@@ -640,7 +692,7 @@ else
       mine = add(mine or '0', reserve)
       dirty['r:' .. H] = mine
       leased = true
-      if redis.call('ZADD', L, now + tonumber(LEASE), H) == 1 then
+      if redis.call('ZADD', L, clock() + tonumber(LEASE), H) == 1 then
         redis.call('PEXPIRE', L, TTL)
       end
     end
@@ -725,7 +777,7 @@ if early then return early end
 flush()
 redis.call('HSET', S, 'cfg', unpack(A, 2))
 redis.call('HDEL', S, 'reason', 'tripped', 'refused')
-more(STATE)
+more(STATE[1])
 local tripped = measured_refusal(v)
 if tripped then put('tripped', tripped) end
 return finish('T' .. (tripped or ''))
@@ -755,7 +807,7 @@ if early then return early end
 finish('')
 local all = redis.call('HGETALL', S)
 table.insert(all, 'now')
-table.insert(all, int(now))
+table.insert(all, int(clock()))
 return all
 """,
 }
@@ -930,6 +982,9 @@ class RedisLedger:
         self.ttl_ms = _ms(self.ttl)
         self.lease_ms = _ms(self.reservation_ttl)
         self.op_ttl_ms = min(_ms(self.op_ttl), self.ttl_ms)  # never outlive the session
+        #: The keys' expiry is moved when the client's clock enters a new tick: the largest
+        #: power of ten of ms within a tenth of the ttl.
+        self.tick_ms = 10 ** max(len(str(max(self.ttl_ms // 10, 1))) - 1, 0)
         if isinstance(url_or_client, str):
             self.url = redact(url_or_client)
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
@@ -1015,6 +1070,15 @@ class RedisLedger:
         except self._response_error as exc:
             raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
 
+    def tick(self) -> str:
+        """The client's clock in ticks (``tick_ms``): when it changes, an operation moves
+        the keys' expiry (so the server asks no TIME for it)."""
+        return str(time.time_ns() // 1_000_000 // self.tick_ms)
+
+    def header(self, holder: str, seq: int | str, low: int, abandoned: str) -> str:
+        """ARGV[1] of every operation (split by the Lua prelude's ``setup``)."""
+        return f"{holder}|{seq}|{low}|{abandoned}|{self.lease_ms}|{self.ttl_ms}|{self.tick()}"
+
     def _recover(self, exc: BaseException) -> None:
         """After a failed FCALL: load the library (a new server, a restart or FUNCTION
         FLUSH), or fall back to EVALSHA scripts (no Functions: Redis < 7.0, or FCALL or
@@ -1094,7 +1158,7 @@ class RedisLedger:
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
-        header = f"|||||{self.ttl_ms}"
+        header = f"||0|||{self.ttl_ms}|{self.tick()}"
         answer = _text(self.run("create", self.keys(session_id), [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
@@ -1111,9 +1175,7 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(
-            self.run("join", self.keys(session_id), [f"||0||{self.lease_ms}|{self.ttl_ms}"])
-        )
+        answer = _text(self.run("join", self.keys(session_id), [self.header("", "", 0, "")]))
         if answer == "U":
             raise self.unknown(session_id)
         return RedisLedgerSession(self, session_id, json.loads(answer))
@@ -1193,9 +1255,8 @@ class RedisLedgerSession:
             low = min(self._pending) if self._pending else self._seq + 1
             abandoned = sorted(self._abandoned)
         led = self.ledger
-        header = (
-            f"{self.holder}|{'' if seq is None else seq}|{low}|"
-            f"{','.join(map(str, abandoned))}|{led.lease_ms}|{led.ttl_ms}"
+        header = led.header(
+            self.holder, "" if seq is None else seq, low, ",".join(map(str, abandoned))
         )
         while args and args[-1] == "":  # the scripts read a missing argument as ''
             args = args[:-1]
