@@ -80,38 +80,43 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 
 # ---------------------------------------------------------------------------------- Lua
 # Layout: one Lua *library* (``_LIBRARY``), loaded once per server with FUNCTION LOAD under a
-# name made from a hash of its text (``budgetkit_<hash>``) and called with FCALL; on a server
-# without Functions (< 7.0, or FCALL/FUNCTION renamed) the same text runs as one EVALSHA
-# script per operation (``_SCRIPTS``). The prelude (``_PRELUDE``: digit arithmetic, the
-# per-call state, the rules generated from ``_policy.CHECKS``, begin/finish) is defined once
-# at load; each operation is a body in ``_OPS``.
+# name made from a hash of its text (``budgetkit_<hash>``, functions ``bk_<hash>_<op>``) and
+# called with FCALL; on a server without Functions (< 7.0, or FCALL/FUNCTION renamed) the same
+# text runs as one EVALSHA script per operation (``_SCRIPTS``). ``RedisLedger.run`` loads the
+# library when the server answers "Function not found" (new server, restart, FUNCTION FLUSH)
+# and retries once. The prelude (``_PRELUDE``: digit arithmetic, the per-call state, the rules
+# and field lists generated from ``_policy.CHECKS``, begin/finish) is defined once at load;
+# each operation is a body in ``_OPS``.
 #
 # KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases.
-# ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms" (``RedisLedgerSession._call``
-# builds it; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL); the
-# operation's own arguments are A[2], A[3], ...; trailing empty ones are not sent, so read
-# them as ``(A[i] or '')``.
+# ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms|tick" (built by
+# ``RedisLedger.header``; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL,
+# TICK); the operation's own arguments are A[2], A[3], ... Trailing empty arguments are not
+# sent (``RedisLedgerSession._call``), so read them as ``(A[i] or '')``.
 #
 # Porting recipe: how to add an operation ``foo``
 #   1. Body: add ``"foo": """..."""`` to ``_OPS``. It runs as a Lua function without
 #      parameters:
-#          local early = begin(STATE)       -- reads the listed fields into v (plus this
-#          if early then return early end   -- holder's op record and reservation); answers
-#                                           -- a retry, a stale op, 'U' (no session)
-#          ... read v['field'], A[2..]; write with put('field', 'string value') ...
-#          return finish('OK')              -- one HSET of every put, TTL moved, answer
-#                                           -- remembered for a retry of this op number
-#      Values written with put are strings (``int(x)`` formats a number; amounts are
-#      decimal strings: add/sub0/cmp/min). A write put cannot express (HDEL, HINCRBY of a
-#      field not read, ZADD) is a plain redis.call. Never call TIME: ``now`` is set.
+#          local early = begin(STATE)       -- one HMGET: this holder's op record and
+#          if early then return early end   -- reservation, and the fields of STATE into v;
+#                                           -- answers a retry, a stale op, 'U' (no session)
+#          ... read v['field'] (false: absent) and A[2..]; write with put('field', 'text') ...
+#          return finish('OK')              -- one HSET of every put (plus this op's answer,
+#                                           -- kept for a retry of its number), expiry moved
+#      Values given to put are strings: ``int(x)`` formats a number; amounts are decimal
+#      strings (add, sub0, cmp, min). A write put cannot express (HDEL, HINCRBY of a field
+#      not read, ZADD) is a plain redis.call. Time: ``clock()`` (the server's TIME in ms,
+#      asked at most once per call); never ask TIME where a rule does not need it.
 #   2. Registration: nothing more; _LIBRARY and _SCRIPTS are built from _OPS (the library's
 #      name changes with its text, so a new version loads next to an old one).
 #   3. Python: a method of RedisLedgerSession calling ``self._run("foo", [arg, ...],
 #      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
-#   4. A field admit must read: derive it in ``admit_fields`` from the policy table
-#      (``_policy.CHECKS``), never list it by hand in Lua; an operation other than admit
-#      reads ``STATE`` (``state_fields``), or a list of its own passed to begin().
-#      A field only some calls need can be read later with ``more({'a', 'b'})``.
+#   4. Fields: STATE (``state_fields``) is every field the rules read; a hot operation reads
+#      fewer with a read spec of its own (``_lua_read(fields)`` emitted into the prelude, as
+#      ADMIT[kind]). A field admit must read is derived in ``admit_fields`` from the policy
+#      table (``_policy.CHECKS``), never listed by hand in Lua; a field seldom set belongs in
+#      ``gate_fields`` (read only when the ``gate`` field is set: put and create set it). A
+#      field only some calls need is read later with ``more({'a', 'b'})``.
 #   Per-holder data is a field of S named '<letter>:<holder>' ('o:' its op record, 'r:' its
 #   reservation), never a key of its own: a session is one key (plus L while a
 #   reservation is open).
@@ -204,15 +209,6 @@ local function put(field, value)
   v[field] = value
   dirty[field] = value
 end
-local function flush()
-  local args = {}
-  for f, x in pairs(dirty) do
-    args[#args + 1] = f
-    args[#args + 1] = x
-  end
-  if #args > 0 then redis.call('HSET', S, unpack(args)) end
-  dirty = {}
-end
 -- Read more fields into v (those not already set in this call; false: absent).
 local function more(names)
   local got = redis.call('HMGET', S, unpack(names))
@@ -273,25 +269,32 @@ def state_fields() -> list[str]:
     return [*_BASE_FIELDS, *rest, "start", "reason", "tripped", "keep", "lastc", "writer"]
 
 
+def gate_fields() -> list[str]:
+    """Fields seldom set, which an admit reads only when the session's ``gate`` field is
+    set: the latch, the crossed limit, the wrap-up reserve, the last call digest, the time
+    limits and the chain caps. Every write of one of them sets ``gate`` too (``flush`` and
+    ``create`` in Lua), so an admit of a session without them reads none."""
+    fields = ["reason", "tripped", "keep", "lastc"]
+    fields += [LIMIT_FIELDS[c.reason] for c in CHECKS if c.rule == TIME or c.chain]
+    return fields
+
+
 def admit_fields(kind: str, reserve: bool) -> list[str]:
     """The fields an admit of ``kind`` (``"step"``, ``"llm"`` or ``""``) reads, derived from
-    :data:`CHECKS`: the latch, the time limits (their start is read when one is set), the
-    count limits of its kind, the USD limits when it ``reserve``s, and the run of errors (the
-    answer says it is counted); a step reads the last call digest (a step with a digest reads
-    :func:`repeats_fields` on top). ``in_wrapup_reserve`` reads :func:`wrapup_fields` on top,
-    only when the session keeps a wrap-up reserve."""
-    fields = [*_BASE_FIELDS, "reason", "tripped", "keep"]
+    :data:`CHECKS`: the count limits of its kind, the USD limits when it ``reserve``s, and the
+    run of errors (the answer says it is counted), and ``gate``. On top, only when needed:
+    :func:`gate_fields` (``gate`` set), the start of a time limit (one is set),
+    :func:`repeats_fields` (a step with a digest), :func:`wrapup_fields` (the session keeps
+    a wrap-up reserve)."""
+    gated = gate_fields()
+    fields = [*_BASE_FIELDS, "gate"]
     for check in CHECKS:
         if check.rule == ERRORS:
             fields += [COUNTER_FIELDS[c] for c in check.counters]
-        elif check.rule == TIME:
-            fields.append(LIMIT_FIELDS[check.reason])
         elif (check.rule == COUNT and check.kind == kind) or (
             reserve and check.reason in USD_CHECKS
         ):
-            fields += _check_fields(check)
-    if kind == STEP:
-        fields.append("lastc")
+            fields += [f for f in _check_fields(check) if f not in gated]
     return list(dict.fromkeys(fields))
 
 
@@ -339,6 +342,8 @@ def lua_rules() -> str:
         f"local STATE = {_lua_read(state_fields())}",
         f"local ADMIT = {{\n  {admit}\n}}",
         f"local WRAPUP = {_lua_list(wrapup_fields())}",
+        f"local GATE = {_lua_list(gate_fields())}",
+        "local GATED = {" + ", ".join(f"['{f}'] = true" for f in gate_fields()) + "}",
         f"local REPEATS = {_lua_list(repeats_fields())}",
     ]
 
@@ -470,6 +475,21 @@ def lua_rules() -> str:
 
 #: Reservations, op records, begin and finish (after the rules, which they use).
 _LUA_HELPERS = """
+-- Write every put in one HSET (with 'gate' when a gated field is among them).
+local function flush()
+  local args, gate = {}, false
+  for f, x in pairs(dirty) do
+    args[#args + 1] = f
+    args[#args + 1] = x
+    if GATED[f] then gate = true end
+  end
+  if gate then
+    args[#args + 1] = 'gate'
+    args[#args + 1] = '1'
+  end
+  if #args > 0 then redis.call('HSET', S, unpack(args)) end
+  dirty = {}
+end
 -- Give back up to `amount` of what this holder has reserved (never more than it holds).
 local function give_back(amount)
   if not mine then return end
@@ -620,6 +640,12 @@ _OPS: dict[str, str] = {
     "create": """
 if redis.call('EXISTS', S) == 1 then return 'E' end
 redis.call('HSET', S, 'start', int(clock()), 'due', TICK, unpack(A, 2))
+for i = 2, #A, 2 do
+  if GATED[A[i]] then
+    redis.call('HSET', S, 'gate', '1')
+    break
+  end
+end
 redis.call('PEXPIRE', S, TTL)
 return 'OK'
 """,
@@ -639,6 +665,7 @@ local wrapup, cap, digest = A[5] or '', A[6] or '', A[7] or ''
 local early
 if reserve == '' then early = begin(ADMIT[kind]) else early = begin(ADMIT[kind .. '+r']) end
 if early then return early end
+if v['gate'] then more(GATE) end
 local result = 'A'
 if v['reason'] then
   result = 'X' .. v['reason']
@@ -776,6 +803,12 @@ local early = begin(STATE)
 if early then return early end
 flush()
 redis.call('HSET', S, 'cfg', unpack(A, 2))
+for i = 3, #A, 2 do
+  if GATED[A[i]] then
+    redis.call('HSET', S, 'gate', '1')
+    break
+  end
+end
 redis.call('HDEL', S, 'reason', 'tripped', 'refused')
 more(STATE[1])
 local tripped = measured_refusal(v)
