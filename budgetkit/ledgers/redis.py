@@ -182,12 +182,12 @@ end
 #: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
 _LUA_CALL = """
 local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK
-local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased
+local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased, OK, RK, seqn
 local function setup(keys, args)
   S, L, A = keys[1], keys[2], args
   H, SEQ, LW, AB, LEASE, TTL, TICK = string.match(
     args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  v, now, mine, rec, nl, ents, lw = nil, nil, nil, nil, nil, nil, 0
+  v, now, mine, rec, nl, ents, lw, seqn = nil, nil, nil, nil, nil, nil, 0, nil
   rec_dirty, dirty, leased = false, {}, false
 end
 -- The server's clock in ms: TIME, asked at most once per call and only by what needs it
@@ -497,11 +497,11 @@ local function give_back(amount)
   mine = sub0(mine, take)
   if mine == '0' then
     mine = nil
-    dirty['r:' .. H] = nil
-    redis.call('HDEL', S, 'r:' .. H)
+    dirty[RK] = nil
+    redis.call('HDEL', S, RK)
     redis.call('ZREM', L, H)
   else
-    dirty['r:' .. H] = mine
+    dirty[RK] = mine
   end
   put('resv', sub0(v['resv'] or '0', take))
 end
@@ -519,7 +519,7 @@ local function sweep()
     local x = held[i]
     if h == H then
       x, mine = mine, nil
-      dirty['r:' .. H] = nil
+      dirty[RK] = nil
     end
     if x then
       resv = sub0(resv, x)
@@ -572,7 +572,8 @@ end
 -- answers as it did ('V': voided; 'D': older than the holder's mark, a stale duplicate); no
 -- session answers 'U'. Then undoes abandoned admits and sweeps expired reservations.
 local function begin(spec)
-  local got = redis.call('HMGET', S, 'o:' .. H, 'r:' .. H, unpack(spec[1]))
+  OK, RK = 'o:' .. H, 'r:' .. H
+  local got = redis.call('HMGET', S, OK, RK, unpack(spec[1]))
   rec = got[1]
   if rec then
     nl = string.find(rec, '\\n', 1, true)
@@ -584,7 +585,8 @@ local function begin(spec)
         local stop = string.find(rec, '[|\\n]', from)
         return string.sub(rec, from, (stop or 0) - 1)
       end
-      if tonumber(SEQ) < lw then return 'D' end
+      seqn = tonumber(SEQ)
+      if seqn < lw then return 'D' end
     end
   end
   v = spec[2](got)
@@ -599,7 +601,8 @@ end
 -- keys' expiry when the client's clock tick changed (at most once per tenth of the ttl).
 local function finish(result, detail)
   if SEQ ~= '' or rec_dirty then
-    local low, mark = tonumber(LW), LW
+    local low, mark
+    if LW == SEQ and seqn then low, mark = seqn, LW else low, mark = tonumber(LW), LW end
     if low < lw then low, mark = lw, int(lw) end
     if not ents and nl then
       -- Usually one line, below the mark: dropped without parsing the record.
@@ -617,7 +620,7 @@ local function finish(result, detail)
       mark = table.concat(out, '\\n')
     end
     if SEQ ~= '' then mark = mark .. '\\n' .. SEQ .. ' ' .. result .. (detail or '') end
-    put('o:' .. H, mark)
+    put(OK, mark)
   end
   if mine and not leased then
     redis.call('ZADD', L, 'XX', clock() + tonumber(LEASE), H)
@@ -717,7 +720,7 @@ else
     if reserve ~= '' and reserve ~= '0' then
       put('resv', add(v['resv'] or '0', reserve))
       mine = add(mine or '0', reserve)
-      dirty['r:' .. H] = mine
+      dirty[RK] = mine
       leased = true
       if redis.call('ZADD', L, clock() + tonumber(LEASE), H) == 1 then
         redis.call('PEXPIRE', L, TTL)
