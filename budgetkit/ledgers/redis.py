@@ -1276,9 +1276,12 @@ class RedisLedgerSession:
             self._pending.add(self._seq)
             return str(self._seq)
 
-    def _call(self, script: str, args: list[Any], op_id: str | None = None) -> Any:
-        """One script call with the holder's sequencing arguments; an admit that fails on
-        the way is *abandoned* (the server undoes or voids it at the next call)."""
+    def _call(
+        self, script: str, args: list[Any], op_id: str | None = None, *, fresh: bool = False
+    ) -> Any:
+        """One script call with the holder's sequencing arguments (``fresh``: a new op id
+        when none is given); an admit that fails on the way is *abandoned* (the server undoes
+        or voids it at the next call)."""
         seq: int | None = None
         if op_id is not None:
             try:
@@ -1288,8 +1291,11 @@ class RedisLedgerSession:
                     f"op_id must come from new_op_id() of this handle, got {op_id!r}"
                 ) from None
         with self._lock:
+            if seq is None and fresh:
+                self._seq = seq = self._seq + 1
+                self._pending.add(seq)
             low = min(self._pending) if self._pending else self._seq + 1
-            abandoned = sorted(self._abandoned)
+            abandoned = sorted(self._abandoned) if self._abandoned else []
         led = self.ledger
         header = led.header(
             self.holder, "" if seq is None else seq, low, ",".join(map(str, abandoned))
@@ -1314,13 +1320,15 @@ class RedisLedgerSession:
                 self._pending.discard(done)
         if answer in ("D", "V"):
             raise LedgerError(
-                f"budgetkit: operation {op_id} of session {self.session_id!r} at {self.url} "
+                f"budgetkit: operation {seq} of session {self.session_id!r} at {self.url} "
                 "is stale (this handle gave it up)"
             )
         return answer
 
-    def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
-        return str(self._call(script, args, op_id))
+    def _run(
+        self, script: str, args: list[Any], *, op_id: str | None = None, fresh: bool = False
+    ) -> str:
+        return str(self._call(script, args, op_id, fresh=fresh))
 
     def admit(
         self,
@@ -1354,7 +1362,8 @@ class RedisLedgerSession:
                 "" if tool_cap is None else str(int(tool_cap)),
                 digest or "",
             ],
-            op_id=op_id or self.new_op_id(),
+            op_id=op_id,
+            fresh=True,
         )
         if answer[0] == "A":
             self.errors_seen = answer == "AE"
@@ -1387,7 +1396,8 @@ class RedisLedgerSession:
                 "" if cost is None else str(_check_units(cost)),
                 "" if not release else str(_check_units(release)),
             ],
-            op_id=op_id or self.new_op_id(),
+            op_id=op_id,
+            fresh=True,
         )
         return answer[1:] or None
 
@@ -1395,11 +1405,11 @@ class RedisLedgerSession:
         """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
         if not amount:
             return
-        self._run("release", [str(_check_units(amount))], op_id=op_id or self.new_op_id())
+        self._run("release", [str(_check_units(amount))], op_id=op_id, fresh=True)
 
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
-        answer = self._run("fail", [], op_id=op_id or self.new_op_id())
+        answer = self._run("fail", [], op_id=op_id, fresh=True)
         return answer[1:] or None
 
     def succeed(self) -> None:
