@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["otel", "redis_server"]  # fixtures, re-exported for pytest
 
-#: Accounts on the Redis ledger are implemented.
-REDIS_ACCOUNTS = False
-
 PRICES = {"acct-model": (Decimal(1), Decimal(2))}  # $1 / $2 per million tokens
 
 
@@ -98,9 +95,6 @@ def where(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> An
     from redis_fixtures import RedisServer
 
     from budgetkit.ledgers.redis import RedisLedger
-
-    if not REDIS_ACCOUNTS:
-        pytest.skip("accounts on the Redis ledger land with the Redis Functions layout")
 
     server: RedisServer = request.getfixturevalue("redis_server")
     return RedisLedger(server.url, key_prefix=f"acct-{uuid.uuid4().hex[:8]}:")
@@ -518,8 +512,6 @@ def test_processes_share_one_account_on_the_embedded_ledger(
 def test_eight_processes_hold_one_accounts_daily_limit_on_redis(redis_server: Any) -> None:
     """8 processes, each running sessions of 25 steps of one account (300 steps a day) on
     one Redis until the account refuses them: exactly 300 steps are admitted in all."""
-    if not REDIS_ACCOUNTS:
-        pytest.skip("accounts on the Redis ledger land with the Redis Functions layout")
     total, admitted = race(redis_server.url, 8)
     assert sum(admitted) == 300
     assert total == 300

@@ -1,6 +1,7 @@
 """The Redis ledger on a real 3-master Redis Cluster started locally: every script of a
-session touches one slot (its keys share the ``{session_id}`` hash tag), sessions spread over
-the masters, and ``redis+cluster://`` URLs reach it."""
+session touches one slot (its keys share the ``{session_id}`` hash tag; a session of an
+account, the account's), sessions spread over the masters, and ``redis+cluster://`` URLs
+reach it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import redis
 from redis.cluster import RedisCluster
 from redis_fixtures import INSTALL_HINT, counts, free_port, units
 
-from budgetkit import SessionBudget, Usage, budget
+from budgetkit import Account, SessionBudget, Usage, budget
 from budgetkit._limits import Limits
+from budgetkit.ledgers._redis_accounts import RedisAccount
 from budgetkit.ledgers.redis import LIBRARY_NAME, RedisLedger
 
 if TYPE_CHECKING:
@@ -215,3 +217,39 @@ def test_an_unreachable_cluster_fails_closed() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}"
     with pytest.raises(LedgerUnavailableError, match=r"127\.0\.0\.1"):
         RedisLedger(url, socket_timeout=0.5, retries=0)
+
+
+def test_an_account_and_its_sessions_share_one_slot(cluster: list[int]) -> None:
+    """Sessions of one account are hash-tagged by the account, so each operation checks and
+    charges a session and the account's window on one slot; a session joined by id (through
+    its pointer key) charges it too; 4 threads on 4 handles admit exactly the account's 30
+    steps."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[0]}", key_prefix="ca:")
+    account = Account(f"acct-{uuid.uuid4().hex}", max_steps=30, ledger=led)
+    created = [
+        led.create(f"s-{uuid.uuid4().hex}", Limits(), account=account.terms) for _ in range(3)
+    ]
+    handles = [*created, led.join(created[0].session_id)]
+    keys = RedisAccount(led.key_prefix, account.terms)
+    slots = {
+        led.client.keyslot(k)
+        for h in created
+        for k in [*keys.session_keys(h.session_id), *keys.keys(account.terms.buckets())]
+    }
+    assert len(slots) == 1
+    admitted: list[int] = []
+
+    def worker(handle: Any) -> None:
+        n = 0
+        while handle.admit("step") is None:
+            n += 1
+        admitted.append(n)
+
+    threads = [threading.Thread(target=worker, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(admitted) == 30
+    assert account.usage().steps == 30
+    assert {h.snapshot().reason for h in handles} == {"account_max_steps"}

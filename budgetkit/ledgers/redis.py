@@ -21,6 +21,11 @@ Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on 
   that hold a reservation. When a deadline passes (a worker died mid-call), that holder's
   reservation is converted to spend at its estimate, never released (fail closed).
 
+A session of an account (``create(account=...)``) has the same keys tagged by its account
+instead (``<prefix>{a:<digest of the account id>}:s:<id>``), next to the account's windows,
+so each operation checks and charges the session and its account in one script, on one slot
+of a cluster (``budgetkit.ledgers._redis_accounts``).
+
 Every operation moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
 ``ttl``), so an abandoned session disappears between 0.9 and 1 ``ttl`` after its last operation.
 
@@ -61,6 +66,7 @@ from .._policy import (
     Check,
     Counters,
 )
+from .._terms import AccountTerms
 from .._values import LLM, STEP
 from ..exceptions import (
     BudgetConfigError,
@@ -69,13 +75,14 @@ from ..exceptions import (
     LedgerUnavailableError,
     SessionNotFoundError,
 )
+from ._redis_accounts import LUA_ACCOUNT, RedisAccount, account_usages, pointer_key
 from ._snapshot import LedgerSnapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from .._policy import Tally
-    from .._terms import AccountTerms, AccountUsage
+    from .._terms import AccountUsage
     from .._usage import Counts
     from .._windows import Buckets
 
@@ -91,7 +98,11 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 # and field lists generated from ``_policy.CHECKS``, begin/finish) is defined once at load;
 # each operation is a body in ``_OPS``.
 #
-# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases.
+# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases; for a session
+# of an account, [3..] the account's keys (``RedisAccount.keys``: its reservations, then the
+# buckets of its window), and the header ends with "#<account>" (``RedisAccount.arg``: its
+# limits and the bucket's expiry), which ``setup`` opens as ACC; the helpers charge ACC
+# with the session (give_back, sweep, cancel; admit and record).
 # ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms|tick" (built by
 # ``RedisLedger.header``; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL,
 # TICK); the operation's own arguments are A[2], A[3], ... Trailing empty arguments are not
@@ -184,12 +195,14 @@ end
 
 #: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
 _LUA_CALL = """
-local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK
+local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK, ACC
 local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased, OK, RK, seqn
 local function setup(keys, args)
   S, L, A = keys[1], keys[2], args
-  H, SEQ, LW, AB, LEASE, TTL, TICK = string.match(
-    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local account
+  H, SEQ, LW, AB, LEASE, TTL, TICK, account = string.match(
+    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^#]*)#?(.*)$')
+  ACC = acct_open(keys, account, 3, TTL)
   v, now, mine, rec, nl, ents, lw, seqn = nil, nil, nil, nil, nil, nil, 0, nil
   rec_dirty, dirty, leased = false, {}, false
 end
@@ -497,6 +510,7 @@ end
 local function give_back(amount)
   if not mine then return end
   local take = min(mine, amount)
+  if ACC then acct_release(ACC, take) end
   mine = sub0(mine, take)
   if mine == '0' then
     mine = nil
@@ -527,6 +541,10 @@ local function sweep()
     if x then
       resv = sub0(resv, x)
       cost = add(cost, x)
+      if ACC then
+        acct_release(ACC, x)
+        acct_record(ACC, '', '', x)
+      end
     end
   end
   redis.call('HDEL', S, unpack(fields))
@@ -564,6 +582,7 @@ local function cancel()
       elseif kind == 'llm' then
         put('llm', int(num(v['llm']) - 1))
       end
+      if ACC then acct_uncount(ACC, kind) end
       if reserve and reserve ~= '' and reserve ~= '0' then give_back(reserve) end
     end
     e[s] = 'V'
@@ -683,6 +702,7 @@ else
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
+  if not reason and ACC then reason = acct_refusal(ACC, kind, reserve) end
   local held = false
   if not reason and v['keep'] and wrapup ~= '1' then
     more(WRAPUP)
@@ -729,6 +749,7 @@ else
         redis.call('PEXPIRE', L, TTL)
       end
     end
+    if ACC then acct_count(ACC, kind, reserve) end
     if num(v['errors']) > 0 then result = 'AE' end
   end
 end
@@ -751,6 +772,10 @@ else
   put('unmeasured', int(num(v['unmeasured']) + 1))
 end
 if (A[9] or '') ~= '' then put('cost', add(v['cost'] or '0', A[9])) end
+if ACC then
+  if A[2] == '1' then acct_record(ACC, A[3], A[4], A[9] or '')
+  else acct_record(ACC, '', '', A[9] or '') end
+end
 local tripped = v['tripped']
 if not tripped then
   tripped = measured_refusal(v)
@@ -851,7 +876,7 @@ return all
 """,
 }
 
-_PRELUDE = LUA_BIGNUM + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+_PRELUDE = LUA_BIGNUM + LUA_ACCOUNT + "\n" + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
 
 #: The version of the Lua: the library and its functions are named after it, so every
 #: version of budgetkit loads its own next to the others on one server.
@@ -1168,6 +1193,9 @@ class RedisLedger:
 
         ``step_room`` and ``usd_room`` are what a chain's caps (``max_total_steps``,
         ``max_total_usd``) leave for this session; ``extra`` is JSON kept for joiners.
+        ``account``: every operation also checks and charges that account's window; the
+        session's keys live in the account's slot (found by :meth:`join` through a pointer
+        key).
 
         Raises:
             BudgetConfigError: a session with this id is already in the ledger.
@@ -1176,8 +1204,6 @@ class RedisLedger:
         check_session_id(session_id)
         if not isinstance(limits, Limits):
             raise BudgetTypeError(f"limits must be a budgetkit Limits, got {limits!r}")
-        if account is not None:
-            raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
         config = {
             "limits": limits.as_dict(),
             "name": name,
@@ -1200,22 +1226,28 @@ class RedisLedger:
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
+        acct = None if account is None else RedisAccount(self.key_prefix, account)
+        keys = self.keys(session_id) if acct is None else acct.session_keys(session_id)
         header = f"||0|||{self.ttl_ms}|{self.tick()}"
-        answer = _text(self.run("create", self.keys(session_id), [header, *fields]))
+        answer = _text(self.run("create", keys, [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
                 "enter it with SessionBudget.join()"
             )
-        return RedisLedgerSession(self, session_id, config)
+        if acct is not None:
+            found = acct
 
-    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
-        """Accounts are not yet supported by the Redis ledger."""
-        raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
+            def remember() -> None:  # where joiners find the session; what CLIs list
+                self.client.set(
+                    pointer_key(self.key_prefix, session_id),
+                    json.dumps(found.terms.spec()),
+                    px=self.ttl_ms,
+                )
+                found.register(self.client, found.terms.buckets())
 
-    def account_usages(self) -> list[AccountUsage]:
-        """Accounts are not yet supported by the Redis ledger."""
-        raise BudgetConfigError("accounts are not yet supported by the Redis ledger")
+            self.command(remember)
+        return RedisLedgerSession(self, session_id, config, acct)
 
     def join(self, session_id: str) -> RedisLedgerSession:
         """A handle on a session another process created.
@@ -1225,10 +1257,49 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(self.run("join", self.keys(session_id), [self.header("", "", 0, "")]))
-        if answer == "U":
-            raise self.unknown(session_id)
-        return RedisLedgerSession(self, session_id, json.loads(answer))
+        header = self.header("", "", 0, "")
+        answer = _text(self.run("join", self.keys(session_id), [header]))
+        acct = None
+        if answer == "U":  # a session of an account lives in the account's slot
+            spec = self.command(lambda: self.client.get(pointer_key(self.key_prefix, session_id)))
+            if spec is None:
+                raise self.unknown(session_id)
+            acct = RedisAccount(self.key_prefix, AccountTerms.from_spec(json.loads(spec)))
+            buckets = acct.terms.buckets()
+            keys = [*acct.session_keys(session_id), *acct.keys(buckets)]
+            answer = _text(self.run("join", keys, [f"{header}#{acct.arg(buckets)}"]))
+            if answer == "U":
+                raise self.unknown(session_id)
+        return RedisLedgerSession(self, session_id, json.loads(answer), acct)
+
+    # ------------------------------------------------------------------ accounts
+    def command(self, call: Callable[[], Any]) -> Any:
+        """One plain Redis command (not an operation); connection trouble becomes
+        ``LedgerUnavailableError``."""
+        try:
+            return call()
+        except self._errors as exc:
+            raise LedgerUnavailableError(
+                f"budgetkit: the Redis ledger at {self.url} is unavailable "
+                f"({type(exc).__name__}: {exc})",
+                url=self.url,
+            ) from exc
+        except self._response_error as exc:
+            raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account`` in the window ``buckets`` and its open reservations."""
+        acct = RedisAccount(self.key_prefix, account)
+        result: tuple[Tally, int] = self.command(lambda: acct.read(self.client, buckets))
+        return result
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account with a session created under this key prefix, in its current
+        window (while its window's counters live)."""
+        result: list[AccountUsage] = self.command(
+            lambda: account_usages(self.client, self.key_prefix)
+        )
+        return result
 
 
 class RedisLedgerSession:
@@ -1238,7 +1309,13 @@ class RedisLedgerSession:
     stops operating for ``reservation_ttl`` seconds. Thread-safe (redis-py pools connections).
     """
 
-    def __init__(self, ledger: RedisLedger, session_id: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ledger: RedisLedger,
+        session_id: str,
+        config: dict[str, Any],
+        account: RedisAccount | None = None,
+    ) -> None:
         self.ledger = ledger
         self.session_id = session_id
         self.url = ledger.url
@@ -1258,7 +1335,14 @@ class RedisLedgerSession:
         self.config = dict(config)
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
-        self._keys = ledger.keys(session_id)
+        #: The session's account (its keys and limits are sent with every operation).
+        self.account = account
+        self.account_terms = None if account is None else account.terms
+        self._keys = (
+            ledger.keys(session_id) if account is None else account.session_keys(session_id)
+        )
+        #: When the account pointer's expiry is moved next (monotonic seconds).
+        self._renew_at = 0.0
         self._lock = threading.Lock()
         self._seq = 0
         #: Operations sent or to be sent whose answer has not arrived (their ids).
@@ -1316,8 +1400,15 @@ class RedisLedgerSession:
         )
         while args and args[-1] == "":  # the scripts read a missing argument as ''
             args = args[:-1]
+        keys = self._keys
+        account = self.account
+        if account is not None:
+            buckets = account.terms.buckets()
+            keys = [*keys, *account.keys(buckets)]
+            header = f"{header}#{account.arg(buckets)}"
+            self._renew(account)
         try:
-            raw = led.run(script, self._keys, [header, *args])
+            raw = led.run(script, keys, [header, *args])
         except LedgerUnavailableError:
             if script == "admit" and seq is not None:
                 with self._lock:
@@ -1338,6 +1429,17 @@ class RedisLedgerSession:
                 "is stale (this handle gave it up)"
             )
         return answer
+
+    def _renew(self, account: RedisAccount) -> None:
+        """Keep the pointer joiners find the session by alive as long as the session (moved
+        at most once per tenth of the ledger's ttl; a failure here is left to the op)."""
+        now = time.monotonic()
+        if now < self._renew_at:
+            return
+        led = self.ledger
+        self._renew_at = now + led.ttl / 10
+        with contextlib.suppress(LedgerError):
+            led.command(lambda: led.client.pexpire(account.pointer(self.session_id), led.ttl_ms))
 
     def _run(
         self, script: str, args: list[Any], *, op_id: str | None = None, fresh: bool = False
