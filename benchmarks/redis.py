@@ -8,6 +8,8 @@ Starts its own redis-server on a loopback port (persistence off) and, with N wor
 - exact (after): every worker joined one session of this checkout's ``RedisLedger``; each
   worker admits steps (``handle.admit("step")``: one ``FCALL``), and again through
   ``@budget.step`` in a joined ``SessionBudget``;
+- account: every worker joined one session of an ``Account`` (its window checked and charged
+  in the same ``FCALL``), admitting steps, against the same admits of a plain session;
 - exact (before): the same with another ledger module (``--before path/to/redis.py``, e.g.
   ``git show main:budgetkit/ledgers/redis.py > /tmp/before.py``), loaded as
   ``budgetkit.ledgers.redis_before``.
@@ -94,7 +96,7 @@ def worker(
         with SessionBudget(max_steps=10**12, handoff_dir=None):
             return timed(tool, seconds, go)
     led = ledger_class(before)(url)
-    if mode == "admit":
+    if mode in ("admit", "account"):
         handle = led.join(session_id)
         return timed(lambda i: handle.admit("step"), seconds, go)
     with SessionBudget.join(session_id, ledger=led, handoff_dir=None, trust_id=True):
@@ -109,6 +111,11 @@ def phase(
     session_id = f"bench-{uuid.uuid4().hex}"
     if mode in ("admit", "session"):
         ledger_class(before)(url).create(session_id, Limits.build(max_steps=10**12))
+    if mode == "account":
+        from budgetkit import Account
+
+        terms = Account(f"bench-{uuid.uuid4().hex}", max_steps=10**12).terms
+        ledger_class(before)(url).create(session_id, Limits(), account=terms)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         go = manager.Event()
@@ -218,6 +225,14 @@ def main() -> None:
         )
         print()
         print("\n".join(ratios))
+        plain = [phase(url, "admit", n, secs) for _ in range(args.rounds)]
+        account = [phase(url, "account", n, secs) for _ in range(args.rounds)]
+        print(
+            "account: admits/s of a session of an Account ÷ of a plain session = "
+            f"{median([a / p for (a, _), (p, _) in zip(account, plain, strict=True)]):.2f}; "
+            f"server µs per admit {median([u for _, u in account]):.2f} vs "
+            f"{median([u for _, u in plain]):.2f} (information)"
+        )
 
 
 def median(values: list[float]) -> float:

@@ -38,7 +38,9 @@ ROLLING_BUCKETS = 24
 
 CALENDAR = {"hour": timedelta(hours=1), "day": timedelta(days=1), "month": timedelta(days=30)}
 
-#: How long a window's counters outlive its end in a server ledger (for reading).
+#: How long a fixed window's counters outlive its end in a server ledger, at most (for
+#: reading it late): its own length, up to a day. So at most two fixed windows of an account
+#: are kept, and a rolling window's sub-buckets only while a window counts them.
 KEEP_AFTER = 86400
 
 
@@ -132,7 +134,7 @@ class Window:
                 tuple(range(first, current + 1)),
                 first * step,
                 (current + 1) * step,
-                math.ceil((current + ROLLING_BUCKETS + 1) * step) + KEEP_AFTER,
+                math.ceil((current + ROLLING_BUCKETS + 1) * step),
                 current * step,
             )
         start: float
@@ -143,7 +145,8 @@ class Window:
         else:
             start, end = self._calendar(now)
         bucket = math.floor(start)
-        return Buckets(bucket, (bucket,), start, end, math.ceil(end) + KEEP_AFTER, start)
+        keep = min(math.ceil(end - start), KEEP_AFTER)
+        return Buckets(bucket, (bucket,), start, end, math.ceil(end) + keep, start)
 
     def _calendar(self, now: float) -> tuple[float, float]:
         local = datetime.fromtimestamp(now, self.tz)

@@ -553,3 +553,43 @@ def test_the_accounts_command_needs_a_ledger(
     monkeypatch.delenv("BUDGETKIT_LEDGER_URL", raising=False)
     assert main(["accounts"]) == 2
     assert "no ledger" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ Redis memory
+@pytest.mark.parametrize("rolling", [False, True])
+def test_an_accounts_redis_memory_is_constant_per_window(redis_server: Any, rolling: bool) -> None:
+    """30 sessions of one account, 5 charged LLM calls each: a fixed window is one hash,
+    expiring one window length after its end; a rolling window's sub-buckets each expire
+    when no window counts them any more (so at most 25 live); with the config, that is all
+    the account keeps, whatever the number of sessions and calls."""
+    from budgetkit._windows import ROLLING_BUCKETS
+    from budgetkit.ledgers.redis import RedisLedger
+
+    prefix = f"mem-{uuid.uuid4().hex[:8]}:"
+    ledger = RedisLedger(redis_server.url, key_prefix=prefix)
+    clock = FakeClock(1_800_000_000)
+    account = Account(new_id(), window="hour", rolling=rolling, ledger=ledger, clock=clock)
+    for _ in range(30):
+        with SessionBudget(account=account, handoff_dir=None, prices=PRICES):
+            for _ in range(5):
+                chat()
+        clock.advance(150 if rolling else 10)  # a rolling hour: a new sub-bucket each time
+    tag = account.terms.tag
+    windows = sorted(ledger.client.scan_iter(f"{prefix}{{a:{tag}}}:w:*"))
+    others = {
+        k for k in ledger.client.scan_iter(f"{prefix}{{a:{tag}}}:*") if b":s:" not in k
+    } - set(windows)
+    assert len(others) == 1  # the config (no call in flight: no reservations key)
+    usage = account.usage()
+    if not rolling:
+        [window] = windows
+        assert usage.llm_calls == 150
+        resets = usage.resets_at.timestamp()
+        assert ledger.client.expiretime(window) == resets + 3600
+        return
+    assert len(windows) == 30  # the server's clock has not moved: none expired yet
+    assert usage.llm_calls == (ROLLING_BUCKETS - 1) * 5  # the current sub-bucket is empty
+    step = 3600 // ROLLING_BUCKETS
+    for key in windows:
+        bucket = int(key.rsplit(b":", 1)[1])
+        assert ledger.client.expiretime(key) == (bucket + ROLLING_BUCKETS + 1) * step

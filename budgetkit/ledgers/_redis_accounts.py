@@ -7,9 +7,10 @@ one slot of a cluster holds the account and **the sessions of the account** (the
 tagged by the account too, ``<p>{a:<t>}:s:<session id>``; a script touches one slot):
 
 - ``<p>{a:<t>}:w:<w>:<b>``: one bucket of a window, a hash: ``s`` steps, ``l`` LLM calls,
-  ``i`` / ``o`` input / output tokens, ``c`` cost in units (decimal strings, exact). It
-  expires a day after the last window that counts it ends: O(1) memory per window (a fixed
-  window is one bucket, a rolling one 24).
+  ``i`` / ``o`` input / output tokens, ``c`` cost in units (decimal strings, exact). A fixed
+  window's bucket expires one window length (at most a day) after its end, a rolling
+  window's when no window counts it: O(1) memory per window (a fixed window is one bucket,
+  a rolling one 24).
 - ``<p>{a:<t>}:resv``: USD held by the open reservations of the account's sessions (a
   decimal string of units), expiring with the ledger's ``ttl`` after its last change.
 - ``<p>{a:<t>}:cfg:<w>``: the account (id, limits, window), for ``budgetkit accounts``, and
@@ -60,15 +61,25 @@ def lua_account() -> str:
         "    lim = {account_max_steps = ms, account_max_llm_calls = ml,",
         "      account_max_tokens = mt, account_max_usd = mu}, ex = ex, ttl = ttl}",
         "end",
-        "-- The window's usage: the sum of its buckets, exact.",
+        "-- The window's usage: the sum of its buckets, exact (one bucket: read as is).",
         "local function acct_window(A)",
-        "  local w = {" + ", ".join(f"{f} = '0'" for f in fields) + "}",
+        f"  local names = {{{', '.join(repr(f) for f in fields)}}}",
+        "  local w = {}",
+        "  if #A.keys == A.first then",
+        "    local got = redis.call('HMGET', A.cur, unpack(names))",
+        "    for i, f in ipairs(names) do w[f] = got[i] or '0' end",
+        "    return w",
+        "  end",
+        "  for _, f in ipairs(names) do w[f] = '0' end",
         "  for k = A.first, #A.keys do",
-        f"    local got = redis.call('HMGET', A.keys[k], {', '.join(repr(f) for f in fields)})",
+        "    local got = redis.call('HMGET', A.keys[k], unpack(names))",
+        "    for i, f in ipairs(names) do",
+        "      if got[i] then w[f] = add(w[f], got[i]) end",
+        "    end",
+        "  end",
+        "  return w",
+        "end",
     ]
-    for index, f in enumerate(fields, 1):
-        lines.append(f"    if got[{index}] then w.{f} = add(w.{f}, got[{index}]) end")
-    lines += ["  end", "  return w", "end"]
     lines += [
         "-- Why the account refuses a call of `kind` reserving `reserve` now, or false.",
         "local function acct_refusal(A, kind, reserve)",
@@ -96,11 +107,13 @@ def lua_account() -> str:
         "  end",
         "  return false",
         "end",
-        "-- Add `amount` (a decimal string) to a field of the current bucket.",
+        "-- Add `amount` (a decimal string) to a field of the current bucket; the bucket's",
+        "-- expiry is set when a field is new (a few times per bucket).",
         "local function acct_add(A, field, amount)",
         "  if amount == '' or amount == '0' then return end",
-        "  redis.call('HSET', A.cur, field, add(redis.call('HGET', A.cur, field) or '0', amount))",
-        "  redis.call('EXPIREAT', A.cur, A.ex)",
+        "  local new = redis.call('HSET', A.cur, field,",
+        "    add(redis.call('HGET', A.cur, field) or '0', amount))",
+        "  if new == 1 then redis.call('EXPIREAT', A.cur, A.ex) end",
         "end",
         "local function acct_hold(A, amount)",
         "  if amount == '' or amount == '0' then return end",
@@ -117,8 +130,11 @@ def lua_account() -> str:
         "end",
         "-- Count an admitted call; hold its reservation.",
         "local function acct_count(A, kind, reserve)",
-        "  if kind == 'step' then acct_add(A, 's', '1')",
-        "  elseif kind == 'llm' then acct_add(A, 'l', '1') end",
+        "  local field = nil",
+        "  if kind == 'step' then field = 's' elseif kind == 'llm' then field = 'l' end",
+        "  if field and redis.call('HINCRBY', A.cur, field, 1) == 1 then",
+        "    redis.call('EXPIREAT', A.cur, A.ex)",
+        "  end",
         "  acct_hold(A, reserve)",
         "end",
         "-- Take back an admitted call the client gave up on (its reservation is given back",
