@@ -547,6 +547,32 @@ def test_the_accounts_command_shows_each_window(
     assert datetime.fromisoformat(mine["resets_at"]) > datetime.now(UTC)
 
 
+def test_the_accounts_command_reads_redis(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On Redis (the URL from $BUDGETKIT_LEDGER_URL), a daily and a rolling account."""
+    from budgetkit.ledgers.redis import RedisLedger
+
+    monkeypatch.setenv("BUDGETKIT_LEDGER_URL", redis_server.url)
+    ledger = RedisLedger(redis_server.url)
+    daily = Account(new_id(), max_llm_calls=4, ledger=ledger)
+    rolling = Account(new_id(), max_tokens=10_000, window="hour", rolling=True, ledger=ledger)
+    for account in (daily, rolling):
+        with SessionBudget(account=account, handoff_dir=None, prices=PRICES):
+            chat()
+    assert main(["accounts", "--json"]) == 0
+    doc = {a["account_id"]: a for a in json.loads(capsys.readouterr().out)}
+    assert doc[daily.account_id]["llm_calls"] == 1
+    assert doc[daily.account_id]["limits"] == {"max_llm_calls": 4}
+    assert doc[rolling.account_id]["window"] == "rolling hour"
+    assert doc[rolling.account_id]["total_tokens"] == 1500
+    assert main(["accounts"]) == 0
+    out = capsys.readouterr().out
+    assert f"account '{daily.account_id}'" in out
+    assert "1 of 4 (25.0%)" in out
+    assert "1500 of 10000 (15.0%)" in out
+
+
 def test_the_accounts_command_needs_a_ledger(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
