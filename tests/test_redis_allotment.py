@@ -35,7 +35,13 @@ def new_id() -> str:
 
 def allotted(led: RedisLedger, size: int | str = "auto", poll: float = 0.05) -> RedisLedger:
     """The same server and prefix as ``led``, in allotment mode."""
-    return RedisLedger(led.client, key_prefix=led.key_prefix, allotment=size, allotment_poll=poll)
+    return RedisLedger(
+        led.client,
+        key_prefix=led.key_prefix,
+        allotment=size,
+        allotment_poll=poll,
+        allotment_ttl=max(2.0, 4 * poll),
+    )
 
 
 def server_steps(led: RedisLedger, sid: str) -> int:
@@ -110,16 +116,19 @@ def test_only_plain_calls_use_the_lease(ledger: RedisLedger) -> None:
 
 
 def test_allotment_options_and_url() -> None:
-    """``?allotment=`` and ``?allotment_poll=`` in the URL; bad values are config errors."""
-    led = RedisLedger("redis://127.0.0.1:1/0?allotment=auto&allotment_poll=0.2")
-    assert led.allotment == (None, 0.2)
-    assert RedisLedger("redis://127.0.0.1:1/0?allotment=64").allotment == (64, 0.05)
+    """``?allotment=``, ``?allotment_poll=`` and ``?allotment_ttl=`` in the URL; bad values
+    are config errors."""
+    led = RedisLedger("redis://127.0.0.1:1/0?allotment=auto&allotment_poll=0.2&allotment_ttl=5")
+    assert led.allotment == (None, 0.2, 5.0)
+    assert RedisLedger("redis://127.0.0.1:1/0?allotment=64").allotment == (64, 0.05, 2.0)
     assert RedisLedger("redis://127.0.0.1:1/0").allotment is None
     for bad in ("lots", 0.5, -3, True):
         with pytest.raises(BudgetConfigError):
             RedisLedger("redis://127.0.0.1:1/0", allotment=bad)  # type: ignore[arg-type]
     with pytest.raises(BudgetConfigError):
         RedisLedger("redis://127.0.0.1:1/0", allotment=8, allotment_poll=0)
+    with pytest.raises(BudgetConfigError):
+        RedisLedger("redis://127.0.0.1:1/0", allotment=8, allotment_poll=1, allotment_ttl=2)
 
 
 def test_a_recall_moves_a_holders_unused_units_to_the_one_that_needs_them(
@@ -206,7 +215,7 @@ def test_processes_on_leases_admit_exactly_max_steps(
 
 def hold_lease(url: str, sid: str, ready: Any) -> None:
     """Lease 50 steps, use 5, say so, then hang until killed."""
-    handle = RedisLedger(url, allotment=50).join(sid)
+    handle = RedisLedger(url, allotment=50, allotment_ttl=0.5).join(sid)
     for _ in range(5):
         assert handle.admit("step") is None
     ready.set()
@@ -215,7 +224,7 @@ def hold_lease(url: str, sid: str, ready: Any) -> None:
 
 def test_a_killed_workers_leased_units_stay_counted(redis_server: RedisServer) -> None:
     """A SIGKILLed holder cannot say which units it used: all 50 stay counted (fail
-    closed), and its entry expires after the lease ttl (2 s) so it is not waited on."""
+    closed), and its entry expires after allotment_ttl so it is not waited on."""
     led = RedisLedger(redis_server.url)
     sid = new_id()
     led.create(sid, Limits.build(max_steps=120))
@@ -226,7 +235,7 @@ def test_a_killed_workers_leased_units_stay_counted(redis_server: RedisServer) -
     proc.kill()
     proc.join(10)
     assert server_steps(led, sid) == 50
-    time.sleep(2.2)
+    time.sleep(0.7)
     other = RedisLedger(redis_server.url, allotment=50).join(sid)
     admitted = 0
     while other.admit("step") is None:

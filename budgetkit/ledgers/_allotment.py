@@ -181,8 +181,24 @@ def lua_scripts(
     return {"lease": common + lua_count_room(counters, limits) + body}
 
 
-def check_allotment(size: object, poll: object) -> tuple[int | None, float] | None:
-    """``(fixed size or None for "auto", poll seconds)``, or ``None`` (exact mode)."""
+def _seconds(value: object, name: str, high: float) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BudgetTypeError(f"{name} must be seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BudgetTypeError(f"{name} must be seconds, got {value!r}")
+    if not 0 < value < high:
+        raise BudgetConfigError(f"{name} must be in (0, {high:g}) seconds, got {value}")
+    return float(value)
+
+
+def check_allotment(
+    size: object, poll: object, ttl: object
+) -> tuple[int | None, float, float] | None:
+    """``(fixed size or None for "auto", poll seconds, lease ttl seconds)``, or ``None``
+    (exact mode)."""
     if size is None or size == 0:
         return None
     if isinstance(size, str):
@@ -197,29 +213,29 @@ def check_allotment(size: object, poll: object) -> tuple[int | None, float] | No
                 ) from None
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise BudgetConfigError(f'allotment must be a positive int or "auto", got {size!r}')
-    if isinstance(poll, str):
-        try:
-            poll = float(poll)
-        except ValueError:
-            raise BudgetTypeError(f"allotment_poll must be seconds, got {poll!r}") from None
-    if isinstance(poll, bool) or not isinstance(poll, int | float):
-        raise BudgetTypeError(f"allotment_poll must be seconds, got {poll!r}")
-    if not 0 < poll < 60:
-        raise BudgetConfigError(f"allotment_poll must be in (0, 60) seconds, got {poll}")
-    return size, float(poll)
+    poll = _seconds(poll, "allotment_poll", 60)
+    ttl = _seconds(ttl, "allotment_ttl", 86400)
+    if ttl <= 2 * poll:
+        raise BudgetConfigError(
+            f"allotment_ttl ({ttl:g} s) must be longer than 2 * allotment_poll ({poll:g} s)"
+        )
+    return size, poll, ttl
 
 
 class Allotment:
     """One handle's leases: units granted and not yet used, per kind, admitted locally."""
 
-    def __init__(self, handle: RedisLedgerSession, size: int | None, poll: float) -> None:
+    def __init__(
+        self, handle: RedisLedgerSession, size: int | None, poll: float, ttl: float
+    ) -> None:
         self.handle = handle
         self.size = size
         self.poll = poll
+        self.ttl = ttl
         #: A local admit needs a read of the session's state younger than this (seconds).
         self.bound = 2 * poll
         #: A holder's lease entry lives this long after its last message (ms).
-        self.ttl_ms = int(max(40 * poll, 2.0) * 1000)
+        self.ttl_ms = int(ttl * 1000)
         self.lock = threading.Lock()  # the local counters
         self.wire = threading.Lock()  # one lease message in flight at a time
         self.left = {STEP: 0, LLM: 0}
@@ -401,17 +417,17 @@ class Allotment:
 
     def after_fork(self) -> Allotment:
         """A forked child's allotment: none of the parent's units."""
-        return Allotment(self.handle, self.size, self.poll)
+        return Allotment(self.handle, self.size, self.poll, self.ttl)
 
 
 def url_options(url: str) -> tuple[str, dict[str, str]]:
-    """``url`` without its ``allotment`` and ``allotment_poll`` query parameters, and them."""
+    """``url`` without its ``allotment*`` query parameters, and them."""
     parts = urlsplit(url)
     if not parts.query:
         return url, {}
     keep, options = [], {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in ("allotment", "allotment_poll"):
+        if key in ("allotment", "allotment_poll", "allotment_ttl"):
             options[key] = value
         else:
             keep.append((key, value))

@@ -819,10 +819,14 @@ class RedisLedger:
         allotment_poll: seconds between a lease holder's reads of the session's state: a
             trip elsewhere stops its local admits within ``2 * allotment_poll``. Also
             ``?allotment_poll=`` in the URL.
+        allotment_ttl: seconds a lease holder's entry outlives its last poll. A worker
+            that died leaves its leased units counted (it may have used them); after this
+            its entry is dropped, so others stop waiting for it to give them back. Also
+            ``?allotment_ttl=`` in the URL.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
-       ``allotment`` and ``allotment_poll``.
+       ``allotment``, ``allotment_poll`` and ``allotment_ttl``.
     """
 
     def __init__(
@@ -837,6 +841,7 @@ class RedisLedger:
         retries: int = 2,
         allotment: int | str | None = None,
         allotment_poll: float = 0.05,
+        allotment_ttl: float = 2.0,
     ) -> None:
         try:
             import redis
@@ -856,10 +861,12 @@ class RedisLedger:
         self.lease_ms = _ms(self.reservation_ttl)
         self.op_ttl_ms = min(_ms(self.op_ttl), self.ttl_ms)  # never outlive the session
         poll: object = allotment_poll
+        lease_ttl: object = allotment_ttl
         if isinstance(url_or_client, str):
             url_or_client, options = _allotment.url_options(url_or_client)
             allotment = options.get("allotment", allotment)
             poll = options.get("allotment_poll", allotment_poll)
+            lease_ttl = options.get("allotment_ttl", allotment_ttl)
             self.url = redact(url_or_client)
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -899,8 +906,8 @@ class RedisLedger:
             raise BudgetTypeError(
                 f"RedisLedger takes a Redis URL or a redis.Redis client, got {url_or_client!r}"
             )
-        #: ``(lease size or None for "auto", poll seconds)``, or ``None``: exact mode.
-        self.allotment = _allotment.check_allotment(allotment, poll)
+        #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
+        self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
