@@ -49,8 +49,8 @@ AUTO_MIN, AUTO_MAX = 16, 1 << 16
 
 # KEYS: the session's four keys, then the allotments' hash and deadlines (a sorted set).
 # ARGV: holder, message number, session ttl (ms), lease ttl (ms), steps used, LLM calls used,
-# give back ('1'), kind wanted ('step', 'llm', or '' to renew only), units wanted, poll (ms),
-# drop ('1': the holder is done).
+# kind to give back ('step', 'llm', 'all' or ''), kind wanted ('step', 'llm', or '' to renew
+# only), units wanted, poll (ms), drop ('1': the holder is done).
 # Answer: '<granted>|<flags>|<ms left before a time limit, or empty>'; granted -1: wait (a
 # recall is out); 'D' a stale message; 'U' an unknown session.
 _LEASE_BODY = """
@@ -77,12 +77,13 @@ if rec then
 else
   flags = flags + 8
 end
-if ARGV[7] == '1' then
-  if gs > us then
+local give = ARGV[7]
+if give ~= '' then
+  if gs > us and give ~= 'llm' then
     v['steps'] = tostring(redis.call('HINCRBY', S, 'steps', fmt(us - gs)))
     gs = us
   end
-  if gl > ul then
+  if gl > ul and give ~= 'step' then
     v['llm'] = tostring(redis.call('HINCRBY', S, 'llm', fmt(ul - gl)))
     gl = ul
   end
@@ -286,6 +287,12 @@ class Allotment:
             time.sleep(self.poll / 4)  # a recall is out: the holders give back at their poll
         return False
 
+    def give_back(self, kind: str) -> None:
+        """Before an exact admit of ``kind``: give back this holder's unused units of it,
+        which would otherwise count against it."""
+        if self.left[kind] and not self.closed:
+            self.exchange("", give=kind)
+
     def unused(self) -> tuple[int, int]:
         with self.lock:
             return self.left[STEP], self.left[LLM]
@@ -299,16 +306,17 @@ class Allotment:
         self.stopped = False
 
     # ------------------------------------------------------------------ the wire
-    def exchange(self, kind: str, *, drop: bool = False) -> int:
+    def exchange(self, kind: str, *, drop: bool = False, give: str = "") -> int:
         """One lease message: renew (``kind`` empty) or lease ``kind``; give back what is
-        unused when recalled (or ``drop``: the holder is done). Returns the units granted
-        (-1: wait for a recall)."""
+        unused of ``give`` (a kind), or of every kind when recalled or ``drop`` (the
+        holder is done). Returns the units granted (-1: wait for a recall)."""
         handle = self.handle
         with self.wire:
-            give = drop or self.recalled
+            if drop or self.recalled:
+                give = "all"
             with self.lock:
-                if give:
-                    self.left = {STEP: 0, LLM: 0}
+                for k in (STEP, LLM) if give == "all" else (give,) if give else ():
+                    self.left[k] = 0
                 used_s, used_l = self.used[STEP], self.used[LLM]
                 self.seq += 1
                 seq = self.seq
@@ -326,7 +334,7 @@ class Allotment:
                     self.ttl_ms,
                     used_s,
                     used_l,
-                    "1" if give else "0",
+                    give,
                     kind,
                     want,
                     int(self.poll * 1000),
@@ -339,7 +347,7 @@ class Allotment:
                 raise led.unknown(handle.session_id)
             if answer == "D":  # an earlier copy was applied: what it granted is given back later
                 return 0
-            if give:
+            if give == "all":
                 self.recalled = False
             if drop:
                 self.entry = False

@@ -1169,6 +1169,8 @@ class RedisLedgerSession:
         ):
             self.errors_seen = allot.errors
             return None
+        if allot is not None and kind:
+            allot.give_back(kind)
         answer = self._run(
             "admit",
             [
