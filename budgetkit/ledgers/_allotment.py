@@ -312,6 +312,8 @@ class Allotment:
         holder is done). Returns the units granted (-1: wait for a recall)."""
         handle = self.handle
         with self.wire:
+            if self.closed and not drop:
+                return 0  # the poller, racing close(): the entry is gone
             if drop or self.recalled:
                 give = "all"
             with self.lock:
