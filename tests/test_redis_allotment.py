@@ -19,6 +19,7 @@ from redis_fixtures import RedisServer, ledger, redis_server, units
 from budgetkit import BudgetConfigError, SessionBudget, budget
 from budgetkit._limits import Limits
 from budgetkit.exceptions import BudgetExhausted, LedgerError
+from budgetkit.ledgers._allotment import lease_holders
 from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def test_unused_units_go_back_on_exit(ledger: RedisLedger) -> None:
     handle.close()
     snap = ledger.join(sid).snapshot()
     assert (snap.steps, snap.llm_calls) == (10, 3)
-    assert ledger.client.hlen(ledger.allot_keys(sid)[0]) == 0  # no entry left behind
+    assert lease_holders(ledger, sid) == []  # no entry left behind
 
 
 def test_only_plain_calls_use_the_lease(ledger: RedisLedger) -> None:
@@ -148,7 +149,7 @@ def test_a_recall_moves_a_holders_unused_units_to_the_one_that_needs_them(
         got += 1
     assert got == 99
     assert a.allot.left["step"] == 0  # given back, not expired: A's entry is still there
-    assert ledger.client.hexists(ledger.allot_keys(sid)[0], a.holder)
+    assert a.holder in lease_holders(ledger, sid)
     assert server_steps(ledger, sid) == 100
     a.close()
     b.close()
@@ -241,7 +242,7 @@ def test_a_killed_workers_leased_units_stay_counted(redis_server: RedisServer) -
     while other.admit("step") is None:
         admitted += 1
     assert admitted == 70
-    assert led.client.hlen(led.allot_keys(sid)[0]) == 1  # only the live holder's entry
+    assert lease_holders(led, sid) == [other.holder]  # the dead holder's entry is gone
     assert server_steps(led, sid) == 120
     other.close()
 

@@ -37,9 +37,9 @@ from ..exceptions import BudgetConfigError, BudgetTypeError, LedgerError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .redis import RedisLedgerSession
+    from .redis import RedisLedger, RedisLedgerSession
 
-__all__ = ["Allotment", "check_allotment", "lua_scripts", "url_options"]
+__all__ = ["Allotment", "check_allotment", "lease_holders", "lua_scripts", "url_options"]
 
 #: Bits of a lease reply's flags.
 STOPPED, ERRORS, RECALL, NEW = 1, 2, 4, 8
@@ -444,3 +444,12 @@ def url_options(url: str) -> tuple[str, dict[str, str]]:
     if not options:
         return url, {}
     return urlunsplit(parts._replace(query=urlencode(keep))), options
+
+
+def lease_holders(ledger: RedisLedger, session_id: str) -> list[str]:
+    """The holders with a lease entry in a session (for tests and operators)."""
+    return sorted(
+        h.decode() if isinstance(h, bytes) else str(h)
+        for h in ledger.client.hkeys(ledger.allot_keys(session_id)[0])
+        if h not in (b"!recall", "!recall")
+    )
