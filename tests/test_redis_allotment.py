@@ -368,3 +368,30 @@ def test_a_joined_session_admits_from_leases_and_stops_exactly(ledger: RedisLedg
     assert session.result is not None
     assert session.result.stop_reason == "max_steps"
     assert ledger.join(sid).snapshot().steps == 500
+
+
+def fork_runner(out: Any) -> None:
+    """In a forked child, inside the parent's session: run steps until refused."""
+    out.put(run_until_exhausted())
+
+
+def test_a_forked_child_never_admits_from_its_parents_lease(ledger: RedisLedger) -> None:
+    """A child forked inside a joined session is a holder of its own: the parent's unused
+    units (copied with its memory) are not the child's, so the two admit exactly max_steps
+    together (the child gets the parent's unused units by a recall)."""
+    sid = new_id()
+    ledger.create(sid, Limits.build(max_steps=100))
+    session = SessionBudget.join(
+        sid, ledger=allotted(ledger, 1000), handoff_dir=None, trust_id=True
+    )
+    out = FORK.Queue()
+    with session:
+        leased_tool(0)  # the parent leases 50 and uses one
+        child = FORK.Process(target=fork_runner, args=(out,))
+        child.start()
+        ran, reason = out.get(timeout=30)
+        child.join(10)
+        assert (ran, reason) == (99, "max_steps")
+        with pytest.raises(BudgetExhausted):
+            leased_tool(1)
+    assert ledger.join(sid).snapshot().steps == 100

@@ -237,11 +237,15 @@ class Allotment:
         self.bound = 2 * poll
         #: A holder's lease entry lives this long after its last message (ms).
         self.ttl_ms = int(ttl * 1000)
+        self.reset()
+
+    def reset(self) -> None:
+        """No lease: the state of a new holder."""
         self.lock = threading.Lock()  # the local counters
         self.wire = threading.Lock()  # one lease message in flight at a time
         self.left = {STEP: 0, LLM: 0}
         self.used = {STEP: 0, LLM: 0}
-        self.want = {STEP: size or AUTO_MIN, LLM: size or AUTO_MIN}
+        self.want = {STEP: self.size or AUTO_MIN, LLM: self.size or AUTO_MIN}
         self.granted_at = {STEP: 0.0, LLM: 0.0}
         self.seq = 0
         self.fresh_until = 0.0
@@ -425,9 +429,10 @@ class Allotment:
             with contextlib.suppress(LedgerError):
                 self.exchange("", drop=True)
 
-    def after_fork(self) -> Allotment:
-        """A forked child's allotment: none of the parent's units."""
-        return Allotment(self.handle, self.size, self.poll, self.ttl)
+    def after_fork(self) -> None:
+        """In a forked child (a holder of its own): none of the parent's units, in place,
+        since a session's boundary keeps a reference to this allotment."""
+        self.reset()
 
 
 def url_options(url: str) -> tuple[str, dict[str, str]]:

@@ -1076,7 +1076,7 @@ class RedisLedgerSession:
         self._pending = set()  # the parent's operations are the parent's to answer
         self._abandoned = set()
         if self.allot is not None:
-            self.allot = self.allot.after_fork()
+            self.allot.after_fork()
 
     def new_op_id(self) -> str:
         """A fresh operation id. Pass it again to retry an operation without applying it
