@@ -18,7 +18,7 @@ from redis_fixtures import RedisServer, ledger, redis_server, units
 
 from budgetkit import BudgetConfigError, SessionBudget, budget
 from budgetkit._limits import Limits
-from budgetkit.exceptions import BudgetExhausted, LedgerError
+from budgetkit.exceptions import BudgetExhausted, LedgerError, SessionNotFoundError
 from budgetkit.ledgers._allotment import lease_holders
 from budgetkit.ledgers.redis import RedisLedger
 
@@ -395,3 +395,27 @@ def test_a_forked_child_never_admits_from_its_parents_lease(ledger: RedisLedger)
         with pytest.raises(BudgetExhausted):
             leased_tool(1)
     assert ledger.join(sid).snapshot().steps == 100
+
+
+def test_a_redis_restarted_empty_ends_local_admits(tmp_path: Path) -> None:
+    """redis-server killed and restarted empty (no persistence): a worker's lease is no good
+    past its bound; its next admit finds no session (SessionNotFoundError), and so does every
+    one after it: nothing is admitted that the new server did not grant."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        led = RedisLedger(server.url, allotment=1000, allotment_poll=POLL, retries=0)
+        sid = new_id()
+        led.create(sid, Limits.build(max_steps=10**6))
+        handle = led.join(sid)
+        assert handle.admit("step") is None
+        assert handle.allot is not None
+        assert handle.allot.left["step"] == 999
+        server.kill()
+        server.start()  # same port, empty
+        time.sleep(2 * POLL + 0.05)
+        for _ in range(3):
+            with pytest.raises(SessionNotFoundError):
+                handle.admit("step")
+        assert server.admin().dbsize() == 0
+    finally:
+        server.stop()

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._policy import CHECKS, COUNT
 from .._values import LLM, STEP
-from ..exceptions import BudgetConfigError, BudgetTypeError, LedgerError
+from ..exceptions import BudgetConfigError, BudgetTypeError, LedgerError, SessionNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -413,6 +413,8 @@ class Allotment:
                 idle = 0
             try:
                 self.exchange("")
+            except SessionNotFoundError:
+                return  # expired, or the server restarted empty: nothing to renew
             except LedgerError:
                 continue
             except Exception:  # never kill the process from a daemon thread
