@@ -252,7 +252,9 @@ POLL = 0.1
 
 def trip_racer(url: str, sid: str, slot: int, go: Any, stamps: Any) -> None:
     """Admit steps from a huge lease; worker 0 trips max_usd after a while. Each worker
-    stamps (CLOCK_MONOTONIC, shared by processes) its last admit; worker 0 its trip."""
+    stamps (CLOCK_MONOTONIC, shared by processes) the start of its last admitted call (the
+    decision comes later: preemption never makes a stamp late); worker 0 the end of its
+    trip (the server applied it before)."""
     handle = RedisLedger(url, allotment=10**6, allotment_poll=POLL).join(sid)
     assert handle.admit("step") is None
     go.wait()
@@ -262,16 +264,17 @@ def trip_racer(url: str, sid: str, slot: int, go: Any, stamps: Any) -> None:
             assert handle.record((1, 1, 0, 0, 0), units("2")) == "max_usd"
             stamps[0] = time.monotonic()
             return
+        asked = time.monotonic()
         if handle.admit("step") is not None:
             return
-        stamps[slot] = time.monotonic()
+        stamps[slot] = asked
         time.sleep(0.0002)  # paced: the lease outlasts the test by far
 
 
 def test_a_trip_stops_every_worker_within_two_polls(redis_server: RedisServer) -> None:
     """One worker trips max_usd; each other worker, admitting locally from a lease of a
     million steps (minutes of its work), admits nothing later than 2 * allotment_poll after
-    the trip (plus 0.05 s for a stamp taken after its admit, on a loaded machine)."""
+    the trip."""
     led = RedisLedger(redis_server.url)
     sid = new_id()
     led.create(sid, Limits.build(max_usd=1))
@@ -293,19 +296,22 @@ def test_a_trip_stops_every_worker_within_two_polls(redis_server: RedisServer) -
     for i in range(1, 4):
         assert stamps[i] > 0, f"worker {i} never admitted"
         late = stamps[i] - tripped
-        assert late <= 2 * POLL + 0.05, f"worker {i} admitted {late:.3f} s after the trip"
+        assert late <= 2 * POLL, f"worker {i} admitted {late:.3f} s after the trip"
 
 
 def pause_racer(url: str, sid: str, go: Any, stamps: Any) -> None:
-    """Admit from leases until the ledger fails; stamp the last admit."""
+    """Admit from leases until the ledger fails; stamp the start of the last admitted call."""
     handle = RedisLedger(
         url, allotment=10**6, allotment_poll=POLL, socket_timeout=0.3, retries=0
     ).join(sid)
     assert handle.admit("step") is None
     go.set()
     try:
-        while handle.admit("step") is None:
-            stamps[0] = time.monotonic()
+        while True:
+            asked = time.monotonic()
+            if handle.admit("step") is not None:
+                return
+            stamps[0] = asked
             time.sleep(0.0002)  # paced: the lease outlasts the test by far
     except LedgerError:
         stamps[1] = time.monotonic()
@@ -333,7 +339,7 @@ def test_a_paused_redis_admits_nothing_beyond_a_fresh_lease(tmp_path: Path) -> N
         assert proc.exitcode == 0
         assert stamps[1] > paused  # it failed closed (LedgerUnavailableError)
         late = stamps[0] - paused
-        assert late <= 2 * POLL + 0.05, f"admitted {late:.3f} s after the pause"
+        assert late <= 2 * POLL, f"admitted {late:.3f} s after the pause"
     finally:
         server.stop()
 
