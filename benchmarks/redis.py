@@ -6,7 +6,7 @@ Starts its own redis-server on a loopback port (persistence off) and, with N wor
 - floor: redis-py ``EVALSHA`` of ``return 1`` in a loop (the client's floor: one round trip);
 - ceiling: ``@budget.step`` with an in-process ``SessionBudget`` in each worker (no Redis);
 - exact (after): every worker joined one session of this checkout's ``RedisLedger``; each
-  worker admits steps (``handle.admit("step")``: one ``EVALSHA``), and again through
+  worker admits steps (``handle.admit("step")``: one ``FCALL``), and again through
   ``@budget.step`` in a joined ``SessionBudget``;
 - exact (before): the same with another ledger module (``--before path/to/redis.py``, e.g.
   ``git show main:budgetkit/ledgers/redis.py > /tmp/before.py``), loaded as
@@ -17,9 +17,10 @@ Starts its own redis-server on a loopback port (persistence off) and, with N wor
   default 50 connections) running ``EVALSHA`` of ``return 1``; round trips per admitted step
   are the server's script calls (``INFO commandstats``) over the steps admitted.
 
-Server µs per admit come from ``INFO commandstats`` (``cmdstat_evalsha``), reset before each
-phase; server keys are counted after 1k and after 100k steps of one session. Not part of the
-test suite; numbers depend on the machine.
+Server µs per admit come from ``INFO commandstats`` (``cmdstat_fcall`` and
+``cmdstat_evalsha``), reset before each phase; server keys are counted after 1k and after 100k
+steps of one session. Not part of the test suite; numbers depend on the machine (and on what
+else runs on it: ``benchmarks/redis_instructions.py`` counts instructions instead).
 
     python benchmarks/redis.py [--seconds 2] [--workers 8] [--before /tmp/before.py]
 """
@@ -130,10 +131,15 @@ def phase(
             admin.config_resetstat()
             go.set()
             results = [p.get(timeout=seconds + 120) for p in pending]
-    stats = admin.info("commandstats").get("cmdstat_evalsha", {})
+    stats = admin.info("commandstats")
     admin.close()
     rate = sum(n / elapsed for n, elapsed in results)
-    return rate, float(stats.get("usec_per_call", 0.0))
+    # The operations are FCALLs (EVALSHA on a server without Functions, and the floor's).
+    calls = usec = 0.0
+    for command in ("cmdstat_fcall", "cmdstat_evalsha"):
+        calls += float(stats.get(command, {}).get("calls", 0))
+        usec += float(stats.get(command, {}).get("usec", 0))
+    return rate, usec / calls if calls else 0.0
 
 
 def script_calls(admin: Any) -> int:
@@ -228,14 +234,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--before", help="another ledger module to compare (main's redis.py)")
     parser.add_argument("--key-steps", type=int, nargs=2, default=[1_000, 100_000])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the floor and each ledger's admits measured in turn this many times; the "
+        "ratios are the median of each round's (a shared machine's load moves between phases)",
+    )
     args = parser.parse_args()
     n, secs = args.workers, args.seconds
-    print(f"cpus: {os.cpu_count()}, {n} processes, {secs:g} s per phase, loopback redis-server")
+    print(
+        f"cpus: {os.cpu_count()}, {n} processes, {secs:g} s per phase, {args.rounds} rounds, "
+        "loopback redis-server"
+    )
     versions: list[tuple[str, str | None]] = [("after", None)]
     if args.before:
         versions.insert(0, ("before", args.before))
     with redis_server() as url:
-        floor, floor_us = phase(url, "floor", n, secs)
+        floors: list[tuple[float, float]] = []
+        admits: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in versions}
+        for _ in range(args.rounds):
+            floors.append(phase(url, "floor", n, secs))
+            for label, before in versions:
+                admits[label].append(phase(url, "admit", n, secs, before))
+        floor = median([rate for rate, _ in floors])
+        floor_us = median([us for _, us in floors])
         ceiling, _ = phase(url, "ceiling", n, secs)
         print(f"floor   redis-py EVALSHA 'return 1': {floor:>12,.0f}/s  {floor_us:.2f} µs server")
         print(f"ceiling in-process @budget.step:     {ceiling:>12,.0f}/s")
@@ -246,23 +269,41 @@ def main() -> None:
             f"{'keys ' + str(args.key_steps[0]):>10} | {'keys ' + str(args.key_steps[1]):>11}"
         )
         print("-" * 96)
+        ratios: list[str] = []
         for label, before in versions:
-            admits, admit_us = phase(url, "admit", n, secs, before)
+            rounds = admits[label]
+            rate = median([r for r, _ in rounds])
+            admit_us = median([us for _, us in rounds])
+            rate_ratio = median([r / f for (r, _), (f, _) in zip(rounds, floors, strict=True)])
+            us_ratio = median([u / fu for (_, u), (_, fu) in zip(rounds, floors, strict=True)])
             steps, _ = phase(url, "session", n, secs, before)
             small = keys_after(url, args.key_steps[0], before)
             large = keys_after(url, args.key_steps[1], before)
             print(
-                f"{label:>6} | {admits:>10,.0f} | {admits / floor:>7.2f} | {admit_us:>9.2f} | "
-                f"{admit_us / floor_us:>10.2f} | {steps:>10,.0f} | {steps / floor:>7.2f} | "
+                f"{label:>6} | {rate:>10,.0f} | {rate_ratio:>7.2f} | {admit_us:>9.2f} | "
+                f"{us_ratio:>10.2f} | {steps:>10,.0f} | {steps / floor:>7.2f} | "
                 f"{small:>10} | {large:>11}"
+            )
+            each = ", ".join(f"{r / f:.2f}" for (r, _), (f, _) in zip(rounds, floors, strict=True))
+            ratios.append(
+                f"{label:>6}: exact admits/s ÷ redis-py EVALSHA 'return 1' ({n} processes) = "
+                f"{rate_ratio:.2f} [rounds: {each}] (target ≥ 0.8); "
+                f"server µs per admit ÷ 'return 1' = {us_ratio:.2f} (target ≤ 3)"
             )
         print()
         print(
-            "admits/s: handle.admit('step'), one EVALSHA; steps/s: @budget.step in a joined "
-            "SessionBudget; keys: after that many steps (each with a charged LLM call)"
+            "admits/s: handle.admit('step'), one FCALL (before: EVALSHA); "
+            "steps/s: @budget.step in a joined SessionBudget; "
+            "keys: after that many steps (each with a charged LLM call)"
         )
         print()
-        print("\n".join(allotment_rows(url, n, secs, 3)))
+        print("\n".join(ratios))
+        print()
+        print("\n".join(allotment_rows(url, n, secs, args.rounds)))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,10 @@ def _write_handoff(
         handoff.extra["tool"] = {"name": tool[0], "calls": tool[1]}
     if loop is not None:  # loop_detected: the handoff names the step
         handoff.extra["loop"] = {"step": loop[0], "repeats": loop[1]}
+    if b.budget.handoff_notes.framework_state is not None:
+        from ._framework_state import attach
+
+        attach(b.budget, handoff, path)  # before the handoff: its sidecar is written first
     error: BaseException | None = None
     target = path
     if path is not None:

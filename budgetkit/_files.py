@@ -255,7 +255,14 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
     """
     import json
 
-    data = json.dumps(doc, indent=2, sort_keys=False, default=str).encode("utf-8")
+    write_atomic_bytes(
+        path, json.dumps(doc, indent=2, sort_keys=False, default=str).encode("utf-8")
+    )
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file, or the whole new one
+    (see :func:`write_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_temp(path, data)
     try:

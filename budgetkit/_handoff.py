@@ -145,6 +145,11 @@ class Handoff:
                 parent_session_id=values.get("parent_session_id"),
                 source=source,
             )
+        state = values.get("extra", {}).get("framework_state")
+        if state is not None:
+            from ._framework_state import check_entry
+
+            check_entry(state, values["session_id"], source)
         return cls(**values)
 
     @classmethod

@@ -98,6 +98,7 @@ def usage_from_dict(doc: object, source: str) -> dict[str, Any]:
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
+        or (isinstance(seconds, int) and seconds.bit_length() > 1000)  # float() overflows
         or not math.isfinite(seconds)
         or seconds < 0
     ):

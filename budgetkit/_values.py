@@ -157,6 +157,9 @@ class HandoffNotes:
     pending_tasks: list[Any] = field(default_factory=list)
     context_summary: str | None = None
     resume_instructions: str | None = None
+    #: A framework adapter's latest state: its name and what returns it as JSON values
+    #: (see ``_framework_state``).
+    framework_state: tuple[str, Callable[[], object]] | None = None
 
     def update(
         self,

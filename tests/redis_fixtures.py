@@ -57,13 +57,15 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on loopback, with its own data directory."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, config: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.binary = binary
         self.directory = directory
         self.appendonly = appendonly
+        #: Lines of a redis.conf given before the command-line options (e.g. rename-command).
+        self.config = config
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -79,9 +81,12 @@ class RedisServer:
             else ["--appendonly", "no"]
         )
         log = (self.directory / "redis.log").open("ab")
+        conf = self.directory / "redis.conf"
+        conf.write_text(self.config)
         self.process = subprocess.Popen(
             [
                 self.binary,
+                str(conf),
                 "--port",
                 str(self.port),
                 "--bind",

@@ -167,6 +167,20 @@ def test_show_prints_a_handoff(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "To resume:\n  budgetkit demo --resume handoffs/s1.json" in out
 
 
+def test_show_says_where_the_framework_state_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = {"framework": "langchain", "format": 1, "bytes": 300_000, "sidecar": "s1.state"}
+    path = _handoff(tmp_path, extra={"framework_state": {**state, "sha256": "0" * 64}})
+    assert main(["show", str(path)]) == EXIT_OK
+    assert _rows(capsys.readouterr().out)["framework state"] == "langchain, 293.0 KiB, in s1.state"
+    path = _handoff(
+        tmp_path, extra={"framework_state": {"framework": "pydantic_ai", "payload": []}}
+    )
+    assert main(["show", str(path)]) == EXIT_OK
+    assert _rows(capsys.readouterr().out)["framework state"] == "pydantic_ai, 0.0 KiB, inline"
+
+
 def test_show_prints_the_chain_of_a_resumed_session(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -118,7 +118,14 @@ def handoff_doc(session_id: str = "s1") -> dict[str, Any]:
                 "session_ids": [session_id],
                 "caps": {"max_total_usd": "2", "max_total_steps": 10, "max_sessions": 3},
                 "cumulative_usage": dict(usage),
-            }
+            },
+            "framework_state": {
+                "framework": "langchain",
+                "format": 1,
+                "bytes": 300_000,
+                "sidecar": f"{session_id}.state",
+                "sha256": "0" * 64,
+            },
         },
         "schema_version": 1,
     }

@@ -389,6 +389,7 @@ def _valid_doc(handoff_dir: Path) -> dict[str, Any]:
         (lambda d: {**d, "parent_session_id": 7}, "parent_session_id"),
         (lambda d: {**d, "context_summary": ["x"]}, "context_summary"),
         (lambda d: {**d, "name": 3}, "name"),
+        (lambda d: {**d, "usage": {**d["usage"], "elapsed_seconds": 10**400}}, "elapsed_seconds"),
     ],
 )
 def test_load_rejects_foreign_documents(
@@ -402,6 +403,61 @@ def test_load_rejects_foreign_documents(
     assert "bad.json" in str(info.value)
     with pytest.raises(HandoffError):
         SessionBudget.resume(bad)
+
+
+def _with_state(doc: dict[str, Any], **entry: Any) -> dict[str, Any]:
+    state = {"framework": "langchain", "format": 1, "bytes": 2, **entry}
+    return {**doc, "extra": {**doc["extra"], "framework_state": state}}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"payload": [{"type": "human"}]},
+        {"sidecar": "{sid}.state", "sha256": "a" * 64},
+        {"omitted": "too large"},
+    ],
+)
+def test_load_accepts_a_framework_state(entry: dict[str, Any], handoff_dir: Path) -> None:
+    """The loader accepts the adapters' extra["framework_state"] in each of its forms (#19)."""
+    doc = _valid_doc(handoff_dir)
+    entry = {
+        k: v.format(sid=doc["session_id"]) if isinstance(v, str) else v for k, v in entry.items()
+    }
+    path = handoff_dir / "state.json"
+    path.write_text(json.dumps(_with_state(doc, **entry)))
+    assert Handoff.load(path).extra["framework_state"]["framework"] == "langchain"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"payload": []}, None),  # replaced below by a non-object
+        ({"framework": "Lang Chain", "payload": []}, "framework must be"),
+        ({"format": "1", "payload": []}, "format must be"),
+        ({"bytes": -1, "payload": []}, "bytes must be"),
+        ({}, "one of payload, sidecar or omitted"),
+        ({"payload": [], "omitted": "x"}, "one of payload, sidecar or omitted"),
+        ({"sidecar": "../../etc/passwd", "sha256": "a" * 64}, "sidecar must be"),
+        ({"sidecar": "{sid}.state", "sha256": "xyz"}, "sha256 must be"),
+        ({"omitted": 3}, "omitted must be"),
+    ],
+)
+def test_load_rejects_a_bad_framework_state(
+    entry: dict[str, Any], message: str | None, handoff_dir: Path
+) -> None:
+    doc = _valid_doc(handoff_dir)
+    entry = {
+        k: v.format(sid=doc["session_id"]) if isinstance(v, str) else v for k, v in entry.items()
+    }
+    bad = _with_state(doc, **entry)
+    if message is None:
+        bad["extra"]["framework_state"] = ["not", "an", "object"]
+        message = "must be an object"
+    path = handoff_dir / "bad-state.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(HandoffError, match=f"extra.framework_state.*{message}"):
+        Handoff.load(path)
 
 
 def test_load_missing_file(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from otel_fixtures import Otel, assert_children_of, otel
 from pydantic import Field
 
-from budgetkit import BudgetExhausted, SessionBudget, budget
+from budgetkit import BudgetExhausted, BudgetWarning, SessionBudget, budget
 from budgetkit import _attributes as names
 from budgetkit.integrations.langchain import BudgetCallbackHandler
 
@@ -549,3 +549,132 @@ def test_middleware_without_finish_still_raises_at_the_reserve(handoff_dir: Path
             {"messages": [("user", "go")]}, config={"callbacks": [BudgetCallbackHandler()]}
         )
     assert info.value.reason == "wrapup_reserve"
+
+
+# ----------------------------------------------------------------------------- state in the handoff
+def exhaust_agent(handoff_dir: Path, **session: Any) -> BudgetExhausted:
+    """A create_agent run stopped by max_steps=2 at its third tool call."""
+    agent = create_agent(model_for(script(5)), [lookup], system_prompt="You are a researcher.")
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=2, handoff_dir=handoff_dir, **session),
+    ):
+        agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    return info.value
+
+
+def test_exhausted_run_resumes_with_its_messages(handoff_dir: Path) -> None:
+    """The handoff stores the conversation (no update_handoff call); the resumed run's first
+    model request carries it (#19)."""
+    from budgetkit.integrations.langchain import resume_messages
+
+    stopped = exhaust_agent(handoff_dir)
+    assert stopped.handoff_path is not None
+    state = stopped.handoff.extra["framework_state"]
+    assert state["framework"] == "langchain"
+    assert "payload" in state
+
+    model = RecordingChatModel(messages=iter([reply(9, tool_name=None)]))
+    agent = create_agent(model, [lookup], system_prompt="You are a researcher.")
+    with SessionBudget.resume(stopped.handoff_path) as session:
+        out = agent.invoke(
+            {"messages": resume_messages(session)},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    first = model.requests[0]
+    assert [m.type for m in first] == ["system", "human", "ai", "tool", "ai", "tool", "ai", "tool"]
+    assert first[0].content == "You are a researcher."  # once: the agent's own
+    assert first[1].content == "research this"
+    assert [m.content for m in first if m.type == "tool"][:2] == ["found q1", "found q2"]
+    unanswered = first[-1]
+    assert isinstance(unanswered, ToolMessage)
+    assert unanswered.tool_call_id == "call_3"
+    assert unanswered.status == "error"
+    assert unanswered.content.startswith("Not run")
+    assert out["messages"][-1].content == "all done"
+
+
+def test_large_state_goes_to_a_sidecar_checked_on_read(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetkit import HandoffError
+    from budgetkit import _framework_state as framework_state
+    from budgetkit.integrations.langchain import resume_messages
+
+    monkeypatch.setattr(framework_state, "INLINE_BYTES", 100)
+    stopped = exhaust_agent(handoff_dir)
+    assert stopped.handoff_path is not None
+    state = stopped.handoff.extra["framework_state"]
+    sidecar = handoff_dir / f"{stopped.session_id}.state"
+    assert state["sidecar"] == sidecar.name
+    assert "payload" not in state
+    assert state["bytes"] == sidecar.stat().st_size > 100
+    assert sidecar.stat().st_mode & 0o777 == 0o600  # written like the handoff
+    messages = resume_messages(stopped.handoff_path)
+    assert [m.type for m in messages][:3] == ["human", "ai", "tool"]
+    with pytest.raises(HandoffError, match="sidecar"):  # an object alone cannot find it
+        resume_messages(stopped.handoff)
+
+    sidecar.write_bytes(sidecar.read_bytes().replace(b"found q1", b"found q7"))
+    with pytest.raises(HandoffError, match="does not match the sha256"):
+        resume_messages(stopped.handoff_path)
+    sidecar.unlink()
+    with pytest.raises(HandoffError, match="cannot read the state sidecar"):
+        resume_messages(stopped.handoff_path)
+
+
+def test_a_state_over_the_hard_cap_is_omitted_with_a_warning(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetkit import BudgetWarning, HandoffError
+    from budgetkit import _framework_state as framework_state
+    from budgetkit.integrations.langchain import resume_messages
+
+    monkeypatch.setattr(framework_state, "INLINE_BYTES", 100)
+    monkeypatch.setattr(framework_state, "MAX_STATE_BYTES", 200)
+    with pytest.warns(BudgetWarning, match="not in its handoff"):
+        stopped = exhaust_agent(handoff_dir)
+    assert stopped.handoff_path is not None
+    assert "over the cap of 200 bytes" in stopped.handoff.extra["framework_state"]["omitted"]
+    assert not (handoff_dir / f"{stopped.session_id}.state").exists()
+    with pytest.raises(HandoffError, match="was not stored"):
+        resume_messages(stopped.handoff_path)
+
+
+def test_without_a_handoff_dir_a_large_state_stays_inline(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgetkit import _framework_state as framework_state
+    from budgetkit.integrations.langchain import resume_messages
+
+    monkeypatch.setattr(framework_state, "INLINE_BYTES", 100)
+    agent = create_agent(model_for(script(5)), [lookup])
+    with pytest.raises(BudgetExhausted) as info, SessionBudget(max_steps=2, handoff_dir=None):
+        agent.invoke(
+            {"messages": [("user", "research this")]},
+            config={"callbacks": [BudgetCallbackHandler()]},
+        )
+    assert info.value.handoff.extra["framework_state"]["bytes"] > 100
+    messages = resume_messages(info.value.handoff)  # no file: the object holds it all
+    assert messages[0].content == "research this"
+
+
+def test_warnings_as_errors_do_not_hide_the_budget_error(
+    handoff_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state that cannot be stored warns; under warnings-as-errors the run still ends with
+    BudgetExhausted and a handoff, never with the warning."""
+    import warnings
+
+    from budgetkit import _framework_state as framework_state
+
+    monkeypatch.setattr(framework_state, "MAX_STATE_BYTES", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BudgetWarning)
+        stopped = exhaust_agent(handoff_dir)
+    assert stopped.reason == "max_steps"
+    assert stopped.handoff_path is not None
+    assert "omitted" in stopped.handoff.extra["framework_state"]

@@ -431,3 +431,164 @@ async def test_budget_instructions_wrap_dynamic_instructions(handoff_dir: Path) 
     assert (
         model.requests[0][0] == "You are scout.\n\nBudget: 3 of 3 LLM calls left. Phase: explore."
     )
+
+
+# ----------------------------------------------------------------------------- state in the handoff
+@pytest.mark.asyncio
+async def test_exhausted_run_resumes_with_its_input_items(handoff_dir: Path) -> None:
+    """The handoff stores the run's input items (no update_handoff call); the resumed run's
+    first model request carries them (#19)."""
+    from budgetkit.integrations.openai_agents import resume_input
+
+    agent = Agent(name="researcher", model=canned(5), tools=[lookup])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=2, handoff_dir=handoff_dir),
+    ):
+        await Runner.run(agent, "research this", hooks=BudgetRunHooks())
+    stopped = info.value
+    assert stopped.handoff_path is not None
+    assert stopped.handoff.extra["framework_state"]["framework"] == "openai_agents"
+
+    model = RecordingModel([[answer("all done")]])
+    resumed = Agent(name="researcher", model=model, tools=[lookup])
+    with SessionBudget.resume(stopped.handoff_path) as session:
+        result = await Runner.run(resumed, resume_input(session), hooks=BudgetRunHooks())
+    assert result.final_output == "all done"
+    first = model.requests[0][1]
+    assert first[0] == {"content": "research this", "role": "user"}
+    kinds = [item.get("type") for item in first[1:]]
+    assert kinds == ["function_call", "function_call_output"] * 3
+    outputs = [item["output"] for item in first if item.get("type") == "function_call_output"]
+    assert outputs[:2] == ["found q1", "found q2"]
+    assert outputs[2].startswith("Not run")  # the call the budget refused
+    assert first[-1]["call_id"] == "call_3"
+
+
+# ----------------------------------------------------------------------------- wind-down
+class WindDownModel(CannedModel):
+    """Calls ``lookup`` while it is offered tools; answers once it is offered none."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.offered: list[list[str]] = []
+        self.tool_choices: list[object] = []
+
+    def _offer(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        settings = kwargs.get("model_settings", args[2] if len(args) > 2 else None)
+        tools = kwargs.get("tools", args[3] if len(args) > 3 else [])
+        self.offered.append([t.name for t in tools])
+        self.tool_choices.append(getattr(settings, "tool_choice", None))
+        i = len(self.offered)
+        output = [tool_call(i)] if tools else [answer(f"final answer after {i - 1} turns")]
+        self.outputs.append(output)
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self._offer(args, kwargs)
+        return await super().get_response(*args, **kwargs)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
+        self._offer(args, kwargs)
+        return super().stream_response(*args, **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_finish_winds_down_to_a_final_answer_marked_budget_limited(
+    handoff_dir: Path,
+) -> None:
+    """on_exhausted="finish": the tool call that would use the wrap-up reserve is rejected by
+    a tool guardrail, the next model call is offered no tools, and the run returns the
+    answer, marked with the stop reason (#19)."""
+    from agents import ModelSettings
+
+    from budgetkit.integrations.openai_agents import budget_stop_reason, run_within_budget
+
+    model = WindDownModel()
+    agent = Agent(
+        name="researcher",
+        model=model,
+        tools=[lookup],
+        model_settings=ModelSettings(tool_choice="required"),
+    )
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        result = await run_within_budget(agent, "research this", on_exhausted="finish")
+    assert ran == ["q1", "q2", "q3", "q4"]  # the fifth tool call would eat the reserve
+    assert model.offered == [["lookup"]] * 5 + [[]]  # the final call offers no tools
+    assert model.tool_choices[-1] is None  # and does not require one
+    assert result.final_output == "final answer after 5 turns"
+    assert budget_stop_reason(result) == "wrapup_reserve"
+    outputs = [item.output for item in tool_outputs(result.new_items)]
+    assert str(outputs[-1]).startswith("Not run")
+    assert session.usage.steps == 4
+    assert session.usage.llm_calls == 6
+    assert session.result is not None
+    assert session.result.stop_reason == "completed"
+
+
+@pytest.mark.asyncio
+async def test_without_finish_the_reserve_still_raises(handoff_dir: Path) -> None:
+    from budgetkit.integrations.openai_agents import run_within_budget
+
+    agent = Agent(name="researcher", model=WindDownModel(), tools=[lookup])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir),
+    ):
+        await run_within_budget(agent, "research this")
+    assert info.value.reason == "wrapup_reserve"
+
+
+@pytest.mark.asyncio
+async def test_finish_still_raises_at_a_hard_limit(handoff_dir: Path) -> None:
+    from budgetkit.integrations.openai_agents import run_within_budget
+
+    agent = Agent(name="researcher", model=WindDownModel(), tools=[lookup])
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=3, handoff_dir=handoff_dir),
+    ):
+        await run_within_budget(agent, "research this", on_exhausted="finish")
+    assert info.value.reason == "max_steps"
+    assert ran == ["q1", "q2", "q3"]
+
+
+@pytest.mark.asyncio
+async def test_a_run_that_finishes_by_itself_is_not_marked(handoff_dir: Path) -> None:
+    from budgetkit.integrations.openai_agents import budget_stop_reason, run_within_budget
+
+    agent = Agent(name="researcher", model=canned(1), tools=[lookup])
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir):
+        result = await run_within_budget(agent, "go", on_exhausted="finish")
+    assert result.final_output == "all done"
+    assert budget_stop_reason(result) is None
+
+
+@pytest.mark.asyncio
+async def test_streamed_finish_winds_down_to_a_final_answer_marked_budget_limited(
+    handoff_dir: Path,
+) -> None:
+    from budgetkit.integrations.openai_agents import (
+        budget_stop_reason,
+        run_streamed_within_budget,
+    )
+
+    model = WindDownModel()
+    agent = Agent(name="researcher", model=model, tools=[lookup])
+    with SessionBudget(max_steps=5, reserve_for_wrapup=0.2, handoff_dir=handoff_dir) as session:
+        result = run_streamed_within_budget(agent, "research this", on_exhausted="finish")
+        await drain(result)
+    assert model.offered == [["lookup"]] * 5 + [[]]
+    assert result.final_output == "final answer after 5 turns"
+    assert budget_stop_reason(result) == "wrapup_reserve"
+    assert session.usage.steps == 4
+
+
+def test_hooks_and_run_must_agree_on_on_exhausted() -> None:
+    from budgetkit import BudgetConfigError
+    from budgetkit.integrations.openai_agents import run_within_budget
+
+    agent = Agent(name="researcher", model=WindDownModel(), tools=[lookup])
+    with pytest.raises(BudgetConfigError, match="on_exhausted"):
+        asyncio.run(run_within_budget(agent, "go", hooks=BudgetRunHooks(), on_exhausted="finish"))
+    with pytest.raises(BudgetConfigError, match="on_exhausted"):
+        BudgetRunHooks(on_exhausted="stop")  # type: ignore[arg-type]

@@ -410,3 +410,46 @@ async def test_a_run_that_finishes_by_itself_is_not_marked(handoff_dir: Path) ->
         result = await agent.run("go", capabilities=[BudgetCapability(on_exhausted="finish")])
     assert result.output == "all done"
     assert budget_stop_reason(result) is None
+
+
+# ----------------------------------------------------------------------------- state in the handoff
+@pytest.mark.asyncio
+async def test_exhausted_run_resumes_with_its_messages(handoff_dir: Path) -> None:
+    """The handoff stores the message history (no update_handoff call); the resumed run's
+    first model request carries it (#19)."""
+    from pydantic_ai.messages import ModelRequest, UserPromptPart
+
+    from budgetkit.integrations.pydantic_ai import resume_messages
+
+    agent = agent_for(FunctionModel(Script(5), model_name="house-model"), system_prompt="Be brief.")
+    with (
+        pytest.raises(BudgetExhausted) as info,
+        SessionBudget(max_steps=2, handoff_dir=handoff_dir),
+    ):
+        await agent.run("research this", capabilities=[BudgetCapability()])
+    stopped = info.value
+    assert stopped.handoff_path is not None
+    assert stopped.handoff.extra["framework_state"]["framework"] == "pydantic_ai"
+
+    seen: list[list[ModelMessage]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(list(messages))
+        return ModelResponse(parts=[TextPart("all done")])
+
+    resumed = agent_for(FunctionModel(model, model_name="house-model"), system_prompt="Be brief.")
+    with SessionBudget.resume(stopped.handoff_path) as session:
+        result = await resumed.run(
+            message_history=resume_messages(session), capabilities=[BudgetCapability()]
+        )
+    assert result.output == "all done"
+    first = seen[0]
+    assert [m.kind for m in first] == ["request", "response"] * 3 + ["request"]
+    assert isinstance(first[0], ModelRequest)
+    prompts = [p.content for p in first[0].parts if isinstance(p, UserPromptPart)]
+    assert prompts == ["research this"]
+    system = [p.content for p in first[0].parts if p.part_kind == "system-prompt"]
+    assert system == ["Be brief."]  # once: the history's own
+    returns = [p.content for p in tool_returns(first)]
+    assert returns[:2] == ["found q1.0", "found q2.0"]
+    assert returns[2].startswith("Not run")  # the call the budget refused

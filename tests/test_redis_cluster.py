@@ -21,7 +21,7 @@ from redis_fixtures import INSTALL_HINT, counts, free_port, units
 
 from budgetkit import SessionBudget, Usage, budget
 from budgetkit._limits import Limits
-from budgetkit.ledgers.redis import RedisLedger
+from budgetkit.ledgers.redis import LIBRARY_NAME, RedisLedger
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -146,6 +146,30 @@ def test_a_cluster_url_reaches_every_master(cluster: list[int]) -> None:
         assert len({led.client.keyslot(k) for k in keys}) == 1  # one slot per session
         owners.add(led.client.get_node_from_key(keys[0]).port)
     assert owners == set(cluster)
+
+
+def test_the_function_library_is_loaded_on_every_master(cluster: list[int]) -> None:
+    """Operations are FCALLs; after FUNCTION FLUSH on every master the next operation loads
+    the library on all of them again, and sessions on every master keep working."""
+    masters = [redis.Redis(port=port, decode_responses=True) for port in cluster]
+    for master in masters:
+        master.function_flush()
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}", key_prefix="f:")
+    handles = [led.create(f"s-{uuid.uuid4().hex}", Limits.build(max_steps=2)) for _ in range(9)]
+    assert all(LIBRARY_NAME in str(master.function_list()) for master in masters)
+    owners = {led.client.get_node_from_key(led.keys(h.session_id)[0]).port for h in handles}
+    assert owners == set(cluster)
+    for handle in handles:
+        assert handle.admit("step") is None
+        assert handle.admit("step") is None
+        assert handle.admit("step") == "max_steps"
+    assert led.functions
+    assert (
+        sum(int(m.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)) for m in masters)
+        >= 36
+    )
+    for master in masters:
+        master.close()
 
 
 def test_threads_race_on_one_session_in_the_cluster(cluster: list[int]) -> None:

@@ -26,8 +26,15 @@ from redis_fixtures import (
 
 from budgetkit import BudgetConfigError, Usage
 from budgetkit._limits import Limits
-from budgetkit.exceptions import LedgerUnavailableError, SessionNotFoundError
-from budgetkit.ledgers.redis import LUA_BIGNUM, RedisLedger, from_units, redact, to_units
+from budgetkit.exceptions import LedgerError, LedgerUnavailableError, SessionNotFoundError
+from budgetkit.ledgers.redis import (
+    LIBRARY_NAME,
+    LUA_BIGNUM,
+    RedisLedger,
+    from_units,
+    redact,
+    to_units,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -223,7 +230,8 @@ def test_a_replayed_operation_is_applied_once(ledger: RedisLedger) -> None:
 
 
 class DropOneReply:
-    """A TCP proxy to Redis that swallows the reply to one ``EVALSHA`` and drops the link.
+    """A TCP proxy to Redis that swallows the reply to one operation (``FCALL``, or
+    ``EVALSHA`` on a server without Functions) and drops the link.
 
     The server has applied the command; the client sees a broken connection and retries.
     """
@@ -249,7 +257,7 @@ class DropOneReply:
 
     def _up(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
         while data := _recv(client):
-            if self.armed and b"EVALSHA" in data.upper():
+            if self.armed and (b"FCALL" in data.upper() or b"EVALSHA" in data.upper()):
                 self.armed, state["drop"] = False, True
             upstream.sendall(data)
         upstream.close()
@@ -443,7 +451,8 @@ def test_redis_killed_mid_run_fails_closed_and_restarts_consistent(tmp_path: Pat
         assert snap.output_tokens == 5 * records
         assert snap.cost_usd == Decimal("0.004") * records
         # Every admitted call not yet recorded still holds exactly its reservation.
-        held = server.admin().hvals(led.keys(sid)[1])
+        state = server.admin().hgetall(led.keys(sid)[0])  # 'r:<holder>': what it reserved
+        held = [amount for field, amount in state.items() if field.startswith("r:")]
         assert sum(map(from_units, held)) == snap.reserved_usd
         assert snap.reserved_usd == Decimal("0.01") * (snap.llm_calls - records)
         assert acked["admits"] > 50
@@ -597,3 +606,84 @@ def test_client_objects_and_bad_arguments(redis_server: RedisServer) -> None:
         RedisLedger(redis_server.url, ttl=0)
     with pytest.raises(BudgetConfigError):
         RedisLedger("http://nope")
+
+
+# ------------------------------------------------------------------ Redis Functions
+def _calls(admin: redis.Redis, command: str) -> int:
+    stats = admin.info("commandstats").get(f"cmdstat_{command}", {})
+    return int(stats.get("calls", 0))
+
+
+def test_the_function_library_is_reloaded_after_function_flush(tmp_path: Path) -> None:
+    """Operations are FCALLs of one library; FUNCTION FLUSH (or a restart) drops it, and the
+    next operation loads it again and goes on, without an error and without EVALSHA."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        admin = server.admin()
+        handle = RedisLedger(server.url).create(new_id(), limits(max_steps=3))
+        assert handle.admit("step") is None
+        assert LIBRARY_NAME in str(admin.function_list())
+        admin.function_flush()
+        assert LIBRARY_NAME not in str(admin.function_list())
+        assert handle.admit("step") is None
+        assert LIBRARY_NAME in str(admin.function_list())
+        assert handle.admit("step") is None
+        assert handle.admit("step") == "max_steps"
+        assert handle.snapshot().steps == 3
+        assert handle.ledger.functions
+        assert _calls(admin, "fcall") >= 6
+        assert _calls(admin, "evalsha") == 0
+    finally:
+        server.stop()
+
+
+def test_without_fcall_the_ledger_falls_back_to_evalsha(tmp_path: Path) -> None:
+    """A server whose FCALL is renamed away (as a server before 7.0 has none) runs the same
+    operations as EVALSHA scripts: limits, idempotent retries and all."""
+    server = RedisServer(tmp_path / "redis", config='rename-command FCALL ""\n').start()
+    try:
+        admin = server.admin()
+        with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+            admin.fcall("anything", 0)
+        led = RedisLedger(server.url)
+        handle = led.create(new_id(), limits(max_steps=2, max_usd=1))
+        op_id = handle.new_op_id()
+        assert handle.admit("step", op_id=op_id) is None
+        handle._pending.add(int(op_id))  # its reply lost: the retry is answered, not applied
+        assert handle.admit("step", op_id=op_id) is None
+        assert handle.admit("llm", units("0.5")) is None
+        assert handle.admit("step") is None
+        assert handle.admit("step") == "max_steps"
+        snap = led.join(handle.session_id).snapshot()
+        assert (snap.steps, snap.llm_calls, snap.reserved_usd) == (2, 1, Decimal("0.5"))
+        assert not led.functions
+        assert _calls(admin, "evalsha") >= 5
+    finally:
+        server.stop()
+
+
+def test_a_user_without_function_permission_gets_a_clear_error(tmp_path: Path) -> None:
+    """An ACL user that may FCALL but not FUNCTION LOAD is told what to grant; once the
+    library is loaded (by a user who may), it works."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        admin = server.admin()
+        admin.acl_setuser(
+            "agent",
+            enabled=True,
+            passwords=["+secret"],
+            keys=["*"],
+            commands=["+@all", "-function"],
+        )
+        url = f"redis://agent:secret@127.0.0.1:{server.port}/0"
+        limited = RedisLedger(url)
+        with pytest.raises(LedgerError, match=r"FUNCTION LOAD \(ACL: \+function\|load\)") as err:
+            limited.create(new_id(), limits(max_steps=1))
+        assert LIBRARY_NAME in str(err.value)
+        assert "secret" not in str(err.value)
+        RedisLedger(server.url).create(new_id(), limits(max_steps=1))  # loads the library
+        handle = limited.create(new_id(), limits(max_steps=1))
+        assert handle.admit("step") is None
+        assert handle.admit("step") == "max_steps"
+    finally:
+        server.stop()

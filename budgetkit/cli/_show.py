@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     rows += _usage_rows(handoff)
     rows += _lineage_rows(handoff)
+    rows += _state_rows(handoff)
     if handoff.trace_id:
         rows.append(("trace id", handoff.trace_id))
     print_table(f"handoff {args.handoff}", rows)
@@ -113,6 +114,21 @@ def _lineage_rows(handoff: Handoff) -> list[tuple[str, Any]]:
     if lineage.caps.max_sessions is not None:
         rows.append(("chain sessions", f"{lineage.attempt} of {lineage.caps.max_sessions}"))
     return rows
+
+
+def _state_rows(handoff: Handoff) -> list[tuple[str, Any]]:
+    """Where a framework adapter's conversation is (``extra.framework_state``), if any."""
+    state = handoff.extra.get("framework_state")
+    if not isinstance(state, dict):
+        return []
+    size = f"{state.get('bytes', 0) / 1024:.1f} KiB"
+    if "sidecar" in state:
+        where = f"in {state['sidecar']}"
+    elif "omitted" in state:
+        where = f"not stored: {state['omitted']}"
+    else:
+        where = "inline"
+    return [("framework state", f"{state['framework']}, {size}, {where}")]
 
 
 def _capped(used: Any, cap: Any, *, usd: bool) -> str:

@@ -13,7 +13,9 @@ imported, so ``import budgetkit`` never loads a framework. Install the matching 
 Every adapter charges a framework LLM call like ``@budget.llm_call`` (admitted before the
 request, charged with the usage the framework reports, priced when the model is known) and a
 tool call like ``@budget.step``; on exhaustion the framework's run stops with
-:class:`~budgetkit.BudgetExhausted` and the handoff is written.
+:class:`~budgetkit.BudgetExhausted` and the handoff is written, holding the framework's own
+conversation, which the adapter's ``resume_messages`` / ``resume_input`` give back to a
+resumed session.
 """
 
 from __future__ import annotations

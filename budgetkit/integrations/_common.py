@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._boundary import Boundary, active
@@ -21,13 +22,18 @@ from .._values import LLM, STEP, CallSpec
 from ..exceptions import BudgetTypeError
 
 __all__ = [
+    "NOT_RUN_TEXT",
+    "Conversation",
     "Step",
     "ToolErrorReported",
     "budget_text",
     "check_session",
+    "conversations",
     "pricing_provider",
+    "record_conversation",
     "session_for",
     "settle_llm_call",
+    "source_state",
     "start_llm_call",
 ]
 
@@ -91,11 +97,80 @@ winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
 #: Where a wind-down's final answer records why the run stopped.
 STOP_KEY = "budgetkit_stop_reason"
 
+#: What a resumed run's model reads for a tool call the stopped run never answered.
+NOT_RUN_TEXT = "Not run: the budget ran out before this tool call; it was not executed."
+
 #: What the model reads instead of a tool result once the wrap-up reserve is reached.
 WIND_DOWN_TEXT = (
     "Not run: the budget's wrap-up reserve is reached. Do not call tools; give your final "
     "answer now from what you have."
 )
+
+
+class Conversation:
+    """The history a framework's latest model call saw, grown with its answer and the tool
+    results after it; the session's handoff stores it (``_framework_state``)."""
+
+    __slots__ = ("items", "to_json")
+
+    def __init__(self, items: list[Any], to_json: Callable[[list[Any]], object]) -> None:
+        self.items = items
+        self.to_json = to_json
+
+    def dump(self) -> object:
+        return self.to_json(self.items)
+
+
+#: The conversation each session's handoff would store (see ``Conversation``).
+conversations: weakref.WeakKeyDictionary[SessionBudget, Conversation] = weakref.WeakKeyDictionary()
+
+
+def record_conversation(
+    session: Boundary, framework: str, items: list[Any], to_json: Callable[[list[Any]], object]
+) -> Conversation:
+    """Make ``items`` (a model call's history) the state ``session``'s handoff stores;
+    ``to_json(items)`` is called only if the handoff is written."""
+    from .._framework_state import record
+
+    conversation = Conversation(items, to_json)
+    conversations[session.budget] = conversation
+    record(session.budget, framework, conversation.dump)
+    return conversation
+
+
+def source_state(source: object, framework: str) -> object:
+    """The stored ``framework`` state of ``source``: a handoff path, a :class:`Handoff`, a
+    session resumed from one, or ``None`` (the innermost active session, resumed)."""
+    from pathlib import Path
+
+    from .._framework_state import load
+    from .._handoff import Handoff
+    from ..exceptions import HandoffError
+
+    if source is None:
+        current = active.get()
+        if current is None:
+            raise HandoffError(
+                "no active session: pass the handoff (its path) or the resumed session"
+            )
+        source = current.budget
+    if isinstance(source, SessionBudget):
+        if source.resumed_from is None:
+            raise HandoffError(
+                f"session {source.session_id!r} was not resumed from a handoff "
+                "(SessionBudget.resume): it has no earlier state"
+            )
+        lease = source.lease
+        directory = None if lease is None else lease.handoff_path.parent
+        return load(source.resumed_from, directory, framework)
+    if isinstance(source, Handoff):
+        return load(source, None, framework)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        return load(Handoff.load(path), path.parent, framework)
+    raise BudgetTypeError(
+        f"expected a handoff path, a Handoff, a resumed SessionBudget or None, got {source!r}"
+    )
 
 
 def check_on_exhausted(value: object) -> str:

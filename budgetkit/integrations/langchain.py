@@ -41,14 +41,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
 from ._common import (
+    NOT_RUN_TEXT,
     STOP_KEY,
     WIND_DOWN_TEXT,
+    Conversation,
     Step,
     ToolErrorReported,
     budget_text,
     check_on_exhausted,
     check_session,
+    conversations,
     pricing_provider,
+    record_conversation,
     session_for,
     settle_llm_call,
     start_llm_call,
@@ -56,14 +60,19 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    import os
     from uuid import UUID
 
     from langchain_core.messages import BaseMessage
 
     from .._calls import LLMCall
+    from .._handoff import Handoff
     from .._session import SessionBudget
 
-__all__ = ["BudgetCallbackHandler", "BudgetMiddleware", "budget_stop_reason"]
+__all__ = ["BudgetCallbackHandler", "BudgetMiddleware", "budget_stop_reason", "resume_messages"]
+
+#: The name of LangChain state in a handoff (``extra["framework_state"]["framework"]``).
+FRAMEWORK = "langchain"
 
 #: LangChain's callback manager logs every callback error at WARNING before re-raising it.
 _MANAGER_LOG = "Error in %s.%s callback: %s"
@@ -146,6 +155,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         self.session = check_session(session)
         self._llm_calls: dict[UUID, LLMCall] = {}
         self._steps: dict[UUID, Step] = {}
+        self._conversations: dict[UUID, Conversation] = {}
 
     # ------------------------------------------------------------------ model calls
     def on_chat_model_start(
@@ -159,9 +169,19 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Admit the model call (or raise ``BudgetExhausted``)."""
+        """Admit the model call (or raise ``BudgetExhausted``); its messages become the
+        conversation the session's handoff stores."""
         prompt: object = messages[0] if len(messages) == 1 else messages
-        self._start_llm(serialized, prompt, run_id, metadata, kwargs)
+        session = session_for(self.session)
+        if session is not None and len(messages) == 1:
+            self._conversations[run_id] = record_conversation(
+                session, FRAMEWORK, list(messages[0]), _messages_json
+            )
+        try:
+            self._start_llm(serialized, prompt, run_id, metadata, kwargs)
+        except BaseException:
+            self._conversations.pop(run_id, None)
+            raise
 
     def on_llm_start(
         self,
@@ -218,10 +238,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Charge the call with the usage the model reported."""
+        conversation = self._conversations.pop(run_id, None)
         call = self._llm_calls.pop(run_id, None)
         if call is None:
             return
         usage, output = _usage_of(response, call.spec.provider)
+        if conversation is not None and isinstance(output, AIMessage):
+            conversation.items.append(output)
         settle_llm_call(call, usage, result=output, streamed=False)
 
     def on_llm_error(
@@ -234,6 +257,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """The call failed: release it and count the error."""
+        self._conversations.pop(run_id, None)
         call = self._llm_calls.pop(run_id, None)
         if call is not None:
             call.fail(error)
@@ -273,6 +297,10 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """The tool run returned; an error ``ToolMessage`` (``handle_tool_error``) is a failure."""
         step = self._steps.pop(run_id, None)
         if step is not None:
+            if isinstance(output, ToolMessage):
+                conversation = conversations.get(step.session.budget)
+                if conversation is not None:
+                    conversation.items.append(output)
             step.close(_reported_error(output))
 
     def on_tool_error(
@@ -446,6 +474,69 @@ def budget_stop_reason(state: Any) -> str | None:
     metadata = getattr(message, "response_metadata", None)
     reason = metadata.get(STOP_KEY) if isinstance(metadata, Mapping) else None
     return reason if isinstance(reason, str) else None
+
+
+def _messages_json(messages: list[BaseMessage]) -> object:
+    """The conversation as LangChain's message dicts: without the leading system messages
+    (the agent adds its own again), every tool call of the last answer answered."""
+    from langchain_core.messages import SystemMessage, messages_to_dict
+
+    start = 0
+    while start < len(messages) and isinstance(messages[start], SystemMessage):
+        start += 1
+    kept = list(messages[start:])
+    last = next((i for i in range(len(kept) - 1, -1, -1) if isinstance(kept[i], AIMessage)), None)
+    if last is not None:
+        answer = kept[last]
+        assert isinstance(answer, AIMessage)
+        answered = {m.tool_call_id for m in kept[last + 1 :] if isinstance(m, ToolMessage)}
+        for call in answer.tool_calls:
+            if call.get("id") and call["id"] not in answered:
+                kept.append(
+                    ToolMessage(
+                        content=NOT_RUN_TEXT,
+                        tool_call_id=call["id"],
+                        name=call["name"],
+                        status="error",
+                    )
+                )
+    return messages_to_dict(kept)
+
+
+def resume_messages(
+    source: SessionBudget | Handoff | str | os.PathLike[str] | None = None,
+) -> list[BaseMessage]:
+    """The conversation a stopped LangChain run left in its handoff, to continue it.
+
+    The :class:`BudgetCallbackHandler` stores, in the handoff, the messages of the run's
+    latest model call, that call's answer and the tool results after it (the leading system
+    messages excepted: the agent adds its own). A tool call the run never answered gets a
+    ``ToolMessage(status="error")`` saying it was not run. Continue with::
+
+        with SessionBudget.resume(path) as session:
+            agent.invoke({"messages": resume_messages(session)}, config=config)
+
+    Args:
+        source: the session resumed from the handoff (``SessionBudget.resume(path)``), the
+            handoff's path, a :class:`~budgetkit.Handoff` (inline state only), or ``None``
+            for the innermost active session.
+
+    Raises:
+        HandoffError: the handoff holds no LangChain state, or its sidecar file is missing
+            or was changed.
+
+    .. versionadded:: 0.1.0
+    """
+    from langchain_core.messages import messages_from_dict
+
+    from ..exceptions import HandoffError
+    from ._common import source_state
+
+    payload = source_state(source, FRAMEWORK)
+    try:
+        return messages_from_dict(payload)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise HandoffError(f"the handoff's LangChain messages do not load: {exc}") from None
 
 
 def _usage_of(response: LLMResult, provider: str | None) -> tuple[Usage | None, object]:

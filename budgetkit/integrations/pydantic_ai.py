@@ -35,6 +35,7 @@ from .._policy import WRAPUP_RESERVE
 from .._usage import Usage
 from ..exceptions import BudgetExhausted
 from ._common import (
+    NOT_RUN_TEXT,
     STOP_KEY,
     WIND_DOWN_TEXT,
     Step,
@@ -42,6 +43,7 @@ from ._common import (
     check_on_exhausted,
     check_session,
     pricing_provider,
+    record_conversation,
     session_for,
     settle_llm_call,
     start_llm_call,
@@ -49,6 +51,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import AsyncIterator
 
     from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapToolExecuteHandler
@@ -59,9 +62,14 @@ if TYPE_CHECKING:
     from pydantic_ai.usage import RequestUsage
 
     from .._calls import LLMCall
+    from .._handoff import Handoff
     from .._session import SessionBudget
+    from ._common import Conversation
 
-__all__ = ["BudgetCapability", "BudgetModel", "budget_stop_reason"]
+__all__ = ["BudgetCapability", "BudgetModel", "budget_stop_reason", "resume_messages"]
+
+#: The name of Pydantic AI state in a handoff (``extra["framework_state"]["framework"]``).
+FRAMEWORK = "pydantic_ai"
 
 
 class BudgetModel(WrapperModel):
@@ -91,11 +99,15 @@ class BudgetModel(WrapperModel):
         self.on_exhausted: Literal["raise", "finish"] = on_exhausted
         check_on_exhausted(on_exhausted)
 
-    def _admit(self, messages: list[ModelMessage]) -> tuple[LLMCall | None, bool]:
-        """The admitted call, and whether it is the wind-down's final request."""
+    def _admit(
+        self, messages: list[ModelMessage]
+    ) -> tuple[LLMCall | None, bool, Conversation | None]:
+        """The admitted call, whether it is the wind-down's final request, and the
+        conversation the session's handoff stores (these messages, then the answer)."""
         session = session_for(self.budget_session)
         if session is None:
-            return None, False
+            return None, False, None
+        conversation = record_conversation(session, FRAMEWORK, list(messages), _messages_json)
         finish = self.on_exhausted == "finish"
         winding = finish and session.budget in winding_down
         try:
@@ -120,7 +132,7 @@ class BudgetModel(WrapperModel):
                 messages=messages,
                 wrapup=True,
             )
-        return call, winding
+        return call, winding, conversation
 
     async def request(
         self,
@@ -129,7 +141,7 @@ class BudgetModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """Admit the request (or raise ``BudgetExhausted``), send it, charge its usage."""
-        call, winding = self._admit(messages)
+        call, winding, conversation = self._admit(messages)
         if call is None:
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
         if winding:  # the final answer: no function tools offered
@@ -146,6 +158,8 @@ class BudgetModel(WrapperModel):
             metadata = dict(response.metadata or {})
             metadata[STOP_KEY] = WRAPUP_RESERVE
             response = replace(response, metadata=metadata)
+        if conversation is not None:
+            conversation.items.append(response)
         return response
 
     @asynccontextmanager
@@ -157,7 +171,7 @@ class BudgetModel(WrapperModel):
         run_context: RunContext[Any] | None = None,
     ) -> AsyncIterator[StreamedResponse]:
         """Admit the streamed request; charge the usage received when the stream closes."""
-        call, winding = self._admit(messages)
+        call, winding, conversation = self._admit(messages)
         if winding:  # the final answer: no function tools offered
             model_request_parameters = replace(model_request_parameters, function_tools=[])
         stream_cm = self.wrapped.request_stream(
@@ -179,15 +193,80 @@ class BudgetModel(WrapperModel):
                 Nesting.inside.reset(mark)
                 call.fail(exc)
             else:  # tokens were received: charge them
-                _settle_stream(call, opened)
+                _settle_stream(call, opened, conversation)
             raise
         if opened is not None:
-            _settle_stream(call, opened)
+            _settle_stream(call, opened, conversation)
 
 
-def _settle_stream(call: LLMCall, stream: StreamedResponse) -> None:
+def _settle_stream(
+    call: LLMCall, stream: StreamedResponse, conversation: Conversation | None
+) -> None:
     response = stream.get()
+    if conversation is not None:
+        conversation.items.append(response)
     settle_llm_call(call, _usage_of(stream.usage, response), result=response, streamed=True)
+
+
+def _messages_json(messages: list[ModelMessage]) -> object:
+    """The conversation as ``ModelMessagesTypeAdapter`` JSON, every tool call of the last
+    response answered (a tool the run never ran gets a return saying so)."""
+    from pydantic_ai.messages import (
+        ModelMessagesTypeAdapter,
+        ModelRequest,
+        ModelResponse,
+        ToolCallPart,
+        ToolReturnPart,
+    )
+
+    kept = list(messages)
+    last = kept[-1] if kept else None
+    if isinstance(last, ModelResponse):
+        calls = [part for part in last.parts if isinstance(part, ToolCallPart)]
+        if calls:
+            returns = [
+                ToolReturnPart(c.tool_name, NOT_RUN_TEXT, tool_call_id=c.tool_call_id)
+                for c in calls
+            ]
+            kept.append(ModelRequest(parts=returns))
+    return ModelMessagesTypeAdapter.dump_python(kept, mode="json")
+
+
+def resume_messages(
+    source: SessionBudget | Handoff | str | os.PathLike[str] | None = None,
+) -> list[ModelMessage]:
+    """The message history a stopped Pydantic AI run left in its handoff, to continue it.
+
+    The :class:`BudgetModel` (so :class:`BudgetCapability`) stores, in the handoff, the
+    messages of the run's latest model request and its response, as
+    ``ModelMessagesTypeAdapter`` JSON. A tool call the run never answered gets a tool return
+    saying it was not run, so the history ends with a request, which Pydantic AI sends as
+    is when no new prompt is given::
+
+        with SessionBudget.resume(path) as session:
+            result = await agent.run(message_history=resume_messages(session))
+
+    Args:
+        source: the session resumed from the handoff (``SessionBudget.resume(path)``), the
+            handoff's path, a :class:`~budgetkit.Handoff` (inline state only), or ``None``
+            for the innermost active session.
+
+    Raises:
+        HandoffError: the handoff holds no Pydantic AI state, or its sidecar file is
+            missing or was changed.
+
+    .. versionadded:: 0.1.0
+    """
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    from ..exceptions import HandoffError
+    from ._common import source_state
+
+    payload = source_state(source, FRAMEWORK)
+    try:
+        return ModelMessagesTypeAdapter.validate_python(payload)
+    except Exception as exc:
+        raise HandoffError(f"the handoff's Pydantic AI messages do not load: {exc}") from None
 
 
 @dataclass

@@ -9,10 +9,11 @@ near the limit; a holder that needs more while others hold unused units makes th
 poll. A holder gives back its unused units on exit; a dead holder's units stay counted
 (they may have been admitted) and its lease entry expires after ``ttl``.
 
-The server keeps, per holder, ``n|gs|gl|us|ul``: the last lease message it applied (a
-message numbered at or below it is stale, never applied twice or out of order), the units
-granted so far and the units the holder said it had used (both cumulative, per kind). A
-give-back returns ``granted - used``: units the holder no longer holds and never admitted.
+The server keeps, per holder, a field ``a:<holder>`` of the session's hash: the last lease
+message it applied (a message numbered at or below it is stale, never applied twice or out of
+order), the units granted so far and the units the holder said it had used (both cumulative,
+per kind), and its deadline; ``al`` lists the holders. A give-back returns ``granted - used``:
+units the holder no longer holds and never admitted.
 
 Trips propagate by polling: a local admit is allowed only while the last successful read of
 the session's state is younger than ``2 * poll`` seconds (a poller thread re-reads it every
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from .redis import RedisLedger, RedisLedgerSession
 
-__all__ = ["Allotment", "check_allotment", "lease_holders", "lua_scripts", "url_options"]
+__all__ = ["Allotment", "check_allotment", "lease_holders", "lua_ops", "url_options"]
 
 #: Bits of a lease reply's flags.
 STOPPED, ERRORS, RECALL, NEW = 1, 2, 4, 8
@@ -47,102 +48,112 @@ STOPPED, ERRORS, RECALL, NEW = 1, 2, 4, 8
 #: The smallest and largest lease of ``allotment="auto"``.
 AUTO_MIN, AUTO_MAX = 16, 1 << 16
 
-# KEYS: the session's four keys, then the allotments' hash and deadlines (a sorted set).
-# ARGV: holder, message number, session ttl (ms), lease ttl (ms), steps used, LLM calls used,
-# kind to give back ('step', 'llm', 'all' or ''), kind wanted ('step', 'llm', or '' to renew
-# only), units wanted, poll (ms), drop ('1': the holder is done).
+# A[2..10]: message number, lease ttl (ms), steps used, LLM calls used, kind to give back
+# ('step', 'llm', 'all' or ''), kind wanted ('step', 'llm', or '' to renew only), units
+# wanted, poll (ms), drop ('1': the holder is done). Fields of S: 'al' the lease holders (ids
+# joined by ','), 'a:<holder>' = "n|gs|gl|us|ul|deadline", 'arc' the end of a recall.
 # Answer: '<granted>|<flags>|<ms left before a time limit, or empty>'; granted -1: wait (a
 # recall is out); 'D' a stale message; 'U' an unknown session.
-_LEASE_BODY = """
-local AL, ALD = KEYS[5], KEYS[6]
-local mseq, lttl = tonumber(ARGV[2]), tonumber(ARGV[4])
-local us, ul = tonumber(ARGV[5]), tonumber(ARGV[6])
-v = state()
-if not v['start'] then return 'U' end
-now = now_ms()
-local function fmt(x) return string.format('%.0f', x) end
--- Holders that stopped renewing (dead): their entries go, their units stay counted.
-local dead = redis.call('ZRANGEBYSCORE', ALD, '-inf', now)
-if #dead > 0 then
-  redis.call('HDEL', AL, unpack(dead))
-  redis.call('ZREMRANGEBYSCORE', ALD, '-inf', now)
+_LEASE_OP = """
+local early = begin(STATE)
+if early then return early end
+local mseq, lttl = tonumber(A[2]), tonumber(A[3])
+local us, ul = tonumber(A[4]), tonumber(A[5])
+local now = clock()
+more({'al', 'arc'})
+-- Holders past their deadline (dead) are dropped: their units stay counted.
+local keep, recs, changed = {}, {}, false
+local ids = {}
+for h in string.gmatch(v['al'] or '', '[^,]+') do ids[#ids + 1] = h end
+if #ids > 0 then
+  local fields = {}
+  for i, h in ipairs(ids) do fields[i] = 'a:' .. h end
+  local got = redis.call('HMGET', S, unpack(fields))
+  local gone = {}
+  for i, h in ipairs(ids) do
+    local r = got[i]
+    if r and tonumber(string.match(r, '|(%d+)$')) >= now then
+      recs[h] = r
+      keep[#keep + 1] = h
+    else
+      gone[#gone + 1] = fields[i]
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', S, unpack(gone))
+    changed = true
+  end
 end
-local rec = redis.call('HGET', AL, H)
+local rec = recs[H]
 local n, gs, gl = 0, us, ul
 local flags = 0
 if rec then
   local a, b, c = string.match(rec, '^(%d+)|(%d+)|(%d+)|')
   n, gs, gl = tonumber(a), tonumber(b), tonumber(c)
-  if mseq <= n then return 'D' end
+  if mseq <= n then return finish('D') end
 else
   flags = flags + 8
+  keep[#keep + 1] = H
+  changed = true
 end
-local give = ARGV[7]
+local give = A[6] or ''
 if give ~= '' then
   if gs > us and give ~= 'llm' then
-    v['steps'] = tostring(redis.call('HINCRBY', S, 'steps', fmt(us - gs)))
+    put('steps', int(num(v['steps']) - (gs - us)))
     gs = us
   end
   if gl > ul and give ~= 'step' then
-    v['llm'] = tostring(redis.call('HINCRBY', S, 'llm', fmt(ul - gl)))
+    put('llm', int(num(v['llm']) - (gl - ul)))
     gl = ul
   end
 end
-local ttl = tonumber(ARGV[3])
-if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
-  redis.call('HSET', S, 'exp', fmt(now + ttl))
-  for _, k in ipairs({S, R, L, O}) do redis.call('PEXPIRE', k, ttl) end
+if (A[10] or '') == '1' then
+  redis.call('HDEL', S, 'a:' .. H)
+  local rest = {}
+  for _, h in ipairs(keep) do
+    if h ~= H then rest[#rest + 1] = h end
+  end
+  put('al', table.concat(rest, ','))
+  return finish('0|0|')
 end
-if ARGV[11] == '1' then
-  redis.call('HDEL', AL, H)
-  redis.call('ZREM', ALD, H)
-  return '0|0|'
-end
-if v['reason'] or v['tripped'] or time_refusal(v, now) then flags = flags + 1 end
+if v['reason'] or v['tripped'] or time_refusal(v) then flags = flags + 1 end
 if num(v['errors']) > 0 then flags = flags + 2 end
-if num(redis.call('HGET', AL, '!recall')) > now then flags = flags + 4 end
+if num(v['arc']) > now then flags = flags + 4 end
 local left = ''
 %(TIME_LEFT)s
-local kind, want, granted = ARGV[8], tonumber(ARGV[9]), 0
+local kind, want, granted = A[7] or '', tonumber(A[8] or '0'), 0
 if kind ~= '' and flags % 2 == 0 and not v['keep'] then
   local room = count_room(kind, v)
   if room == nil then
     granted = want
   elseif room > 0 then
-    local live = redis.call('ZCARD', ALD)
-    if not rec then live = live + 1 end
-    granted = math.max(1, math.min(want, math.floor(room / (2 * live))))
+    granted = math.max(1, math.min(want, math.floor(room / (2 * #keep))))
   else
     -- Others may hold units they have not used: recall them; this holder waits.
-    local all = redis.call('HGETALL', AL)
-    for i = 1, #all, 2 do
-      if all[i] ~= H and all[i] ~= '!recall' then
-        local _, b, c, d, e = string.match(all[i + 1], '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)$')
+    for _, h in ipairs(keep) do
+      if h ~= H then
+        local _, b, c, d, e = string.match(recs[h], '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|')
         local held = tonumber(b) - tonumber(d)
         if kind == 'llm' then held = tonumber(c) - tonumber(e) end
         if held > 0 then granted = -1 end
       end
     end
-    if granted == -1 then
-      redis.call('HSET', AL, '!recall', fmt(now + 2 * tonumber(ARGV[10])))
-    end
+    if granted == -1 then put('arc', int(now + 2 * tonumber(A[9]))) end
   end
   if granted > 0 then
     if kind == 'step' then
-      redis.call('HINCRBY', S, 'steps', granted)
+      put('steps', int(num(v['steps']) + granted))
       gs = gs + granted
     else
-      redis.call('HINCRBY', S, 'llm', granted)
+      put('llm', int(num(v['llm']) + granted))
       gl = gl + granted
     end
   end
 end
-redis.call('HSET', AL, H, fmt(mseq) .. '|' .. fmt(gs) .. '|' .. fmt(gl) .. '|' .. fmt(us)
-  .. '|' .. fmt(ul))
-redis.call('ZADD', ALD, now + lttl, H)
-redis.call('PEXPIRE', AL, ttl)
-redis.call('PEXPIRE', ALD, ttl)
-return fmt(granted) .. '|' .. flags .. '|' .. left
+put('a:' .. H, int(mseq) .. '|' .. int(gs) .. '|' .. int(gl) .. '|' .. int(us) .. '|' .. int(ul)
+  .. '|' .. int(now + lttl))
+if changed then put('al', table.concat(keep, ',')) end
+return finish(int(granted) .. '|' .. flags .. '|' .. left)
 """
 
 
@@ -167,19 +178,17 @@ def lua_count_room(counters: Mapping[str, str], limits: Mapping[str, str]) -> st
 
 def lua_time_left(limits: Mapping[str, str]) -> str:
     """Sets ``left`` to the ms before the session's time limit, if it has one."""
+    field = limits["max_seconds"]
     return (
-        f"if v['{limits['max_seconds']}'] then left = string.format('%.0f', "
-        f"math.max(tonumber(v['{limits['max_seconds']}']) * 1000 - (now - tonumber(v['start'])), "
-        "0)) end"
+        f"if v['{field}'] then left = int(math.max(tonumber(v['{field}']) * 1000 "
+        "- (now - tonumber(v['start'])), 0)) end"
     )
 
 
-def lua_scripts(
-    common: str, counters: Mapping[str, str], limits: Mapping[str, str]
-) -> dict[str, str]:
-    """The allotment scripts, on top of the ledger's common Lua (``common``)."""
-    body = _LEASE_BODY.replace("%(TIME_LEFT)s", lua_time_left(limits))
-    return {"lease": common + lua_count_room(counters, limits) + body}
+def lua_ops(counters: Mapping[str, str], limits: Mapping[str, str]) -> dict[str, str]:
+    """The allotment operations, as bodies of the ledger's Lua library (``_OPS``)."""
+    body = _LEASE_OP.replace("%(TIME_LEFT)s", lua_time_left(limits))
+    return {"lease": lua_count_room(counters, limits) + "\n" + body}
 
 
 def _seconds(value: object, name: str, high: float) -> float:
@@ -332,11 +341,10 @@ class Allotment:
             self.round_trips += 1
             raw = led.run(
                 "lease",
-                [*led.keys(handle.session_id), *led.allot_keys(handle.session_id)],
+                led.keys(handle.session_id),
                 [
-                    handle.holder,
+                    led.header(handle.holder, "", 0, ""),
                     seq,
-                    led.ttl_ms,
                     self.ttl_ms,
                     used_s,
                     used_l,
@@ -455,8 +463,6 @@ def url_options(url: str) -> tuple[str, dict[str, str]]:
 
 def lease_holders(ledger: RedisLedger, session_id: str) -> list[str]:
     """The holders with a lease entry in a session (for tests and operators)."""
-    return sorted(
-        h.decode() if isinstance(h, bytes) else str(h)
-        for h in ledger.client.hkeys(ledger.allot_keys(session_id)[0])
-        if h not in (b"!recall", "!recall")
-    )
+    raw = ledger.client.hget(ledger.keys(session_id)[0], "al") or b""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return [h for h in text.split(",") if h]

@@ -1,26 +1,27 @@
 """A shared ledger on Redis (or Valkey): one session budget for many processes and machines.
 
-Every operation is **one Lua script call**, so it is atomic on the server: a step is counted
-only if it fits, N processes racing on ``max_steps=K`` admit exactly K, and a reservation is
-admitted against ``spent + reserved + estimate <= max_usd`` in the same step.
+Every operation is **one call of a Redis Function** (one Lua library loaded per server; EVALSHA
+scripts where Functions are missing), so it is atomic on the server: a step is counted only if
+it fits, N processes racing on ``max_steps=K`` admit exactly K, and a reservation is admitted
+against ``spent + reserved + estimate <= max_usd`` in the same step.
 
 Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on one slot):
 
 - ``<prefix>{<id>}``: a hash with the limits, the counters, and the latched state
-  (``reason``, ``tripped``, ``refused``, ``writer``);
-- ``<prefix>{<id>}:res``: a hash, holder -> USD that holder has reserved;
+  (``reason``, ``tripped``, ``refused``, ``writer``), and per holder (a handle):
+  ``r:<holder>``, the USD it has reserved, and ``o:<holder>``, its operation record. A holder
+  numbers its operations; each carries its number and the lowest number the holder still
+  waits for (its low-water mark). The record keeps the mark and the answers of the
+  operations above it: a retried operation gets its stored answer back instead of being
+  applied twice, for as long as the client retries; an operation older than the mark is
+  stale and ignored. So memory is O(live workers + their operations in flight), never
+  O(steps). An admit the client gave up on (a timeout) is undone by its next operation, or
+  voided if it has not arrived yet.
 - ``<prefix>{<id>}:lease``: a sorted set, holder -> deadline (server clock, ms), for holders
   that hold a reservation. When a deadline passes (a worker died mid-call), that holder's
-  reservation is converted to spend at its estimate, never released (fail closed);
-- ``<prefix>{<id>}:ops``: a hash of each holder's unacknowledged operations. A holder numbers
-  its operations; each carries its number and the lowest number the holder still waits for
-  (its low-water mark). A retried operation gets its stored answer back instead of being
-  applied twice, for as long as the client retries; answers below the mark are deleted, and
-  an operation older than the mark is stale and ignored. So memory is O(live workers + their
-  operations in flight), never O(steps). An admit the client gave up on (a timeout) is undone
-  by its next operation, or voided if it has not arrived yet.
+  reservation is converted to spend at its estimate, never released (fail closed).
 
-Every script moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
+Every operation moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
 ``ttl``), so an abandoned session disappears between 0.9 and 1 ``ttl`` after its last operation.
 
 USD is exact: amounts travel and are stored as decimal integer strings of 10^-18 USD
@@ -33,9 +34,11 @@ float). An amount with more than 18 decimal places is rounded up (a charge is ne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
+import time
 import weakref
 from datetime import timedelta
 from decimal import Decimal
@@ -77,6 +80,47 @@ if TYPE_CHECKING:
 __all__ = ["RedisLedger", "RedisLedgerSession"]
 
 # ---------------------------------------------------------------------------------- Lua
+# Layout: one Lua *library* (``_LIBRARY``), loaded once per server with FUNCTION LOAD under a
+# name made from a hash of its text (``budgetkit_<hash>``, functions ``bk_<hash>_<op>``) and
+# called with FCALL; on a server without Functions (< 7.0, or FCALL/FUNCTION renamed) the same
+# text runs as one EVALSHA script per operation (``_SCRIPTS``). ``RedisLedger.run`` loads the
+# library when the server answers "Function not found" (new server, restart, FUNCTION FLUSH)
+# and retries once. The prelude (``_PRELUDE``: digit arithmetic, the per-call state, the rules
+# and field lists generated from ``_policy.CHECKS``, begin/finish) is defined once at load;
+# each operation is a body in ``_OPS``.
+#
+# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases.
+# ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms|tick" (built by
+# ``RedisLedger.header``; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL,
+# TICK); the operation's own arguments are A[2], A[3], ... Trailing empty arguments are not
+# sent (``RedisLedgerSession._call``), so read them as ``(A[i] or '')``.
+#
+# Porting recipe: how to add an operation ``foo``
+#   1. Body: add ``"foo": """..."""`` to ``_OPS``. It runs as a Lua function without
+#      parameters:
+#          local early = begin(STATE)       -- one HMGET: this holder's op record and
+#          if early then return early end   -- reservation, and the fields of STATE into v;
+#                                           -- answers a retry, a stale op, 'U' (no session)
+#          ... read v['field'] (false: absent) and A[2..]; write with put('field', 'text') ...
+#          return finish('OK')              -- one HSET of every put (plus this op's answer,
+#                                           -- kept for a retry of its number), expiry moved
+#      Values given to put are strings: ``int(x)`` formats a number; amounts are decimal
+#      strings (add, sub0, cmp, min). A write put cannot express (HDEL, HINCRBY of a field
+#      not read, ZADD) is a plain redis.call. Time: ``clock()`` (the server's TIME in ms,
+#      asked at most once per call); never ask TIME where a rule does not need it.
+#   2. Registration: nothing more; _LIBRARY and _SCRIPTS are built from _OPS (the library's
+#      name changes with its text, so a new version loads next to an old one).
+#   3. Python: a method of RedisLedgerSession calling ``self._run("foo", [arg, ...],
+#      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
+#   4. Fields: STATE (``state_fields``) is every field the rules read; a hot operation reads
+#      fewer with a read spec of its own (``_lua_read(fields)`` emitted into the prelude, as
+#      ADMIT[kind]). A field admit must read is derived in ``admit_fields`` from the policy
+#      table (``_policy.CHECKS``), never listed by hand in Lua; a field seldom set belongs in
+#      ``gate_fields`` (read only when the ``gate`` field is set: put and create set it). A
+#      field only some calls need is read later with ``more({'a', 'b'})``.
+#   Per-holder data is a field of S named '<letter>:<holder>' ('o:' its op record, 'r:' its
+#   reservation), never a key of its own: a session is one key (plus L while a
+#   reservation is open).
 #: Exact arithmetic on non-negative decimal integer strings, in chunks of 14 digits (every
 #: chunk sum stays far below 2^53, where Lua's doubles are exact).
 LUA_BIGNUM = """
@@ -135,126 +179,46 @@ local function min(a, b)
 end
 """
 
-_LUA_COMMON_TEMPLATE = (
-    LUA_BIGNUM
-    + """
-local S, R, L, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
--- Every script but create's takes the same six first arguments.
-local H, SEQ, LW, AB, LEASE, TTL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+#: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
+_LUA_CALL = """
+local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK
+local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased, OK, RK, seqn
+local function setup(keys, args)
+  S, L, A = keys[1], keys[2], args
+  H, SEQ, LW, AB, LEASE, TTL, TICK = string.match(
+    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  v, now, mine, rec, nl, ents, lw, seqn = nil, nil, nil, nil, nil, nil, 0, nil
+  rec_dirty, dirty, leased = false, {}, false
 end
-local function num(v)
-  if v then return tonumber(v) end
+-- The server's clock in ms: TIME, asked at most once per call and only by what needs it
+-- (time limits, reservation leases), never on the plain admit path.
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
+end
+local function num(x)
+  if x then return tonumber(x) end
   return 0
 end
-%(RULES)s
-local v, now, prior_lw = nil, 0, nil
--- Give back up to `amount` of what `holder` has reserved (never more than it holds).
-local function give_back(holder, amount)
-  local mine = redis.call('HGET', R, holder)
-  if not mine then return end
-  local take = min(mine, amount)
-  local left = sub0(mine, take)
-  if left == '0' then
-    redis.call('HDEL', R, holder)
-    redis.call('ZREM', L, holder)
-  else
-    redis.call('HSET', R, holder, left)
-  end
-  v['resv'] = sub0(v['resv'] or '0', take)
-  redis.call('HSET', S, 'resv', v['resv'])
+local function int(x) return string.format('%.0f', x) end
+-- Set a field of the session's hash; finish() writes every one in one HSET.
+local function put(field, value)
+  v[field] = value
+  dirty[field] = value
 end
--- The reservations of holders whose lease ran out (a worker died mid-call) become spend
--- at their estimate: money may have been spent under them, so they are never released.
-local function sweep()
-  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', now)
-  if #dead == 0 then return end
-  local resv, cost = v['resv'] or '0', v['cost'] or '0'
-  for _, h in ipairs(dead) do
-    local mine = redis.call('HGET', R, h)
-    if mine then
-      resv = sub0(resv, mine)
-      cost = add(cost, mine)
-    end
-    redis.call('HDEL', R, h)
+-- Read more fields into v (those not already set in this call; false: absent).
+local function more(names)
+  local got = redis.call('HMGET', S, unpack(names))
+  for i, name in ipairs(names) do
+    if dirty[name] == nil then v[name] = got[i] end
   end
-  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
-  v['resv'], v['cost'] = resv, cost
-  redis.call('HSET', S, 'resv', resv, 'cost', cost)
-  if not v['tripped'] then
-    local reason = measured_refusal(v)
-    if reason then
-      v['tripped'] = reason
-      redis.call('HSET', S, 'tripped', reason)
-    end
-  end
-end
--- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
--- one not yet applied is voided, so it is never applied when it arrives late.
-local function cancel()
-  for s in string.gmatch(AB, '[^,]+') do
-    local field = H .. ':' .. s
-    local done = redis.call('HGET', O, field)
-    if done and string.sub(done, 1, 1) == 'A' then
-      local _, kind, reserve = string.match(done, '^([^|]*)|([^|]*)|(.*)$')
-      if kind == 'step' then
-        v['steps'] = tostring(redis.call('HINCRBY', S, 'steps', -1))
-      elseif kind == 'llm' then
-        v['llm'] = tostring(redis.call('HINCRBY', S, 'llm', -1))
-      end
-      if reserve and reserve ~= '' and reserve ~= '0' then give_back(H, reserve) end
-    end
-    redis.call('HSET', O, field, 'V')
-  end
-end
--- An operation already applied answers as it did ('V': voided; 'D': older than what the
--- client still waits for, a stale duplicate); an unknown or expired session is 'U'.
-local function begin()
-  if SEQ ~= '' then
-    local got = redis.call('HMGET', O, H .. ':' .. SEQ, H)
-    if got[1] then return (string.match(got[1], '^[^|]*')) end
-    prior_lw = tonumber(got[2] or '0')
-    if tonumber(SEQ) < prior_lw then return 'D' end
-  end
-  v = state()
-  if not v['start'] then return 'U' end
-  now = now_ms()
-  if AB ~= '' then cancel() end
-  if (v['resv'] or '0') ~= '0' then sweep() end
-  return nil
-end
--- Keep this holder's reservations alive (only when it holds any); slide the keys' expiry
--- (amortised: at most once per tenth of the ttl); remember a sequenced operation's answer
--- until the client acknowledges it (its low-water mark passes it).
-local function finish(result, detail)
-  if (v['resv'] or '0') ~= '0' then redis.call('ZADD', L, 'XX', now + tonumber(LEASE), H) end
-  local ttl = tonumber(TTL)
-  if not v['exp'] or now + ttl - tonumber(v['exp']) > ttl / 10 then
-    redis.call('HSET', S, 'exp', string.format('%.0f', now + ttl))
-    for _, k in ipairs({S, R, L, O}) do redis.call('PEXPIRE', k, ttl) end
-  end
-  if SEQ ~= '' then
-    local lw = tonumber(LW)
-    if lw > prior_lw then
-      local stale = {}
-      for s = prior_lw, math.min(lw - 1, prior_lw + 999) do
-        table.insert(stale, H .. ':' .. s)
-      end
-      redis.call('HDEL', O, unpack(stale))
-    else
-      lw = prior_lw
-    end
-    local added = redis.call('HSET', O, H .. ':' .. SEQ, result .. (detail or ''), H, lw)
-    if added == 2 then redis.call('PEXPIRE', O, ttl) end
-  end
-  return result
 end
 """
-)
 
-#: Where each counter of ``budgetkit._policy.Counters`` lives in the session's hash.
 COUNTER_FIELDS = {
     "steps": "steps",
     "llm_calls": "llm",
@@ -290,26 +254,98 @@ LIMIT_FIELDS = {
 }
 
 
+#: Fields every operation reads: the clock tick of the keys' last expiry move (``due``; present
+#: once the session exists), and the USD held by reservations (a sweep is needed when not 0).
+_BASE_FIELDS = ("due", "resv")
+
+
+def _check_fields(check: Check) -> list[str]:
+    return [LIMIT_FIELDS[check.reason], *(COUNTER_FIELDS[c] for c in check.counters)]
+
+
+def state_fields() -> list[str]:
+    """Every field the rules and the operations read (``STATE`` in Lua)."""
+    fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
+    rest = [f for f in fields if f not in _BASE_FIELDS]
+    return [*_BASE_FIELDS, *rest, "start", "reason", "tripped", "keep", "lastc", "writer"]
+
+
+def gate_fields() -> list[str]:
+    """Fields seldom set, which an admit reads only when the session's ``gate`` field is
+    set: the latch, the crossed limit, the wrap-up reserve, the last call digest, the time
+    limits and the chain caps. Every write of one of them sets ``gate`` too (``flush`` and
+    ``create`` in Lua), so an admit of a session without them reads none."""
+    fields = ["reason", "tripped", "keep", "lastc"]
+    fields += [LIMIT_FIELDS[c.reason] for c in CHECKS if c.rule == TIME or c.chain]
+    return fields
+
+
+def admit_fields(kind: str, reserve: bool) -> list[str]:
+    """The fields an admit of ``kind`` (``"step"``, ``"llm"`` or ``""``) reads, derived from
+    :data:`CHECKS`: the count limits of its kind, the USD limits when it ``reserve``s, and the
+    run of errors (the answer says it is counted), and ``gate``. On top, only when needed:
+    :func:`gate_fields` (``gate`` set), the start of a time limit (one is set),
+    :func:`repeats_fields` (a step with a digest), :func:`wrapup_fields` (the session keeps
+    a wrap-up reserve)."""
+    gated = gate_fields()
+    fields = [*_BASE_FIELDS, "gate"]
+    for check in CHECKS:
+        if check.rule == ERRORS:
+            fields += [COUNTER_FIELDS[c] for c in check.counters]
+        elif (check.rule == COUNT and check.kind == kind) or (
+            reserve and check.reason in USD_CHECKS
+        ):
+            fields += [f for f in _check_fields(check) if f not in gated]
+    return list(dict.fromkeys(fields))
+
+
+def repeats_fields() -> list[str]:
+    """The fields a step with a call digest reads on top (the run of repeats, its limit)."""
+    return [f for c in CHECKS if c.rule == REPEATS for f in _check_fields(c)]
+
+
+def wrapup_fields() -> list[str]:
+    """The fields ``in_wrapup_reserve`` reads (every limit it keeps a part of)."""
+    fields = ["start", "keep"]
+    for check in CHECKS:
+        if not check.chain and check.rule not in (ERRORS, REPEATS):
+            fields += _check_fields(check)
+    return list(dict.fromkeys(fields))
+
+
+def _lua_list(fields: list[str]) -> str:
+    return "{" + ", ".join(f"'{f}'" for f in fields) + "}"
+
+
+def _lua_read(fields: list[str]) -> str:
+    """A read spec for begin(): the field names, and a function building ``v`` from the
+    HMGET reply (after this holder's two fields) in one table constructor."""
+    build = ", ".join(f"['{f}'] = g[{i + 3}]" for i, f in enumerate(fields))
+    return f"{{{_lua_list(fields)}, function(g) return {{{build}}} end}}"
+
+
 def lua_rules() -> str:
     """The policy's rules as Lua, generated from ``budgetkit._policy.CHECKS`` (the one
-    order of reasons), so the server applies exactly what the in-process ledger does.
+    order of reasons), so the server applies exactly what the in-process ledger does; and
+    the field lists operations read (``STATE``, ``ADMIT[kind]``, ``WRAPUP``).
 
-    Each function reads ``v``, the session's hash (:func:`state` in Lua), and returns the
+    Each function reads ``v``, the fields of the session's hash read so far, and returns the
     refusing reason or ``false``: ``time_refusal``, ``count_refusal`` (by call kind),
     ``reserve_refusal`` (spent + reserved + estimate), ``measured_refusal`` (after a
     charge), ``errors_refusal``; ``in_wrapup_reserve`` answers true or false.
     """
-    fields = sorted({*COUNTER_FIELDS.values(), *LIMIT_FIELDS.values()})
-    fields += ["reason", "tripped", "start", "keep", "exp", "lastc"]
-    names = ", ".join(f"'{f}'" for f in fields)
+    admit = ",\n  ".join(
+        f"['{kind}{'+r' if reserve else ''}'] = {_lua_read(admit_fields(kind, reserve))}"
+        for kind in (STEP, LLM, "")
+        for reserve in (False, True)
+    )
     lines = [
-        "local STATE_FIELDS = {" + names + "}",
-        "local function state()",
-        "  local got = redis.call('HMGET', S, unpack(STATE_FIELDS))",
-        "  local v = {}",
-        "  for i, name in ipairs(STATE_FIELDS) do v[name] = got[i] or nil end",
-        "  return v",
-        "end",
+        f"local STATE = {_lua_read(state_fields())}",
+        f"local ADMIT = {{\n  {admit}\n}}",
+        f"local WRAPUP = {_lua_list(wrapup_fields())}",
+        f"local GATE = {_lua_list(gate_fields())}",
+        "local GATED = {" + ", ".join(f"['{f}'] = true" for f in gate_fields()) + "}",
+        f"local REPEATS = {_lua_list(repeats_fields())}",
     ]
 
     def exact(check: Check) -> str:
@@ -343,14 +379,20 @@ def lua_rules() -> str:
         lines.append(f"  return {default}")
         lines.append("end")
 
-    time = [c for c in CHECKS if c.rule == TIME]
+    timed = [c for c in CHECKS if c.rule == TIME]
     function(
         "time_refusal",
-        "v, now",
+        "v",
         [
-            f"  if v['{LIMIT_FIELDS[c.reason]}'] and now - tonumber(v['start']) > "
-            f"tonumber(v['{LIMIT_FIELDS[c.reason]}']) * 1000 then return '{c.reason}' end"
-            for c in time
+            line
+            for c in timed
+            for line in (
+                f"  if v['{LIMIT_FIELDS[c.reason]}'] then",
+                "    if v['start'] == nil then more({'start'}) end",
+                f"    if clock() - tonumber(v['start']) > "
+                f"tonumber(v['{LIMIT_FIELDS[c.reason]}']) * 1000 then return '{c.reason}' end",
+                "  end",
+            )
         ],
     )
     counts: list[str] = []
@@ -425,281 +467,415 @@ def lua_rules() -> str:
             wrapup.append(f"  if {over(c, strict=True, scale=' * keep')} then return true end")
         else:
             wrapup.append(
-                f"  if v['{field}'] and now - tonumber(v['start']) > "
+                f"  if v['{field}'] and clock() - tonumber(v['start']) > "
                 f"tonumber(v['{field}']) * keep * 1000 then return true end"
             )
-    function("in_wrapup_reserve", "kind, v, now", wrapup)
+    function("in_wrapup_reserve", "kind, v", wrapup)
     return "\n".join(lines)
 
 
-_LUA_COMMON = _LUA_COMMON_TEMPLATE.replace("%(RULES)s", lua_rules())
-
-#: ARGV: ttl, then field/value pairs. 'E' when the id exists, else 'OK'.
-_CREATE = (
-    _LUA_COMMON
-    + """
-if redis.call('EXISTS', S) == 1 then return 'E' end
-local t = now_ms()
-redis.call('HSET', S, 'start', string.format('%.0f', t),
-  'exp', string.format('%.0f', t + tonumber(ARGV[1])), unpack(ARGV, 2))
-redis.call('PEXPIRE', S, ARGV[1])
-return 'OK'
+#: Reservations, op records, begin and finish (after the rules, which they use).
+_LUA_HELPERS = """
+-- Write every put in one HSET (with 'gate' when a gated field is among them).
+local function flush()
+  local args, gate = {}, false
+  for f, x in pairs(dirty) do
+    args[#args + 1] = f
+    args[#args + 1] = x
+    if GATED[f] then gate = true end
+  end
+  if gate then
+    args[#args + 1] = 'gate'
+    args[#args + 1] = '1'
+  end
+  if #args > 0 then redis.call('HSET', S, unpack(args)) end
+  dirty = {}
+end
+-- Give back up to `amount` of what this holder has reserved (never more than it holds).
+local function give_back(amount)
+  if not mine then return end
+  local take = min(mine, amount)
+  mine = sub0(mine, take)
+  if mine == '0' then
+    mine = nil
+    dirty[RK] = nil
+    redis.call('HDEL', S, RK)
+    redis.call('ZREM', L, H)
+  else
+    dirty[RK] = mine
+  end
+  put('resv', sub0(v['resv'] or '0', take))
+end
+-- The reservations of holders whose lease ran out (a worker died mid-call) become spend
+-- at their estimate: money may have been spent under them, so they are never released.
+local function sweep()
+  local dead = redis.call('ZRANGEBYSCORE', L, '-inf', clock())
+  if #dead == 0 then return end
+  more(STATE[1])
+  local fields = {}
+  for i, h in ipairs(dead) do fields[i] = 'r:' .. h end
+  local held = redis.call('HMGET', S, unpack(fields))
+  local resv, cost = v['resv'] or '0', v['cost'] or '0'
+  for i, h in ipairs(dead) do
+    local x = held[i]
+    if h == H then
+      x, mine = mine, nil
+      dirty[RK] = nil
+    end
+    if x then
+      resv = sub0(resv, x)
+      cost = add(cost, x)
+    end
+  end
+  redis.call('HDEL', S, unpack(fields))
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', clock())
+  put('resv', resv)
+  put('cost', cost)
+  if not v['tripped'] then
+    local reason = measured_refusal(v)
+    if reason then put('tripped', reason) end
+  end
+end
+-- This holder's op record, 'o:<holder>' = "<mark>" then "\\n<seq> <answer>" for each
+-- operation not yet acknowledged (the mark is the lowest op number it still waits for),
+-- parsed into ents (seq -> answer) only when more than the usual one line is there.
+local function entries()
+  if not ents then
+    ents = {}
+    if nl then
+      for s, a in string.gmatch(string.sub(rec, nl), '\\n(%d+) ([^\\n]*)') do ents[s] = a end
+    end
+  end
+  return ents
+end
+-- Admits the client gave up on (it raised, so the call never ran): one applied is undone,
+-- one not yet applied is voided, so it is never applied when it arrives late.
+local function cancel()
+  more(STATE[1])
+  local e = entries()
+  for s in string.gmatch(AB, '[^,]+') do
+    local done = e[s]
+    if done and string.sub(done, 1, 1) == 'A' then
+      local kind, reserve = string.match(done, '^[^|]*|([^|]*)|(.*)$')
+      if kind == 'step' then
+        put('steps', int(num(v['steps']) - 1))
+      elseif kind == 'llm' then
+        put('llm', int(num(v['llm']) - 1))
+      end
+      if reserve and reserve ~= '' and reserve ~= '0' then give_back(reserve) end
+    end
+    e[s] = 'V'
+  end
+  rec_dirty = true
+end
+-- Read this holder's op record and reservation ('r:<holder>') and the fields of `spec`
+-- (STATE, ADMIT[kind], or a read spec of your own) into v. An operation already applied
+-- answers as it did ('V': voided; 'D': older than the holder's mark, a stale duplicate); no
+-- session answers 'U'. Then undoes abandoned admits and sweeps expired reservations.
+local function begin(spec)
+  OK, RK = 'o:' .. H, 'r:' .. H
+  local got = redis.call('HMGET', S, OK, RK, unpack(spec[1]))
+  rec = got[1]
+  if rec then
+    nl = string.find(rec, '\\n', 1, true)
+    if nl then lw = tonumber(string.sub(rec, 1, nl - 1)) else lw = tonumber(rec) end
+    if SEQ ~= '' then
+      local at = nl and string.find(rec, '\\n' .. SEQ .. ' ', nl, true)
+      if at then
+        local from = at + #SEQ + 2
+        local stop = string.find(rec, '[|\\n]', from)
+        return string.sub(rec, from, (stop or 0) - 1)
+      end
+      seqn = tonumber(SEQ)
+      if seqn < lw then return 'D' end
+    end
+  end
+  v = spec[2](got)
+  if not v['due'] then return 'U' end
+  mine = got[2] or nil
+  if AB ~= '' then cancel() end
+  if (v['resv'] or '0') ~= '0' then sweep() end
+  return nil
+end
+-- Remember a sequenced operation's answer until the client acknowledges it (its mark
+-- passes it); keep this holder's reservation alive; write every put in one HSET; move the
+-- keys' expiry when the client's clock tick changed (at most once per tenth of the ttl).
+local function finish(result, detail)
+  if SEQ ~= '' or rec_dirty then
+    local low, mark
+    if LW == SEQ and seqn then low, mark = seqn, LW else low, mark = tonumber(LW), LW end
+    if low < lw then low, mark = lw, int(lw) end
+    if not ents and nl then
+      -- Usually one line, below the mark: dropped without parsing the record.
+      local sp = string.find(rec, ' ', nl, true)
+      if string.find(rec, '\\n', nl + 1, true) or tonumber(string.sub(rec, nl + 1, sp - 1)) >= low
+      then
+        entries()
+      end
+    end
+    if ents then
+      local out = {mark}
+      for s, a in pairs(ents) do
+        if s ~= SEQ and tonumber(s) >= low then out[#out + 1] = s .. ' ' .. a end
+      end
+      mark = table.concat(out, '\\n')
+    end
+    if SEQ ~= '' then mark = mark .. '\\n' .. SEQ .. ' ' .. result .. (detail or '') end
+    put(OK, mark)
+  end
+  if mine and not leased then
+    redis.call('ZADD', L, 'XX', clock() + tonumber(LEASE), H)
+  end
+  if v['due'] ~= TICK then
+    put('due', TICK)
+    flush()
+    redis.call('PEXPIRE', S, TTL)
+    redis.call('PEXPIRE', L, TTL)
+  else
+    flush()
+  end
+  return result
+end
 """
-)
 
-#: The session's configuration (JSON), or 'U'.
-_JOIN = (
-    _LUA_COMMON
-    + """
-local early = begin()
+#: The operations: name -> body of a Lua function without parameters (see the recipe above).
+_OPS: dict[str, str] = {
+    # A[2..]: field/value pairs. 'E' when the id exists, else 'OK'.
+    "create": """
+if redis.call('EXISTS', S) == 1 then return 'E' end
+redis.call('HSET', S, 'start', int(clock()), 'due', TICK, unpack(A, 2))
+for i = 2, #A, 2 do
+  if GATED[A[i]] then
+    redis.call('HSET', S, 'gate', '1')
+    break
+  end
+end
+redis.call('PEXPIRE', S, TTL)
+return 'OK'
+""",
+    # The session's configuration (JSON), or 'U'.
+    "join": """
+local early = begin(STATE)
 if early then return early end
 return finish(redis.call('HGET', S, 'cfg'))
-"""
-)
-
-#: ARGV 7..: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/'0'),
-#: tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
-#: 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up reserve
-#: (not latched), 'X<reason>' refused and latched, 'U' unknown.
-_ADMIT = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2..7]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
+    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
+    # 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up
+    # reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+    "admit": """
+local kind, reserve, name = A[2] or '', A[3] or '', A[4] or ''
+local wrapup, cap, digest = A[5] or '', A[6] or '', A[7] or ''
+local early
+if reserve == '' then early = begin(ADMIT[kind]) else early = begin(ADMIT[kind .. '+r']) end
 if early then return early end
-local kind, reserve, name = ARGV[7], ARGV[8], ARGV[9]
+if v['gate'] then more(GATE) end
 local result = 'A'
 if v['reason'] then
   result = 'X' .. v['reason']
 else
   local reason = v['tripped']
-  if not reason then reason = time_refusal(v, now) end
+  if not reason then reason = time_refusal(v) end
   if not reason then reason = count_refusal(kind, v) end
-  if not reason then reason = tool_refusal(kind, name, ARGV[11] or '') end
+  if not reason then reason = tool_refusal(kind, name, cap) end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
+  local held = false
+  if not reason and v['keep'] and wrapup ~= '1' then
+    more(WRAPUP)
+    held = in_wrapup_reserve(kind, v)
+  end
   if reason then
-    redis.call('HSET', S, 'reason', reason, 'refused', name)
+    put('reason', reason)
+    put('refused', name)
     result = 'X' .. reason
-  elseif v['keep'] and ARGV[10] ~= '1' and in_wrapup_reserve(kind, v, now) then
+  elseif held then
     result = 'W'
   else
     if kind == 'step' then
-      redis.call('HINCRBY', S, 'steps', 1)
-      if (ARGV[11] or '') ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
-      local digest = ARGV[12] or ''
+      put('steps', int(num(v['steps']) + 1))
+      if cap ~= '' then redis.call('HINCRBY', S, 't:' .. name, 1) end
       if digest == '' then
         if v['lastc'] then
-          redis.call('HSET', S, 'rep', 0)
+          put('rep', '0')
           redis.call('HDEL', S, 'lastc', 'lastn')
         end
       else
+        more(REPEATS)
         local rep = 1
         if v['lastc'] == digest then
           rep = num(v['rep']) + 1
-          redis.call('HSET', S, 'rep', rep)
+          put('rep', int(rep))
         else
-          redis.call('HSET', S, 'rep', rep, 'lastc', digest, 'lastn', name)
+          put('rep', '1')
+          put('lastc', digest)
+          put('lastn', name)
         end
         local looping = repeats_refusal(rep, v)
-        if looping and not v['tripped'] then redis.call('HSET', S, 'tripped', looping) end
+        if looping and not v['tripped'] then put('tripped', looping) end
       end
     elseif kind == 'llm' then
-      redis.call('HINCRBY', S, 'llm', 1)
+      put('llm', int(num(v['llm']) + 1))
     end
     if reserve ~= '' and reserve ~= '0' then
-      v['resv'] = add(v['resv'] or '0', reserve)
-      redis.call('HSET', S, 'resv', v['resv'])
-      redis.call('HSET', R, H, add(redis.call('HGET', R, H) or '0', reserve))
-      redis.call('ZADD', L, now + tonumber(LEASE), H)
-      redis.call('PEXPIRE', R, TTL)
-      redis.call('PEXPIRE', L, TTL)
+      put('resv', add(v['resv'] or '0', reserve))
+      mine = add(mine or '0', reserve)
+      dirty[RK] = mine
+      leased = true
+      if redis.call('ZADD', L, clock() + tonumber(LEASE), H) == 1 then
+        redis.call('PEXPIRE', L, TTL)
+      end
     end
     if num(v['errors']) > 0 then result = 'AE' end
   end
 end
 return finish(result, '|' .. kind .. '|' .. reserve)
-"""
-)
-
-#: ARGV 7..: measured ('1'/'0'), input, output, cache read, cache write, reasoning,
-#: priced ('1'/'0'), cost ('' or units), release ('' or units).
-#: 'T<tripped reason or empty>', or 'U'. Token counts are added exactly (decimal strings),
-#: so no count overflows: a huge one trips its limit.
-_RECORD = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2..10]: measured ('1'/'0'), input, output, cache read, cache write, reasoning,
+    # priced ('1'/'0'), cost ('' or units), release ('' or units). 'T<tripped reason or
+    # empty>', or 'U'. Token counts are added exactly (decimal strings): a huge one trips.
+    "record": """
+local early = begin(STATE)
 if early then return early end
-local sets = {}
-if ARGV[7] == '1' then
+if A[2] == '1' then
   local names = {'in', 'out', 'cr', 'cw', 'rs'}
   for i = 1, 5 do
-    local n = ARGV[i + 7]
-    if n ~= '0' then
-      v[names[i]] = add(v[names[i]] or '0', n)
-      table.insert(sets, names[i])
-      table.insert(sets, v[names[i]])
-    end
+    local n = A[i + 2]
+    if n ~= '0' then put(names[i], add(v[names[i]] or '0', n)) end
   end
-  if ARGV[13] ~= '1' then redis.call('HINCRBY', S, 'unpriced', 1) end
+  if A[8] ~= '1' then put('unpriced', int(num(v['unpriced']) + 1)) end
 else
-  redis.call('HINCRBY', S, 'unmeasured', 1)
+  put('unmeasured', int(num(v['unmeasured']) + 1))
 end
-if ARGV[14] ~= '' then
-  v['cost'] = add(v['cost'] or '0', ARGV[14])
-  table.insert(sets, 'cost')
-  table.insert(sets, v['cost'])
-end
+if (A[9] or '') ~= '' then put('cost', add(v['cost'] or '0', A[9])) end
 local tripped = v['tripped']
 if not tripped then
   tripped = measured_refusal(v)
-  if tripped then
-    table.insert(sets, 'tripped')
-    table.insert(sets, tripped)
-  end
+  if tripped then put('tripped', tripped) end
 end
-if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
-if ARGV[15] ~= '' then give_back(H, ARGV[15]) end
+if (A[10] or '') ~= '' then give_back(A[10]) end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: ARGV 7: units. 'OK' or 'U'.
-_RELEASE = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: units. 'OK' or 'U'.
+    "release": """
+local early = begin(STATE)
 if early then return early end
-give_back(H, ARGV[7])
+give_back(A[2])
 return finish('OK')
-"""
-)
-
-#: Counts a failed call: 'T<tripped reason or empty>', or 'U'.
-_FAIL = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # Counts a failed call: 'T<tripped reason or empty>', or 'U'.
+    "fail": """
+local early = begin(STATE)
 if early then return early end
-v['errors'] = tostring(redis.call('HINCRBY', S, 'errors', 1))
+put('errors', int(num(v['errors']) + 1))
 local tripped = v['tripped']
 if not tripped then
   tripped = errors_refusal(v)
-  if tripped then redis.call('HSET', S, 'tripped', tripped) end
+  if tripped then put('tripped', tripped) end
 end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: Resets the run of errors (idempotent). 'OK' or 'U'.
-_SUCCEED = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # Resets the run of errors (idempotent). 'OK' or 'U'.
+    "succeed": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSET', S, 'errors', 0)
+if num(v['errors']) ~= 0 then put('errors', '0') end
 return finish('OK')
-"""
-)
-
-#: ARGV 7: reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
-_TRIP = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: reason. Marks a crossed limit, first wins (idempotent). 'OK' or 'U'.
+    "trip": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSETNX', S, 'tripped', ARGV[7])
+if not v['tripped'] then put('tripped', A[2]) end
 return finish('OK')
-"""
-)
-
-#: ARGV 7, 8: reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
-_LATCH = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2], A[3]: reason, name. Latches, first wins (idempotent). 'X<latched reason>' or 'U'.
+    "latch": """
+local early = begin(STATE)
 if early then return early end
-if redis.call('HSETNX', S, 'reason', ARGV[7]) == 1 then
-  redis.call('HSET', S, 'refused', ARGV[8])
+if not v['reason'] then
+  put('reason', A[2])
+  put('refused', A[3] or '')
 end
-return finish('X' .. redis.call('HGET', S, 'reason'))
-"""
-)
-
-#: ARGV 7..: configuration (JSON), then limit field/value pairs. The latch is lifted and a
-#: measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
-_EXTEND = (
-    _LUA_COMMON
-    + """
-local early = begin()
+return finish('X' .. v['reason'])
+""",
+    # A[2..]: configuration (JSON), then limit field/value pairs. The latch is lifted and a
+    # measured limit still crossed trips again: 'T<tripped reason or empty>', or 'U'.
+    "extend": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSET', S, 'cfg', unpack(ARGV, 7))
+flush()
+redis.call('HSET', S, 'cfg', unpack(A, 2))
+for i = 3, #A, 2 do
+  if GATED[A[i]] then
+    redis.call('HSET', S, 'gate', '1')
+    break
+  end
+end
 redis.call('HDEL', S, 'reason', 'tripped', 'refused')
-local tripped = measured_refusal(state())
-if tripped then redis.call('HSET', S, 'tripped', tripped) end
+more(STATE[1])
+local tripped = measured_refusal(v)
+if tripped then put('tripped', tripped) end
 return finish('T' .. (tripped or ''))
-"""
-)
-
-#: '1' when this holder is (or already was) the handoff writer.
-_CLAIM = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # '1' when this holder is (or already was) the handoff writer.
+    "claim": """
+local early = begin(STATE)
 if early then return early end
-redis.call('HSETNX', S, 'writer', H)
+if not v['writer'] then put('writer', H) end
 local won = '0'
-if redis.call('HGET', S, 'writer') == H then won = '1' end
+if v['writer'] == H then won = '1' end
 return finish(won)
-"""
-)
-
-#: This holder is done: forget its operations (older ones arriving late are stale).
-_BYE = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # A[2]: the holder's last op number. This holder is done: its record keeps only its
+    # mark (an operation arriving late is stale).
+    "bye": """
+local early = begin(STATE)
 if early then return early end
-local last = tonumber(ARGV[7])
-local lw = tonumber(redis.call('HGET', O, H) or '0')
-local stale = {}
-for s = lw, math.min(last, lw + 999) do table.insert(stale, H .. ':' .. s) end
-redis.call('HDEL', O, unpack(stale))
-redis.call('HSET', O, H, last + 1)
+lw = math.max(lw, tonumber(A[2]) + 1)
+rec_dirty = true
 return finish('OK')
-"""
-)
-
-#: The state hash as a flat field/value list plus 'now', or 'U'.
-_SNAPSHOT = (
-    _LUA_COMMON
-    + """
-local early = begin()
+""",
+    # The session's hash as a flat field/value list plus 'now', or 'U'.
+    "snapshot": """
+local early = begin(STATE)
 if early then return early end
 finish('')
 local all = redis.call('HGETALL', S)
 table.insert(all, 'now')
-table.insert(all, string.format('%.0f', now))
+table.insert(all, int(clock()))
 return all
-"""
+""",
+}
+
+_OPS.update(_allotment.lua_ops(COUNTER_FIELDS, LIMIT_FIELDS))
+
+_PRELUDE = LUA_BIGNUM + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+
+#: The version of the Lua: the library and its functions are named after it, so every
+#: version of budgetkit loads its own next to the others on one server.
+LUA_VERSION = hashlib.sha256(
+    (_PRELUDE + "".join(f"{k}\n{b}" for k, b in sorted(_OPS.items()))).encode()
+).hexdigest()[:12]
+LIBRARY_NAME = f"budgetkit_{LUA_VERSION}"
+#: The FCALL name of each operation.
+FUNCTIONS = {name: f"bk_{LUA_VERSION}_{name}" for name in _OPS}
+
+_LIBRARY = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    + _PRELUDE
+    + "".join(
+        f"redis.register_function('{FUNCTIONS[name]}', function(keys, args)\n"
+        f"  setup(keys, args)\n{body}end)\n"
+        for name, body in _OPS.items()
+    )
 )
 
+#: The same operations as EVALSHA scripts (servers without Functions).
 _SCRIPTS = {
-    "create": _CREATE,
-    "join": _JOIN,
-    "admit": _ADMIT,
-    "record": _RECORD,
-    "release": _RELEASE,
-    "fail": _FAIL,
-    "succeed": _SUCCEED,
-    "trip": _TRIP,
-    "latch": _LATCH,
-    "extend": _EXTEND,
-    "claim": _CLAIM,
-    "bye": _BYE,
-    "snapshot": _SNAPSHOT,
-    **_allotment.lua_scripts(_LUA_COMMON, COUNTER_FIELDS, LIMIT_FIELDS),
+    name: _PRELUDE + f"setup(KEYS, ARGV)\nlocal function body()\n{body}end\nreturn body()\n"
+    for name, body in _OPS.items()
 }
 
 
@@ -860,6 +1036,9 @@ class RedisLedger:
         self.ttl_ms = _ms(self.ttl)
         self.lease_ms = _ms(self.reservation_ttl)
         self.op_ttl_ms = min(_ms(self.op_ttl), self.ttl_ms)  # never outlive the session
+        #: The keys' expiry is moved when the client's clock enters a new tick: the largest
+        #: power of ten of ms within a tenth of the ttl.
+        self.tick_ms = 10 ** max(len(str(max(self.ttl_ms // 10, 1))) - 1, 0)
         poll: object = allotment_poll
         lease_ttl: object = allotment_ttl
         if isinstance(url_or_client, str):
@@ -909,6 +1088,11 @@ class RedisLedger:
         #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
         self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
+        #: Operations run as FCALL of the library until the server turns out to have no
+        #: Functions (then as EVALSHA scripts).
+        self.functions = True
+        self._no_such_function: type[BaseException] = redis.exceptions.ResponseError
+        self._no_permission: type[BaseException] = redis.exceptions.NoPermissionError
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -923,18 +1107,22 @@ class RedisLedger:
 
     # ------------------------------------------------------------------ plumbing
     def keys(self, session_id: str) -> list[str]:
+        """The session's hash and its sorted set of reservation leases (one hash tag)."""
         base = f"{self.key_prefix}{{{session_id}}}"
-        return [base, f"{base}:res", f"{base}:lease", f"{base}:ops"]
+        return [base, f"{base}:lease"]
 
-    def allot_keys(self, session_id: str) -> list[str]:
-        """The allotments' keys: holder -> lease state, and holder -> deadline."""
-        base = f"{self.key_prefix}{{{session_id}}}"
-        return [f"{base}:al", f"{base}:ald"]
-
-    def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call; connection trouble becomes ``LedgerUnavailableError``."""
+    def run(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        """One operation (an FCALL, or an EVALSHA on a server without Functions);
+        connection trouble becomes ``LedgerUnavailableError``."""
         try:
-            return self._scripts[script](keys=keys, args=args, client=self.client)
+            if self.functions:
+                try:
+                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+                except self._no_such_function as exc:
+                    self._recover(exc)  # loads the library, or falls back, or raises
+                if self.functions:
+                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+            return self._scripts[op](keys=keys, args=args, client=self.client)
         except self._errors as exc:
             raise LedgerUnavailableError(
                 f"budgetkit: the Redis ledger at {self.url} is unavailable "
@@ -943,6 +1131,40 @@ class RedisLedger:
             ) from exc
         except self._response_error as exc:
             raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
+
+    def tick(self) -> str:
+        """The client's clock in ticks (``tick_ms``): when it changes, an operation moves
+        the keys' expiry (so the server asks no TIME for it)."""
+        return str(time.time_ns() // 1_000_000 // self.tick_ms)
+
+    def header(self, holder: str, seq: int | str, low: int, abandoned: str) -> str:
+        """ARGV[1] of every operation (split by the Lua prelude's ``setup``)."""
+        return f"{holder}|{seq}|{low}|{abandoned}|{self.lease_ms}|{self.ttl_ms}|{self.tick()}"
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed FCALL: load the library (a new server, a restart or FUNCTION
+        FLUSH), or fall back to EVALSHA scripts (no Functions: Redis < 7.0, or FCALL or
+        FUNCTION renamed away, or FCALL not permitted); anything else is raised."""
+        text = str(exc).lower()
+        if "unknown command" in text or (isinstance(exc, self._no_permission) and "fcall" in text):
+            self.functions = False
+            return
+        if "function not found" not in text:
+            raise exc
+        try:
+            self.client.function_load(_LIBRARY, replace=True)  # a cluster: every primary
+        except self._no_permission as denied:
+            raise LedgerError(
+                f"budgetkit: the Redis user of the ledger at {self.url} may call FCALL but "
+                "not load the budgetkit function library: grant it FUNCTION LOAD "
+                f"(ACL: +function|load), or load library {LIBRARY_NAME} once as another user "
+                f"({denied})"
+            ) from denied
+        except self._no_such_function as load_error:
+            message = str(load_error).lower()
+            if "unknown command" not in message and "unknown subcommand" not in message:
+                raise
+            self.functions = False
 
     def unknown(self, session_id: str) -> SessionNotFoundError:
         return SessionNotFoundError(
@@ -998,7 +1220,8 @@ class RedisLedger:
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
-        answer = _text(self.run("create", self.keys(session_id), [self.ttl_ms, *fields]))
+        header = f"||0|||{self.ttl_ms}|{self.tick()}"
+        answer = _text(self.run("create", self.keys(session_id), [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
@@ -1014,9 +1237,7 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(
-            self.run("join", self.keys(session_id), ["", "", 0, "", self.lease_ms, self.ttl_ms])
-        )
+        answer = _text(self.run("join", self.keys(session_id), [self.header("", "", 0, "")]))
         if answer == "U":
             raise self.unknown(session_id)
         return RedisLedgerSession(self, session_id, json.loads(answer))
@@ -1087,9 +1308,12 @@ class RedisLedgerSession:
             self._pending.add(self._seq)
             return str(self._seq)
 
-    def _call(self, script: str, args: list[Any], op_id: str | None = None) -> Any:
-        """One script call with the holder's sequencing arguments; an admit that fails on
-        the way is *abandoned* (the server undoes or voids it at the next call)."""
+    def _call(
+        self, script: str, args: list[Any], op_id: str | None = None, *, fresh: bool = False
+    ) -> Any:
+        """One script call with the holder's sequencing arguments (``fresh``: a new op id
+        when none is given); an admit that fails on the way is *abandoned* (the server undoes
+        or voids it at the next call)."""
         seq: int | None = None
         if op_id is not None:
             try:
@@ -1099,19 +1323,19 @@ class RedisLedgerSession:
                     f"op_id must come from new_op_id() of this handle, got {op_id!r}"
                 ) from None
         with self._lock:
+            if seq is None and fresh:
+                self._seq = seq = self._seq + 1
+                self._pending.add(seq)
             low = min(self._pending) if self._pending else self._seq + 1
-            abandoned = sorted(self._abandoned)
+            abandoned = sorted(self._abandoned) if self._abandoned else []
         led = self.ledger
-        prefix = [
-            self.holder,
-            "" if seq is None else str(seq),
-            low,
-            ",".join(map(str, abandoned)),
-            led.lease_ms,
-            led.ttl_ms,
-        ]
+        header = led.header(
+            self.holder, "" if seq is None else seq, low, ",".join(map(str, abandoned))
+        )
+        while args and args[-1] == "":  # the scripts read a missing argument as ''
+            args = args[:-1]
         try:
-            raw = led.run(script, self._keys, [*prefix, *args])
+            raw = led.run(script, self._keys, [header, *args])
         except LedgerUnavailableError:
             if script == "admit" and seq is not None:
                 with self._lock:
@@ -1128,13 +1352,15 @@ class RedisLedgerSession:
                 self._pending.discard(done)
         if answer in ("D", "V"):
             raise LedgerError(
-                f"budgetkit: operation {op_id} of session {self.session_id!r} at {self.url} "
+                f"budgetkit: operation {seq} of session {self.session_id!r} at {self.url} "
                 "is stale (this handle gave it up)"
             )
         return answer
 
-    def _run(self, script: str, args: list[Any], *, op_id: str | None = None) -> str:
-        return str(self._call(script, args, op_id))
+    def _run(
+        self, script: str, args: list[Any], *, op_id: str | None = None, fresh: bool = False
+    ) -> str:
+        return str(self._call(script, args, op_id, fresh=fresh))
 
     def admit(
         self,
@@ -1177,11 +1403,12 @@ class RedisLedgerSession:
                 kind or "",
                 "" if reserve is None else str(_check_units(reserve)),
                 name,
-                "1" if wrapup else "0",
+                "1" if wrapup else "",
                 "" if tool_cap is None else str(int(tool_cap)),
                 digest or "",
             ],
-            op_id=op_id or self.new_op_id(),
+            op_id=op_id,
+            fresh=True,
         )
         if answer[0] == "A":
             self.errors_seen = answer == "AE"
@@ -1216,7 +1443,8 @@ class RedisLedgerSession:
                 "" if cost is None else str(_check_units(cost)),
                 "" if not release else str(_check_units(release)),
             ],
-            op_id=op_id or self.new_op_id(),
+            op_id=op_id,
+            fresh=True,
         )
         return self._tripped(answer[1:] or None)
 
@@ -1230,11 +1458,11 @@ class RedisLedgerSession:
         """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
         if not amount:
             return
-        self._run("release", [str(_check_units(amount))], op_id=op_id or self.new_op_id())
+        self._run("release", [str(_check_units(amount))], op_id=op_id, fresh=True)
 
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
-        answer = self._run("fail", [], op_id=op_id or self.new_op_id())
+        answer = self._run("fail", [], op_id=op_id, fresh=True)
         return self._tripped(answer[1:] or None)
 
     def succeed(self) -> None:
