@@ -51,12 +51,18 @@ def server_steps(led: RedisLedger, sid: str) -> int:
 
 
 # ------------------------------------------------------------------ one process
-def test_leases_halve_toward_the_limit_and_the_last_steps_are_exact(ledger: RedisLedger) -> None:
+@pytest.mark.parametrize("functions", [True, False], ids=["fcall", "evalsha"])
+def test_leases_halve_toward_the_limit_and_the_last_steps_are_exact(
+    ledger: RedisLedger, functions: bool
+) -> None:
     """A lone holder with a large allotment gets room // 2 each time: 50, 25, ... 1, 1, and
-    exactly max_steps are admitted; the refusal latches as in exact mode."""
+    exactly max_steps are admitted; the refusal latches as in exact mode. The same with the
+    operations as EVALSHA scripts (a server without Functions)."""
     sid = new_id()
     ledger.create(sid, Limits.build(max_steps=100))
-    handle = allotted(ledger, 1000).join(sid)
+    leased = allotted(ledger, 1000)
+    leased.functions = functions
+    handle = leased.join(sid)
     assert handle.allot is not None
     grants: list[int] = []
     exchange = handle.allot.exchange
