@@ -20,7 +20,7 @@ the session's state is younger than ``2 * poll`` seconds (a poller thread re-rea
 ``poll`` seconds while a lease is held), and every exact round trip that sees a trip stops
 local admits at once.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -1001,8 +1001,6 @@ class RedisLedger:
             ``?allotment_ttl=`` in the URL.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0
-       ``allotment``, ``allotment_poll`` and ``allotment_ttl``.
     """
 
     def __init__(
