@@ -83,6 +83,7 @@ class Boundary:
         "fired",
         "handle",
         "last_usage",
+        "lease",
         "ledger",
         "local",
         "local_owners",
@@ -111,6 +112,9 @@ class Boundary:
         self.remote: Boundary | None = None
         self.fast: InProcessLedgerSession | None = None
         self.fast_chain: tuple[tuple[InProcessLedgerSession, bool], ...] | None = None
+        #: A shared ledger session's local lease (``RedisLedger(allotment=...)``), when
+        #: this is the chain's only session: admits from it skip the round trip.
+        self.lease: Any = None
         self.watch = bool((budget.thresholds and budget.on_threshold) or budget.on_phase_change)
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
@@ -158,6 +162,8 @@ class Boundary:
         self.remote = remote[0] if remote else None
         own = self.handle if isinstance(self.handle, InProcessLedgerSession) else None
         self.fast = own if parent is None else None
+        if parent is None and not self.repeats:
+            self.lease = getattr(self.handle, "allot", None)
         if parent is not None and self.remote is None:
             self.fast_chain = tuple((b.handle, b.watch) for b in locals_)  # type: ignore[misc]
 
@@ -256,6 +262,13 @@ class Boundary:
                 if _listeners:
                     emit("step", self.budget, name=name)
                 return
+        lease = self.lease
+        if lease is not None and not lease.errors and not self.outbox and lease.take(STEP):
+            if _listeners:
+                emit("step", self.budget, name=name)
+            if self.watch:
+                self.notify()
+            return
         self.admit(STEP, name)
 
     def admit_llm(self, name: str) -> None:
@@ -270,6 +283,11 @@ class Boundary:
                 if self.watch:
                     self.notify()
                 return
+        lease = self.lease
+        if lease is not None and not lease.errors and not self.outbox and lease.take(LLM):
+            if self.watch:
+                self.notify()
+            return
         self.admit(LLM, name)
 
     def admit(

@@ -581,6 +581,31 @@ def test_the_accounts_command_needs_a_ledger(
     assert "no ledger" in capsys.readouterr().err
 
 
+def test_a_session_of_an_account_admits_exactly_on_an_allotment_ledger(redis_server: Any) -> None:
+    """``RedisLedger(allotment=...)`` admits steps from local leases, which cannot see an
+    account's window: a session of an account admits every call on the server instead, so
+    two sessions of one account (max_steps=3) interleaved admit exactly 3."""
+    from budgetkit.ledgers.redis import RedisLedger
+
+    ledger = RedisLedger(redis_server.url, key_prefix=f"al-{uuid.uuid4().hex[:8]}:", allotment=10)
+    account = Account(new_id(), max_steps=3, ledger=ledger)
+    other = SessionBudget(account=account, handoff_dir=None)
+
+    def one_step() -> None:
+        with other:
+            tool()
+
+    def agent() -> None:
+        with SessionBudget(account=account, handoff_dir=None):
+            tool()
+            tool()
+            contextvars.Context().run(one_step)
+            tool()  # the account's third step was the other session's
+
+    assert stopped(agent).reason == "account_max_steps"
+    assert account.usage().steps == 3
+
+
 # ------------------------------------------------------------------ Redis memory
 @pytest.mark.parametrize("rolling", [False, True])
 def test_an_accounts_redis_memory_is_constant_per_window(redis_server: Any, rolling: bool) -> None:

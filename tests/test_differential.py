@@ -45,10 +45,10 @@ from budgetkit._terms import AccountTerms
 from budgetkit._windows import Window
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
+from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
     from budgetkit.ledgers import LedgerSession, LedgerSnapshot
-    from budgetkit.ledgers.redis import RedisLedger
 
 __all__ = ["ledger", "redis_server"]  # fixtures, re-exported for pytest
 
@@ -616,3 +616,22 @@ def test_an_account_stops_alike_in_process_and_on_redis(
 
 
 PRICES_FOR_ACCOUNTS = {"gpt-4o-mini": (Decimal("0.15"), Decimal("0.6"))}
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(limits=session_limits, program=programs)
+def test_a_session_on_leases_stops_alike_in_process_and_on_redis(
+    ledger: RedisLedger,
+    monkeypatch: pytest.MonkeyPatch,
+    limits: dict[str, Any],
+    program: list[tuple[Any, ...]],
+) -> None:
+    """The same, with the Redis ledger in allotment mode (steps and LLM calls admitted from
+    local leases, given back on exit): one worker stops exactly where it does in process."""
+    monkeypatch.delenv(LEDGER_URL_ENV, raising=False)
+    leased = RedisLedger(ledger.client, key_prefix=ledger.key_prefix, allotment=4)
+    assert run_program(program, **limits) == run_program(program, ledger=leased, **limits)

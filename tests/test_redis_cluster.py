@@ -199,6 +199,34 @@ def test_threads_race_on_one_session_in_the_cluster(cluster: list[int]) -> None:
     assert (snap.cost_usd, snap.reserved_usd) == (Decimal("0.5"), 0)
 
 
+def test_threads_on_leases_in_the_cluster_admit_exactly_max_steps(cluster: list[int]) -> None:
+    """Allotment mode through a ``?allotment=auto`` cluster URL: 6 threads, each its own
+    holder, admit exactly max_steps from leases; the lease keys share the session's slot."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[0]}?allotment=auto", key_prefix="c:")
+    assert led.allotment is not None
+    sid = f"s-{uuid.uuid4().hex}"
+    led.create(sid, Limits.build(max_steps=2000))
+    counted = []
+
+    def worker() -> None:
+        handle = led.join(sid)
+        n = 0
+        while handle.admit("step") is None:
+            n += 1
+        handle.close()
+        counted.append(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(counted) == 2000
+    keys = list(led.client.scan_iter(match=f"c:{{{sid}}}*"))  # every key of the session
+    assert len({led.client.keyslot(k) for k in keys}) == 1
+    assert RedisLedger(led.client, key_prefix="c:").join(sid).snapshot().steps == 2000
+
+
 def test_a_session_budget_on_the_cluster(cluster: list[int]) -> None:
     """SessionBudget(ledger=RedisLedger('redis+cluster://...')) counts and stops as usual."""
     led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}")

@@ -75,6 +75,7 @@ from ..exceptions import (
     LedgerUnavailableError,
     SessionNotFoundError,
 )
+from . import _allotment
 from ._redis_accounts import LUA_ACCOUNT, RedisAccount, account_usages, pointer_key
 from ._snapshot import LedgerSnapshot
 
@@ -876,6 +877,8 @@ return all
 """,
 }
 
+_OPS.update(_allotment.lua_ops(COUNTER_FIELDS, LIMIT_FIELDS))
+
 _PRELUDE = LUA_BIGNUM + LUA_ACCOUNT + "\n" + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
 
 #: The version of the Lua: the library and its functions are named after it, so every
@@ -1014,6 +1017,16 @@ class RedisLedger:
         socket_timeout: seconds to wait for the server (URL only); then the ledger is
             unavailable.
         retries: retries of a failed connection or timeout (URL only).
+        allotment: ``None`` (exact mode: one round trip per admit), a number of steps / LLM
+            calls, or ``"auto"``: each worker leases that many at a time and admits from its
+            lease locally (see the Redis how-to). Also ``?allotment=`` in the URL.
+        allotment_poll: seconds between a lease holder's reads of the session's state: a
+            trip elsewhere stops its local admits within ``2 * allotment_poll``. Also
+            ``?allotment_poll=`` in the URL.
+        allotment_ttl: seconds a lease holder's entry outlives its last poll. A worker
+            that died leaves its leased units counted (it may have used them); after this
+            its entry is dropped, so others stop waiting for it to give them back. Also
+            ``?allotment_ttl=`` in the URL.
 
     .. versionadded:: 0.1.0
     """
@@ -1028,6 +1041,9 @@ class RedisLedger:
         op_ttl: float | timedelta = 120.0,
         socket_timeout: float = 2.0,
         retries: int = 2,
+        allotment: int | str | None = None,
+        allotment_poll: float = 0.05,
+        allotment_ttl: float = 2.0,
     ) -> None:
         try:
             import redis
@@ -1049,7 +1065,13 @@ class RedisLedger:
         #: The keys' expiry is moved when the client's clock enters a new tick: the largest
         #: power of ten of ms within a tenth of the ttl.
         self.tick_ms = 10 ** max(len(str(max(self.ttl_ms // 10, 1))) - 1, 0)
+        poll: object = allotment_poll
+        lease_ttl: object = allotment_ttl
         if isinstance(url_or_client, str):
+            url_or_client, options = _allotment.url_options(url_or_client)
+            allotment = options.get("allotment", allotment)
+            poll = options.get("allotment_poll", allotment_poll)
+            lease_ttl = options.get("allotment_ttl", allotment_ttl)
             self.url = redact(url_or_client)
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -1089,6 +1111,8 @@ class RedisLedger:
             raise BudgetTypeError(
                 f"RedisLedger takes a Redis URL or a redis.Redis client, got {url_or_client!r}"
             )
+        #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
+        self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
         #: Operations run as FCALL of the library until the server turns out to have no
         #: Functions (then as EVALSHA scripts).
@@ -1352,6 +1376,11 @@ class RedisLedgerSession:
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._last = Counters()
+        #: The local lease (``RedisLedger(allotment=...)``); none with a wrap-up reserve, nor
+        #: for a session of an account (every admit must see the account's window).
+        self.allot: _allotment.Allotment | None = None
+        if ledger.allotment is not None and self.reserve_for_wrapup is None and account is None:
+            self.allot = _allotment.Allotment(self, *ledger.allotment)
         _HANDLES.add(self)
 
     def __repr__(self) -> str:
@@ -1364,6 +1393,8 @@ class RedisLedgerSession:
         self._lock = threading.Lock()
         self._pending = set()  # the parent's operations are the parent's to answer
         self._abandoned = set()
+        if self.allot is not None:
+            self.allot.after_fork()
 
     def new_op_id(self) -> str:
         """A fresh operation id. Pass it again to retry an operation without applying it
@@ -1468,6 +1499,19 @@ class RedisLedgerSession:
         An admit that raises ``LedgerUnavailableError`` is given up: if the server applied
         it anyway (a paused server), the next operation of this handle undoes it.
         """
+        allot = self.allot
+        if (
+            allot is not None
+            and kind
+            and reserve is None
+            and tool_cap is None
+            and digest is None
+            and allot.admit(kind)
+        ):
+            self.errors_seen = allot.errors
+            return None
+        if allot is not None and kind:
+            allot.give_back(kind)
         answer = self._run(
             "admit",
             [
@@ -1486,6 +1530,8 @@ class RedisLedgerSession:
             return None
         if answer == "W":
             return "wrapup_reserve"
+        if allot is not None:
+            allot.stop()
         return answer[1:]
 
     def record(
@@ -1515,7 +1561,13 @@ class RedisLedgerSession:
             op_id=op_id,
             fresh=True,
         )
-        return answer[1:] or None
+        return self._tripped(answer[1:] or None)
+
+    def _tripped(self, reason: str | None) -> str | None:
+        """A round trip saw the session tripped: local admits stop at once."""
+        if reason is not None and self.allot is not None:
+            self.allot.stop()
+        return reason
 
     def release(self, amount: int, *, op_id: str | None = None) -> None:
         """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
@@ -1526,7 +1578,7 @@ class RedisLedgerSession:
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
         answer = self._run("fail", [], op_id=op_id, fresh=True)
-        return answer[1:] or None
+        return self._tripped(answer[1:] or None)
 
     def succeed(self) -> None:
         """A call succeeded: the run of consecutive errors starts again at zero."""
@@ -1535,11 +1587,12 @@ class RedisLedgerSession:
     def trip(self, reason: str) -> None:
         """Mark ``reason`` as crossed unless a limit already is; the next boundary latches."""
         self._run("trip", [reason])
+        self._tripped(reason)
 
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted for ``reason`` unless it already is; return the
         reason it is latched for (the first one wins)."""
-        return self._run("latch", [reason, name])[1:]
+        return str(self._tripped(self._run("latch", [reason, name])[1:]))
 
     def extend(
         self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
@@ -1561,7 +1614,9 @@ class RedisLedgerSession:
                 ]
         answer = self._run("extend", [json.dumps(config), *fields])
         self.config, self.limits = config, limits
-        return answer[1:] or None
+        if self.allot is not None:
+            self.allot.resume()
+        return self._tripped(answer[1:] or None)
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
@@ -1574,6 +1629,9 @@ class RedisLedgerSession:
             raise self.ledger.unknown(self.session_id)
         it = iter(_text(item) for item in raw)
         f = dict(zip(it, it, strict=True))
+        if self.allot is not None:  # this holder's unused lease is not admitted
+            for key, unused in zip(("steps", "llm"), self.allot.unused(), strict=True):
+                f[key] = str(max(int(f.get(key, 0)) - unused, 0))
 
         def count(key: str) -> int:
             return int(f.get(key, 0))
@@ -1625,6 +1683,8 @@ class RedisLedgerSession:
         """This handle is done: the server forgets its operations (one arriving late is
         stale) and undoes the admits it gave up on. Reservations are given back as calls
         settle; one still held expires as spend after ``reservation_ttl``."""
+        if self.allot is not None:
+            self.allot.close()
         with self._lock:
             last = self._seq
         with contextlib.suppress(LedgerError):
