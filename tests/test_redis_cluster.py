@@ -157,7 +157,12 @@ def test_the_function_library_is_loaded_on_every_master(cluster: list[int]) -> N
     for master in masters:
         master.function_flush()
     led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}", key_prefix="f:")
-    handles = [led.create(f"s-{uuid.uuid4().hex}", Limits.build(max_steps=2)) for _ in range(9)]
+    ids: dict[int, list[str]] = {port: [] for port in cluster}
+    while min(len(found) for found in ids.values()) < 3:  # three sessions on every master
+        sid = f"s-{uuid.uuid4().hex}"
+        ids[led.client.get_node_from_key(led.keys(sid)[0]).port].append(sid)
+    chosen = [sid for found in ids.values() for sid in found[:3]]
+    handles = [led.create(sid, Limits.build(max_steps=2)) for sid in chosen]
     assert all(LIBRARY_NAME in str(master.function_list()) for master in masters)
     owners = {led.client.get_node_from_key(led.keys(h.session_id)[0]).port for h in handles}
     assert owners == set(cluster)
