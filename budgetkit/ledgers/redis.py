@@ -1140,15 +1140,23 @@ class RedisLedger:
     def run(self, op: str, keys: list[str], args: list[Any]) -> Any:
         """One operation (an FCALL, or an EVALSHA on a server without Functions);
         connection trouble becomes ``LedgerUnavailableError``."""
-        try:
+        return self.command(lambda: self._call_operation(op, keys, args))
+
+    def _call_operation(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        if self.functions:
+            try:
+                return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+            except self._no_such_function as exc:
+                self._recover(exc)  # loads the library, or falls back, or raises
             if self.functions:
-                try:
-                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
-                except self._no_such_function as exc:
-                    self._recover(exc)  # loads the library, or falls back, or raises
-                if self.functions:
-                    return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
-            return self._scripts[op](keys=keys, args=args, client=self.client)
+                return self.client.fcall(FUNCTIONS[op], len(keys), *keys, *args)
+        return self._scripts[op](keys=keys, args=args, client=self.client)
+
+    def command(self, call: Callable[[], Any]) -> Any:
+        """One call to Redis (an operation or a plain command); connection trouble becomes
+        ``LedgerUnavailableError``, any other Redis error ``LedgerError``."""
+        try:
+            return call()
         except self._errors as exc:
             raise LedgerUnavailableError(
                 f"budgetkit: the Redis ledger at {self.url} is unavailable "
@@ -1297,20 +1305,6 @@ class RedisLedger:
         return RedisLedgerSession(self, session_id, json.loads(answer), acct)
 
     # ------------------------------------------------------------------ accounts
-    def command(self, call: Callable[[], Any]) -> Any:
-        """One plain Redis command (not an operation); connection trouble becomes
-        ``LedgerUnavailableError``."""
-        try:
-            return call()
-        except self._errors as exc:
-            raise LedgerUnavailableError(
-                f"budgetkit: the Redis ledger at {self.url} is unavailable "
-                f"({type(exc).__name__}: {exc})",
-                url=self.url,
-            ) from exc
-        except self._response_error as exc:
-            raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
-
     def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
         """The usage of ``account`` in the window ``buckets`` and its open reservations."""
         acct = RedisAccount(self.key_prefix, account)
