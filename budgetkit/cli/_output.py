@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, TextIO
@@ -28,25 +29,45 @@ def fancy(stream: TextIO | None = None) -> bool:
     return True
 
 
+#: What a terminal would act on rather than show: C0 and C1 controls (escape sequences start
+#: with one), line and paragraph separators, and bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(value: object) -> str:
+    """``value`` as text safe to print on a terminal: every character a terminal would act
+    on is written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``). For values read
+    from files, which anyone who can write the directory may have written."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return repr(match.group())[1:-1] if code < 0x100 else f"\\u{code:04x}"
+
+
 def print_table(
     title: str, rows: Sequence[tuple[str, Any]], *, stream: TextIO | None = None
 ) -> None:
-    """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise."""
+    """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise.
+    Every cell is :func:`shown`, and rich gets it as text, never as markup."""
     stream = stream or sys.stdout
+    cells = [(shown(key), shown(value)) for key, value in rows]
     if fancy(stream):
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title, show_header=False, title_justify="left")
+        table = Table(title=Text(shown(title)), show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
-        for key, value in rows:
-            table.add_row(key, str(value))
+        for key, value in cells:
+            table.add_row(Text(key), Text(value))
         Console(file=stream).print(table)
         return
-    width = max((len(k) for k, _ in rows), default=0)
-    print(title, file=stream)
-    for key, value in rows:
+    width = max((len(k) for k, _ in cells), default=0)
+    print(shown(title), file=stream)
+    for key, value in cells:
         print(f"  {key.ljust(width)}  {value}", file=stream)
 
 
