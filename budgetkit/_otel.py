@@ -28,7 +28,6 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import _attributes as names
-from . import _messages
 from ._money import UNITS_PER_USD, from_units, to_float, to_units_floor
 from ._policy import DIMENSION
 from ._policy import used as used_of
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from ._boundary import Boundary
+    from ._messages import ResponseInfo
     from ._policy import Counters
     from ._usage import Counts
     from ._values import CallSpec, SessionResult
@@ -636,7 +636,9 @@ def _add_response(attrs: _Attrs, result: Any) -> tuple[str | None, str | None]:
     cls = type(result)
     reader = _RESPONSE_READERS.get(cls)
     if reader is None:
-        reader = _messages.response_reader(cls)
+        from ._messages import response_reader  # lazily: json and the readers of content
+
+        reader = response_reader(cls)
         if len(_RESPONSE_READERS) < _READERS_LIMIT:
             _RESPONSE_READERS[cls] = reader
     response_id, model, reasons, provider = reader(result)
@@ -650,7 +652,7 @@ def _add_response(attrs: _Attrs, result: Any) -> tuple[str | None, str | None]:
 
 
 #: The response reader of each exact response type (:func:`_messages.response_reader`).
-_RESPONSE_READERS: dict[type, Callable[[Any], _messages.ResponseInfo]] = {}
+_RESPONSE_READERS: dict[type, Callable[[Any], ResponseInfo]] = {}
 _READERS_LIMIT = 256
 
 
@@ -672,7 +674,9 @@ _OK = Status(StatusCode.OK)
 def _add_input(attrs: _Attrs, args: Any, kwargs: Any) -> None:
     """The request's system instructions and input messages in the conventional shape;
     the call's arguments as they are when the shape is unknown."""
-    shaped = _messages.request_messages(args, kwargs)
+    from ._messages import request_messages
+
+    shaped = request_messages(args, kwargs)
     if shaped is None:
         attrs[names.GEN_AI_INPUT_MESSAGES] = _content(_arguments(args, kwargs))
         return
@@ -683,7 +687,9 @@ def _add_input(attrs: _Attrs, args: Any, kwargs: Any) -> None:
 
 
 def _add_output(attrs: _Attrs, result: Any) -> None:
-    messages = _messages.response_messages(result)
+    from ._messages import response_messages
+
+    messages = response_messages(result)
     attrs[names.GEN_AI_OUTPUT_MESSAGES] = (
         _content(result) if messages is None else _shaped_content(messages)
     )
