@@ -155,8 +155,6 @@ def _usd_left(limit: Any, used: float) -> float:
     return float(left) if left > 0 else 0.0
 
 
-#: Powers of ten, for :func:`_short`.
-_POW10: tuple[int, ...] = tuple(10**n for n in range(64))
 #: A cost in units below this has at most 15 significant digits.
 _SHORT_UNITS = 10**15
 
@@ -167,7 +165,8 @@ def _short(units: int) -> bool:
     :func:`_usd_left`'s decimal difference is the exact integer one."""
     if units < _SHORT_UNITS:
         return True
-    return units % _POW10[len(str(units)) - 15] == 0
+    divisor: int = 10 ** (len(str(units)) - 15)
+    return units % divisor == 0
 
 
 def _usd_pair(limit: Any) -> _Pair:

@@ -59,6 +59,7 @@ def same(a: tuple[float, float], b: tuple[float, float]) -> bool:
 @example(limit=Decimal("0.1234567890123456789"), cost=1)  # a limit finer than a unit
 @example(limit=Decimal(10**12), cost=123)  # a difference past 28 digits
 @example(limit=Decimal("0.5"), cost=5 * 10**17)  # nothing left
+@example(limit=Decimal(10**15), cost=10**80 + 10**40)  # far past any limit
 def test_usd_remaining_is_the_decimal_remainder(limit: Decimal, cost: int) -> None:
     pair = _otel._usd_pair(limit)
     assert same(pair(None, Counters(cost=cost)), decimal_pair(limit, cost))  # type: ignore[arg-type]
