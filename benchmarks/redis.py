@@ -8,9 +8,16 @@ Starts its own redis-server on a loopback port (persistence off) and, with N wor
 - exact (after): every worker joined one session of this checkout's ``RedisLedger``; each
   worker admits steps (``handle.admit("step")``: one ``FCALL``), and again through
   ``@budget.step`` in a joined ``SessionBudget``;
+- account: every worker joined one session of an ``Account`` (its window checked and charged
+  in the same ``FCALL``), admitting steps, against the same admits of a plain session;
 - exact (before): the same with another ledger module (``--before path/to/redis.py``, e.g.
   ``git show main:budgetkit/ledgers/redis.py > /tmp/before.py``), loaded as
   ``budgetkit.ledgers.redis_before``.
+
+- allotments: the same ``@budget.step`` with ``RedisLedger(url, allotment="auto")`` (steps
+  admitted from local leases), against the ceiling and against ``redis-benchmark`` (C, its
+  default 50 connections) running ``EVALSHA`` of ``return 1``; round trips per admitted step
+  are the server's script calls (``INFO commandstats``) over the steps admitted.
 
 Server µs per admit come from ``INFO commandstats`` (``cmdstat_fcall`` and
 ``cmdstat_evalsha``), reset before each phase; server keys are counted after 1k and after 100k
@@ -27,6 +34,7 @@ import importlib.util
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -93,8 +101,12 @@ def worker(
     if mode == "ceiling":
         with SessionBudget(max_steps=10**12, handoff_dir=None):
             return timed(tool, seconds, go)
+    if mode == "leased":
+        led = ledger_class(before)(url, allotment="auto")
+        with SessionBudget.join(session_id, ledger=led, handoff_dir=None, trust_id=True):
+            return timed(tool, seconds, go)
     led = ledger_class(before)(url)
-    if mode == "admit":
+    if mode in ("admit", "account"):
         handle = led.join(session_id)
         return timed(lambda i: handle.admit("step"), seconds, go)
     with SessionBudget.join(session_id, ledger=led, handoff_dir=None, trust_id=True):
@@ -109,6 +121,11 @@ def phase(
     session_id = f"bench-{uuid.uuid4().hex}"
     if mode in ("admit", "session"):
         ledger_class(before)(url).create(session_id, Limits.build(max_steps=10**12))
+    if mode == "account":
+        from budgetkit import Account
+
+        terms = Account(f"bench-{uuid.uuid4().hex}", max_steps=10**12).terms
+        ledger_class(before)(url).create(session_id, Limits(), account=terms)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
         go = manager.Event()
@@ -130,6 +147,76 @@ def phase(
         calls += float(stats.get(command, {}).get("calls", 0))
         usec += float(stats.get(command, {}).get("usec", 0))
     return rate, usec / calls if calls else 0.0
+
+
+def script_calls(admin: Any) -> int:
+    """Script calls the server has run since its stats were reset (FCALL or EVALSHA)."""
+    stats = admin.info("commandstats")
+    return sum(int(stats.get(c, {}).get("calls", 0)) for c in ("cmdstat_fcall", "cmdstat_evalsha"))
+
+
+def leased_phase(url: str, workers: int, seconds: float) -> tuple[float, float]:
+    """Allotment mode: admitted steps/s over the workers, and script calls per step."""
+    admin = redis.Redis.from_url(url)
+    session_id = f"bench-{uuid.uuid4().hex}"
+    ledger_class(None)(url).create(session_id, Limits.build(max_steps=10**12))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        go = manager.Event()
+        with ctx.Pool(workers) as pool:
+            pending = [
+                pool.apply_async(worker, ("leased", url, session_id, None, seconds, go))
+                for _ in range(workers)
+            ]
+            time.sleep(1.0 + 0.2 * workers)
+            admin.config_resetstat()
+            go.set()
+            results = [p.get(timeout=seconds + 120) for p in pending]
+            calls = script_calls(admin)  # before the workers exit (and give leases back)
+    admin.close()
+    rate = sum(n / elapsed for n, elapsed in results)
+    return rate, calls / max(sum(n for n, _ in results), 1)
+
+
+def redis_benchmark_rate(url: str) -> float:
+    """``redis-benchmark`` (C) running ``EVALSHA`` of ``return 1``: requests per second."""
+    admin = redis.Redis.from_url(url)
+    sha = admin.script_load("return 1")
+    port = admin.connection_pool.connection_kwargs["port"]
+    admin.close()
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-n", "200000", "-q", "--csv", "EVALSHA", sha, "0"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    row = [line for line in out.splitlines() if "EVALSHA" in line][-1]
+    return float(row.split(",")[1].strip('"'))
+
+
+def allotment_rows(url: str, workers: int, seconds: float, rounds: int) -> list[str]:
+    """Issue 18's allotment rows: ratios to the ceiling (measured next to each round, the
+    median of the rounds' ratios) and to redis-benchmark."""
+    c_rate = redis_benchmark_rate(url)
+    ratios: list[float] = []
+    rates: list[float] = []
+    trips: list[float] = []
+    for _ in range(rounds):
+        ceiling, _ = phase(url, "ceiling", workers, seconds)
+        rate, per_step = leased_phase(url, workers, seconds)
+        ratios.append(rate / ceiling)
+        rates.append(rate)
+        trips.append(per_step)
+    rate = statistics.median(rates)
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    return [
+        f"redis-benchmark EVALSHA 'return 1' (C, 50 connections): {c_rate:,.0f}/s",
+        f"allotments, {workers} processes: {rate:,.0f} admitted steps/s (median of {rounds})",
+        f"  ÷ in-process ceiling = {statistics.median(ratios):.2f} [rounds: {each}] (target ≥ 0.5)",
+        f"  ÷ redis-benchmark EVALSHA rate = {rate / c_rate:.2f} (target ≥ 3)",
+        f"  round trips per admitted step = {max(trips):.4f} (the most of any round; target ≤ 0.1)",
+    ]
 
 
 def keys_after(url: str, steps: int, before: str | None) -> int:
@@ -218,6 +305,16 @@ def main() -> None:
         )
         print()
         print("\n".join(ratios))
+        plain = [phase(url, "admit", n, secs) for _ in range(args.rounds)]
+        account = [phase(url, "account", n, secs) for _ in range(args.rounds)]
+        print(
+            "account: admits/s of a session of an Account ÷ of a plain session = "
+            f"{median([a / p for (a, _), (p, _) in zip(account, plain, strict=True)]):.2f}; "
+            f"server µs per admit {median([u for _, u in account]):.2f} vs "
+            f"{median([u for _, u in plain]):.2f} (information)"
+        )
+        print()
+        print("\n".join(allotment_rows(url, n, secs, args.rounds)))
 
 
 def median(values: list[float]) -> float:

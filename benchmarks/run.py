@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from budgetkit import SessionBudget, budget
+from budgetkit import Account, SessionBudget, budget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -214,6 +214,22 @@ def decorator_cases(quick: bool) -> list[Row]:
             "step, same configuration",
             t["floor"],
             t["step"],
+            None,
+        )
+    )
+    # An account's step takes the general path (its window is checked and charged in the
+    # same operation); its baseline is a session whose max_seconds keeps it off the fast path.
+    account = Account("benchmark", max_steps=10**12, max_usd=10**9)
+    with SessionBudget(max_seconds=10**9, handoff_dir=None, max_steps=10**12):
+        general = compare({"step": stepped}, calls, rounds)["step"]
+    with SessionBudget(account=account, handoff_dir=None, max_steps=10**12):
+        of_account = compare({"step": stepped}, calls, rounds)["step"]
+    rows.append(
+        Row(
+            "step, in a session of an Account",
+            "step, general path (max_seconds)",
+            of_account,
+            general,
             None,
         )
     )
@@ -408,7 +424,7 @@ def memory_case(quick: bool) -> Row:
     steps = 200_000 if quick else 1_000_000
     code = textwrap.dedent(f"""
         import gc
-        from budgetkit import SessionBudget, budget
+        from budgetkit import Account, SessionBudget, budget
         def rss():
             with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * 4096

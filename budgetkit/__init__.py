@@ -11,6 +11,7 @@ from ._usage import Usage
 from ._values import Remaining, SessionResult, SessionUsage
 from ._version import VERSION
 from .exceptions import (
+    AccountExhaustedError,
     BudgetConfigError,
     BudgetError,
     BudgetExhausted,
@@ -32,6 +33,9 @@ from .exceptions import (
 )
 
 __all__ = [
+    "Account",
+    "AccountExhaustedError",
+    "AccountUsage",
     "BudgetConfigError",
     "BudgetError",
     "BudgetExhausted",
@@ -73,6 +77,7 @@ __all__ = [
 __version__ = VERSION
 
 if TYPE_CHECKING:
+    from ._account import Account, AccountUsage
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
     from ._extend import ExtendRequest, Grant
     from ._giveup import GiveUp, parse_give_up
@@ -80,9 +85,11 @@ if TYPE_CHECKING:
     from ._instrument import instrument, uninstrument
 
 #: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
-#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants, handoff files
-#: and give-up notes.
+#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants, accounts,
+#: handoff files and give-up notes.
 _LAZY = {
+    "Account": "_account",
+    "AccountUsage": "_account",
     "GiveUp": "_giveup",
     "parse_give_up": "_giveup",
     "Handoff": "_handoff",

@@ -38,8 +38,8 @@ from .exceptions import (
     LedgerUnavailableWarning,
 )
 from .ledgers.inprocess import (
+    DEFAULT,
     LOCK,
-    InProcessLedger,
     InProcessLedgerSession,
     admit_together,
     fail_together,
@@ -65,7 +65,7 @@ __all__ = ["Boundary", "active"]
 #: children and copied-context threads charge the same counters.
 active: ContextVar[Boundary | None] = ContextVar("budgetkit_session", default=None)
 
-_IN_PROCESS = InProcessLedger()
+_IN_PROCESS = DEFAULT
 
 
 class Boundary:
@@ -83,6 +83,7 @@ class Boundary:
         "fired",
         "handle",
         "last_usage",
+        "lease",
         "ledger",
         "local",
         "local_owners",
@@ -111,6 +112,9 @@ class Boundary:
         self.remote: Boundary | None = None
         self.fast: InProcessLedgerSession | None = None
         self.fast_chain: tuple[tuple[InProcessLedgerSession, bool], ...] | None = None
+        #: A shared ledger session's local lease (``RedisLedger(allotment=...)``), when
+        #: this is the chain's only session: admits from it skip the round trip.
+        self.lease: Any = None
         self.watch = bool((budget.thresholds and budget.on_threshold) or budget.on_phase_change)
         self.fired: set[tuple[str, float]] = set()
         self.phase = "explore"
@@ -158,6 +162,8 @@ class Boundary:
         self.remote = remote[0] if remote else None
         own = self.handle if isinstance(self.handle, InProcessLedgerSession) else None
         self.fast = own if parent is None else None
+        if parent is None and not self.repeats:
+            self.lease = getattr(self.handle, "allot", None)
         if parent is not None and self.remote is None:
             self.fast_chain = tuple((b.handle, b.watch) for b in locals_)  # type: ignore[misc]
 
@@ -171,10 +177,17 @@ class Boundary:
             "step_room": step_room,
             "usd_room": usd_room,
         }
+        account = budget.account
+        if account is not None:
+            kwargs["account"] = account.terms
         if not shared:
+            if account is not None:
+                account.check_open(self.ledger)
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
         kwargs["extra"] = {"lineage": budget.place.lineage(SessionUsage()).to_dict()}
         try:
+            if account is not None:
+                account.check_open(self.ledger)
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
         except LedgerUnavailableError as exc:
             if budget.on_ledger_error == "closed":
@@ -185,6 +198,7 @@ class Boundary:
                 LedgerUnavailableWarning,
             )
             self.ledger = _IN_PROCESS
+            kwargs.pop("account", None)  # the account lives in the unreachable ledger
             return self.ledger.create(budget.session_id, budget.limits, **kwargs)
 
     def close(self) -> None:
@@ -248,6 +262,13 @@ class Boundary:
                 if _listeners:
                     emit("step", self.budget, name=name)
                 return
+        lease = self.lease
+        if lease is not None and not lease.errors and not self.outbox and lease.take(STEP):
+            if _listeners:
+                emit("step", self.budget, name=name)
+            if self.watch:
+                self.notify()
+            return
         self.admit(STEP, name)
 
     def admit_llm(self, name: str) -> None:
@@ -262,6 +283,11 @@ class Boundary:
                 if self.watch:
                     self.notify()
                 return
+        lease = self.lease
+        if lease is not None and not lease.errors and not self.outbox and lease.take(LLM):
+            if self.watch:
+                self.notify()
+            return
         self.admit(LLM, name)
 
     def admit(

@@ -145,6 +145,8 @@ def _ran_out(b: Boundary, ex: Exhaustion) -> str:
     if ex.reason == LOOP_DETECTED and ex.loop is not None:
         name, calls = ex.loop
         return f"step {name!r} called {calls} times in a row with equal arguments"
+    if ex.reason.startswith("account_"):
+        return _account_ran_out(budget, ex)
     d = DIMENSION.get(ex.reason)
     limit = None if d is None else getattr(budget.limits, d.limit)
     if d is None or limit is None:
@@ -157,6 +159,40 @@ def _ran_out(b: Boundary, ex: Exhaustion) -> str:
     if d.limit == "max_seconds":
         return f"{used:.1f} s of {limit:g} s"
     return f"{used} of {limit} {d.label} used"
+
+
+def _account_ran_out(budget: SessionBudget, ex: Exhaustion) -> str:
+    """``account 'alice' over its day (UTC) window's max_usd: $5.01 of $5 spent; resets at ..``"""
+    found = ex.handoff.extra.get("account")
+    if not isinstance(found, dict) or "used" not in found:
+        return "the session's account is over a limit of its window"
+    return (
+        f"account {found['id']!r} over its {found['window']} window's "
+        f"{ex.reason.removeprefix('account_')}: {found['used']}; it resets at {found['resets_at']}"
+    )
+
+
+def account_section(b: Boundary, reason: str) -> dict[str, object] | None:
+    """The handoff's ``extra["account"]`` for a stop by the account: its id, window, usage
+    of the limit and when the window resets. A session joined from another process knows
+    its account from its ledger session (``account_terms``); ``None``: no account found."""
+    account = b.budget.account
+    terms = account.terms if account is not None else getattr(b.handle, "account_terms", None)
+    if terms is None:
+        return None
+    try:
+        buckets = terms.buckets()
+        usage = terms.usage_of(buckets, *b.ledger.account_usage(terms, buckets))
+    except Exception:  # the handoff must be written even if the ledger is gone
+        return {"id": terms.account_id, "window": terms.window.label}
+    return {
+        "id": terms.account_id,
+        "window": usage.window,
+        "window_start": usage.window_start.isoformat(),
+        "resets_at": usage.resets_at.isoformat(),
+        "limit": reason.removeprefix("account_"),
+        "used": usage.describe(reason),
+    }
 
 
 def refusal(b: Boundary, reason: str, *, message: str | None = None) -> BudgetExhausted:
@@ -187,6 +223,10 @@ def _write_handoff(
         handoff.extra["tool"] = {"name": tool[0], "calls": tool[1]}
     if loop is not None:  # loop_detected: the handoff names the step
         handoff.extra["loop"] = {"step": loop[0], "repeats": loop[1]}
+    if reason.startswith("account_"):  # the account stopped it: which, and until when
+        section = account_section(b, reason)
+        if section is not None:
+            handoff.extra["account"] = section
     if b.budget.handoff_notes.framework_state is not None:
         from ._framework_state import attach
 
@@ -225,10 +265,7 @@ def build_handoff(b: Boundary, reason: str, usage: SessionUsage, path: Path | No
         name=budget.name,
         trace_id=trace_id,
         span_id=span_id,
-        extra={
-            "lineage": budget.place.lineage(usage).to_dict(),
-            **({"grants": list(budget.grants)} if budget.grants else {}),
-        },
+        extra={"lineage": budget.place.lineage(usage).to_dict()},
     )
 
 

@@ -5,10 +5,11 @@ When a call is refused for one of the session's own limits (:data:`EXTENDABLE`),
 handoff is written, ``policy(request)`` is asked once for that call, with an
 :class:`ExtendRequest` (the reason, the usage, the limits, the grants so far). It returns a
 :class:`Grant` (or ``None``: no grant). A grant raises the session's limits in its ledger in
-one atomic operation (``LedgerSession.extend``), is recorded (``SessionBudget.grants``, the
-handoff's ``extra["grants"]``), emitted as the ``budgetkit.budget.extended`` span event, and
-the refused call is admitted again under the new limits. A policy that raises, returns
-something else, or does not answer within ``on_exhausted_timeout`` seconds is "no grant".
+one atomic operation (``LedgerSession.extend``), is recorded (``SessionBudget.grants``; the
+chain's grants in the handoff's lineage, ``Lineage.grants``), emitted as the
+``budgetkit.budget.extended`` span event, and the refused call is admitted again under the
+new limits. A policy that raises, returns something else, or does not answer within
+``on_exhausted_timeout`` seconds is "no grant".
 Chain caps (``max_total_*``) are never extended: what a chain leaves still bounds the session.
 """
 
@@ -195,6 +196,7 @@ def try_extend(b: Boundary, reason: str) -> bool:
         budget.limits = limits
         record = {"reason": reason, "grant": grant.to_dict(), "at": utc_now()}
         budget.grants.append(record)
+        budget.place.grants.append({"session_id": budget.session_id, **record})
         from . import _otel
 
         _otel.extended(b, reason, grant.to_dict())

@@ -85,14 +85,21 @@ class Handoff:
     def lineage(self) -> Lineage | None:
         """The chain this handoff belongs to (``extra["lineage"]``), or ``None`` for a handoff
         written before lineage was recorded."""
+        return self._lineage(f"handoff of session {self.session_id!r}")
+
+    def _lineage(self, source: str) -> Lineage | None:
         doc = self.extra.get("lineage")
         if doc is None:
             return None
+        legacy = self.extra.get("grants")
+        if isinstance(doc, dict) and "grants" not in doc and isinstance(legacy, list):
+            # written before grants moved into the lineage: they were this session's
+            doc = {**doc, "grants": [_with_session(g, self.session_id) for g in legacy]}
         return Lineage.from_dict(
             doc,
             session_id=self.session_id,
             parent_session_id=self.parent_session_id,
-            source=f"handoff of session {self.session_id!r}",
+            source=source,
         )
 
     @classmethod
@@ -137,20 +144,14 @@ class Handoff:
             raise HandoffError(f"{source}: {exc}") from None
         _check_fields(values, source)
         usage_from_dict(values["usage"], source)
-        lineage = values.get("extra", {}).get("lineage")
-        if lineage is not None:
-            Lineage.from_dict(
-                lineage,
-                session_id=values["session_id"],
-                parent_session_id=values.get("parent_session_id"),
-                source=source,
-            )
         state = values.get("extra", {}).get("framework_state")
         if state is not None:
             from ._framework_state import check_entry
 
             check_entry(state, values["session_id"], source)
-        return cls(**values)
+        handoff = cls(**values)
+        handoff._lineage(source)  # checked now (a legacy extra["grants"] folded in)
+        return handoff
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Handoff:
@@ -212,3 +213,8 @@ def _expect(values: dict[str, Any], key: str, kind: type, source: str) -> None:
     value = values[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise HandoffError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+
+
+def _with_session(record: object, session_id: str) -> object:
+    """A legacy ``extra["grants"]`` record, named for the session that wrote it."""
+    return {"session_id": session_id, **record} if isinstance(record, dict) else record

@@ -88,6 +88,7 @@ def open_joined(
             session_ids=chain.session_ids,
             attempt=chain.attempt,
             prior=SessionUsage.from_mapping(chain.cumulative_usage),
+            grants=list(chain.grants),
         )
     return found, handle, kwargs, place
 

@@ -137,6 +137,9 @@ class Lineage:
     """The chain-wide caps (``max_total_usd``, ``max_total_steps``, ``max_sessions``)."""
     cumulative_usage: dict[str, Any] = field(default_factory=dict)
     """The whole chain's usage up to and including this session (``cost_usd`` a ``Decimal``)."""
+    grants: tuple[dict[str, Any], ...] = ()
+    """The grants ``on_exhausted`` gave the chain's sessions, oldest first: each
+    ``{"session_id", "reason", "grant", "at"}`` (``grant`` as ``Grant.to_dict()``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written into the handoff."""
@@ -146,6 +149,7 @@ class Lineage:
             "session_ids": list(self.session_ids),
             "caps": self.caps.as_dict(),
             "cumulative_usage": usage_to_dict(self.cumulative_usage),
+            "grants": [dict(g) for g in self.grants],
         }
 
     @classmethod
@@ -204,13 +208,54 @@ class Lineage:
         except (BudgetConfigError, BudgetTypeError) as exc:
             raise HandoffError(f"{where}: {exc}") from None
         usage = usage_from_dict(doc.get("cumulative_usage"), f"{where} cumulative")
+        grants = grants_from_list(doc.get("grants", []), tuple(ids), where)
         return cls(
             root_session_id=root,
             attempt=attempt,
             session_ids=tuple(ids),
             caps=checked,
             cumulative_usage=usage,
+            grants=grants,
         )
+
+
+def grants_from_list(
+    doc: object, session_ids: tuple[str, ...], where: str
+) -> tuple[dict[str, Any], ...]:
+    """Grant records checked: each names a session of the chain, a limit a grant lifts, a
+    valid grant and a time. Raises :class:`HandoffError` naming the fault."""
+    from ._extend import EXTENDABLE, Grant
+
+    if not isinstance(doc, list):
+        raise HandoffError(f"{where}: grants must be a list, got {doc!r}")
+    out = []
+    for index, record in enumerate(doc):
+        at = f"{where}: grants[{index}]"
+        if not isinstance(record, dict):
+            raise HandoffError(f"{at} must be an object, got {record!r}")
+        session_id, reason = record.get("session_id"), record.get("reason")
+        grant, when = record.get("grant"), record.get("at")
+        if session_id not in session_ids:
+            raise HandoffError(
+                f"{at}: session_id must be a session of the chain, got {session_id!r}"
+            )
+        if reason not in EXTENDABLE:
+            raise HandoffError(f"{at}: reason must be a limit a grant lifts, got {reason!r}")
+        if not isinstance(when, str):
+            raise HandoffError(f"{at}: at must be a str, got {when!r}")
+        if not isinstance(grant, dict):
+            raise HandoffError(f"{at}: grant must be an object, got {grant!r}")
+        values = dict(grant)
+        try:
+            if isinstance(values.get("usd"), str):
+                values["usd"] = Decimal(values["usd"])
+            checked = Grant(**values)
+        except (InvalidOperation, TypeError, BudgetConfigError, BudgetTypeError) as exc:
+            raise HandoffError(f"{at}: grant {grant!r} is not valid ({exc})") from None
+        out.append(
+            {"session_id": session_id, "reason": reason, "grant": checked.to_dict(), "at": when}
+        )
+    return tuple(out)
 
 
 def cap_reached(caps: ChainCaps, used: dict[str, Any], next_attempt: int) -> tuple[str, str] | None:
@@ -243,6 +288,8 @@ class Place:
     session_ids: tuple[str, ...]
     attempt: int = 1
     prior: SessionUsage = field(default_factory=SessionUsage)
+    grants: list[dict[str, Any]] = field(default_factory=list)
+    """The chain's grants so far (the sessions before this one's, then this one's)."""
 
     @property
     def root_session_id(self) -> str:
@@ -257,6 +304,7 @@ class Place:
             session_ids=self.session_ids,
             caps=self.caps,
             cumulative_usage=asdict(self.prior + usage),
+            grants=tuple(self.grants),
         )
 
     def room(self) -> tuple[int | None, Decimal | None]:
@@ -304,4 +352,5 @@ class Place:
             session_ids=ids,
             attempt=len(ids),
             prior=SessionUsage.from_mapping(parent.cumulative_usage),
+            grants=list(parent.grants),
         )

@@ -16,6 +16,9 @@ The rules, by *when* they run:
 - :func:`crossed`, after recording a call: a measured limit is crossed when usage is strictly
   greater than it (usage equal to a limit is within budget).
 - :func:`errors_crossed`, after a failed call.
+- :func:`account_refusal`, at a boundary, after the session's own rules: the limits of the
+  session's account (:data:`ACCOUNT_CHECKS`) against the usage of its current window
+  (:class:`Tally`); :func:`account_over`, before a new session of the account is created.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from ._usage import Counts
 
 __all__ = [
+    "ACCOUNT_CHECKS",
     "CHECKS",
     "DIMENSIONS",
     "TOOL_CHECK",
@@ -41,6 +45,9 @@ __all__ = [
     "Counters",
     "Dimension",
     "Rules",
+    "Tally",
+    "account_over",
+    "account_refusal",
     "before_call",
     "crossed",
     "in_wrapup_reserve",
@@ -129,6 +136,8 @@ class Check(NamedTuple):
     kind: str | None = None
     chain: bool = False
     """A chain cap (``max_total_*``): never part of the wrap-up reserve."""
+    account: bool = False
+    """An account's limit (``account_max_*``): judged on the account's window, not the session."""
 
 
 #: The rules in the order they are checked: chain caps before the session's own limits.
@@ -143,6 +152,23 @@ CHECKS: tuple[Check, ...] = (
 #: session's count limits of steps and before the USD reservation; it latches like any limit,
 #: and the tool it refused is the snapshot's ``refused``.
 TOOL_CHECK = Check("max_tool_calls", COUNT, ("tool_calls",), STEP)
+
+#: An account's limits (``budgetkit.Account(max_usd=...)``), checked after the session's own
+#: rules against the account's current window: count limits admit exactly N calls of their
+#: kind per window; measured ones stop every session of the account at its next boundary once
+#: the window's usage is strictly over; a USD reservation must fit (window spend + the
+#: account's open reservations + this one). The reason is the check's name; the limit keyword
+#: is the name without ``account_``. Never part of the wrap-up reserve, never extended by a
+#: grant.
+ACCOUNT_CHECKS: tuple[Check, ...] = (
+    Check("account_max_steps", COUNT, ("steps",), STEP, account=True),
+    Check("account_max_llm_calls", COUNT, ("llm_calls",), LLM, account=True),
+    Check("account_max_tokens", MEASURED, ("input_tokens", "output_tokens"), account=True),
+    Check("account_max_usd", MEASURED, ("cost",), account=True),
+)
+
+#: Account limit keyword -> its check (``max_usd`` -> ``account_max_usd``).
+ACCOUNT_LIMIT = {c.reason.removeprefix("account_"): c for c in ACCOUNT_CHECKS}
 
 #: The checks whose counter is spent USD: a reservation must fit each of them.
 USD_CHECKS = tuple(c.reason for c in CHECKS if c.counters == ("cost",))
@@ -180,6 +206,26 @@ class Counters:
     """The call refused when the session latched."""
     tool_calls: dict[str, int] = field(default_factory=dict)
     """Admitted calls of each tool that has a per-tool cap, by tool name."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """What an account has counted in one bucket of its window (or a window's sum)."""
+
+    steps: int = 0
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: int = 0
+    """Known costs, in units of 10^-18 USD."""
+
+    def __iadd__(self, other: Tally) -> Tally:
+        self.steps += other.steps
+        self.llm_calls += other.llm_calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost += other.cost
+        return self
 
 
 #: (reason, counter fields, limit) of one set limit.
@@ -276,7 +322,7 @@ def _int(value: int | float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def used(c: Counters, fields: tuple[str, ...]) -> int:
+def used(c: Counters | Tally, fields: tuple[str, ...]) -> int:
     """The sum of ``fields`` of ``c``."""
     if len(fields) == 1:
         value: int = getattr(c, fields[0])
@@ -363,6 +409,59 @@ def repeated(rules: Rules, c: Counters) -> bool:
 def errors_crossed(rules: Rules, errors_in_a_row: int) -> bool:
     """Whether a run of ``errors_in_a_row`` failed calls reaches ``max_consecutive_errors``."""
     return rules.errors is not None and errors_in_a_row >= rules.errors
+
+
+def account_refusal(
+    limits: dict[str, int], t: Tally, reserved: int, kind: str | None, reserve: int | None
+) -> str | None:
+    """Why an account refuses a call of ``kind`` (reserving ``reserve`` units) now, or ``None``.
+
+    ``limits``: the account's set limits by reason (USD in units, rounded down); ``t``: its
+    current window's usage; ``reserved``: what its sessions' open reservations hold.
+    """
+    for check in ACCOUNT_CHECKS:
+        limit = limits.get(check.reason)
+        if limit is None:
+            continue
+        if check.rule == COUNT:
+            if check.kind == kind and used(t, check.counters) >= limit:
+                return check.reason
+        elif used(t, check.counters) > limit:
+            return check.reason
+    usd = limits.get("account_max_usd")
+    if reserve and usd is not None and t.cost + reserved + reserve > usd:
+        return "account_max_usd"
+    return None
+
+
+def account_over(limits: dict[str, int], t: Tally) -> str | None:
+    """The account limit its window has used up (a count reached, a measured limit strictly
+    over), refusing a new session up front; ``None`` when there is room."""
+    for check in ACCOUNT_CHECKS:
+        limit = limits.get(check.reason)
+        if limit is None:
+            continue
+        value = used(t, check.counters)
+        if value > limit or (check.rule == COUNT and value >= limit):
+            return check.reason
+    return None
+
+
+def tally_count(t: Tally, kind: str | None) -> None:
+    """Count one admitted call of ``kind`` in an account's bucket."""
+    if kind == STEP:
+        t.steps += 1
+    elif kind == LLM:
+        t.llm_calls += 1
+
+
+def tally_record(t: Tally, counts: Counts | None, cost: int | None) -> None:
+    """Add one call's tokens and known cost to an account's bucket."""
+    if counts is not None:
+        t.input_tokens += counts[0]
+        t.output_tokens += counts[1]
+    if cost is not None:
+        t.cost += cost
 
 
 # ----------------------------------------------------------------------------- counting

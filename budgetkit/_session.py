@@ -31,7 +31,7 @@ from ._settings import DEFAULT_DIR, check_settings
 from ._usage import Usage, usage_counts
 from ._values import HandoffNotes, Remaining, SessionResult, SessionUsage
 from .exceptions import BudgetError, BudgetTypeError
-from .ledgers import check_ledger
+from .ledgers import check_account_ledger, check_ledger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from ._account import Account
     from ._extend import ExtendRequest, Grant
     from ._handoff import Handoff
     from .ledgers import Ledger
@@ -99,6 +100,12 @@ class SessionBudget(Constructors):
         max_total_steps: ``@budget.step`` calls for the whole chain; kept across resumes.
         max_sessions: sessions in the chain, the first included; resuming past it is refused
             with :class:`~budgetkit.ChainCapError`. Kept across resumes.
+        account: a :class:`~budgetkit.Account` (what one user may spend per window): every
+            call is also checked against and charged to it, in the same ledger operation.
+            Entering is refused (:class:`~budgetkit.AccountExhaustedError`) when its window
+            has used up a limit; a running session stops at its next boundary with reason
+            ``account_max_usd`` (``account_max_steps`` ...). The session uses the account's
+            ledger (pass no other). See docs/how-to/accounts.md.
         ledger: where the counters live. ``None`` (the default): in this process, unless
             ``$BUDGETKIT_LEDGER_URL`` names a Redis server. A
             :class:`~budgetkit.ledgers.redis.RedisLedger` shares the session with every
@@ -144,6 +151,7 @@ class SessionBudget(Constructors):
         max_total_usd: float | Decimal | None = None,
         max_total_steps: int | None = None,
         max_sessions: int | None = None,
+        account: Account | None = None,
         ledger: Ledger | None = None,
         on_ledger_error: Literal["closed", "open"] = "closed",
         threads: Literal["explicit", "inherit"] = "explicit",
@@ -219,6 +227,13 @@ class SessionBudget(Constructors):
             session_ids=(self.session_id,),
         )
         self.ledger: Ledger | None = check_ledger(ledger)
+        #: The account every call is also charged to (``None``: none).
+        self.account: Account | None = None
+        if account is not None:
+            from ._account import check_account
+
+            self.account = check_account(account)
+            self.ledger = check_account_ledger(account, self.ledger, ledger is not None)
         # What the handoff says if the session stops (internal; see update_handoff).
         self.handoff_notes = HandoffNotes()
         # The run-time side: ledger handle, chain, step boundary (internal).

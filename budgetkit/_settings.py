@@ -35,7 +35,7 @@ SETTINGS = (
 )
 
 #: Every keyword of ``SessionBudget()`` (and so of ``resume()``).
-KEYWORDS = frozenset({*LIMIT_NAMES, *CHAIN_CAPS, *SETTINGS, "session_id", "ledger"})
+KEYWORDS = frozenset({*LIMIT_NAMES, *CHAIN_CAPS, *SETTINGS, "session_id", "ledger", "account"})
 
 
 def check_settings(**values: Any) -> dict[str, Any]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from pathlib import Path
 
     from ._handoff import Handoff
     from ._values import SessionUsage
 
 __all__ = [
+    "AccountExhaustedError",
     "BudgetConfigError",
     "BudgetError",
     "BudgetExhausted",
@@ -142,6 +144,43 @@ class ChainCapError(ChainError):
 def _rebuild(cls: type[ChainError], message: str, state: dict[str, Any]) -> ChainError:
     error = cls.__new__(cls)
     ChainError.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class AccountExhaustedError(BudgetError):
+    """A new session of an :class:`~budgetkit.Account` was refused up front: the account's
+    current window has used up one of its limits. Raised on entering the session, before any
+    work runs. (A *running* session of the account stops with :class:`BudgetExhausted`,
+    reason ``account_max_usd`` ...)
+
+    Attributes:
+        account_id: the account.
+        reason: the limit, as a stop reason: ``account_max_usd``, ``account_max_steps``,
+            ``account_max_llm_calls`` or ``account_max_tokens``.
+        window: the window's description (``day (UTC)``, ``rolling hour`` ...).
+        resets_at: when the window resets (an aware ``datetime`` in its timezone; for a
+            rolling window, when its oldest sub-bucket drops out).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self, message: str, *, account_id: str, reason: str, window: str, resets_at: datetime
+    ) -> None:
+        super().__init__(message)
+        self.account_id = account_id
+        self.reason = reason
+        self.window = window
+        self.resets_at = resets_at
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_account, (str(self), self.__dict__))
+
+
+def _rebuild_account(message: str, state: dict[str, Any]) -> AccountExhaustedError:
+    error = AccountExhaustedError.__new__(AccountExhaustedError)
+    BudgetError.__init__(error, message)
     error.__dict__.update(state)
     return error
 

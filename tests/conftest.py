@@ -7,9 +7,22 @@ from typing import TYPE_CHECKING
 import pytest
 
 from budgetkit import _config
+from budgetkit.ledgers.inprocess import DEFAULT
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _no_in_process_accounts() -> Iterator[None]:
+    """Every test starts without in-process account counters: accounts outlive sessions by
+    design, so an example run twice in one process would find its account spent."""
+    DEFAULT.books.clear()
+    DEFAULT.known.clear()
+    yield
+    DEFAULT.books.clear()
+    DEFAULT.known.clear()
 
 
 class FakeClock:

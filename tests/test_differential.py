@@ -2,9 +2,11 @@
 
 Hypothesis drives the same operations against an in-process ledger session and a Redis ledger
 session (a real redis-server) with the same random limits, and requires every decision
-(``admit``, ``record``, ``fail``, ``latch``) and every snapshot to be identical. Then the same
-check through the public API: a random program of steps, LLM calls and charges in a
-``SessionBudget``, once in process and once on Redis.
+(``admit``, ``record``, ``fail``, ``latch``) and every snapshot to be identical; sessions may
+belong to an account (a second session of the account spends too, and its window resets),
+whose usage must be identical as well. Then the same check through the public API: a random
+program of steps, LLM calls and charges in a ``SessionBudget`` (maybe of an ``Account``),
+once in process and once on Redis.
 """
 
 from __future__ import annotations
@@ -27,16 +29,26 @@ from hypothesis.stateful import (
 )
 from redis_fixtures import ledger, redis_server
 
-from budgetkit import BudgetExhausted, ExtendRequest, Grant, SessionBudget, budget
+from budgetkit import (
+    Account,
+    AccountExhaustedError,
+    BudgetExhausted,
+    ExtendRequest,
+    Grant,
+    SessionBudget,
+    budget,
+)
 from budgetkit._extend import EXTENDABLE
 from budgetkit._limits import LIMIT_NAMES, Limits
-from budgetkit._policy import CHECKS, LOOP_DETECTED, TOOL_CHECK
+from budgetkit._policy import ACCOUNT_CHECKS, CHECKS, LOOP_DETECTED, TOOL_CHECK
+from budgetkit._terms import AccountTerms
+from budgetkit._windows import Window
 from budgetkit.ledgers import LEDGER_URL_ENV
 from budgetkit.ledgers.inprocess import InProcessLedger
+from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
     from budgetkit.ledgers import LedgerSession, LedgerSnapshot
-    from budgetkit.ledgers.redis import RedisLedger
 
 __all__ = ["ledger", "redis_server"]  # fixtures, re-exported for pytest
 
@@ -65,11 +77,17 @@ tokens = st.one_of(st.integers(0, 40), st.integers(0, 400), st.integers(0, 10**6
 counts = st.none() | st.tuples(tokens, tokens, tokens, tokens, tokens)
 #: Stop reasons: the policy's, the boundary's own, and a few a caller might make up.
 reasons = st.sampled_from(
-    [c.reason for c in (*CHECKS, TOOL_CHECK)]
+    [c.reason for c in (*CHECKS, TOOL_CHECK, *ACCOUNT_CHECKS)]
     + [LOOP_DETECTED]
     + ["cost_unknown", "wrapup_reserve", "user stop", "ünï ☃"]
 )
-KNOWN = {None, "wrapup_reserve", TOOL_CHECK.reason, LOOP_DETECTED, *(c.reason for c in CHECKS)}
+KNOWN = {
+    None,
+    "wrapup_reserve",
+    TOOL_CHECK.reason,
+    LOOP_DETECTED,
+    *(c.reason for c in (*CHECKS, *ACCOUNT_CHECKS)),
+}
 names = st.sampled_from(["", "tool", "ask"]) | st.text(st.characters(codec="utf-8"), max_size=8)
 
 
@@ -97,6 +115,33 @@ def configs(draw: st.DrawFn) -> tuple[Limits, dict[str, Any]]:
     return Limits.build(**values), options
 
 
+@st.composite
+def accounts(draw: st.DrawFn) -> dict[str, Any] | None:
+    """No account, or an account's limits (none to four of them) and window."""
+    if not draw(st.booleans(), label="account"):
+        return None
+    optional = {
+        "max_steps": st.integers(1, 15),
+        "max_llm_calls": st.integers(1, 15),
+        "max_tokens": st.integers(1, 400),
+        "max_usd": small_usd,
+    }
+    chosen = draw(st.lists(st.sampled_from(sorted(optional)), max_size=4, unique=True))
+    limits = {name: draw(optional[name], label=f"account {name}") for name in chosen}
+    window = draw(st.sampled_from([("day", False), ("hour", True)]), label="window")
+    return {"limits": limits, "window": window}
+
+
+class Clock:
+    """A clock the state machine moves (an account's windows read it)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def comparable(snap: LedgerSnapshot) -> LedgerSnapshot:
     """A snapshot without the fields that differ by design (clocks, the writer's id)."""
     return dataclasses.replace(snap, elapsed_seconds=0.0, handoff_writer=None)
@@ -115,25 +160,73 @@ class TwoLedgers(RuleBasedStateMachine):
         self.held: list[int] = []
         self.limits = Limits()
         self.options: dict[str, Any] = {}
+        self.in_process = InProcessLedger()
+        self.clock = Clock()
+        self.terms: AccountTerms | None = None
+        #: A second session of the same account, in each ledger (made when first used).
+        self.others: tuple[LedgerSession, LedgerSession] | None = None
 
-    def both(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Apply one operation to both sessions; their answers must be the same."""
+    def both(self, op: str, *args: Any, other: bool = False, **kwargs: Any) -> Any:
+        """Apply one operation to both sessions (or to both second sessions of the account);
+        their answers must be the same."""
         assert self.local is not None
         assert self.remote is not None
-        mine = getattr(self.local, op)(*args, **kwargs)
-        theirs = getattr(self.remote, op)(*args, **kwargs)
+        local, remote = self.local, self.remote
+        if other:
+            assert self.others is not None
+            local, remote = self.others
+        mine = getattr(local, op)(*args, **kwargs)
+        theirs = getattr(remote, op)(*args, **kwargs)
         assert mine == theirs, f"{op}{args}{kwargs}: in-process {mine!r}, Redis {theirs!r}"
         if op in ("admit", "record", "fail"):
             event(f"{op}: {mine if mine in KNOWN else 'other'}")
         return mine
 
-    @initialize(config=configs())
-    def create(self, config: tuple[Limits, dict[str, Any]]) -> None:
+    @initialize(config=configs(), account=accounts())
+    def create(self, config: tuple[Limits, dict[str, Any]], account: dict[str, Any] | None) -> None:
         limits, options = config
         session_id = f"diff-{uuid.uuid4().hex}"
-        self.local = InProcessLedger().create(session_id, limits, name="agent", **options)
+        if account is not None:
+            unit, rolling = account["window"]
+            self.terms = AccountTerms(
+                f"acct-{uuid.uuid4().hex}",
+                account["limits"],
+                Window.build(unit, "Europe/Paris", rolling),
+                self.clock,
+            )
+            options = {**options, "account": self.terms}
+        event(f"account: {account is not None}")
+        self.local = self.in_process.create(session_id, limits, name="agent", **options)
         self.remote = self.redis.create(session_id, limits, name="agent", **options)
         self.limits, self.options = limits, options
+
+    @precondition(lambda self: self.terms is not None)
+    @rule(
+        kind=st.sampled_from(["step", "llm"]),
+        reserve=st.none() | amount,
+        counts=counts,
+        cost=st.none() | amount,
+    )
+    def other_session_spends(
+        self, kind: str, reserve: int | None, counts: Any, cost: int | None
+    ) -> None:
+        """Another session of the account (no limits of its own) makes a call: admitted or
+        refused by the account alike, and its charge counts in the account."""
+        event("account: another session spends")
+        if self.others is None:
+            session_id = f"diff-{uuid.uuid4().hex}"
+            self.others = (
+                self.in_process.create(session_id, Limits(), account=self.terms),
+                self.redis.create(session_id, Limits(), account=self.terms),
+            )
+        if self.both("admit", kind, reserve, other=True) is None:
+            self.both("record", counts, cost, release=reserve or 0, other=True)
+
+    @precondition(lambda self: self.terms is not None)
+    @rule(seconds=st.sampled_from([60, 150, 1800, 3600, 86400]))
+    def time_passes(self, seconds: int) -> None:
+        """The account's clock moves (sub-buckets of a rolling hour drop out, a day resets)."""
+        self.clock.now += seconds
 
     @rule(kind=st.sampled_from(["step", "llm", None]), name=names)
     def admit(self, kind: str | None, name: str) -> None:
@@ -240,13 +333,24 @@ class TwoLedgers(RuleBasedStateMachine):
         mine, theirs = comparable(self.local.snapshot()), comparable(self.remote.snapshot())
         assert mine == theirs, f"snapshots differ:\n in-process {mine}\n Redis      {theirs}"
 
+    @invariant()
+    def same_account(self) -> None:
+        if self.terms is None:
+            return
+        buckets = self.terms.buckets()
+        mine = self.in_process.account_usage(self.terms, buckets)
+        theirs = self.redis.account_usage(self.terms, buckets)
+        assert mine == theirs, f"account usage differs: in-process {mine}, Redis {theirs}"
+
 
 def test_the_two_ledgers_answer_alike(ledger: RedisLedger) -> None:
     """500 random programs of extensions (``on_exhausted`` grants), admissions (steps, LLM
     calls, reservations, wrap-up calls,
     steps of tools with a per-tool cap, steps with call digests for ``max_repeats``),
-    charges, releases, failures, successes, trips and latches: the in-process and the Redis
-    ledger give the same answer to every operation and the same snapshot after each."""
+    charges, releases, failures, successes, trips and latches, in sessions that may belong
+    to an account (with another session of it spending, and its window moving on): the
+    in-process and the Redis ledger give the same answer to every operation and the same
+    snapshot (and account usage) after each."""
     run_state_machine_as_test(
         lambda: TwoLedgers(ledger),
         settings=settings(
@@ -392,6 +496,37 @@ session_limits = st.fixed_dictionaries(
 )
 
 
+account_limits = st.fixed_dictionaries(
+    {},
+    optional={
+        "max_steps": st.integers(1, 10),
+        "max_llm_calls": st.integers(1, 10),
+        "max_tokens": st.integers(1, 40_000),
+        "max_usd": st.integers(1, 40).map(lambda k: Decimal(k) / 4000),
+    },
+)
+
+
+def run_account_program(
+    program: list[tuple[Any, ...]], account: dict[str, Any], **options: Any
+) -> tuple[Any, ...]:
+    """Run ``program`` in sessions of one fresh account, a new session after each stop,
+    until the program ends or the account refuses a session; every session's outcome."""
+    acct = Account(f"acct-{uuid.uuid4().hex}", ledger=options.get("ledger"), **account)
+    results: list[Any] = []
+    rest = list(program)
+    while rest:
+        try:
+            outcomes, reason, usage = run_program(rest, account=acct, **options)
+        except AccountExhaustedError as exc:
+            results.append(("refused", exc.reason))
+            break
+        results.append((outcomes, reason, usage))
+        rest = rest[len(outcomes) :] if reason != "completed" else []
+    u = acct.usage()
+    return results, (u.steps, u.llm_calls, u.total_tokens, u.cost_usd, u.reserved_usd)
+
+
 def run_program(program: list[tuple[Any, ...]], **options: Any) -> tuple[Any, ...]:
     """Run ``program`` in a session; every call's outcome, the stop reason and the usage."""
     outcomes: list[str] = []
@@ -413,6 +548,8 @@ def run_program(program: list[tuple[Any, ...]], **options: Any) -> tuple[Any, ..
                 outcomes.append("ok")
             except BudgetExhausted as exc:
                 outcomes.append(f"refused: {exc.reason}")
+                if options.get("account") is not None and session.result is None:
+                    break  # a session of an account: the next one takes the rest
     result = session.result
     assert result is not None
     u = result.usage
@@ -453,3 +590,48 @@ def test_a_session_stops_alike_in_process_and_on_redis(
     for outcome in set(here[0]):
         event(f"outcome: {outcome}")
     assert here == there
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(account=account_limits, program=programs)
+def test_an_account_stops_alike_in_process_and_on_redis(
+    ledger: RedisLedger,
+    monkeypatch: pytest.MonkeyPatch,
+    account: dict[str, Any],
+    program: list[tuple[Any, ...]],
+) -> None:
+    """The same program run in sessions of one account (a new session after each stop, until
+    the account refuses one): the same outcomes, stop reasons, refusals and account usage,
+    in process and with the account on Redis."""
+    monkeypatch.delenv(LEDGER_URL_ENV, raising=False)
+    here = run_account_program(program, account, prices=PRICES_FOR_ACCOUNTS)
+    there = run_account_program(program, account, ledger=ledger, prices=PRICES_FOR_ACCOUNTS)
+    event(f"sessions: {len(here[0])}")
+    event(f"the account refused a session: {here[0][-1][0] == 'refused'}")
+    assert here == there
+
+
+PRICES_FOR_ACCOUNTS = {"gpt-4o-mini": (Decimal("0.15"), Decimal("0.6"))}
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(limits=session_limits, program=programs)
+def test_a_session_on_leases_stops_alike_in_process_and_on_redis(
+    ledger: RedisLedger,
+    monkeypatch: pytest.MonkeyPatch,
+    limits: dict[str, Any],
+    program: list[tuple[Any, ...]],
+) -> None:
+    """The same, with the Redis ledger in allotment mode (steps and LLM calls admitted from
+    local leases, given back on exit): one worker stops exactly where it does in process."""
+    monkeypatch.delenv(LEDGER_URL_ENV, raising=False)
+    leased = RedisLedger(ledger.client, key_prefix=ledger.key_prefix, allotment=4)
+    assert run_program(program, **limits) == run_program(program, ledger=leased, **limits)

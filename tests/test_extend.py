@@ -3,6 +3,7 @@ reached, and the session goes on; in process and on a real Redis ledger."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from decimal import Decimal
@@ -21,7 +22,7 @@ from budgetkit import (
     SessionBudget,
     budget,
 )
-from budgetkit.exceptions import BudgetConfigError, BudgetTypeError
+from budgetkit.exceptions import BudgetConfigError, BudgetTypeError, HandoffError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,13 +83,19 @@ def test_a_grant_of_steps_lets_the_session_go_on(where: Any, tmp_path: Path) -> 
     assert [r.limits["max_steps"] for r in asked] == [3, 5, 7]
     assert [len(r.grants) for r in asked] == [0, 1, 2]
     assert asked[0].session_id == session.session_id
-    grants = exc.handoff.extra["grants"]
+    lineage = exc.handoff.lineage
+    assert lineage is not None
+    grants = lineage.grants
     assert [g["grant"] for g in grants] == [{"steps": 2}, {"steps": 2}]
     assert {g["reason"] for g in grants} == {"max_steps"}
+    assert {g["session_id"] for g in grants} == {session.session_id}
+    assert "grants" not in exc.handoff.extra  # in the lineage, not beside it
     assert exc.handoff.limits["max_steps"] == 7
     assert session.limits.max_steps == 7
     assert exc.handoff_path is not None
-    assert Handoff.load(exc.handoff_path).extra["grants"] == grants
+    loaded = Handoff.load(exc.handoff_path).lineage
+    assert loaded is not None
+    assert loaded.grants == grants
 
 
 def test_a_usd_grant_lifts_a_crossed_usd_limit(where: Any) -> None:
@@ -150,7 +157,8 @@ def test_a_policy_that_raises_is_no_grant(where: Any) -> None:
     with pytest.warns(BudgetWarning, match="raised RuntimeError: no grant"):
         exc = refused(agent)
     assert exc.reason == "max_steps"
-    assert "grants" not in exc.handoff.extra
+    assert exc.handoff.lineage is not None
+    assert exc.handoff.lineage.grants == ()
 
 
 def test_a_policy_that_times_out_is_no_grant(where: Any) -> None:
@@ -301,3 +309,85 @@ def test_concurrent_refusals_ask_once_per_exhaustion(where: Any) -> None:
     assert asked in ([10], [10, 20])
     assert session.result is not None
     assert session.result.stop_reason == "max_steps"
+
+
+# ------------------------------------------------------------------ grants in the lineage
+def test_a_resumed_session_carries_the_chains_grants(tmp_path: Path) -> None:
+    """Session 1 gets a grant and stops; its resume gets another: the second handoff's
+    lineage lists both, each naming the session it was given to."""
+
+    def generous(request: ExtendRequest) -> Grant | None:
+        return Grant(steps=1) if not request.grants else None
+
+    first = SessionBudget(max_steps=1, handoff_dir=tmp_path, on_exhausted=generous)
+
+    def run(session: SessionBudget) -> BudgetExhausted:
+        def agent() -> None:
+            with session:
+                for i in range(5):
+                    tool(i)
+
+        return refused(agent)
+
+    one = run(first)
+    assert one.handoff_path is not None
+    second = SessionBudget.resume(one.handoff_path, on_exhausted=generous)
+    two = run(second)
+    lineage = two.handoff.lineage
+    assert lineage is not None
+    assert [g["session_id"] for g in lineage.grants] == [first.session_id, second.session_id]
+    assert [g["grant"] for g in lineage.grants] == [{"steps": 1}, {"steps": 1}]
+    assert len(second.grants) == 1  # the session's own
+
+
+def test_a_handoff_with_legacy_extra_grants_still_loads(tmp_path: Path) -> None:
+    """Handoffs written before the grants moved into the lineage (``extra["grants"]``) load;
+    their grants read as that session's."""
+
+    def once_more(request: ExtendRequest) -> Grant | None:
+        return None if request.grants else Grant(steps=1)
+
+    session = SessionBudget(max_steps=1, handoff_dir=tmp_path, on_exhausted=once_more)
+
+    def agent() -> None:
+        with session:
+            for i in range(5):
+                tool(i)
+
+    exc = refused(agent)
+    assert exc.handoff_path is not None
+    doc = json.loads(exc.handoff_path.read_text())
+    records = doc["extra"]["lineage"].pop("grants")
+    doc["extra"]["grants"] = [{k: v for k, v in g.items() if k != "session_id"} for g in records]
+    exc.handoff_path.write_text(json.dumps(doc))
+    lineage = Handoff.load(exc.handoff_path).lineage
+    assert lineage is not None
+    assert lineage.grants == tuple(records)
+    resumed = SessionBudget.resume(exc.handoff_path)
+    assert resumed.place.grants == records
+
+
+@pytest.mark.parametrize(
+    ("record", "fault"),
+    [
+        ("not an object", "must be an object"),
+        ({"session_id": "elsewhere", "reason": "max_steps", "grant": {}, "at": ""}, "session_id"),
+        ({"session_id": "s1", "reason": "max_tool_calls", "grant": {}, "at": ""}, "reason"),
+        ({"session_id": "s1", "reason": "max_steps", "grant": {"steps": -1}, "at": ""}, "grant"),
+        ({"session_id": "s1", "reason": "max_steps", "grant": {"bogus": 1}, "at": ""}, "grant"),
+        ({"session_id": "s1", "reason": "max_steps", "grant": {}, "at": 5}, "at must be"),
+    ],
+)
+def test_a_bad_grant_record_is_refused_by_the_loader(record: object, fault: str) -> None:
+    from budgetkit._lineage import Lineage
+
+    doc = {
+        "root_session_id": "s1",
+        "attempt": 1,
+        "session_ids": ["s1"],
+        "caps": {},
+        "cumulative_usage": {},
+        "grants": [record],
+    }
+    with pytest.raises(HandoffError, match=fault):
+        Lineage.from_dict(doc, session_id="s1", parent_session_id=None, source="test")

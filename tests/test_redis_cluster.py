@@ -1,6 +1,7 @@
 """The Redis ledger on a real 3-master Redis Cluster started locally: every script of a
-session touches one slot (its keys share the ``{session_id}`` hash tag), sessions spread over
-the masters, and ``redis+cluster://`` URLs reach it."""
+session touches one slot (its keys share the ``{session_id}`` hash tag; a session of an
+account, the account's), sessions spread over the masters, and ``redis+cluster://`` URLs
+reach it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import redis
 from redis.cluster import RedisCluster
 from redis_fixtures import INSTALL_HINT, counts, free_port, units
 
-from budgetkit import SessionBudget, Usage, budget
+from budgetkit import Account, SessionBudget, Usage, budget
 from budgetkit._limits import Limits
+from budgetkit.ledgers._redis_accounts import RedisAccount
 from budgetkit.ledgers.redis import LIBRARY_NAME, RedisLedger
 
 if TYPE_CHECKING:
@@ -155,7 +157,12 @@ def test_the_function_library_is_loaded_on_every_master(cluster: list[int]) -> N
     for master in masters:
         master.function_flush()
     led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}", key_prefix="f:")
-    handles = [led.create(f"s-{uuid.uuid4().hex}", Limits.build(max_steps=2)) for _ in range(9)]
+    ids: dict[int, list[str]] = {port: [] for port in cluster}
+    while min(len(found) for found in ids.values()) < 3:  # three sessions on every master
+        sid = f"s-{uuid.uuid4().hex}"
+        ids[led.client.get_node_from_key(led.keys(sid)[0]).port].append(sid)
+    chosen = [sid for found in ids.values() for sid in found[:3]]
+    handles = [led.create(sid, Limits.build(max_steps=2)) for sid in chosen]
     assert all(LIBRARY_NAME in str(master.function_list()) for master in masters)
     owners = {led.client.get_node_from_key(led.keys(h.session_id)[0]).port for h in handles}
     assert owners == set(cluster)
@@ -197,6 +204,34 @@ def test_threads_race_on_one_session_in_the_cluster(cluster: list[int]) -> None:
     assert (snap.cost_usd, snap.reserved_usd) == (Decimal("0.5"), 0)
 
 
+def test_threads_on_leases_in_the_cluster_admit_exactly_max_steps(cluster: list[int]) -> None:
+    """Allotment mode through a ``?allotment=auto`` cluster URL: 6 threads, each its own
+    holder, admit exactly max_steps from leases; the lease keys share the session's slot."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[0]}?allotment=auto", key_prefix="c:")
+    assert led.allotment is not None
+    sid = f"s-{uuid.uuid4().hex}"
+    led.create(sid, Limits.build(max_steps=2000))
+    counted = []
+
+    def worker() -> None:
+        handle = led.join(sid)
+        n = 0
+        while handle.admit("step") is None:
+            n += 1
+        handle.close()
+        counted.append(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(counted) == 2000
+    keys = list(led.client.scan_iter(match=f"c:{{{sid}}}*"))  # every key of the session
+    assert len({led.client.keyslot(k) for k in keys}) == 1
+    assert RedisLedger(led.client, key_prefix="c:").join(sid).snapshot().steps == 2000
+
+
 def test_a_session_budget_on_the_cluster(cluster: list[int]) -> None:
     """SessionBudget(ledger=RedisLedger('redis+cluster://...')) counts and stops as usual."""
     led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[2]}")
@@ -215,3 +250,39 @@ def test_an_unreachable_cluster_fails_closed() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}"
     with pytest.raises(LedgerUnavailableError, match=r"127\.0\.0\.1"):
         RedisLedger(url, socket_timeout=0.5, retries=0)
+
+
+def test_an_account_and_its_sessions_share_one_slot(cluster: list[int]) -> None:
+    """Sessions of one account are hash-tagged by the account, so each operation checks and
+    charges a session and the account's window on one slot; a session joined by id (through
+    its pointer key) charges it too; 4 threads on 4 handles admit exactly the account's 30
+    steps."""
+    led = RedisLedger(f"redis+cluster://127.0.0.1:{cluster[0]}", key_prefix="ca:")
+    account = Account(f"acct-{uuid.uuid4().hex}", max_steps=30, ledger=led)
+    created = [
+        led.create(f"s-{uuid.uuid4().hex}", Limits(), account=account.terms) for _ in range(3)
+    ]
+    handles = [*created, led.join(created[0].session_id)]
+    keys = RedisAccount(led.key_prefix, account.terms)
+    slots = {
+        led.client.keyslot(k)
+        for h in created
+        for k in [*keys.session_keys(h.session_id), *keys.keys(account.terms.buckets())]
+    }
+    assert len(slots) == 1
+    admitted: list[int] = []
+
+    def worker(handle: Any) -> None:
+        n = 0
+        while handle.admit("step") is None:
+            n += 1
+        admitted.append(n)
+
+    threads = [threading.Thread(target=worker, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(admitted) == 30
+    assert account.usage().steps == 30
+    assert {h.snapshot().reason for h in handles} == {"account_max_steps"}

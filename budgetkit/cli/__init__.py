@@ -1,4 +1,5 @@
-"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``, ``stats``, ``chain``, ``stub``."""
+"""The ``budgetkit`` command line: ``demo``, ``show``, ``run``, ``stats``, ``chain``, ``stub``,
+``accounts``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Subcommand modules; each has ``add_parser(subparsers)`` that sets ``func`` on its parser.
-_COMMANDS = ("_demo", "_show", "_run", "_stats", "_chain", "_stub")
+_COMMANDS = ("_demo", "_show", "_run", "_stats", "_chain", "_stub", "_accounts")
 
 EXIT_OK = 0
 EXIT_INVALID = 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, TextIO
@@ -29,21 +28,15 @@ def fancy(stream: TextIO | None = None) -> bool:
     return True
 
 
-#: What a terminal would act on rather than show: C0 and C1 controls (escape sequences start
-#: with one), line and paragraph separators, and bidirectional overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def shown(value: object) -> str:
-    """``value`` as text safe to print on a terminal: every character a terminal would act
-    on is written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``). For values read
-    from files, which anyone who can write the directory may have written."""
-    return _UNSAFE.sub(_escape, str(value))
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return repr(match.group())[1:-1] if code < 0x100 else f"\\u{code:04x}"
+    """``value`` as text safe to print on a terminal: every character that is not printable
+    (controls, escape sequences' introducers, line separators, bidirectional overrides) is
+    written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``). For values read from
+    files, which anyone who can write the directory may have written."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def print_table(
@@ -58,6 +51,7 @@ def print_table(
         from rich.table import Table
         from rich.text import Text
 
+        # text, not markup: a "[red]" in an id or a summary is shown as written
         table = Table(title=Text(shown(title)), show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()

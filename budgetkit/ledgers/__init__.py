@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from decimal import Decimal
 
+    from .._account import Account
     from .._limits import Limits
-    from .._policy import Counters
+    from .._policy import Counters, Tally
+    from .._terms import AccountTerms, AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
 __all__ = [
     "LEDGER_URL_ENV",
@@ -165,8 +168,20 @@ class Ledger(Protocol):
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> LedgerSession:
-        """Store a new session with its limits; an existing id is an error."""
+        """Store a new session with its limits; an existing id is an error. ``account``:
+        every call of the session is also checked against and charged to that account's
+        current window, in the same atomic operation (``budgetkit._policy.ACCOUNT_CHECKS``)."""
+        ...
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account`` in the window ``buckets`` and the USD units its
+        sessions' open reservations hold."""
+        ...
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account in the ledger, in its current window (``budgetkit accounts``)."""
         ...
 
     def join(self, session_id: str) -> LedgerSession:
@@ -187,6 +202,21 @@ def check_ledger(ledger: object) -> Ledger | None:
             f"or None, got {ledger!r}"
         )
     return ledger  # type: ignore[return-value]
+
+
+def check_account_ledger(account: Account, ledger: Ledger | None, given: bool) -> Ledger | None:
+    """The ledger of a session of ``account``: the account's. A session ledger ``given``
+    explicitly must be that one (the charge to both is one operation)."""
+    if not given or ledger is account.ledger:
+        return account.ledger
+    from ..exceptions import BudgetConfigError
+
+    where = "this process" if account.ledger is None else account.ledger.url
+    raise BudgetConfigError(
+        f"account {account.account_id!r} lives in {where}, but the session was given "
+        f"ledger {getattr(ledger, 'url', ledger)!r}: a session and its account share one "
+        "ledger (pass ledger=None, or the account's)"
+    )
 
 
 _ENV_LEDGERS: dict[str, Ledger] = {}

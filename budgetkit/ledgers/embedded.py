@@ -41,7 +41,8 @@ from urllib.parse import unquote, urlsplit
 
 from .._files import check_session_id
 from .._limits import LIMIT_NAMES, Limits
-from .._policy import Counters
+from .._policy import Counters, Tally
+from .._terms import AccountTerms
 from ..exceptions import (
     BudgetConfigError,
     BudgetTypeError,
@@ -57,7 +58,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
+    from .._terms import AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
 __all__ = [
     "SCHEME",
@@ -77,6 +80,7 @@ _REMEMBERED = 65536
 _MAX_PATH = 100
 
 _COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
+_TALLY_FIELDS = tuple(f.name for f in fields(Tally))
 
 
 def private_directory() -> Path:
@@ -306,6 +310,13 @@ class EmbeddedLedgerServer:
 
     def _apply(self, request: dict[str, Any], number: int) -> Any:
         op = request["op"]
+        if op == "account_usage":
+            return self._account_usage(request)
+        if op == "accounts":
+            return [
+                [account.spec(), *self._account_usage({"account": account.spec()})]
+                for account in list(self._ledger.known.values())
+            ]
         session_id = request["session"]
         if op == "create":
             return self._create(session_id, request)
@@ -328,10 +339,22 @@ class EmbeddedLedgerServer:
                     self._answers.popitem(last=False)
         return result
 
+    def _account_usage(self, request: dict[str, Any]) -> list[Any]:
+        """``[tally fields, reserved]`` of an account's window (the buckets the client
+        names, else the server's current window)."""
+        account = AccountTerms.from_spec(request["account"])
+        buckets = account.buckets()
+        counted = request.get("counted")
+        if counted is not None:
+            buckets = buckets._replace(counted=tuple(int(i) for i in counted))
+        tally, reserved = self._ledger.account_usage(account, buckets)
+        return [[getattr(tally, name) for name in _TALLY_FIELDS], reserved]
+
     def _create(self, session_id: str, request: dict[str, Any]) -> Any:
         config = request["config"]
         limits = _limits(config["limits"])
         usd_room = request.get("usd_room")
+        account = config.get("account")
         session = self._ledger.create(
             check_session_id(session_id),
             limits,
@@ -341,6 +364,7 @@ class EmbeddedLedgerServer:
             step_room=request.get("step_room"),
             usd_room=None if usd_room is None else Decimal(usd_room),
             extra=config.get("extra"),
+            account=None if account is None else AccountTerms.from_spec(account),
         )
         with self._lock:
             if session_id in self._sessions:
@@ -575,8 +599,10 @@ class EmbeddedLedger:
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> EmbeddedLedgerSession:
-        """Store a new session with its limits; its clock starts now.
+        """Store a new session with its limits; its clock starts now. ``account``: charged
+        with the session by the server, on the server's clock.
 
         Raises:
             BudgetConfigError: a session with this id is already in the ledger.
@@ -592,6 +618,8 @@ class EmbeddedLedger:
             "parent_session_id": parent_session_id,
             "extra": dict(extra or {}),
         }
+        if account is not None:
+            config["account"] = account.spec()
         self.call(
             {
                 "op": "create",
@@ -602,6 +630,21 @@ class EmbeddedLedger:
             }
         )
         return EmbeddedLedgerSession(self, session_id, config, owner=True)
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account`` in the window ``buckets``, and its open reservations."""
+        got = self.call(
+            {"op": "account_usage", "account": account.spec(), "counted": list(buckets.counted)}
+        )
+        return Tally(*got[0]), int(got[1])
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account the server has counted, in its current window."""
+        out = []
+        for spec, tally, reserved in self.call({"op": "accounts"}):
+            account = AccountTerms.from_spec(spec)
+            out.append(account.usage_of(account.buckets(), Tally(*tally), int(reserved)))
+        return out
 
     def join(self, session_id: str) -> EmbeddedLedgerSession:
         """A handle on a session created by another process (or this one).
@@ -634,6 +677,9 @@ class EmbeddedLedgerSession:
         self.parent_session_id: str | None = config.get("parent_session_id")
         #: What the creator stored for joiners (``create(extra=...)``).
         self.extra: dict[str, Any] = dict(config.get("extra") or {})
+        account = config.get("account")
+        #: The account every call is also charged to (``None``: none).
+        self.account_terms = None if account is None else AccountTerms.from_spec(account)
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._token = os.urandom(8).hex()

@@ -19,6 +19,8 @@ from .._policy import (
     WRAPUP_RESERVE,
     Counters,
     Rules,
+    Tally,
+    account_refusal,
     before_call,
     count,
     crossed,
@@ -26,6 +28,8 @@ from .._policy import (
     in_wrapup_reserve,
     record,
     repeated,
+    tally_count,
+    tally_record,
     uncount,
 )
 from ._snapshot import LedgerSnapshot, snapshot_of
@@ -35,9 +39,11 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
     from .._limits import Limits
+    from .._terms import AccountTerms, AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
-__all__ = ["LOCK", "InProcessLedger", "InProcessLedgerSession"]
+__all__ = ["DEFAULT", "LOCK", "AccountBook", "InProcessLedger", "InProcessLedgerSession"]
 
 #: Guards every in-process counter. Taken with ``with``, never ``acquire()``: a call can hand
 #: the GIL to another thread while this one holds the lock (a convoy of 8 threads ran 5x
@@ -59,8 +65,40 @@ class InProcessLedger:
 
     url = "in-process"
 
+    def __init__(self) -> None:
+        #: Account counters by ``AccountTerms.key`` (the account and its window).
+        self.books: dict[str, AccountBook] = {}
+        #: The last account seen for each key (what ``budgetkit accounts`` lists).
+        self.known: dict[str, AccountTerms] = {}
+
     def __repr__(self) -> str:
         return "<InProcessLedger>"
+
+    # ------------------------------------------------------------------ accounts
+    def book(self, account: AccountTerms) -> AccountBook:
+        """The counters of ``account`` in this ledger (made on first use)."""
+        with LOCK:
+            self.known[account.key] = account
+            book = self.books.get(account.key)
+            if book is None:
+                book = self.books[account.key] = AccountBook()
+            return book
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account``'s window ``buckets`` and what its open reservations hold."""
+        book = self.book(account)
+        with LOCK:
+            window = Tally()
+            window += book.window(buckets)
+            return window, book.reserved
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account this ledger has counted, in its current window."""
+        out = []
+        for account in list(self.known.values()):
+            buckets = account.buckets()
+            out.append(account.usage_of(buckets, *self.account_usage(account, buckets)))
+        return out
 
     def create(
         self,
@@ -73,8 +111,10 @@ class InProcessLedger:
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> InProcessLedgerSession:
-        """A new session with its limits; its clock starts now."""
+        """A new session with its limits; its clock starts now. ``account``: every call is
+        also checked against and charged to that account, in the same operation."""
         rules = Rules.of(
             limits, step_room=step_room, usd_room=usd_room, reserve_for_wrapup=reserve_for_wrapup
         )
@@ -83,6 +123,9 @@ class InProcessLedger:
         session.reserve_for_wrapup = reserve_for_wrapup
         session.parent_session_id = parent_session_id
         session.extra = dict(extra or {})
+        if account is not None:
+            session.account = AccountLink(account, self.book(account))
+            session.fast_step_cap = session.fast_llm_cap = -1
         return session
 
     def join(self, session_id: str) -> InProcessLedgerSession:
@@ -104,6 +147,7 @@ class InProcessLedgerSession(Counters):
     """
 
     __slots__ = (
+        "account",
         "end",
         "errors_seen",
         "extra",
@@ -134,6 +178,8 @@ class InProcessLedgerSession(Counters):
         self.fast_llm_cap = rules.cap("llm")
         self.start = _config.clock()
         self.end: float | None = None
+        #: The account every call is also charged to (``None``: none).
+        self.account: AccountLink | None = None
 
     def __repr__(self) -> str:
         return f"<InProcessLedgerSession {self.session_id}>"
@@ -171,14 +217,21 @@ class InProcessLedgerSession(Counters):
         timed = rules.seconds is not None or rules.keep is not None
         elapsed = self.elapsed() if timed else 0.0
         reason = before_call(rules, self, kind, reserve, elapsed, tool)
+        if reason is None and self.account is not None:
+            reason = self.account.refusal(kind, reserve)
         if reason is not None:
             return self.latch_once(reason, name)
         if not wrapup and rules.keep is not None and in_wrapup_reserve(rules, self, kind, elapsed):
             return WRAPUP_RESERVE
         return None
 
-    def add(self, counts: Counts | None, cost: int | None, release: int) -> str | None:
-        """Record one call and trip a measured limit it crosses (under LOCK)."""
+    def add(
+        self, counts: Counts | None, cost: int | None, release: int, account: bool = True
+    ) -> str | None:
+        """Record one call and trip a measured limit it crosses (under LOCK); also in the
+        account unless ``account`` is false (the caller charges it once for a chain)."""
+        if account and self.account is not None:
+            self.account.record(counts, cost, min(release, self.reserved))
         record(self, counts, cost, release)
         if self.tripped is None and self.rules.measured:
             reason = crossed(self.rules, self)
@@ -232,6 +285,8 @@ class InProcessLedgerSession(Counters):
     def release(self, amount: int, *, op_id: str | None = None) -> None:
         """Give back ``amount`` units of reservation."""
         with LOCK:
+            if self.account is not None:
+                self.account.release(min(amount, self.reserved))
             self.reserved -= min(amount, self.reserved)
 
     def fail(self, *, op_id: str | None = None) -> str | None:
@@ -267,8 +322,9 @@ class InProcessLedgerSession(Counters):
         with LOCK:
             self.limits, self.rules = limits, rules
             self.reason = self.tripped = self.refused = None
-            self.fast_step_cap = rules.cap("step")
-            self.fast_llm_cap = rules.cap("llm")
+            if self.account is None:
+                self.fast_step_cap = rules.cap("step")
+                self.fast_llm_cap = rules.cap("llm")
             if rules.measured:
                 reason = crossed(rules, self)
                 if reason is not None:
@@ -318,6 +374,8 @@ def admit_together(
             count(member, kind, reserve, tool, call)
             if call is not None and repeated(member.rules, member):
                 member.trip_once(LOOP_DETECTED)
+        for link in accounts_of(members):
+            link.count(kind, reserve)
     return None
 
 
@@ -331,20 +389,27 @@ def uncount_together(
     with LOCK:
         for member in members:
             uncount(member, kind, reserve, tool)
+        for link in accounts_of(members):
+            link.uncount(kind, reserve)
 
 
 def record_together(
     members: Sequence[InProcessLedgerSession], counts: Counts | None, cost: int | None, release: int
 ) -> None:
-    """Record one call in every member and release its reservation, atomically."""
+    """Record one call in every member and release its reservation, atomically (each
+    account of the chain charged once)."""
     with LOCK:
+        for link in accounts_of(members):
+            link.record(counts, cost, release)
         for member in members:
-            member.add(counts, cost, release)
+            member.add(counts, cost, release, account=False)
 
 
 def release_together(members: Sequence[InProcessLedgerSession], amount: int) -> None:
     """Give ``amount`` units of reservation back to every member."""
     with LOCK:
+        for link in accounts_of(members):
+            link.release(amount)
         for member in members:
             member.reserved -= min(amount, member.reserved)
 
@@ -361,3 +426,94 @@ def succeed_together(members: Sequence[InProcessLedgerSession]) -> None:
     with LOCK:
         for member in members:
             member.errors_in_a_row = 0
+
+
+# ---------------------------------------------------------------------- accounts
+class AccountBook:
+    """An account's counters in one ledger: a :class:`Tally` per bucket of its window, and
+    the USD its sessions' open reservations hold (not per window: money in flight)."""
+
+    __slots__ = ("buckets", "reserved")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, Tally] = {}
+        self.reserved = 0
+
+    def window(self, b: Buckets) -> Tally:
+        """The usage of window ``b`` (under LOCK); buckets older than it are forgotten."""
+        first = b.counted[0]
+        if any(i < first for i in self.buckets):
+            self.buckets = {i: t for i, t in self.buckets.items() if i >= first}
+        if len(b.counted) == 1:
+            return self.buckets.get(first) or Tally()
+        total = Tally()
+        for i in b.counted:
+            t = self.buckets.get(i)
+            if t is not None:
+                total += t
+        return total
+
+    def current(self, b: Buckets) -> Tally:
+        """The bucket a charge made now goes to (under LOCK)."""
+        t = self.buckets.get(b.current)
+        if t is None:
+            t = self.buckets[b.current] = Tally()
+        return t
+
+
+class AccountLink:
+    """A session's account: its limits (the policy's ``account_*`` reasons) and its book.
+    Every method runs under LOCK."""
+
+    __slots__ = ("account", "book", "rules")
+
+    def __init__(self, account: AccountTerms, book: AccountBook) -> None:
+        self.account = account
+        self.book = book
+        self.rules = account.rules
+
+    def refusal(self, kind: str | None, reserve: int | None) -> str | None:
+        """Why the account refuses the call now, or ``None``."""
+        book = self.book
+        window = book.window(self.account.buckets())
+        return account_refusal(self.rules, window, book.reserved, kind, reserve)
+
+    def count(self, kind: str | None, reserve: int | None) -> None:
+        """Count one admitted call in the current bucket; hold its reservation."""
+        tally_count(self.book.current(self.account.buckets()), kind)
+        if reserve:
+            self.book.reserved += reserve
+
+    def uncount(self, kind: str | None, reserve: int | None) -> None:
+        """Take back :meth:`count` (another ledger of the chain refused the call)."""
+        t = self.book.current(self.account.buckets())
+        if kind == "step":
+            t.steps -= 1
+        elif kind == "llm":
+            t.llm_calls -= 1
+        if reserve:
+            self.book.reserved -= min(reserve, self.book.reserved)
+
+    def record(self, counts: Counts | None, cost: int | None, release: int) -> None:
+        """Charge one call to the current bucket; give back ``release`` of its reservation."""
+        tally_record(self.book.current(self.account.buckets()), counts, cost)
+        self.release(release)
+
+    def release(self, amount: int) -> None:
+        """Give back ``amount`` of the account's reservations."""
+        if amount:
+            self.book.reserved -= min(amount, self.book.reserved)
+
+
+def accounts_of(members: Sequence[InProcessLedgerSession]) -> list[AccountLink]:
+    """The accounts of a chain's sessions, each once (under LOCK)."""
+    links: list[AccountLink] = []
+    for member in members:
+        link = member.account
+        if link is not None and all(link.book is not other.book for other in links):
+            links.append(link)
+    return links
+
+
+#: The ledger of every session without a shared one (and of in-process accounts).
+DEFAULT = InProcessLedger()

@@ -21,6 +21,11 @@ Keys (all with the hash tag ``{session_id}``, so a cluster keeps one session on 
   that hold a reservation. When a deadline passes (a worker died mid-call), that holder's
   reservation is converted to spend at its estimate, never released (fail closed).
 
+A session of an account (``create(account=...)``) has the same keys tagged by its account
+instead (``<prefix>{a:<digest of the account id>}:s:<id>``), next to the account's windows,
+so each operation checks and charges the session and its account in one script, on one slot
+of a cluster (``budgetkit.ledgers._redis_accounts``).
+
 Every operation moves the session's keys' expiry to ``ttl`` from now (at most once per tenth of
 ``ttl``), so an abandoned session disappears between 0.9 and 1 ``ttl`` after its last operation.
 
@@ -61,6 +66,7 @@ from .._policy import (
     Check,
     Counters,
 )
+from .._terms import AccountTerms
 from .._values import LLM, STEP
 from ..exceptions import (
     BudgetConfigError,
@@ -69,12 +75,17 @@ from ..exceptions import (
     LedgerUnavailableError,
     SessionNotFoundError,
 )
+from . import _allotment
+from ._redis_accounts import LUA_ACCOUNT, RedisAccount, account_usages, pointer_key
 from ._snapshot import LedgerSnapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
+    from .._policy import Tally
+    from .._terms import AccountUsage
     from .._usage import Counts
+    from .._windows import Buckets
 
 __all__ = ["RedisLedger", "RedisLedgerSession"]
 
@@ -88,7 +99,11 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 # and field lists generated from ``_policy.CHECKS``, begin/finish) is defined once at load;
 # each operation is a body in ``_OPS``.
 #
-# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases.
+# KEYS: [1] S, the session's hash; [2] L, the sorted set of reservation leases; for a session
+# of an account, [3..] the account's keys (``RedisAccount.keys``: its reservations, then the
+# buckets of its window), and the header ends with "#<account>" (``RedisAccount.arg``: its
+# limits and the bucket's expiry), which ``setup`` opens as ACC; the helpers charge ACC
+# with the session (give_back, sweep, cancel; admit and record).
 # ARGV: [1] the header "holder|seq|low|abandoned|lease_ms|ttl_ms|tick" (built by
 # ``RedisLedger.header``; the prelude's ``setup`` splits it into H, SEQ, LW, AB, LEASE, TTL,
 # TICK); the operation's own arguments are A[2], A[3], ... Trailing empty arguments are not
@@ -181,12 +196,14 @@ end
 
 #: The state of one call, set by ``setup`` from KEYS and ARGV; helpers on it.
 _LUA_CALL = """
-local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK
+local S, L, A, H, SEQ, LW, AB, LEASE, TTL, TICK, ACC
 local v, now, mine, rec, nl, ents, lw, rec_dirty, dirty, leased, OK, RK, seqn
 local function setup(keys, args)
   S, L, A = keys[1], keys[2], args
-  H, SEQ, LW, AB, LEASE, TTL, TICK = string.match(
-    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local account
+  H, SEQ, LW, AB, LEASE, TTL, TICK, account = string.match(
+    args[1], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^#]*)#?(.*)$')
+  ACC = acct_open(keys, account, 3, TTL)
   v, now, mine, rec, nl, ents, lw, seqn = nil, nil, nil, nil, nil, nil, 0, nil
   rec_dirty, dirty, leased = false, {}, false
 end
@@ -494,6 +511,7 @@ end
 local function give_back(amount)
   if not mine then return end
   local take = min(mine, amount)
+  if ACC then acct_release(ACC, take) end
   mine = sub0(mine, take)
   if mine == '0' then
     mine = nil
@@ -524,6 +542,10 @@ local function sweep()
     if x then
       resv = sub0(resv, x)
       cost = add(cost, x)
+      if ACC then
+        acct_release(ACC, x)
+        acct_record(ACC, '', '', x)
+      end
     end
   end
   redis.call('HDEL', S, unpack(fields))
@@ -561,6 +583,7 @@ local function cancel()
       elseif kind == 'llm' then
         put('llm', int(num(v['llm']) - 1))
       end
+      if ACC then acct_uncount(ACC, kind) end
       if reserve and reserve ~= '' and reserve ~= '0' then give_back(reserve) end
     end
     e[s] = 'V'
@@ -680,6 +703,7 @@ else
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
   end
+  if not reason and ACC then reason = acct_refusal(ACC, kind, reserve) end
   local held = false
   if not reason and v['keep'] and wrapup ~= '1' then
     more(WRAPUP)
@@ -726,6 +750,7 @@ else
         redis.call('PEXPIRE', L, TTL)
       end
     end
+    if ACC then acct_count(ACC, kind, reserve) end
     if num(v['errors']) > 0 then result = 'AE' end
   end
 end
@@ -748,6 +773,10 @@ else
   put('unmeasured', int(num(v['unmeasured']) + 1))
 end
 if (A[9] or '') ~= '' then put('cost', add(v['cost'] or '0', A[9])) end
+if ACC then
+  if A[2] == '1' then acct_record(ACC, A[3], A[4], A[9] or '')
+  else acct_record(ACC, '', '', A[9] or '') end
+end
 local tripped = v['tripped']
 if not tripped then
   tripped = measured_refusal(v)
@@ -848,7 +877,9 @@ return all
 """,
 }
 
-_PRELUDE = LUA_BIGNUM + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+_OPS.update(_allotment.lua_ops(COUNTER_FIELDS, LIMIT_FIELDS))
+
+_PRELUDE = LUA_BIGNUM + LUA_ACCOUNT + "\n" + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
 
 #: The version of the Lua: the library and its functions are named after it, so every
 #: version of budgetkit loads its own next to the others on one server.
@@ -986,6 +1017,16 @@ class RedisLedger:
         socket_timeout: seconds to wait for the server (URL only); then the ledger is
             unavailable.
         retries: retries of a failed connection or timeout (URL only).
+        allotment: ``None`` (exact mode: one round trip per admit), a number of steps / LLM
+            calls, or ``"auto"``: each worker leases that many at a time and admits from its
+            lease locally (see the Redis how-to). Also ``?allotment=`` in the URL.
+        allotment_poll: seconds between a lease holder's reads of the session's state: a
+            trip elsewhere stops its local admits within ``2 * allotment_poll``. Also
+            ``?allotment_poll=`` in the URL.
+        allotment_ttl: seconds a lease holder's entry outlives its last poll. A worker
+            that died leaves its leased units counted (it may have used them); after this
+            its entry is dropped, so others stop waiting for it to give them back. Also
+            ``?allotment_ttl=`` in the URL.
 
     .. versionadded:: 0.1.0
     """
@@ -1000,6 +1041,9 @@ class RedisLedger:
         op_ttl: float | timedelta = 120.0,
         socket_timeout: float = 2.0,
         retries: int = 2,
+        allotment: int | str | None = None,
+        allotment_poll: float = 0.05,
+        allotment_ttl: float = 2.0,
     ) -> None:
         try:
             import redis
@@ -1021,7 +1065,13 @@ class RedisLedger:
         #: The keys' expiry is moved when the client's clock enters a new tick: the largest
         #: power of ten of ms within a tenth of the ttl.
         self.tick_ms = 10 ** max(len(str(max(self.ttl_ms // 10, 1))) - 1, 0)
+        poll: object = allotment_poll
+        lease_ttl: object = allotment_ttl
         if isinstance(url_or_client, str):
+            url_or_client, options = _allotment.url_options(url_or_client)
+            allotment = options.get("allotment", allotment)
+            poll = options.get("allotment_poll", allotment_poll)
+            lease_ttl = options.get("allotment_ttl", allotment_ttl)
             self.url = redact(url_or_client)
             socket_timeout = _seconds(socket_timeout, "socket_timeout")
             if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -1061,6 +1111,8 @@ class RedisLedger:
             raise BudgetTypeError(
                 f"RedisLedger takes a Redis URL or a redis.Redis client, got {url_or_client!r}"
             )
+        #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
+        self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
         #: Operations run as FCALL of the library until the server turns out to have no
         #: Functions (then as EVALSHA scripts).
@@ -1159,11 +1211,15 @@ class RedisLedger:
         step_room: int | None = None,
         usd_room: Decimal | None = None,
         extra: Mapping[str, Any] | None = None,
+        account: AccountTerms | None = None,
     ) -> RedisLedgerSession:
         """Store a new session with its limits and return a handle on it.
 
         ``step_room`` and ``usd_room`` are what a chain's caps (``max_total_steps``,
         ``max_total_usd``) leave for this session; ``extra`` is JSON kept for joiners.
+        ``account``: every operation also checks and charges that account's window; the
+        session's keys live in the account's slot (found by :meth:`join` through a pointer
+        key).
 
         Raises:
             BudgetConfigError: a session with this id is already in the ledger.
@@ -1194,14 +1250,28 @@ class RedisLedger:
             fields += [field, to_units(value, limit=True) if limit == "max_usd" else repr(value)]
         if reserve_for_wrapup is not None:
             fields += ["keep", repr(1 - reserve_for_wrapup)]
+        acct = None if account is None else RedisAccount(self.key_prefix, account)
+        keys = self.keys(session_id) if acct is None else acct.session_keys(session_id)
         header = f"||0|||{self.ttl_ms}|{self.tick()}"
-        answer = _text(self.run("create", self.keys(session_id), [header, *fields]))
+        answer = _text(self.run("create", keys, [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
                 "enter it with SessionBudget.join()"
             )
-        return RedisLedgerSession(self, session_id, config)
+        if acct is not None:
+            found = acct
+
+            def remember() -> None:  # where joiners find the session; what CLIs list
+                self.client.set(
+                    pointer_key(self.key_prefix, session_id),
+                    json.dumps(found.terms.spec()),
+                    px=self.ttl_ms,
+                )
+                found.register(self.client, found.terms.buckets())
+
+            self.command(remember)
+        return RedisLedgerSession(self, session_id, config, acct)
 
     def join(self, session_id: str) -> RedisLedgerSession:
         """A handle on a session another process created.
@@ -1211,10 +1281,49 @@ class RedisLedger:
             LedgerUnavailableError: the server is unreachable or timed out.
         """
         check_session_id(session_id)
-        answer = _text(self.run("join", self.keys(session_id), [self.header("", "", 0, "")]))
-        if answer == "U":
-            raise self.unknown(session_id)
-        return RedisLedgerSession(self, session_id, json.loads(answer))
+        header = self.header("", "", 0, "")
+        answer = _text(self.run("join", self.keys(session_id), [header]))
+        acct = None
+        if answer == "U":  # a session of an account lives in the account's slot
+            spec = self.command(lambda: self.client.get(pointer_key(self.key_prefix, session_id)))
+            if spec is None:
+                raise self.unknown(session_id)
+            acct = RedisAccount(self.key_prefix, AccountTerms.from_spec(json.loads(spec)))
+            buckets = acct.terms.buckets()
+            keys = [*acct.session_keys(session_id), *acct.keys(buckets)]
+            answer = _text(self.run("join", keys, [f"{header}#{acct.arg(buckets)}"]))
+            if answer == "U":
+                raise self.unknown(session_id)
+        return RedisLedgerSession(self, session_id, json.loads(answer), acct)
+
+    # ------------------------------------------------------------------ accounts
+    def command(self, call: Callable[[], Any]) -> Any:
+        """One plain Redis command (not an operation); connection trouble becomes
+        ``LedgerUnavailableError``."""
+        try:
+            return call()
+        except self._errors as exc:
+            raise LedgerUnavailableError(
+                f"budgetkit: the Redis ledger at {self.url} is unavailable "
+                f"({type(exc).__name__}: {exc})",
+                url=self.url,
+            ) from exc
+        except self._response_error as exc:
+            raise LedgerError(f"budgetkit: the Redis ledger at {self.url} failed: {exc}") from exc
+
+    def account_usage(self, account: AccountTerms, buckets: Buckets) -> tuple[Tally, int]:
+        """The usage of ``account`` in the window ``buckets`` and its open reservations."""
+        acct = RedisAccount(self.key_prefix, account)
+        result: tuple[Tally, int] = self.command(lambda: acct.read(self.client, buckets))
+        return result
+
+    def account_usages(self) -> list[AccountUsage]:
+        """Every account with a session created under this key prefix, in its current
+        window (while its window's counters live)."""
+        result: list[AccountUsage] = self.command(
+            lambda: account_usages(self.client, self.key_prefix)
+        )
+        return result
 
 
 class RedisLedgerSession:
@@ -1224,7 +1333,13 @@ class RedisLedgerSession:
     stops operating for ``reservation_ttl`` seconds. Thread-safe (redis-py pools connections).
     """
 
-    def __init__(self, ledger: RedisLedger, session_id: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ledger: RedisLedger,
+        session_id: str,
+        config: dict[str, Any],
+        account: RedisAccount | None = None,
+    ) -> None:
         self.ledger = ledger
         self.session_id = session_id
         self.url = ledger.url
@@ -1244,7 +1359,14 @@ class RedisLedgerSession:
         self.config = dict(config)
         #: This handle's id as a reservation holder and handoff claimant.
         self.holder = f"{os.getpid()}-{os.urandom(8).hex()}"
-        self._keys = ledger.keys(session_id)
+        #: The session's account (its keys and limits are sent with every operation).
+        self.account = account
+        self.account_terms = None if account is None else account.terms
+        self._keys = (
+            ledger.keys(session_id) if account is None else account.session_keys(session_id)
+        )
+        #: When the account pointer's expiry is moved next (monotonic seconds).
+        self._renew_at = 0.0
         self._lock = threading.Lock()
         self._seq = 0
         #: Operations sent or to be sent whose answer has not arrived (their ids).
@@ -1254,6 +1376,11 @@ class RedisLedgerSession:
         #: The last admission saw a run of consecutive errors (a success should reset it).
         self.errors_seen = False
         self._last = Counters()
+        #: The local lease (``RedisLedger(allotment=...)``); none with a wrap-up reserve, nor
+        #: for a session of an account (every admit must see the account's window).
+        self.allot: _allotment.Allotment | None = None
+        if ledger.allotment is not None and self.reserve_for_wrapup is None and account is None:
+            self.allot = _allotment.Allotment(self, *ledger.allotment)
         _HANDLES.add(self)
 
     def __repr__(self) -> str:
@@ -1266,6 +1393,8 @@ class RedisLedgerSession:
         self._lock = threading.Lock()
         self._pending = set()  # the parent's operations are the parent's to answer
         self._abandoned = set()
+        if self.allot is not None:
+            self.allot.after_fork()
 
     def new_op_id(self) -> str:
         """A fresh operation id. Pass it again to retry an operation without applying it
@@ -1302,8 +1431,15 @@ class RedisLedgerSession:
         )
         while args and args[-1] == "":  # the scripts read a missing argument as ''
             args = args[:-1]
+        keys = self._keys
+        account = self.account
+        if account is not None:
+            buckets = account.terms.buckets()
+            keys = [*keys, *account.keys(buckets)]
+            header = f"{header}#{account.arg(buckets)}"
+            self._renew(account)
         try:
-            raw = led.run(script, self._keys, [header, *args])
+            raw = led.run(script, keys, [header, *args])
         except LedgerUnavailableError:
             if script == "admit" and seq is not None:
                 with self._lock:
@@ -1324,6 +1460,17 @@ class RedisLedgerSession:
                 "is stale (this handle gave it up)"
             )
         return answer
+
+    def _renew(self, account: RedisAccount) -> None:
+        """Keep the pointer joiners find the session by alive as long as the session (moved
+        at most once per tenth of the ledger's ttl; a failure here is left to the op)."""
+        now = time.monotonic()
+        if now < self._renew_at:
+            return
+        led = self.ledger
+        self._renew_at = now + led.ttl / 10
+        with contextlib.suppress(LedgerError):
+            led.command(lambda: led.client.pexpire(account.pointer(self.session_id), led.ttl_ms))
 
     def _run(
         self, script: str, args: list[Any], *, op_id: str | None = None, fresh: bool = False
@@ -1352,6 +1499,19 @@ class RedisLedgerSession:
         An admit that raises ``LedgerUnavailableError`` is given up: if the server applied
         it anyway (a paused server), the next operation of this handle undoes it.
         """
+        allot = self.allot
+        if (
+            allot is not None
+            and kind
+            and reserve is None
+            and tool_cap is None
+            and digest is None
+            and allot.admit(kind)
+        ):
+            self.errors_seen = allot.errors
+            return None
+        if allot is not None and kind:
+            allot.give_back(kind)
         answer = self._run(
             "admit",
             [
@@ -1370,6 +1530,8 @@ class RedisLedgerSession:
             return None
         if answer == "W":
             return "wrapup_reserve"
+        if allot is not None:
+            allot.stop()
         return answer[1:]
 
     def record(
@@ -1399,7 +1561,13 @@ class RedisLedgerSession:
             op_id=op_id,
             fresh=True,
         )
-        return answer[1:] or None
+        return self._tripped(answer[1:] or None)
+
+    def _tripped(self, reason: str | None) -> str | None:
+        """A round trip saw the session tripped: local admits stop at once."""
+        if reason is not None and self.allot is not None:
+            self.allot.stop()
+        return reason
 
     def release(self, amount: int, *, op_id: str | None = None) -> None:
         """Give back ``amount`` units of this holder's reservations (never more than it holds)."""
@@ -1410,7 +1578,7 @@ class RedisLedgerSession:
     def fail(self, *, op_id: str | None = None) -> str | None:
         """Count a failed call in the run of consecutive errors; return the tripped reason."""
         answer = self._run("fail", [], op_id=op_id, fresh=True)
-        return answer[1:] or None
+        return self._tripped(answer[1:] or None)
 
     def succeed(self) -> None:
         """A call succeeded: the run of consecutive errors starts again at zero."""
@@ -1419,11 +1587,12 @@ class RedisLedgerSession:
     def trip(self, reason: str) -> None:
         """Mark ``reason`` as crossed unless a limit already is; the next boundary latches."""
         self._run("trip", [reason])
+        self._tripped(reason)
 
     def latch(self, reason: str, name: str = "") -> str:
         """Latch the session as exhausted for ``reason`` unless it already is; return the
         reason it is latched for (the first one wins)."""
-        return self._run("latch", [reason, name])[1:]
+        return str(self._tripped(self._run("latch", [reason, name])[1:]))
 
     def extend(
         self, limits: Limits, *, step_room: int | None = None, usd_room: Decimal | None = None
@@ -1445,7 +1614,9 @@ class RedisLedgerSession:
                 ]
         answer = self._run("extend", [json.dumps(config), *fields])
         self.config, self.limits = config, limits
-        return answer[1:] or None
+        if self.allot is not None:
+            self.allot.resume()
+        return self._tripped(answer[1:] or None)
 
     def claim_handoff_writer(self) -> bool:
         """Whether this handle writes the handoff: exactly one handle of the session wins."""
@@ -1458,6 +1629,9 @@ class RedisLedgerSession:
             raise self.ledger.unknown(self.session_id)
         it = iter(_text(item) for item in raw)
         f = dict(zip(it, it, strict=True))
+        if self.allot is not None:  # this holder's unused lease is not admitted
+            for key, unused in zip(("steps", "llm"), self.allot.unused(), strict=True):
+                f[key] = str(max(int(f.get(key, 0)) - unused, 0))
 
         def count(key: str) -> int:
             return int(f.get(key, 0))
@@ -1509,6 +1683,8 @@ class RedisLedgerSession:
         """This handle is done: the server forgets its operations (one arriving late is
         stale) and undoes the admits it gave up on. Reservations are given back as calls
         settle; one still held expires as spend after ``reservation_ttl``."""
+        if self.allot is not None:
+            self.allot.close()
         with self._lock:
             last = self._seq
         with contextlib.suppress(LedgerError):
