@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import budget
-from ._giveup import GiveUp, parse_give_up
-from ._handoff import Handoff
 from ._lineage import Lineage
 from ._session import SessionBudget
 from ._usage import Usage
@@ -82,13 +80,19 @@ if TYPE_CHECKING:
     from ._account import Account, AccountUsage
     from ._chain import PendingHandoff, pending_handoffs, run_chain, run_chain_async
     from ._extend import ExtendRequest, Grant
+    from ._giveup import GiveUp, parse_give_up
+    from ._handoff import Handoff
     from ._instrument import instrument, uninstrument
 
 #: Loaded when first asked for, to keep ``import budgetkit`` light: chains (file claims)
-#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants, accounts.
+#: and instrument/uninstrument (wrapt's import hooks), extend-in-place grants, accounts,
+#: handoff files and give-up notes.
 _LAZY = {
     "Account": "_account",
     "AccountUsage": "_account",
+    "GiveUp": "_giveup",
+    "parse_give_up": "_giveup",
+    "Handoff": "_handoff",
     "PendingHandoff": "_chain",
     "pending_handoffs": "_chain",
     "run_chain": "_chain",

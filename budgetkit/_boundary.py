@@ -570,8 +570,12 @@ class Boundary:
     def live(self, d: Dimension) -> int | float:
         """The current value of dimension ``d`` without a round trip (for span attributes)."""
         elapsed = 0.0 if self.start is None else max(_config.clock() - self.start, 0.0)
-        counters = _ZERO if self.handle is None else self.handle.counters()
-        return live_value(d, counters, elapsed)
+        return live_value(d, self.counters(), elapsed)
+
+    def counters(self) -> Counters:
+        """The counters as this process sees them, without a round trip (for span attributes)."""
+        handle = self.handle
+        return _ZERO if handle is None else handle.counters()
 
     def rules(self) -> Rules:
         """The session's rules as they stand (for views; ledgers hold their own copy)."""

@@ -17,10 +17,16 @@ recording the raw value. Only used with content capture on, except :func:`respon
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["provider_of", "request_messages", "response_info", "response_messages"]
+__all__ = [
+    "provider_of",
+    "request_messages",
+    "response_info",
+    "response_messages",
+    "response_reader",
+]
 
 _Parts = list[dict[str, Any]]
 _Messages = list[dict[str, Any]]
@@ -375,7 +381,38 @@ _CHAT_COMPLETION = "openai.types.chat.chat_completion"
 
 def _word(reason: Any) -> str:
     """A finish reason as a lower-case word (an enum's value, or its name's last part)."""
+    if type(reason) is str and "." not in reason:  # the common case, without getattr's miss
+        return reason.lower()
     return str(getattr(reason, "value", reason)).lower().rsplit(".", 1)[-1]
+
+
+#: (response id, response model, finish reasons, provider told by the response's type).
+ResponseInfo = tuple["str | None", "str | None", list[str], "str | None"]
+
+
+def response_reader(cls: type) -> Callable[[Any], ResponseInfo]:
+    """A reader of :func:`response_info` and :func:`provider_of` for responses of exact type
+    ``cls``, chosen once per type: an OpenAI ``ChatCompletion``'s fields are read directly."""
+    package = cls.__module__.partition(".")[0]
+    provider = _PACKAGE_PROVIDERS.get(package)
+    if cls.__module__ == _CHAT_COMPLETION:
+
+        def chat_completion(result: Any) -> ResponseInfo:
+            reasons = [_word(c.finish_reason) for c in result.choices if c.finish_reason]
+            return result.id, result.model, reasons, provider
+
+        return chat_completion
+    if provider is not None:
+
+        def by_type(result: Any) -> ResponseInfo:
+            return (*response_info(result), provider)
+
+        return by_type
+
+    def general(result: Any) -> ResponseInfo:
+        return (*response_info(result), provider_of(result))
+
+    return general
 
 
 #: The top-level package of a response's class, mapped to ``gen_ai.provider.name``.

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -27,9 +28,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import _attributes as names
-from . import _messages
-from ._money import to_float
+from ._money import UNITS_PER_USD, from_units, to_float, to_units_floor
 from ._policy import DIMENSION
+from ._policy import used as used_of
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from ._boundary import Boundary
+    from ._messages import ResponseInfo
+    from ._policy import Counters
     from ._usage import Counts
     from ._values import CallSpec, SessionResult
 
@@ -62,7 +65,7 @@ MAX_CONTENT_CHARS = 32_768
 
 _LLM = "llm"
 _Attrs = dict[str, "AttributeValue"]
-_Pair = Callable[["Boundary", Any], tuple[int | float, int | float]]
+_Pair = Callable[["Boundary", "Counters"], tuple[int | float, int | float]]
 #: What an LLM call was charged for: (response model, provider, counts).
 Charged = tuple["str | None", "str | None", "Counts"]
 
@@ -152,33 +155,74 @@ def _usd_left(limit: Any, used: float) -> float:
     return float(left) if left > 0 else 0.0
 
 
-def _live_pair(name: str) -> _Pair:
-    """(used, remaining) of limit ``name``, from the live counters."""
-    dimension = DIMENSION[name]
-    usd = dimension.counters == ("cost",)
-    seconds = name == _SECONDS
+#: A cost in units below this has at most 15 significant digits.
+_SHORT_UNITS = 10**15
 
-    def pair(b: Boundary, limit: Any) -> tuple[int | float, int | float]:
-        value = b.live(dimension)
-        if usd:
-            return value, _usd_left(limit, value)
-        if seconds:
-            return round(value, SECONDS_PLACES), _tidy(name, max(limit - value, 0))
-        return value, (limit - value if limit > value else 0)
+
+def _short(units: int) -> bool:
+    """Whether ``units`` has at most 15 significant digits. Then the float nearest its USD
+    repr()s as exactly that amount (any two such decimals are distinct doubles), so
+    :func:`_usd_left`'s decimal difference is the exact integer one."""
+    if units < _SHORT_UNITS:
+        return True
+    divisor: int = 10 ** (len(str(units)) - 15)
+    return units % divisor == 0
+
+
+def _usd_pair(limit: Any) -> _Pair:
+    """(used, remaining) of a USD limit, in integer units where that gives the value
+    :func:`_usd_left` gives (a limit of whole units below 10^28 units, whose difference the
+    default decimal context holds exactly, and a cost of at most 15 significant digits)."""
+    limit_units = to_units_floor(limit)
+    exact = limit_units < 10**28 and from_units(limit_units) == limit
+
+    def pair(b: Boundary, c: Counters) -> tuple[int | float, int | float]:
+        cost = c.cost
+        used = cost / UNITS_PER_USD  # _money.to_float, inlined
+        if exact and _short(cost):
+            return used, ((limit_units - cost) / UNITS_PER_USD if limit_units > cost else 0.0)
+        return used, _usd_left(limit, used)
 
     return pair
 
 
-#: For each limit: (used, remaining) read from the live counters; a few loads per call.
-_LIVE: dict[str, _Pair] = {name: _live_pair(name) for name in DIMENSION}
+def _live_pair(name: str, limit: Any) -> _Pair:
+    """(used, remaining) of limit ``name`` set to ``limit``, from the live counters."""
+    dimension = DIMENSION[name]
+    if dimension.counters == ("cost",):
+        return _usd_pair(limit)
+    if name == _SECONDS:
 
-_Plan = tuple[tuple[str, str, _Pair, Any], ...]
+        def seconds(b: Boundary, c: Counters) -> tuple[int | float, int | float]:
+            value = b.live(dimension)
+            return round(value, SECONDS_PLACES), _tidy(name, max(limit - value, 0))
+
+        return seconds
+    fields = dimension.counters
+    if len(fields) == 1:
+        read = attrgetter(fields[0])
+
+        def one(b: Boundary, c: Counters) -> tuple[int | float, int | float]:
+            value: int = read(c)
+            return value, (limit - value if limit > value else 0)
+
+        return one
+
+    def total(b: Boundary, c: Counters) -> tuple[int | float, int | float]:
+        value = used_of(c, fields)
+        return value, (limit - value if limit > value else 0)
+
+    return total
+
+
+#: (used key, remaining key, reader of (used, remaining)) for each limit a session sets.
+_Plan = tuple[tuple[str, str, _Pair], ...]
 
 
 def _plan(b: Boundary, only: frozenset[str] | None = None) -> _Plan:
-    """(used key, remaining key, reader, limit) for each limit the session sets."""
+    """(used key, remaining key, reader) for each limit the session sets."""
     return tuple(
-        (names.USED_KEYS[name], names.REMAINING_KEYS[name], _LIVE[name], limit)
+        (names.USED_KEYS[name], names.REMAINING_KEYS[name], _live_pair(name, limit))
         for name, limit in b.budget.limits.limited().items()
         if only is None or name in only
     )
@@ -189,10 +233,13 @@ _MEASURED = frozenset(name for name, d in DIMENSION.items() if d.rule == "measur
 
 
 def _add_live(attrs: _Attrs, b: Boundary, plan: _Plan) -> None:
-    for used_key, remaining_key, read, limit in plan:
-        used, remaining = read(b, limit)
-        attrs[used_key] = used
-        attrs[remaining_key] = remaining
+    """The used and remaining attributes of ``plan``'s limits, read from one look at the
+    counters (a few loads per call)."""
+    if not plan:
+        return
+    c = b.counters()
+    for used_key, remaining_key, read in plan:
+        attrs[used_key], attrs[remaining_key] = read(b, c)
 
 
 def _final(b: Boundary, result: SessionResult) -> _Attrs:
@@ -220,7 +267,7 @@ class _SessionSpan:
         self.plan = _plan(b)
         self.measured = _plan(b, _MEASURED)
         # An LLM span states the measured dimensions once, when the call has been charged.
-        self.counted = tuple(entry for entry in self.plan if entry not in self.measured)
+        self.counted = _plan(b, frozenset(DIMENSION) - _MEASURED)
         self.capture = capture
         self.span: Span | None = None
         self.token: Any = None
@@ -322,7 +369,7 @@ def _close_session_span(
     elif exc is not None:
         _mark_error(span, exc, record=exc is not handle.recorded_error, capture=handle.capture)
     elif result.stop_reason == "completed":
-        span.set_status(Status(StatusCode.OK))
+        span.set_status(_OK)
     span.end()
 
 
@@ -401,7 +448,7 @@ def _exhaustion_attrs(session: Boundary, reason: str, refused: str | None) -> _A
     attrs: _Attrs = {names.EXHAUSTED_REASON: reason, names.SESSION_ID: session.budget.session_id}
     limit = session.budget.limits.limited().get(reason)
     if limit is not None:
-        used, _ = _LIVE[reason](session, limit)
+        used, _ = _live_pair(reason, limit)(session, session.counters())
         attrs[names.EXHAUSTED_LIMIT] = _tidy(reason, limit)
         attrs[names.EXHAUSTED_USED] = used
     status = _status_line(session)
@@ -487,7 +534,7 @@ def _start_llm(
         _add_live(attrs, session, handle.counted)
         if handle.capture:
             _add_input(attrs, args, kwargs)
-    name = names.CHAT_SPAN_NO_MODEL if model is None else names.CHAT_SPAN.format(model=model)
+    name = names.CHAT_SPAN_NO_MODEL if model is None else _chat_span_name(model)
     span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
     return _LLMSpan(span, model)
 
@@ -522,7 +569,7 @@ def _end_step(span: Span, session: Boundary, error: BaseException | None, result
             handle = _session_handle(session)
             if handle is not None and handle.capture:
                 span.set_attribute(names.GEN_AI_TOOL_CALL_RESULT, _content(result))
-        span.set_status(Status(StatusCode.OK))
+        span.set_status(_OK)
     span.end()
 
 
@@ -561,10 +608,10 @@ def _close_llm_span(
     result: Any,
 ) -> None:
     attrs = _usage_attrs(spec, usage, cost)
-    response_model = _add_response(attrs, result)
-    if spec.provider is None and names.GEN_AI_PROVIDER_NAME not in attrs and result is not None:
-        provider = _messages.provider_of(result)
-        if provider is not None:
+    response_model = None
+    if result is not None:
+        response_model, provider = _add_response(attrs, result)
+        if spec.provider is None and names.GEN_AI_PROVIDER_NAME not in attrs and provider:
             attrs[names.GEN_AI_PROVIDER_NAME] = provider
     handle = _session_handle(session)
     if handle is not None:
@@ -576,30 +623,59 @@ def _close_llm_span(
         answered = usage[0] if usage is not None and usage[0] else response_model
         if answered:
             attrs[names.GEN_AI_REQUEST_MODEL] = answered
-            span.update_name(names.CHAT_SPAN.format(model=answered))
+            span.update_name(_chat_span_name(answered))
     span.set_attributes(attrs)
-    span.set_status(Status(StatusCode.OK))
+    span.set_status(_OK)
     span.end()
 
 
-def _add_response(attrs: _Attrs, result: Any) -> str | None:
-    """``gen_ai.response.id`` / ``.model`` / ``.finish_reasons`` (no content); the model."""
-    if result is None:
-        return None
-    response_id, model, reasons = _messages.response_info(result)
+def _add_response(attrs: _Attrs, result: Any) -> tuple[str | None, str | None]:
+    """``gen_ai.response.id`` / ``.model`` / ``.finish_reasons`` (no content); the model and
+    the provider its type tells, read by a reader learnt once per response type."""
+    cls = type(result)
+    reader = _RESPONSE_READERS.get(cls)
+    if reader is None:
+        from ._messages import response_reader  # lazily: json and the readers of content
+
+        reader = response_reader(cls)
+        if len(_RESPONSE_READERS) < _READERS_LIMIT:
+            _RESPONSE_READERS[cls] = reader
+    response_id, model, reasons, provider = reader(result)
     if response_id:
         attrs[names.GEN_AI_RESPONSE_ID] = response_id
     if model and names.GEN_AI_RESPONSE_MODEL not in attrs:
         attrs[names.GEN_AI_RESPONSE_MODEL] = model
     if reasons:
         attrs[names.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
-    return model
+    return model, provider
+
+
+#: The response reader of each exact response type (:func:`_messages.response_reader`).
+_RESPONSE_READERS: dict[type, Callable[[Any], ResponseInfo]] = {}
+_READERS_LIMIT = 256
+
+
+def _chat_span_name(model: str) -> str:
+    """``chat {model}``, formatted once per model (up to a bound)."""
+    name = _CHAT_NAMES.get(model)
+    if name is None:
+        name = names.CHAT_SPAN.format(model=model)
+        if len(_CHAT_NAMES) < _READERS_LIMIT:
+            _CHAT_NAMES[model] = name
+    return name
+
+
+_CHAT_NAMES: dict[str, str] = {}
+#: The one OK status every span that ends well is given (a ``Status`` is immutable).
+_OK = Status(StatusCode.OK)
 
 
 def _add_input(attrs: _Attrs, args: Any, kwargs: Any) -> None:
     """The request's system instructions and input messages in the conventional shape;
     the call's arguments as they are when the shape is unknown."""
-    shaped = _messages.request_messages(args, kwargs)
+    from ._messages import request_messages
+
+    shaped = request_messages(args, kwargs)
     if shaped is None:
         attrs[names.GEN_AI_INPUT_MESSAGES] = _content(_arguments(args, kwargs))
         return
@@ -610,7 +686,9 @@ def _add_input(attrs: _Attrs, args: Any, kwargs: Any) -> None:
 
 
 def _add_output(attrs: _Attrs, result: Any) -> None:
-    messages = _messages.response_messages(result)
+    from ._messages import response_messages
+
+    messages = response_messages(result)
     attrs[names.GEN_AI_OUTPUT_MESSAGES] = (
         _content(result) if messages is None else _shaped_content(messages)
     )

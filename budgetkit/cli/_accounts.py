@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import BudgetError, LedgerUnavailableError
 from ..ledgers import LEDGER_URL_ENV, ledger_for_url
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from ._output import fmt_usd, print_table
+from ._output import fmt_usd, print_table, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -97,4 +97,4 @@ def rows(usage: AccountUsage) -> list[tuple[str, Any]]:
 
 def printable(text: str) -> str:
     """``text`` quoted, its control (and other unprintable) characters escaped."""
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
+    return f"'{shown(text)}'"

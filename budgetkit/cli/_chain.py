@@ -21,7 +21,7 @@ from .._files import check_session_id
 from .._lineage import usage_to_dict
 from ..exceptions import BudgetConfigError, BudgetTypeError, ChainError, HandoffError
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from ._output import fmt_usd
+from ._output import fmt_usd, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 print()
             _print_chain(view)
     for problem in found.problems:
-        print(f"budgetkit chain: error: {problem}", file=sys.stderr)
+        print(f"budgetkit chain: error: {shown(problem)}", file=sys.stderr)
     return EXIT_INVALID if found.problems else EXIT_OK
 
 
@@ -138,14 +138,15 @@ def _state(s: ChainSession) -> str:
 
 def _print_chain(view: ChainView) -> None:
     count = len(view.sessions)
-    print(f"chain {view.root_session_id}: {_status(view)}, {count} session(s) on file")
+    print(shown(f"chain {view.root_session_id}: {_status(view)}, {count} session(s) on file"))
     width = max(len(s.session_id) for s in view.sessions)
     for s in view.sessions:
         state = _state(s)
-        print(
+        line = (
             f"  {s.lineage.attempt:>3}  {s.session_id.ljust(width)}  {s.stop_reason:<22}  "
-            f"{s.usage['steps']:>6} steps  {fmt_usd(s.usage['cost_usd'])}  {state}".rstrip()
+            f"{s.usage['steps']:>6} steps  {fmt_usd(s.usage['cost_usd'])}  {state}"
         )
+        print(shown(line.rstrip()))
     total, caps = view.cumulative_usage, view.caps
     steps = f"{total['steps']} steps"
     if caps.max_total_steps is not None:

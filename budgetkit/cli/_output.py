@@ -28,27 +28,40 @@ def fancy(stream: TextIO | None = None) -> bool:
     return True
 
 
+def shown(value: object) -> str:
+    """``value`` as text safe to print on a terminal: every character that is not printable
+    (controls, escape sequences' introducers, line separators, bidirectional overrides) is
+    written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``). For values read from
+    files, which anyone who can write the directory may have written."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_table(
     title: str, rows: Sequence[tuple[str, Any]], *, stream: TextIO | None = None
 ) -> None:
-    """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise."""
+    """A two-column table: a rich table on a terminal, aligned ``key  value`` lines otherwise.
+    Every cell is :func:`shown`, and rich gets it as text, never as markup."""
     stream = stream or sys.stdout
+    cells = [(shown(key), shown(value)) for key, value in rows]
     if fancy(stream):
         from rich.console import Console
-        from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
         # text, not markup: a "[red]" in an id or a summary is shown as written
-        table = Table(title=escape(title), show_header=False, title_justify="left")
+        table = Table(title=Text(shown(title)), show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
-        for key, value in rows:
-            table.add_row(escape(key), escape(str(value)))
+        for key, value in cells:
+            table.add_row(Text(key), Text(value))
         Console(file=stream).print(table)
         return
-    width = max((len(k) for k, _ in rows), default=0)
-    print(title, file=stream)
-    for key, value in rows:
+    width = max((len(k) for k, _ in cells), default=0)
+    print(shown(title), file=stream)
+    for key, value in cells:
         print(f"  {key.ljust(width)}  {value}", file=stream)
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .._handoff import Handoff
 from ..exceptions import HandoffError
 from . import EXIT_INVALID, EXIT_OK
-from ._output import fmt_usd, print_table
+from ._output import fmt_usd, print_table, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         handoff = Handoff.load(args.handoff)
     except HandoffError as exc:
-        print(f"budgetkit show: error: {exc}", file=sys.stderr)
+        print(f"budgetkit show: error: {shown(exc)}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
         print(json.dumps(handoff.to_dict(), indent=2, default=str))
@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     print("\nPending tasks:" if handoff.pending_tasks else "\nPending tasks: none")
     for task in handoff.pending_tasks:
         text = task if isinstance(task, str) else json.dumps(task, default=str)
-        print(f"  - {text}")
+        print(f"  - {shown(text)}")
     if handoff.context_summary:
         print("\nSummary:")
         for line in handoff.context_summary.splitlines():
-            print(f"  {line}")
-    print(f"\nTo resume:\n  {handoff.resume_instructions or '-'}")
+            print(f"  {shown(line)}")
+    print(f"\nTo resume:\n  {shown(handoff.resume_instructions or '-')}")
     return EXIT_OK
 
 
