@@ -681,10 +681,12 @@ local early = begin(STATE)
 if early then return early end
 return finish(redis.call('HGET', S, 'cfg'))
 """,
-    # A[2..7]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
-    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
+    # A[2..8]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
+    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats),
+    # final ('1': a count refusal latches even while others hold leased units unused).
     # 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up
-    # reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+    # reserve (not latched), 'R' refused for now (units recalled: ask again), 'X<reason>'
+    # refused and latched, 'U' unknown.
     "admit": """
 local kind, reserve, name = A[2] or '', A[3] or '', A[4] or ''
 local wrapup, cap, digest = A[5] or '', A[6] or '', A[7] or ''
@@ -698,7 +700,12 @@ if v['reason'] then
 else
   local reason = v['tripped']
   if not reason then reason = time_refusal(v) end
-  if not reason then reason = count_refusal(kind, v) end
+  if not reason then
+    reason = count_refusal(kind, v)
+    -- Units other workers leased and have not used count as admitted: unless this ask is
+    -- final, recall them and answer 'R' (the client asks again) rather than stop short.
+    if reason and (A[8] or '') == '' and recall(kind, RECALL_MS) then return finish('R') end
+  end
   if not reason then reason = tool_refusal(kind, name, cap) end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
@@ -879,7 +886,17 @@ return all
 
 _OPS.update(_allotment.lua_ops(COUNTER_FIELDS, LIMIT_FIELDS))
 
-_PRELUDE = LUA_BIGNUM + LUA_ACCOUNT + "\n" + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+_PRELUDE = (
+    LUA_BIGNUM
+    + LUA_ACCOUNT
+    + "\n"
+    + _LUA_CALL
+    + lua_rules()
+    + "\n"
+    + _LUA_HELPERS
+    + f"local RECALL_MS = {_allotment.RECALL_MS}\n"
+    + _allotment.LUA_RECALL
+)
 
 #: The version of the Lua: the library and its functions are named after it, so every
 #: version of budgetkit loads its own next to the others on one server.
@@ -1042,8 +1059,8 @@ class RedisLedger:
         socket_timeout: float = 2.0,
         retries: int = 2,
         allotment: int | str | None = None,
-        allotment_poll: float = 0.05,
-        allotment_ttl: float = 2.0,
+        allotment_poll: float = _allotment.DEFAULT_POLL,
+        allotment_ttl: float = _allotment.DEFAULT_TTL,
     ) -> None:
         try:
             import redis
@@ -1113,6 +1130,9 @@ class RedisLedger:
             )
         #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
         self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
+        #: A refused admit waiting for a recall (``"R"``): seconds between asks, and how long
+        #: to ask before a refusal is final (as a lease request waits).
+        self.recall_timing = _allotment.recall_timing(self.allotment)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
         #: Operations run as FCALL of the library until the server turns out to have no
         #: Functions (then as EVALSHA scripts).
@@ -1506,19 +1526,17 @@ class RedisLedgerSession:
             return None
         if allot is not None and kind:
             allot.give_back(kind)
-        answer = self._run(
-            "admit",
-            [
-                kind or "",
-                "" if reserve is None else str(_check_units(reserve)),
-                name,
-                "1" if wrapup else "",
-                "" if tool_cap is None else str(int(tool_cap)),
-                digest or "",
-            ],
-            op_id=op_id,
-            fresh=True,
-        )
+        args = [
+            kind or "",
+            "" if reserve is None else str(_check_units(reserve)),
+            name,
+            "1" if wrapup else "",
+            "" if tool_cap is None else str(int(tool_cap)),
+            digest or "",
+        ]
+        answer = self._run("admit", args, op_id=op_id, fresh=True)
+        if answer == "R":
+            answer = self._await_recall(args)
         if answer[0] == "A":
             self.errors_seen = answer == "AE"
             return None
@@ -1527,6 +1545,20 @@ class RedisLedgerSession:
         if allot is not None:
             allot.stop()
         return answer[1:]
+
+    def _await_recall(self, args: list[str]) -> str:
+        """The admit was refused only because other workers hold leased units they have not
+        used: the server recalled them. Ask again (each ask a new operation, renewing the
+        recall) until admitted or refused for good; past the wait of a lease request the
+        next refusal is final (latched), units still out or not."""
+        poll, wait = self.ledger.recall_timing
+        give_up = time.monotonic() + wait
+        while True:
+            time.sleep(poll)
+            final = time.monotonic() > give_up
+            answer = self._run("admit", [*args, "1" if final else ""], fresh=True)
+            if answer != "R":
+                return answer
 
     def record(
         self,
