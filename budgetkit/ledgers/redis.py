@@ -59,6 +59,8 @@ from .._policy import (
     ERRORS,
     LOOP_DETECTED,
     MEASURED,
+    RECORDED,
+    RECORDED_TOKENS,
     REPEATS,
     TIME,
     TOOL_CHECK,
@@ -128,8 +130,9 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 #      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
 #   4. Fields: STATE (``state_fields``) is every field the rules read; a hot operation reads
 #      fewer with a read spec of its own (``_lua_read(fields)`` emitted into the prelude, as
-#      ADMIT[kind]). A field admit must read is derived in ``admit_fields`` from the policy
-#      table (``_policy.CHECKS``), never listed by hand in Lua; a field seldom set belongs in
+#      ADMIT[kind] and RECORD). A field admit or record must read is derived in
+#      ``admit_fields`` / ``record_fields`` from the policy table (``_policy.CHECKS``,
+#      ``_policy.RECORDED``), never listed by hand in Lua; a field seldom set belongs in
 #      ``gate_fields`` (read only when the ``gate`` field is set: put and create set it). A
 #      field only some calls need is read later with ``more({'a', 'b'})``.
 #   Per-holder data is a field of S named '<letter>:<holder>' ('o:' its op record, 'r:' its
@@ -315,6 +318,17 @@ def admit_fields(kind: str, reserve: bool) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+def record_fields() -> list[str]:
+    """The fields a record reads, derived from the policy: the counters the recording rule
+    (``_policy.record``) changes, every measured check's limit and counters (a charge may
+    cross it), and ``tripped`` (the first crossing wins)."""
+    fields = [*_BASE_FIELDS, "tripped", *(COUNTER_FIELDS[c] for c in RECORDED)]
+    for check in CHECKS:
+        if check.rule == MEASURED:
+            fields += _check_fields(check)
+    return list(dict.fromkeys(fields))
+
+
 def repeats_fields() -> list[str]:
     """The fields a step with a call digest reads on top (the run of repeats, its limit)."""
     return [f for c in CHECKS if c.rule == REPEATS for f in _check_fields(c)]
@@ -358,6 +372,8 @@ def lua_rules() -> str:
     lines = [
         f"local STATE = {_lua_read(state_fields())}",
         f"local ADMIT = {{\n  {admit}\n}}",
+        f"local RECORD = {_lua_read(record_fields())}",
+        f"local TOKENS = {_lua_list([COUNTER_FIELDS[c] for c in RECORDED_TOKENS])}",
         f"local WRAPUP = {_lua_list(wrapup_fields())}",
         f"local GATE = {_lua_list(gate_fields())}",
         "local GATED = {" + ", ".join(f"['{f}'] = true" for f in gate_fields()) + "}",
@@ -767,13 +783,12 @@ return finish(result, '|' .. kind .. '|' .. reserve)
     # priced ('1'/'0'), cost ('' or units), release ('' or units). 'T<tripped reason or
     # empty>', or 'U'. Token counts are added exactly (decimal strings): a huge one trips.
     "record": """
-local early = begin(STATE)
+local early = begin(RECORD)
 if early then return early end
 if A[2] == '1' then
-  local names = {'in', 'out', 'cr', 'cw', 'rs'}
-  for i = 1, 5 do
+  for i, name in ipairs(TOKENS) do
     local n = A[i + 2]
-    if n ~= '0' then put(names[i], add(v[names[i]] or '0', n)) end
+    if n ~= '0' then put(name, add(v[name] or '0', n)) end
   end
   if A[8] ~= '1' then put('unpriced', int(num(v['unpriced']) + 1)) end
 else
