@@ -58,6 +58,11 @@ def test_lua_digit_arithmetic_matches_python_ints(redis_server: RedisServer) -> 
     """The scripts' add, subtract-clamped-at-zero and compare agree with Python's ints."""
     rng = random.Random(8)
     pairs = [(0, 0), (1, 0), (10**14 - 1, 1), (10**28 - 1, 1), (10**14, 1), (5, 5), (3, 7)]
+    # Around the one- and two-chunk paths (14 and 28 digits): carries, borrows, equal highs.
+    for edge in (10**14, 10**15, 10**28, 10**29):
+        for x in (edge - 1, edge, edge + 1):
+            pairs += [(x, 1), (x, x), (x, edge - 1), (x, 10**14 - 1), (10**28 - 1, x)]
+            pairs += [(x, x - 1), (x - 1, x), (x + 10**14, x), (x, 10**14 + 1)]
     for _ in range(300):
         a, b = rng.randrange(10 ** rng.randint(1, 40)), rng.randrange(10 ** rng.randint(1, 40))
         pairs.append((a, b))
