@@ -63,6 +63,7 @@ def test_lua_digit_arithmetic_matches_python_ints(redis_server: RedisServer) -> 
         for x in (edge - 1, edge, edge + 1):
             pairs += [(x, 1), (x, x), (x, edge - 1), (x, 10**14 - 1), (10**28 - 1, x)]
             pairs += [(x, x - 1), (x - 1, x), (x + 10**14, x), (x, 10**14 + 1)]
+    pairs += [(10**20, 99), (99, 10**20), (10**15, 0), (0, 10**15)]
     for _ in range(300):
         a, b = rng.randrange(10 ** rng.randint(1, 40)), rng.randrange(10 ** rng.randint(1, 40))
         pairs.append((a, b))

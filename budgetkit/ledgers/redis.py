@@ -159,6 +159,10 @@ local function cmp(a, b)
     if x < y then return -1 elseif x > y then return 1 end
     return 0
   end
+  if #a ~= #b and string.byte(a) ~= 48 and string.byte(b) ~= 48 then
+    if #a < #b then return -1 end  -- no leading zero: the longer is larger
+    return 1
+  end
   if #a <= 2 * CH and #b <= 2 * CH then
     local ah, al = split(a)
     local bh, bl = split(b)
