@@ -160,6 +160,41 @@ def test_measured_limit_trips_on_record_and_latches_at_the_next_admit(
     assert snap.cost_usd == Decimal(1)
 
 
+def test_a_record_adds_every_count_whichever_fields_it_reads(ledger: RedisLedger) -> None:
+    """A usual record (measured, priced, no cache or reasoning tokens) reads fewer fields;
+    records of every mix of zero and non-zero counts, priced, unpriced and unmeasured, each
+    twice in a row, still add up exactly (a field left unread would restart from zero)."""
+    sid = new_id()
+    handle = ledger.create(sid, limits(max_tokens=10**9, max_usd=10**6))
+    want = [0] * 5
+    cost = unpriced = unmeasured = 0
+    for mask in range(32):
+        counts = tuple(7 * (i + 1) if mask >> i & 1 else 0 for i in range(5))
+        for priced in (True, False, True, False):
+            assert handle.record(counts, 10**15 if priced else None) is None
+            want = [w + c for w, c in zip(want, counts, strict=True)]
+            cost += 10**15 if priced else 0
+            unpriced += 0 if priced else 1
+        assert handle.record(None, 10**15) is None
+        assert handle.record(None, 10**15) is None
+        cost += 2 * 10**15
+        unmeasured += 2
+    snap = handle.snapshot()
+    got = [
+        snap.input_tokens,
+        snap.output_tokens,
+        snap.cache_read_tokens,
+        snap.cache_write_tokens,
+        snap.reasoning_tokens,
+    ]
+    assert got == want
+    assert (snap.cost_usd, snap.unpriced_calls, snap.unmeasured_calls) == (
+        from_units(str(cost)),
+        unpriced,
+        unmeasured,
+    )
+
+
 def test_reservations_are_admitted_against_spent_plus_reserved(ledger: RedisLedger) -> None:
     """A reservation that does not fit latches max_usd; records take only their own holder's."""
     sid = new_id()

@@ -130,7 +130,7 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 #      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
 #   4. Fields: STATE (``state_fields``) is every field the rules read; a hot operation reads
 #      fewer with a read spec of its own (``_lua_read(fields)`` emitted into the prelude, as
-#      ADMIT[kind] and RECORD). A field admit or record must read is derived in
+#      ADMIT[kind] and usual_record()). A field admit or record must read is derived in
 #      ``admit_fields`` / ``record_fields`` from the policy table (``_policy.CHECKS``,
 #      ``_policy.RECORDED``), never listed by hand in Lua; a field seldom set belongs in
 #      ``gate_fields`` (read only when the ``gate`` field is set: put and create set it). A
@@ -348,15 +348,28 @@ def admit_fields(kind: str, reserve: bool) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
-def record_fields() -> list[str]:
+def optional_tokens() -> list[int]:
+    """The positions in :data:`RECORDED_TOKENS` of the token counters no check judges (cache
+    and reasoning tokens): a record adds to them only when the call has some."""
+    judged = {c for check in CHECKS if check.rule == MEASURED for c in check.counters}
+    return [i for i, c in enumerate(RECORDED_TOKENS) if c not in judged]
+
+
+def record_fields(usual: bool = False) -> list[str]:
     """The fields a record reads, derived from the policy: the counters the recording rule
     (``_policy.record``) changes, every measured check's limit and counters (a charge may
-    cross it), and ``tripped`` (the first crossing wins)."""
+    cross it), and ``tripped`` (the first crossing wins). ``usual``: for a measured, priced
+    call without :func:`optional_tokens`, which leaves those counters and the counts of
+    unpriced and unmeasured calls alone."""
+    skip = set()
+    if usual:
+        skip = {COUNTER_FIELDS[RECORDED_TOKENS[i]] for i in optional_tokens()}
+        skip |= {COUNTER_FIELDS["unpriced_calls"], COUNTER_FIELDS["unmeasured_calls"]}
     fields = [*_BASE_FIELDS, "tripped", *(COUNTER_FIELDS[c] for c in RECORDED)]
     for check in CHECKS:
         if check.rule == MEASURED:
             fields += _check_fields(check)
-    return list(dict.fromkeys(fields))
+    return [f for f in dict.fromkeys(fields) if f not in skip]
 
 
 def repeats_fields() -> list[str]:
@@ -403,6 +416,7 @@ def lua_rules() -> str:
         f"local STATE = {_lua_read(state_fields())}",
         f"local ADMIT = {{\n  {admit}\n}}",
         f"local RECORD = {_lua_read(record_fields())}",
+        f"local RECORD_USUAL = {_lua_read(record_fields(usual=True))}",
         f"local TOKENS = {_lua_list([COUNTER_FIELDS[c] for c in RECORDED_TOKENS])}",
         f"local WRAPUP = {_lua_list(wrapup_fields())}",
         f"local GATE = {_lua_list(gate_fields())}",
@@ -442,6 +456,11 @@ def lua_rules() -> str:
         lines.append("end")
 
     timed = [c for c in CHECKS if c.rule == TIME]
+    # A record's arguments: A[2] measured, A[3..7] the token counts, A[8] priced.
+    usual = " and ".join(
+        ["A[2] == '1'", "A[8] == '1'", *(f"A[{i + 3}] == '0'" for i in optional_tokens())]
+    )
+    function("usual_record", "", [f"  if {usual} then return RECORD_USUAL end"], "RECORD")
     function(
         "time_refusal",
         "v",
@@ -813,7 +832,7 @@ return finish(result, '|' .. kind .. '|' .. reserve)
     # priced ('1'/'0'), cost ('' or units), release ('' or units). 'T<tripped reason or
     # empty>', or 'U'. Token counts are added exactly (decimal strings): a huge one trips.
     "record": """
-local early = begin(RECORD)
+local early = begin(usual_record())
 if early then return early end
 if A[2] == '1' then
   for i, name in ipairs(TOKENS) do
