@@ -166,8 +166,9 @@ end)
 
 
 def ledger_rows(server: Callgrind, module: Any, calls: int) -> dict[str, float]:
-    """Instructions per operation of one ledger module: a step admit, and a charged LLM
-    call (an admit with a reservation, then its record releasing it)."""
+    """Instructions per operation of one ledger module: a step admit, a charged LLM call
+    (an admit with a reservation, then its record releasing it), and a record alone (a
+    call without ``estimate=``)."""
     led = module.RedisLedger(server.url, key_prefix=f"i{uuid.uuid4().hex[:6]}:")
     handle = led.create(f"s-{uuid.uuid4().hex}", Limits.build(max_steps=10**12, max_usd=10**9))
     rows = {"admit step": server.per_call(lambda: handle.admit("step"), calls)}
@@ -177,6 +178,9 @@ def ledger_rows(server: Callgrind, module: Any, calls: int) -> dict[str, float]:
         handle.record((100, 10, 0, 0, 0), 10**15, release=10**16)
 
     rows["admit llm (reserve) + record"] = server.per_call(charged, calls // 2)
+    rows["record (no reservation)"] = server.per_call(
+        lambda: handle.record((100, 10, 0, 0, 0), 10**15), calls
+    )
     led.client.close()
     return rows
 

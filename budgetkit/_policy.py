@@ -39,6 +39,8 @@ __all__ = [
     "ACCOUNT_CHECKS",
     "CHECKS",
     "DIMENSIONS",
+    "RECORDED",
+    "RECORDED_TOKENS",
     "TOOL_CHECK",
     "WRAPUP_RESERVE",
     "Check",
@@ -504,6 +506,18 @@ def uncount(
         c.llm_calls -= 1
     if reserve:
         c.reserved -= reserve
+
+
+#: The :class:`Counters` fields :func:`record` adds a call's :data:`Counts` to, in order.
+RECORDED_TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+#: Every :class:`Counters` field :func:`record` may change.
+RECORDED = (*RECORDED_TOKENS, "unmeasured_calls", "unpriced_calls", "cost", "reserved")
 
 
 def record(c: Counters, counts: Counts | None, cost: int | None, release: int) -> None:

@@ -23,6 +23,7 @@ from budgetkit.ledgers._allotment import lease_holders
 from budgetkit.ledgers.redis import RedisLedger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 __all__ = ["ledger", "redis_server"]  # fixtures, re-exported for pytest
@@ -356,11 +357,11 @@ def leased_tool(i: int) -> int:
     return i
 
 
-def run_until_exhausted() -> tuple[int, str | None]:
-    """Call ``leased_tool`` until a boundary refuses: how many ran, and the reason."""
+def run_until_exhausted(tool: Callable[[int], int] = leased_tool) -> tuple[int, str | None]:
+    """Call ``tool`` until a boundary refuses: how many ran, and the reason."""
     for i in range(10**6):
         try:
-            leased_tool(i)
+            tool(i)
         except BudgetExhausted as exc:
             return i, exc.reason
     return 10**6, None
@@ -431,3 +432,100 @@ def test_a_redis_restarted_empty_ends_local_admits(tmp_path: Path) -> None:
         assert server.admin().dbsize() == 0
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ the exact path near the limit
+EXACT_CALLS = {
+    "capped tool": lambda h: h.admit("step", name="capped", tool_cap=10**6),
+    "repeat digest": lambda h: h.admit("step", name="rep", digest="d"),
+    "estimate": lambda h: h.admit("llm", units("0.001"), name="est"),
+}
+
+
+@pytest.mark.parametrize("call", list(EXACT_CALLS), ids=list(EXACT_CALLS))
+@pytest.mark.parametrize("exact", [False, True], ids=["leased", "exact-mode"])
+def test_an_exact_path_call_near_the_limit_recalls_other_holders_unused_units(
+    ledger: RedisLedger, call: str, exact: bool
+) -> None:
+    """A holds 49 leased, unused steps (and LLM calls). B's exact-path calls (a capped tool,
+    a repeat digest, an estimate), whether B is a lease holder or an exact-mode handle, get
+    every unit A has not used: near the limit the refused admit recalls A's units and waits
+    for them instead of latching early. Exactly the limit is admitted in all, never more."""
+    sid = new_id()
+    ledger.create(sid, Limits.build(max_steps=100, max_llm_calls=100, max_repeats=10**6))
+    a = allotted(ledger, 1000).join(sid)
+    assert a.admit("step") is None
+    assert a.admit("llm") is None
+    assert a.allot is not None
+    assert (a.allot.left["step"], a.allot.left["llm"]) == (49, 49)
+    b = (ledger if exact else allotted(ledger, 1000)).join(sid)
+    admit = EXACT_CALLS[call]
+    admitted = 0
+    while (reason := admit(b)) is None:
+        admitted += 1
+        if admitted == 60:  # past the point where A's unused units counted as used
+            assert ledger.join(sid).snapshot().reason is None  # not latched early
+    kind, limit = ("llm", "max_llm_calls") if call == "estimate" else ("step", "max_steps")
+    assert (admitted, reason) == (99, limit)
+    assert a.allot.left[kind] == 0  # given back on the recall
+    assert a.admit(kind) == limit  # the session is exhausted for A too, and latched
+    snap = ledger.join(sid).snapshot()
+    assert (snap.steps if kind == "step" else snap.llm_calls) == 100
+    assert snap.reason == limit
+    a.close()
+    b.close()
+
+
+@budget.step(max_calls=10**6)
+def capped_tool(i: int) -> int:
+    return i
+
+
+def test_a_session_with_a_capped_tool_runs_to_its_limit_beside_a_lease_holder(
+    ledger: RedisLedger,
+) -> None:
+    """A session whose steps are a capped tool (the exact path) runs exactly to max_steps and
+    stops with max_steps there, while another worker holds 49 unused leased steps."""
+    sid = new_id()
+    ledger.create(sid, Limits.build(max_steps=100))
+    holder = allotted(ledger, 1000).join(sid)
+    assert holder.admit("step") is None  # leases 50, uses 1
+    session = SessionBudget.join(
+        sid, ledger=allotted(ledger), handoff_dir=None, trust_id=True, raise_on_exhausted=False
+    )
+    with session:
+        ran, reason = run_until_exhausted(capped_tool)
+    assert (ran, reason) == (99, "max_steps")
+    assert session.result is not None
+    assert session.result.stop_reason == "max_steps"
+    holder.close()
+    assert ledger.join(sid).snapshot().steps == 100
+
+
+def test_a_holder_that_never_gives_back_delays_the_final_refusal_only_briefly(
+    ledger: RedisLedger,
+) -> None:
+    """A live holder that does not answer the recall (its poll outlasts the test): the
+    waiting exact admit asks for ``allotment_ttl + 2 * allotment_poll`` of its own ledger,
+    then its refusal is final and latched; the units still out stay counted (never over)."""
+    sid = new_id()
+    ledger.create(sid, Limits.build(max_steps=100))
+    holder = allotted(ledger, 1000, poll=30).join(sid)
+    assert holder.admit("step") is None  # leases 50, uses 1; no poll for 30 s
+    waiter = RedisLedger(
+        ledger.client,
+        key_prefix=ledger.key_prefix,
+        allotment=1000,
+        allotment_poll=0.02,
+        allotment_ttl=0.2,
+    ).join(sid)
+    for _ in range(50):
+        assert waiter.admit("step", name="t", tool_cap=10**6) is None
+    asked = time.monotonic()
+    assert waiter.admit("step", name="t", tool_cap=10**6) == "max_steps"
+    waited = time.monotonic() - asked
+    assert 0.2 <= waited < 2.0
+    snap = ledger.join(sid).snapshot()
+    assert (snap.steps, snap.reason) == (100, "max_steps")
+    holder.close()
+    waiter.close()

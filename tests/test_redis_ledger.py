@@ -58,6 +58,12 @@ def test_lua_digit_arithmetic_matches_python_ints(redis_server: RedisServer) -> 
     """The scripts' add, subtract-clamped-at-zero and compare agree with Python's ints."""
     rng = random.Random(8)
     pairs = [(0, 0), (1, 0), (10**14 - 1, 1), (10**28 - 1, 1), (10**14, 1), (5, 5), (3, 7)]
+    # Around the one- and two-chunk paths (14 and 28 digits): carries, borrows, equal highs.
+    for edge in (10**14, 10**15, 10**28, 10**29):
+        for x in (edge - 1, edge, edge + 1):
+            pairs += [(x, 1), (x, x), (x, edge - 1), (x, 10**14 - 1), (10**28 - 1, x)]
+            pairs += [(x, x - 1), (x - 1, x), (x + 10**14, x), (x, 10**14 + 1)]
+    pairs += [(10**20, 99), (99, 10**20), (10**15, 0), (0, 10**15)]
     for _ in range(300):
         a, b = rng.randrange(10 ** rng.randint(1, 40)), rng.randrange(10 ** rng.randint(1, 40))
         pairs.append((a, b))
@@ -152,6 +158,41 @@ def test_measured_limit_trips_on_record_and_latches_at_the_next_admit(
     snap = handle.snapshot()
     assert (snap.input_tokens, snap.output_tokens, snap.unpriced_calls) == (61, 40, 1)
     assert snap.cost_usd == Decimal(1)
+
+
+def test_a_record_adds_every_count_whichever_fields_it_reads(ledger: RedisLedger) -> None:
+    """A usual record (measured, priced, no cache or reasoning tokens) reads fewer fields;
+    records of every mix of zero and non-zero counts, priced, unpriced and unmeasured, each
+    twice in a row, still add up exactly (a field left unread would restart from zero)."""
+    sid = new_id()
+    handle = ledger.create(sid, limits(max_tokens=10**9, max_usd=10**6))
+    want = [0] * 5
+    cost = unpriced = unmeasured = 0
+    for mask in range(32):
+        counts = tuple(7 * (i + 1) if mask >> i & 1 else 0 for i in range(5))
+        for priced in (True, False, True, False):
+            assert handle.record(counts, 10**15 if priced else None) is None
+            want = [w + c for w, c in zip(want, counts, strict=True)]
+            cost += 10**15 if priced else 0
+            unpriced += 0 if priced else 1
+        assert handle.record(None, 10**15) is None
+        assert handle.record(None, 10**15) is None
+        cost += 2 * 10**15
+        unmeasured += 2
+    snap = handle.snapshot()
+    got = [
+        snap.input_tokens,
+        snap.output_tokens,
+        snap.cache_read_tokens,
+        snap.cache_write_tokens,
+        snap.reasoning_tokens,
+    ]
+    assert got == want
+    assert (snap.cost_usd, snap.unpriced_calls, snap.unmeasured_calls) == (
+        from_units(str(cost)),
+        unpriced,
+        unmeasured,
+    )
 
 
 def test_reservations_are_admitted_against_spent_plus_reserved(ledger: RedisLedger) -> None:

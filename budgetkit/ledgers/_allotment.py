@@ -6,8 +6,11 @@ them, so the leases outstanding never exceed what remains and the count limits s
 A grant is at most ``room // (2 * live holders)`` (at least one), so leases shrink to one
 near the limit; a holder that needs more while others hold unused units makes the server
 *recall* them, and the holders give back what they have provably not used at their next
-poll. A holder gives back its unused units on exit; a dead holder's units stay counted
-(they may have been admitted) and its lease entry expires after ``ttl``.
+poll. So does an exact admit (a reservation, a capped tool, a repeat digest) refused by a
+count limit while others hold unused units: it answers "ask again" instead of latching, and
+the client asks until the units are back or its wait is over (``recall_timing``). A holder
+gives back its unused units on exit; a dead holder's units stay counted (they may have been
+admitted) and its lease entry expires after ``ttl``.
 
 The server keeps, per holder, a field ``a:<holder>`` of the session's hash: the last lease
 message it applied (a message numbered at or below it is stale, never applied twice or out of
@@ -40,13 +43,56 @@ if TYPE_CHECKING:
 
     from .redis import RedisLedger, RedisLedgerSession
 
-__all__ = ["Allotment", "check_allotment", "lease_holders", "lua_ops", "url_options"]
+__all__ = [
+    "LUA_RECALL",
+    "Allotment",
+    "check_allotment",
+    "lease_holders",
+    "lua_ops",
+    "url_options",
+]
 
 #: Bits of a lease reply's flags.
 STOPPED, ERRORS, RECALL, NEW = 1, 2, 4, 8
 
 #: The smallest and largest lease of ``allotment="auto"``.
 AUTO_MIN, AUTO_MAX = 16, 1 << 16
+
+#: The defaults of ``RedisLedger(allotment_poll=, allotment_ttl=)`` (seconds).
+DEFAULT_POLL, DEFAULT_TTL = 0.05, 2.0
+
+#: How long a recall made by a refused exact admit lasts (ms): longer than the pause between
+#: the waiting client's asks (``Allotment.recall_pause``), which renew it.
+RECALL_MS = 250
+
+#: ``recall(kind, ms)``, a helper of the ledger's prelude (after ``more``, ``clock``, ``put``):
+#: whether holders other than this one, alive (before their deadline), hold units of ``kind``
+#: they had not used at their last message; if so, recall them for ``ms`` (each holder gives
+#: back its unused units at its next poll). The lease op and a refused exact admit use it.
+LUA_RECALL = """
+local function recall(kind, ms)
+  if v['al'] == nil then more({'al'}) end
+  local fields = {}
+  for h in string.gmatch(v['al'] or '', '[^,]+') do
+    if h ~= H then fields[#fields + 1] = 'a:' .. h end
+  end
+  if #fields == 0 then return false end
+  local got = redis.call('HMGET', S, unpack(fields))
+  for i = 1, #fields do
+    local r = got[i]
+    if r then
+      local _, b, c, d, e, dl = string.match(r, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)$')
+      local held = tonumber(b) - tonumber(d)
+      if kind == 'llm' then held = tonumber(c) - tonumber(e) end
+      if held > 0 and tonumber(dl) >= clock() then
+        put('arc', int(clock() + ms))
+        return true
+      end
+    end
+  end
+  return false
+end
+"""
 
 # A[2..10]: message number, lease ttl (ms), steps used, LLM calls used, kind to give back
 # ('step', 'llm', 'all' or ''), kind wanted ('step', 'llm', or '' to renew only), units
@@ -128,17 +174,8 @@ if kind ~= '' and flags % 2 == 0 and not v['keep'] then
     granted = want
   elseif room > 0 then
     granted = math.max(1, math.min(want, math.floor(room / (2 * #keep))))
-  else
-    -- Others may hold units they have not used: recall them; this holder waits.
-    for _, h in ipairs(keep) do
-      if h ~= H then
-        local _, b, c, d, e = string.match(recs[h], '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|')
-        local held = tonumber(b) - tonumber(d)
-        if kind == 'llm' then held = tonumber(c) - tonumber(e) end
-        if held > 0 then granted = -1 end
-      end
-    end
-    if granted == -1 then put('arc', int(now + 2 * tonumber(A[9]))) end
+  elseif recall(kind, 2 * tonumber(A[9])) then
+    granted = -1  -- others hold units they have not used: recalled; this holder waits
   end
   if granted > 0 then
     if kind == 'step' then
@@ -230,6 +267,15 @@ def check_allotment(
             f"allotment_ttl ({ttl:g} s) must be longer than 2 * allotment_poll ({poll:g} s)"
         )
     return size, poll, ttl
+
+
+def recall_timing(allotment: tuple[int | None, float, float] | None) -> tuple[float, float]:
+    """``(pause, wait)`` of a client waiting for a recall: a pause between asks shorter
+    than :data:`RECALL_MS`, and the wait of a lease request (``ttl + 2 * poll``: a live
+    holder gives back within a poll, a dead one's entry expires after its ttl), with this
+    ledger's allotment settings or their defaults (an exact-mode handle)."""
+    poll, ttl = (DEFAULT_POLL, DEFAULT_TTL) if allotment is None else allotment[1:]
+    return min(poll / 4, RECALL_MS / 5000), ttl + 2 * poll
 
 
 class Allotment:

@@ -59,6 +59,8 @@ from .._policy import (
     ERRORS,
     LOOP_DETECTED,
     MEASURED,
+    RECORDED,
+    RECORDED_TOKENS,
     REPEATS,
     TIME,
     TOOL_CHECK,
@@ -128,8 +130,9 @@ __all__ = ["RedisLedger", "RedisLedgerSession"]
 #      op_id=...)`` (an op_id when a retry must not apply it twice; the header is added).
 #   4. Fields: STATE (``state_fields``) is every field the rules read; a hot operation reads
 #      fewer with a read spec of its own (``_lua_read(fields)`` emitted into the prelude, as
-#      ADMIT[kind]). A field admit must read is derived in ``admit_fields`` from the policy
-#      table (``_policy.CHECKS``), never listed by hand in Lua; a field seldom set belongs in
+#      ADMIT[kind] and usual_record()). A field admit or record must read is derived in
+#      ``admit_fields`` / ``record_fields`` from the policy table (``_policy.CHECKS``,
+#      ``_policy.RECORDED``), never listed by hand in Lua; a field seldom set belongs in
 #      ``gate_fields`` (read only when the ``gate`` field is set: put and create set it). A
 #      field only some calls need is read later with ``more({'a', 'b'})``.
 #   Per-holder data is a field of S named '<letter>:<holder>' ('o:' its op record, 'r:' its
@@ -144,10 +147,27 @@ local function width(a, b)
   local n = math.max(#a, #b)
   return n + (CH - n % CH) % CH
 end
+-- A number of at most two chunks (28 digits) as two exact doubles: its high and low chunk.
+local function split(a)
+  local n = #a
+  if n <= CH then return 0, tonumber(a) end
+  return tonumber(string.sub(a, 1, n - CH)), tonumber(string.sub(a, n - CH + 1))
+end
 local function cmp(a, b)
   if #a < 16 and #b < 16 then  -- below 10^15 < 2^53 a double is exact
     local x, y = tonumber(a), tonumber(b)
     if x < y then return -1 elseif x > y then return 1 end
+    return 0
+  end
+  if #a ~= #b and string.byte(a) ~= 48 and string.byte(b) ~= 48 then
+    if #a < #b then return -1 end  -- no leading zero: the longer is larger
+    return 1
+  end
+  if #a <= 2 * CH and #b <= 2 * CH then
+    local ah, al = split(a)
+    local bh, bl = split(b)
+    if ah < bh then return -1 elseif ah > bh then return 1 end
+    if al < bl then return -1 elseif al > bl then return 1 end
     return 0
   end
   local n = width(a, b)
@@ -163,6 +183,19 @@ local function cmp(a, b)
   return 0
 end
 local function op(a, b, sign)
+  if #a <= 2 * CH and #b <= 2 * CH then  -- two chunks (every USD amount below $10^10)
+    local ah, al = split(a)
+    local bh, bl = split(b)
+    local hi, lo = ah + sign * bh, al + sign * bl
+    if lo >= BASE then
+      hi, lo = hi + 1, lo - BASE
+    elseif lo < 0 then
+      hi, lo = hi - 1, lo + BASE
+    end
+    -- '%d' formats a C long (exact: each chunk stays below 2 * 10^14), faster than '%.0f'
+    if hi == 0 then return string.format('%d', lo) end
+    return string.format('%d%014d', hi, lo)
+  end
   local n = width(a, b)
   a, b = pad(a, n), pad(b, n)
   local out, carry = {}, 0
@@ -315,6 +348,30 @@ def admit_fields(kind: str, reserve: bool) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+def optional_tokens() -> list[int]:
+    """The positions in :data:`RECORDED_TOKENS` of the token counters no check judges (cache
+    and reasoning tokens): a record adds to them only when the call has some."""
+    judged = {c for check in CHECKS if check.rule == MEASURED for c in check.counters}
+    return [i for i, c in enumerate(RECORDED_TOKENS) if c not in judged]
+
+
+def record_fields(usual: bool = False) -> list[str]:
+    """The fields a record reads, derived from the policy: the counters the recording rule
+    (``_policy.record``) changes, every measured check's limit and counters (a charge may
+    cross it), and ``tripped`` (the first crossing wins). ``usual``: for a measured, priced
+    call without :func:`optional_tokens`, which leaves those counters and the counts of
+    unpriced and unmeasured calls alone."""
+    skip = set()
+    if usual:
+        skip = {COUNTER_FIELDS[RECORDED_TOKENS[i]] for i in optional_tokens()}
+        skip |= {COUNTER_FIELDS["unpriced_calls"], COUNTER_FIELDS["unmeasured_calls"]}
+    fields = [*_BASE_FIELDS, "tripped", *(COUNTER_FIELDS[c] for c in RECORDED)]
+    for check in CHECKS:
+        if check.rule == MEASURED:
+            fields += _check_fields(check)
+    return [f for f in dict.fromkeys(fields) if f not in skip]
+
+
 def repeats_fields() -> list[str]:
     """The fields a step with a call digest reads on top (the run of repeats, its limit)."""
     return [f for c in CHECKS if c.rule == REPEATS for f in _check_fields(c)]
@@ -358,6 +415,9 @@ def lua_rules() -> str:
     lines = [
         f"local STATE = {_lua_read(state_fields())}",
         f"local ADMIT = {{\n  {admit}\n}}",
+        f"local RECORD = {_lua_read(record_fields())}",
+        f"local RECORD_USUAL = {_lua_read(record_fields(usual=True))}",
+        f"local TOKENS = {_lua_list([COUNTER_FIELDS[c] for c in RECORDED_TOKENS])}",
         f"local WRAPUP = {_lua_list(wrapup_fields())}",
         f"local GATE = {_lua_list(gate_fields())}",
         "local GATED = {" + ", ".join(f"['{f}'] = true" for f in gate_fields()) + "}",
@@ -396,6 +456,11 @@ def lua_rules() -> str:
         lines.append("end")
 
     timed = [c for c in CHECKS if c.rule == TIME]
+    # A record's arguments: A[2] measured, A[3..7] the token counts, A[8] priced.
+    usual = " and ".join(
+        ["A[2] == '1'", "A[8] == '1'", *(f"A[{i + 3}] == '0'" for i in optional_tokens())]
+    )
+    function("usual_record", "", [f"  if {usual} then return RECORD_USUAL end"], "RECORD")
     function(
         "time_refusal",
         "v",
@@ -681,10 +746,12 @@ local early = begin(STATE)
 if early then return early end
 return finish(redis.call('HGET', S, 'cfg'))
 """,
-    # A[2..7]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
-    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats).
+    # A[2..8]: kind ('step', 'llm' or ''), reserve ('' or units), name, wrapup ('1'/''),
+    # tool cap ('' or calls), call digest ('' or the digest of a step, for max_repeats),
+    # final ('1': a count refusal latches even while others hold leased units unused).
     # 'A' admitted ('AE' while a run of errors is counted), 'W' refused by the wrap-up
-    # reserve (not latched), 'X<reason>' refused and latched, 'U' unknown.
+    # reserve (not latched), 'R' refused for now (units recalled: ask again), 'X<reason>'
+    # refused and latched, 'U' unknown.
     "admit": """
 local kind, reserve, name = A[2] or '', A[3] or '', A[4] or ''
 local wrapup, cap, digest = A[5] or '', A[6] or '', A[7] or ''
@@ -698,7 +765,12 @@ if v['reason'] then
 else
   local reason = v['tripped']
   if not reason then reason = time_refusal(v) end
-  if not reason then reason = count_refusal(kind, v) end
+  if not reason then
+    reason = count_refusal(kind, v)
+    -- Units other workers leased and have not used count as admitted: unless this ask is
+    -- final, recall them and answer 'R' (the client asks again) rather than stop short.
+    if reason and (A[8] or '') == '' and recall(kind, RECALL_MS) then return finish('R') end
+  end
   if not reason then reason = tool_refusal(kind, name, cap) end
   if not reason and reserve ~= '' then
     reason = reserve_refusal(add(add(v['cost'] or '0', v['resv'] or '0'), reserve), v)
@@ -760,13 +832,12 @@ return finish(result, '|' .. kind .. '|' .. reserve)
     # priced ('1'/'0'), cost ('' or units), release ('' or units). 'T<tripped reason or
     # empty>', or 'U'. Token counts are added exactly (decimal strings): a huge one trips.
     "record": """
-local early = begin(STATE)
+local early = begin(usual_record())
 if early then return early end
 if A[2] == '1' then
-  local names = {'in', 'out', 'cr', 'cw', 'rs'}
-  for i = 1, 5 do
+  for i, name in ipairs(TOKENS) do
     local n = A[i + 2]
-    if n ~= '0' then put(names[i], add(v[names[i]] or '0', n)) end
+    if n ~= '0' then put(name, add(v[name] or '0', n)) end
   end
   if A[8] ~= '1' then put('unpriced', int(num(v['unpriced']) + 1)) end
 else
@@ -879,7 +950,17 @@ return all
 
 _OPS.update(_allotment.lua_ops(COUNTER_FIELDS, LIMIT_FIELDS))
 
-_PRELUDE = LUA_BIGNUM + LUA_ACCOUNT + "\n" + _LUA_CALL + lua_rules() + "\n" + _LUA_HELPERS
+_PRELUDE = (
+    LUA_BIGNUM
+    + LUA_ACCOUNT
+    + "\n"
+    + _LUA_CALL
+    + lua_rules()
+    + "\n"
+    + _LUA_HELPERS
+    + f"local RECALL_MS = {_allotment.RECALL_MS}\n"
+    + _allotment.LUA_RECALL
+)
 
 #: The version of the Lua: the library and its functions are named after it, so every
 #: version of budgetkit loads its own next to the others on one server.
@@ -1042,8 +1123,8 @@ class RedisLedger:
         socket_timeout: float = 2.0,
         retries: int = 2,
         allotment: int | str | None = None,
-        allotment_poll: float = 0.05,
-        allotment_ttl: float = 2.0,
+        allotment_poll: float = _allotment.DEFAULT_POLL,
+        allotment_ttl: float = _allotment.DEFAULT_TTL,
     ) -> None:
         try:
             import redis
@@ -1113,6 +1194,9 @@ class RedisLedger:
             )
         #: ``(lease size or None for "auto", poll, lease ttl)``, or ``None``: exact mode.
         self.allotment = _allotment.check_allotment(allotment, poll, lease_ttl)
+        #: A refused admit waiting for a recall (``"R"``): seconds between asks, and how long
+        #: to ask before a refusal is final (as a lease request waits).
+        self.recall_timing = _allotment.recall_timing(self.allotment)
         self._scripts = {name: self.client.register_script(src) for name, src in _SCRIPTS.items()}
         #: Operations run as FCALL of the library until the server turns out to have no
         #: Functions (then as EVALSHA scripts).
@@ -1506,19 +1590,17 @@ class RedisLedgerSession:
             return None
         if allot is not None and kind:
             allot.give_back(kind)
-        answer = self._run(
-            "admit",
-            [
-                kind or "",
-                "" if reserve is None else str(_check_units(reserve)),
-                name,
-                "1" if wrapup else "",
-                "" if tool_cap is None else str(int(tool_cap)),
-                digest or "",
-            ],
-            op_id=op_id,
-            fresh=True,
-        )
+        args = [
+            kind or "",
+            "" if reserve is None else str(_check_units(reserve)),
+            name,
+            "1" if wrapup else "",
+            "" if tool_cap is None else str(int(tool_cap)),
+            digest or "",
+        ]
+        answer = self._run("admit", args, op_id=op_id, fresh=True)
+        if answer == "R":
+            answer = self._await_recall(args)
         if answer[0] == "A":
             self.errors_seen = answer == "AE"
             return None
@@ -1527,6 +1609,20 @@ class RedisLedgerSession:
         if allot is not None:
             allot.stop()
         return answer[1:]
+
+    def _await_recall(self, args: list[str]) -> str:
+        """The admit was refused only because other workers hold leased units they have not
+        used: the server recalled them. Ask again (each ask a new operation, renewing the
+        recall) until admitted or refused for good; past the wait of a lease request the
+        next refusal is final (latched), units still out or not."""
+        poll, wait = self.ledger.recall_timing
+        give_up = time.monotonic() + wait
+        while True:
+            time.sleep(poll)
+            final = time.monotonic() > give_up
+            answer = self._run("admit", [*args, "1" if final else ""], fresh=True)
+            if answer != "R":
+                return answer
 
     def record(
         self,
