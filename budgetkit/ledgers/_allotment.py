@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._policy import CHECKS, COUNT
 from .._values import LLM, STEP
 from ..exceptions import BudgetConfigError, BudgetTypeError, LedgerError, SessionNotFoundError
+from ._replies import text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -401,7 +402,7 @@ class Allotment:
                     "1" if drop else "0",
                 ],
             )
-            answer = raw.decode() if isinstance(raw, bytes) else str(raw)
+            answer = text(raw)
             if answer == "U":
                 self.stopped = True
                 raise led.unknown(handle.session_id)
@@ -510,5 +511,4 @@ def url_options(url: str) -> tuple[str, dict[str, str]]:
 def lease_holders(ledger: RedisLedger, session_id: str) -> list[str]:
     """The holders with a lease entry in a session (for tests and operators)."""
     raw = ledger.client.hget(ledger.keys(session_id)[0], "al") or b""
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return [h for h in text.split(",") if h]
+    return [h for h in text(raw).split(",") if h]

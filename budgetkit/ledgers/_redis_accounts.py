@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._policy import ACCOUNT_CHECKS, COUNT, Tally
 from .._terms import AccountTerms
+from ._replies import text
 
 if TYPE_CHECKING:
     from .._terms import AccountUsage
@@ -240,7 +241,7 @@ def account_usages(client: Any, prefix: str) -> list[AccountUsage]:
     config expired are dropped from the set."""
     out = []
     for raw in sorted(client.smembers(f"{prefix}accounts")):
-        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        key = text(raw)
         cfg = client.get(key)
         if cfg is None:
             client.srem(f"{prefix}accounts", key)

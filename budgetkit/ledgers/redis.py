@@ -79,6 +79,7 @@ from ..exceptions import (
 )
 from . import _allotment
 from ._redis_accounts import LUA_ACCOUNT, RedisAccount, account_usages, pointer_key
+from ._replies import text
 from ._snapshot import LedgerSnapshot
 
 if TYPE_CHECKING:
@@ -1076,10 +1077,6 @@ def _secret(value: object) -> bytes | None:
         return None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisLedger:
     """Sessions kept on a Redis (or Valkey) server, shared by every process that joins them.
 
@@ -1263,11 +1260,11 @@ class RedisLedger:
         """After a failed FCALL: load the library (a new server, a restart or FUNCTION
         FLUSH), or fall back to EVALSHA scripts (no Functions: Redis < 7.0, or FCALL or
         FUNCTION renamed away, or FCALL not permitted); anything else is raised."""
-        text = str(exc).lower()
-        if "unknown command" in text or (isinstance(exc, self._no_permission) and "fcall" in text):
+        said = str(exc).lower()
+        if "unknown command" in said or (isinstance(exc, self._no_permission) and "fcall" in said):
             self.functions = False
             return
-        if "function not found" not in text:
+        if "function not found" not in said:
             raise exc
         try:
             self.client.function_load(_LIBRARY, replace=True)  # a cluster: every primary
@@ -1345,7 +1342,7 @@ class RedisLedger:
         acct = None if account is None else RedisAccount(self.key_prefix, account)
         keys = self.keys(session_id) if acct is None else acct.session_keys(session_id)
         header = f"||0|||{self.ttl_ms}|{self.tick()}"
-        answer = _text(self.run("create", keys, [header, *fields]))
+        answer = text(self.run("create", keys, [header, *fields]))
         if answer == "E":
             raise BudgetConfigError(
                 f"session {session_id!r} already exists in the Redis ledger at {self.url}; "
@@ -1374,7 +1371,7 @@ class RedisLedger:
         """
         check_session_id(session_id)
         header = self.header("", "", 0, "")
-        answer = _text(self.run("join", self.keys(session_id), [header]))
+        answer = text(self.run("join", self.keys(session_id), [header]))
         acct = None
         if answer == "U":  # a session of an account lives in the account's slot
             spec = self.command(lambda: self.client.get(pointer_key(self.key_prefix, session_id)))
@@ -1383,7 +1380,7 @@ class RedisLedger:
             acct = RedisAccount(self.key_prefix, AccountTerms.from_spec(json.loads(spec)))
             buckets = acct.terms.buckets()
             keys = [*acct.session_keys(session_id), *acct.keys(buckets)]
-            answer = _text(self.run("join", keys, [f"{header}#{acct.arg(buckets)}"]))
+            answer = text(self.run("join", keys, [f"{header}#{acct.arg(buckets)}"]))
             if answer == "U":
                 raise self.unknown(session_id)
         return RedisLedgerSession(self, session_id, json.loads(answer), acct)
@@ -1523,7 +1520,7 @@ class RedisLedgerSession:
                 with self._lock:
                     self._abandoned.add(seq)
             raise
-        answer = raw if isinstance(raw, list) else _text(raw)
+        answer = raw if isinstance(raw, list) else text(raw)
         if answer == "U":
             raise self.ledger.unknown(self.session_id)
         with self._lock:
@@ -1717,7 +1714,7 @@ class RedisLedgerSession:
         raw = self._call("snapshot", [])
         if not isinstance(raw, list):
             raise self.ledger.unknown(self.session_id)
-        it = iter(_text(item) for item in raw)
+        it = iter(text(item) for item in raw)
         f = dict(zip(it, it, strict=True))
         if self.allot is not None:  # this holder's unused lease is not admitted
             for key, unused in zip(("steps", "llm"), self.allot.unused(), strict=True):
