@@ -17,9 +17,10 @@ from typing import Any
 
 from .._boundary import Boundary, active
 from .._calls import LLMCall, enter_step, exit_step
+from .._policy import WRAPUP_RESERVE
 from .._session import SessionBudget
 from .._values import LLM, STEP, CallSpec
-from ..exceptions import BudgetTypeError
+from ..exceptions import BudgetExhausted, BudgetTypeError
 
 __all__ = [
     "NOT_RUN_TEXT",
@@ -93,6 +94,44 @@ def start_llm_call(
 #: Sessions whose wrap-up reserve was reached under ``on_exhausted="finish"``: their model
 #: calls may use the reserve, and are offered no tools.
 winding_down: weakref.WeakSet[SessionBudget] = weakref.WeakSet()
+
+
+def starts_wind_down(session: Boundary | None, exc: BudgetExhausted, finish: bool) -> bool:
+    """Whether ``exc`` starts ``session``'s wind-down (``finish``: ``on_exhausted="finish"``,
+    and ``exc`` is the wrap-up reserve's refusal); if so, the session winds down from now on
+    (else the caller raises ``exc``)."""
+    if not finish or session is None or exc.reason != WRAPUP_RESERVE:
+        return False
+    winding_down.add(session.budget)
+    return True
+
+
+def admit_llm_call(
+    session: Boundary,
+    name: str,
+    *,
+    finish: bool,
+    model: str | None = None,
+    provider: str | None = None,
+    messages: object = None,
+) -> tuple[LLMCall, bool]:
+    """Admit one framework LLM call under ``on_exhausted`` (``finish``: the wrap-up reserve
+    starts a wind-down whose model calls may use the reserve); the call, and whether the
+    session is winding down (this call's answer is then the run's final one)."""
+    winding = finish and session.budget in winding_down
+    try:
+        call = start_llm_call(
+            session, name, model=model, provider=provider, messages=messages, wrapup=winding
+        )
+    except BudgetExhausted as exc:
+        if winding or not starts_wind_down(session, exc, finish):
+            raise
+        winding = True
+        call = start_llm_call(
+            session, name, model=model, provider=provider, messages=messages, wrapup=True
+        )
+    return call, winding
+
 
 #: Where a wind-down's final answer records why the run stopped.
 STOP_KEY = "budgetkit_stop_reason"

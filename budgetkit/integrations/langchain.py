@@ -56,6 +56,7 @@ from ._common import (
     session_for,
     settle_llm_call,
     start_llm_call,
+    starts_wind_down,
     winding_down,
 )
 
@@ -390,11 +391,7 @@ if AgentMiddleware is not None:
 
         def _stop(self, exc: BudgetExhausted) -> bool:
             """Whether ``exc`` starts the wind-down (else it is raised)."""
-            session = session_for(self.session)
-            if self.on_exhausted != "finish" or exc.reason != "wrapup_reserve" or not session:
-                return False
-            winding_down.add(session.budget)
-            return True
+            return starts_wind_down(session_for(self.session), exc, self.on_exhausted == "finish")
 
         def wrap_model_call(self, request: Any, handler: Any) -> Any:
             """Call the model with the status line in its system message; while winding

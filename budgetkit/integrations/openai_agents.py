@@ -53,6 +53,7 @@ from ._common import (
     WIND_DOWN_TEXT,
     Step,
     ToolErrorReported,
+    admit_llm_call,
     budget_text,
     check_on_exhausted,
     check_session,
@@ -60,7 +61,7 @@ from ._common import (
     record_conversation,
     session_for,
     settle_llm_call,
-    start_llm_call,
+    starts_wind_down,
     winding_down,
 )
 
@@ -175,24 +176,16 @@ class BudgetRunHooks(RunHooks[Any]):
         if session is None:
             return
         record_conversation(session, FRAMEWORK, list(input_items), _items_json)
-        finish = self.on_exhausted == "finish"
-        winding = finish and session.budget in winding_down
-        model = _model_name(agent.model)
         try:
-            call = start_llm_call(
-                session, agent.name, model=model, messages=input_items, wrapup=winding
+            call, winding = admit_llm_call(
+                session,
+                agent.name,
+                finish=self.on_exhausted == "finish",
+                model=_model_name(agent.model),
+                messages=input_items,
             )
         except BudgetExhausted as exc:
-            if winding or not finish or exc.reason != WRAPUP_RESERVE:
-                raise _reraise(exc) from None
-            winding_down.add(session.budget)  # the model call is made without tools
-            winding = True
-            try:
-                call = start_llm_call(
-                    session, agent.name, model=model, messages=input_items, wrapup=True
-                )
-            except BudgetExhausted as again:
-                raise _reraise(again) from None
+            raise _reraise(exc) from None
         if winding:  # this run ends with the answer to this call
             _mark(context, WRAPUP_RESERVE)
         self._llm_calls[id(context)].append((context, call))
@@ -236,9 +229,10 @@ class BudgetRunHooks(RunHooks[Any]):
         try:
             step = Step(session, context.tool_name, getattr(context, "tool_arguments", None))
         except BudgetExhausted as exc:
-            if exc.reason != WRAPUP_RESERVE:
-                return ToolGuardrailFunctionOutput.allow()  # on_tool_start raises it again
-            winding_down.add(session.budget)  # the next model call is made without tools
+            # The guard is installed for on_exhausted="finish" only; a wind-down makes the
+            # next model call without tools. Any other refusal: on_tool_start raises it again.
+            if not starts_wind_down(session, exc, finish=True):
+                return ToolGuardrailFunctionOutput.allow()
             return ToolGuardrailFunctionOutput.reject_content(WIND_DOWN_TEXT)
         self._admitted[call_id] = step
         return ToolGuardrailFunctionOutput.allow()

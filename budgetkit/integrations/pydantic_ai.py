@@ -39,6 +39,7 @@ from ._common import (
     STOP_KEY,
     WIND_DOWN_TEXT,
     Step,
+    admit_llm_call,
     budget_text,
     check_on_exhausted,
     check_session,
@@ -46,8 +47,7 @@ from ._common import (
     record_conversation,
     session_for,
     settle_llm_call,
-    start_llm_call,
-    winding_down,
+    starts_wind_down,
 )
 
 if TYPE_CHECKING:
@@ -108,30 +108,14 @@ class BudgetModel(WrapperModel):
         if session is None:
             return None, False, None
         conversation = record_conversation(session, FRAMEWORK, list(messages), _messages_json)
-        finish = self.on_exhausted == "finish"
-        winding = finish and session.budget in winding_down
-        try:
-            call = start_llm_call(
-                session,
-                self.wrapped.model_name,
-                model=self.wrapped.model_name,
-                provider=pricing_provider(self.wrapped.system),
-                messages=messages,
-                wrapup=winding,
-            )
-        except BudgetExhausted as exc:
-            if not finish or exc.reason != WRAPUP_RESERVE:
-                raise
-            winding_down.add(session.budget)
-            winding = True
-            call = start_llm_call(
-                session,
-                self.wrapped.model_name,
-                model=self.wrapped.model_name,
-                provider=pricing_provider(self.wrapped.system),
-                messages=messages,
-                wrapup=True,
-            )
+        call, winding = admit_llm_call(
+            session,
+            self.wrapped.model_name,
+            finish=self.on_exhausted == "finish",
+            model=self.wrapped.model_name,
+            provider=pricing_provider(self.wrapped.system),
+            messages=messages,
+        )
         return call, winding, conversation
 
     async def request(
@@ -349,9 +333,9 @@ class BudgetCapability(AbstractCapability[Any]):
         try:
             step = Step(session, call.tool_name, args)
         except BudgetExhausted as exc:
-            if self.on_exhausted != "finish" or exc.reason != WRAPUP_RESERVE:
+            # A wind-down: the next request is the final answer, without tools.
+            if not starts_wind_down(session, exc, self.on_exhausted == "finish"):
                 raise
-            winding_down.add(session.budget)  # the next request is the final answer, without tools
             return WIND_DOWN_TEXT
         try:
             result = await handler(args)
