@@ -644,3 +644,42 @@ def test_an_accounts_redis_memory_is_constant_per_window(redis_server: Any, roll
     for key in windows:
         bucket = int(key.rsplit(b":", 1)[1])
         assert ledger.client.expiretime(key) == (bucket + ROLLING_BUCKETS + 1) * step
+
+
+def test_a_chain_gives_the_account_back_no_more_than_the_session_held() -> None:
+    """Releasing more than a session holds (record or release of a chain) frees only what it
+    held in the account too, as a single session's release does: the reservations of the
+    account's other sessions stay held."""
+    from budgetkit._limits import Limits
+    from budgetkit.ledgers.inprocess import record_together, release_together
+
+    ledger = InProcessLedger()
+    terms = Account(new_id(), max_usd=Decimal("1")).terms
+    a = ledger.create(new_id(), Limits.build(), account=terms)
+    b = ledger.create(new_id(), Limits.build(), account=terms)
+    for session in (a, b):
+        assert session.admit("llm", 100) is None
+    assert ledger.account_usage(terms, terms.buckets())[1] == 200
+    release_together([a], 150)
+    assert ledger.account_usage(terms, terms.buckets())[1] == 100  # b's 100 still held
+    assert b.admit("llm", 100) is None
+    record_together([b], None, 0, 500)
+    assert ledger.account_usage(terms, terms.buckets())[1] == 0
+    assert a.reserved == 0
+    assert b.reserved == 0
+
+
+def test_reading_an_account_by_a_later_clock_forgets_nothing_it_counted() -> None:
+    """A read names its window by the reader's clock; it never drops buckets the account
+    counted, so a reader whose clock runs ahead cannot reopen a used-up window."""
+    noon = datetime(2026, 12, 6, 12, tzinfo=UTC).timestamp()
+    account_id = new_id()
+    account = Account(account_id, max_steps=2, clock=FakeClock(noon))
+    with SessionBudget(account=account, handoff_dir=None):
+        tool()
+        tool()
+    ahead = Account(account_id, max_steps=2, clock=FakeClock(noon + 2 * 86400))
+    assert ahead.usage().steps == 0  # its own window, two days on
+    assert account.usage().steps == 2
+    with pytest.raises(AccountExhaustedError):
+        SessionBudget(account=account, handoff_dir=None).__enter__()

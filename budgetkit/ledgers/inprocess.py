@@ -374,7 +374,7 @@ def admit_together(
             count(member, kind, reserve, tool, call)
             if call is not None and repeated(member.rules, member):
                 member.trip_once(LOOP_DETECTED)
-        for link in accounts_of(members):
+        for link, _ in accounts_of(members):
             link.count(kind, reserve)
     return None
 
@@ -389,7 +389,7 @@ def uncount_together(
     with LOCK:
         for member in members:
             uncount(member, kind, reserve, tool)
-        for link in accounts_of(members):
+        for link, _ in accounts_of(members):
             link.uncount(kind, reserve)
 
 
@@ -399,8 +399,8 @@ def record_together(
     """Record one call in every member and release its reservation, atomically (each
     account of the chain charged once)."""
     with LOCK:
-        for link in accounts_of(members):
-            link.record(counts, cost, release)
+        for link, owner in accounts_of(members):
+            link.record(counts, cost, min(release, owner.reserved))
         for member in members:
             member.add(counts, cost, release, account=False)
 
@@ -408,8 +408,8 @@ def record_together(
 def release_together(members: Sequence[InProcessLedgerSession], amount: int) -> None:
     """Give ``amount`` units of reservation back to every member."""
     with LOCK:
-        for link in accounts_of(members):
-            link.release(amount)
+        for link, owner in accounts_of(members):
+            link.release(min(amount, owner.reserved))
         for member in members:
             member.reserved -= min(amount, member.reserved)
 
@@ -440,12 +440,10 @@ class AccountBook:
         self.reserved = 0
 
     def window(self, b: Buckets) -> Tally:
-        """The usage of window ``b`` (under LOCK); buckets older than it are forgotten."""
-        first = b.counted[0]
-        if any(i < first for i in self.buckets):
-            self.buckets = {i: t for i, t in self.buckets.items() if i >= first}
+        """The usage of window ``b`` (under LOCK). A read forgets nothing: ``b`` is named
+        by the reader's clock, which may run ahead of the charging sessions' clocks."""
         if len(b.counted) == 1:
-            return self.buckets.get(first) or Tally()
+            return self.buckets.get(b.counted[0]) or Tally()
         total = Tally()
         for i in b.counted:
             t = self.buckets.get(i)
@@ -454,9 +452,12 @@ class AccountBook:
         return total
 
     def current(self, b: Buckets) -> Tally:
-        """The bucket a charge made now goes to (under LOCK)."""
+        """The bucket a charge made now goes to (under LOCK); opening a new one forgets
+        the buckets older than its window."""
         t = self.buckets.get(b.current)
         if t is None:
+            first = b.counted[0]
+            self.buckets = {i: t for i, t in self.buckets.items() if i >= first}
             t = self.buckets[b.current] = Tally()
         return t
 
@@ -505,13 +506,16 @@ class AccountLink:
             self.book.reserved -= min(amount, self.book.reserved)
 
 
-def accounts_of(members: Sequence[InProcessLedgerSession]) -> list[AccountLink]:
-    """The accounts of a chain's sessions, each once (under LOCK)."""
-    links: list[AccountLink] = []
+def accounts_of(
+    members: Sequence[InProcessLedgerSession],
+) -> list[tuple[AccountLink, InProcessLedgerSession]]:
+    """The accounts of a chain's sessions, each once, with the session that brought it: a
+    release gives the account back no more than that session holds (under LOCK)."""
+    links: list[tuple[AccountLink, InProcessLedgerSession]] = []
     for member in members:
         link = member.account
-        if link is not None and all(link.book is not other.book for other in links):
-            links.append(link)
+        if link is not None and all(link.book is not other.book for other, _ in links):
+            links.append((link, member))
     return links
 
 
