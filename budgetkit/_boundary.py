@@ -192,9 +192,14 @@ class Boundary:
         except LedgerUnavailableError as exc:
             if budget.on_ledger_error == "closed":
                 raise
+            unchecked = (
+                ""
+                if account is None
+                else f", without account {account.account_id!r} (not checked, not charged)"
+            )
             warn(
                 f"budgetkit: {exc}; on_ledger_error='open' runs session "
-                f"{budget.session_id!r} in this process only",
+                f"{budget.session_id!r} in this process only{unchecked}",
                 LedgerUnavailableWarning,
             )
             self.ledger = _IN_PROCESS

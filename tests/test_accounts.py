@@ -683,3 +683,17 @@ def test_reading_an_account_by_a_later_clock_forgets_nothing_it_counted() -> Non
     assert account.usage().steps == 2
     with pytest.raises(AccountExhaustedError):
         SessionBudget(account=account, handoff_dir=None).__enter__()
+
+
+def test_running_open_without_an_unreachable_account_says_so() -> None:
+    """on_ledger_error='open' with the account's ledger unreachable: the session runs in
+    this process, and the warning names the account it neither checks nor charges."""
+    from budgetkit.exceptions import LedgerUnavailableWarning
+    from budgetkit.ledgers.redis import RedisLedger
+
+    account = Account(new_id(), max_steps=1, ledger=RedisLedger("redis://127.0.0.1:1/0"))
+    with (
+        pytest.warns(LedgerUnavailableWarning, match=rf"without account '{account.account_id}'"),
+        SessionBudget(account=account, on_ledger_error="open", handoff_dir=None),
+    ):
+        tool()
