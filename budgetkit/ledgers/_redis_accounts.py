@@ -53,14 +53,15 @@ def lua_account() -> str:
     every bucket counted; ``packed`` the limits and the bucket's expiry,
     ``steps|llm|tokens|usd|expire_at`` (empty: no limit; :meth:`RedisAccount.arg`)."""
     fields = list(ACCOUNT_FIELDS.values())
+    n = len(ACCOUNT_CHECKS)  # the packed argument: each check's limit, then the expiry
+    pattern = "^" + "|".join(["([^|]*)"] * (n + 1)) + "$"
+    lim = ", ".join(f"{c.reason} = p[{i}]" for i, c in enumerate(ACCOUNT_CHECKS, 1))
     lines = [
         "local function acct_open(keys, packed, first, ttl)",
         "  if #keys <= first or not packed or packed == '' then return nil end",
-        "  local ms, ml, mt, mu, ex = string.match(packed,",
-        "    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')",
+        f"  local p = {{string.match(packed, '{pattern}')}}",
         "  return {resv = keys[first], cur = keys[first + 1], first = first + 1, keys = keys,",
-        "    lim = {account_max_steps = ms, account_max_llm_calls = ml,",
-        "      account_max_tokens = mt, account_max_usd = mu}, ex = ex, ttl = ttl}",
+        f"    lim = {{{lim}}}, ex = p[{n + 1}], ttl = ttl}}",
         "end",
         "-- The window's usage: the sum of its buckets, exact (one bucket: read as is).",
         "local function acct_window(A)",
@@ -192,7 +193,7 @@ class RedisAccount:
     def arg(self, buckets: Buckets) -> str:
         """The packed last argument: limits by check, then the current bucket's expiry."""
         rules = self.terms.rules
-        limits = [str(rules.get(c.reason, "")) for c in _ORDER]
+        limits = [str(rules.get(c.reason, "")) for c in ACCOUNT_CHECKS]
         return "|".join([*limits, str(buckets.expire_at)])
 
     # ------------------------------------------------------------------ reading
@@ -217,18 +218,6 @@ class RedisAccount:
         cfg = f"{self.base}:cfg:{self.terms.key.partition(':')[2]}"
         client.set(cfg, json.dumps(self.terms.spec()), exat=buckets.expire_at)
         client.sadd(f"{self.prefix}accounts", cfg)
-
-
-#: The account limits in the order :meth:`RedisAccount.arg` packs them (``acct_open``).
-_ORDER = tuple(
-    next(c for c in ACCOUNT_CHECKS if c.reason == reason)
-    for reason in (
-        "account_max_steps",
-        "account_max_llm_calls",
-        "account_max_tokens",
-        "account_max_usd",
-    )
-)
 
 
 def pointer_key(prefix: str, session_id: str) -> str:
