@@ -141,9 +141,10 @@ class ChainCapError(ChainError):
         return (_rebuild, (type(self), str(self), self.__dict__))
 
 
-def _rebuild(cls: type[ChainError], message: str, state: dict[str, Any]) -> ChainError:
+def _rebuild(cls: type[BudgetError], message: str, state: dict[str, Any]) -> BudgetError:
+    """Unpickle an error whose ``__init__`` takes keywords: its message, then its state."""
     error = cls.__new__(cls)
-    ChainError.__init__(error, message)
+    BudgetError.__init__(error, message)
     error.__dict__.update(state)
     return error
 
@@ -175,14 +176,7 @@ class AccountExhaustedError(BudgetError):
         self.resets_at = resets_at
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_account, (str(self), self.__dict__))
-
-
-def _rebuild_account(message: str, state: dict[str, Any]) -> AccountExhaustedError:
-    error = AccountExhaustedError.__new__(AccountExhaustedError)
-    BudgetError.__init__(error, message)
-    error.__dict__.update(state)
-    return error
+        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 class BudgetExhausted(BudgetError):  # noqa: N818 - the name is the public contract
