@@ -112,9 +112,7 @@ class Account:
     # ------------------------------------------------------------------ reading
     def usage(self) -> AccountUsage:
         """The current window's usage, read from the account's ledger."""
-        buckets = self.terms.buckets()
-        tally, reserved = self._ledger().account_usage(self.terms, buckets)
-        return self.terms.usage_of(buckets, tally, reserved)
+        return self.terms.usage_in(self._ledger())
 
     def _ledger(self) -> Ledger:
         if self.ledger is not None:

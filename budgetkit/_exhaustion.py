@@ -181,8 +181,7 @@ def account_section(b: Boundary, reason: str) -> dict[str, object] | None:
     if terms is None:
         return None
     try:
-        buckets = terms.buckets()
-        usage = terms.usage_of(buckets, *b.ledger.account_usage(terms, buckets))
+        usage = terms.usage_in(b.ledger)
     except Exception:  # the handoff must be written even if the ledger is gone
         return {"id": terms.account_id, "window": terms.window.label}
     return {

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ._policy import Tally
     from ._windows import Buckets
+    from .ledgers import Ledger
 
 __all__ = ["AccountTerms", "AccountUsage"]
 
@@ -119,6 +120,11 @@ class AccountTerms:
         found = self.window.buckets(now)
         last[:] = [found]
         return found
+
+    def usage_in(self, ledger: Ledger) -> AccountUsage:
+        """The current window's usage, read from ``ledger``."""
+        buckets = self.buckets()
+        return self.usage_of(buckets, *ledger.account_usage(self, buckets))
 
     def usage_of(self, buckets: Buckets, tally: Tally, reserved: int) -> AccountUsage:
         """An :class:`AccountUsage` of counters a ledger read."""

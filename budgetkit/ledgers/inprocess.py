@@ -94,11 +94,7 @@ class InProcessLedger:
 
     def account_usages(self) -> list[AccountUsage]:
         """Every account this ledger has counted, in its current window."""
-        out = []
-        for account in list(self.known.values()):
-            buckets = account.buckets()
-            out.append(account.usage_of(buckets, *self.account_usage(account, buckets)))
-        return out
+        return [account.usage_in(self) for account in list(self.known.values())]
 
     def create(
         self,
