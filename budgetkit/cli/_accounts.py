@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import BudgetError, LedgerUnavailableError
+from ..exceptions import BudgetError
 from ..ledgers import LEDGER_URL_ENV, ledger_for_url
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from ._output import fmt_usd, print_table, shown
@@ -50,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         usages = sorted(ledger_for_url(url).account_usages(), key=lambda u: u.account_id)
-    except LedgerUnavailableError as exc:
-        print(f"budgetkit accounts: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except BudgetError as exc:
+    except BudgetError as exc:  # LedgerUnavailableError included
         print(f"budgetkit accounts: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
@@ -76,12 +73,13 @@ def rows(usage: AccountUsage) -> list[tuple[str, Any]]:
         ("started", usage.window_start.isoformat()),
         ("resets at", usage.resets_at.isoformat()),
     ]
-    for label, limit, used in (
-        ("usd", "max_usd", usage.cost_usd),
-        ("steps", "max_steps", usage.steps),
-        ("llm calls", "max_llm_calls", usage.llm_calls),
-        ("tokens", "max_tokens", usage.total_tokens),
+    for label, limit in (
+        ("usd", "max_usd"),
+        ("steps", "max_steps"),
+        ("llm calls", "max_llm_calls"),
+        ("tokens", "max_tokens"),
     ):
+        used = usage.used(limit)
         cap = usage.limits.get(limit)
         shown = fmt_usd(used) if limit == "max_usd" else str(used)
         if cap is None:
