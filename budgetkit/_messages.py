@@ -344,10 +344,6 @@ def response_info(result: Any) -> tuple[str | None, str | None, list[str]]:
     """(response id, response model, finish reasons) of a response; no content."""
     if result is None or isinstance(result, (str, int, float, bool)):
         return None, None, []
-    if type(result).__module__ == _CHAT_COMPLETION:  # the common case, read directly: each
-        # missing attribute asked of a pydantic model below raises and costs microseconds
-        chosen = [c.finish_reason for c in result.choices if c.finish_reason]
-        return result.id, result.model, [_word(r) for r in chosen]
     meta = _get(result, "response_metadata") if _get(result, "type") == "ai" else None
     response_id = _get(result, "id") or _get(result, "response_id")
     model = _get(result, "model") or _get(result, "model_version")
@@ -375,7 +371,9 @@ def response_info(result: Any) -> tuple[str | None, str | None, list[str]]:
     )
 
 
-#: The module of OpenAI's ``ChatCompletion`` (read by attribute in :func:`response_info`).
+#: The module of OpenAI's ``ChatCompletion``, whose fields :func:`response_reader` reads
+#: directly (each missing attribute :func:`response_info` asks of a pydantic model raises,
+#: at a cost of microseconds).
 _CHAT_COMPLETION = "openai.types.chat.chat_completion"
 
 
