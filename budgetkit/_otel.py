@@ -219,13 +219,12 @@ def _live_pair(name: str, limit: Any) -> _Pair:
 _Plan = tuple[tuple[str, str, _Pair], ...]
 
 
-def _plan(b: Boundary, only: frozenset[str] | None = None) -> _Plan:
-    """(used key, remaining key, reader) for each limit the session sets."""
-    return tuple(
-        (names.USED_KEYS[name], names.REMAINING_KEYS[name], _live_pair(name, limit))
+def _plans(b: Boundary) -> dict[str, tuple[str, str, _Pair]]:
+    """(used key, remaining key, reader) of each limit the session sets, by limit name."""
+    return {
+        name: (names.USED_KEYS[name], names.REMAINING_KEYS[name], _live_pair(name, limit))
         for name, limit in b.budget.limits.limited().items()
-        if only is None or name in only
-    )
+    }
 
 
 #: What an LLM call's charge can change (count limits were taken at admission).
@@ -264,10 +263,11 @@ class _SessionSpan:
     __slots__ = ("capture", "counted", "measured", "plan", "recorded_error", "span", "token")
 
     def __init__(self, b: Boundary, capture: bool) -> None:
-        self.plan = _plan(b)
-        self.measured = _plan(b, _MEASURED)
+        plans = _plans(b)
+        self.plan: _Plan = tuple(plans.values())
+        self.measured: _Plan = tuple(p for name, p in plans.items() if name in _MEASURED)
         # An LLM span states the measured dimensions once, when the call has been charged.
-        self.counted = _plan(b, frozenset(DIMENSION) - _MEASURED)
+        self.counted: _Plan = tuple(p for name, p in plans.items() if name not in _MEASURED)
         self.capture = capture
         self.span: Span | None = None
         self.token: Any = None
